@@ -1,0 +1,174 @@
+"""The audit log: history of applies, and rollback plans built from it.
+
+Every apply records, in its own transaction, one ``reconciler_applies`` row and one
+``reconciler_changes`` row per change with the full before and after images of the
+row (ids included, and the parent's natural key). A rollback turns those images into
+an inverse plan, which is reviewed and applied like any other plan.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import psycopg2
+
+from .current import read_state
+from .db import Database
+from .diff import FIELDS, Change
+from .errors import ReconcilerError, StalePlanError
+from .planfile import Plan
+from .version import __version__
+
+
+@dataclass
+class HistoryEntry:
+    apply_id: int
+    plan_id: str
+    applied_at: str
+    applied_by: str
+    db_user: str
+    os_user: str | None
+    source: str | None
+    scope: list[str] | None
+    summary: dict
+    rolls_back: int | None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def history(db: Database, limit: int | None = 20) -> list[HistoryEntry]:
+    """Applies, newest first."""
+    try:
+        with db.transaction() as conn, conn.cursor() as cur:
+            cur.execute(
+                """SELECT id, plan_id, to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                          db_user, os_user, source, scope, summary, rolls_back
+                   FROM reconciler_applies ORDER BY id DESC LIMIT %s""",
+                (limit,),
+            )
+            rows = cur.fetchall()
+    except psycopg2.Error as e:
+        raise db.error(e, "cannot read the audit log") from None
+    return [
+        HistoryEntry(
+            apply_id=r[0],
+            plan_id=r[1],
+            applied_at=r[2],
+            applied_by=f"{r[4]} (db: {r[3]})" if r[4] else r[3],
+            db_user=r[3],
+            os_user=r[4],
+            source=r[5],
+            scope=r[6],
+            summary=r[7],
+            rolls_back=r[8],
+        )
+        for r in rows
+    ]
+
+
+def _managed(kind: str, image: dict) -> tuple:
+    return tuple(image.get(f) for f in FIELDS[kind])
+
+
+def _plan_image(kind: str, key: str, full: dict, restore: bool) -> dict:
+    """The plan's view of an audited row: managed fields, parent key (and id to restore)."""
+    if kind == "model":
+        image = {"folder_name": full["folder_name"]}
+    elif kind == "post":
+        image = {"model": full["model"], "folder_name": full["folder_name"]}
+    else:
+        image = {"s3_key": full["s3_key"]}
+    for f in FIELDS[kind]:
+        image[f] = full.get(f)
+    if restore:
+        image["id"] = full["id"]
+        image["created_at"] = full.get("created_at")
+        if kind == "model":
+            image["status"] = full.get("status")
+    return image
+
+
+def inverse_changes(rows: list[tuple[str, str, str, dict | None, dict | None]]) -> list[Change]:
+    """The changes that undo an apply, from its audit rows ``(kind, action, key, before, after)``.
+
+    Created rows are deleted, deleted rows re-created with their original ids, and
+    updated fields set back. Pure.
+    """
+    out = []
+    for kind, action, key, before, after in rows:
+        if action == "create":
+            out.append(Change("delete", kind, key, _plan_image(kind, key, after, False), None))
+        elif action == "delete":
+            out.append(Change("create", kind, key, None, _plan_image(kind, key, before, True)))
+        else:
+            b, a = _plan_image(kind, key, before, False), _plan_image(kind, key, after, False)
+            names = [f for f in FIELDS[kind] if a[f] != b[f]]
+            if names:
+                out.append(Change("update", kind, key, {f: a[f] for f in names}, {f: b[f] for f in names}))
+    out.sort(key=lambda c: c.sort_key)
+    return out
+
+
+def rollback_plan(db: Database, apply_id: int) -> Plan:
+    """The inverse plan of apply ``apply_id``. Reads only.
+
+    Refused when the rows that apply touched changed since (the inverse would then
+    not restore what it claims). The plan carries the current digest of the apply's
+    scope, so it turns stale if anything in scope changes before it is applied.
+    """
+    try:
+        with db.transaction() as conn, conn.cursor() as cur:
+            cur.execute("SELECT plan_id, source, scope FROM reconciler_applies WHERE id = %s", (apply_id,))
+            head = cur.fetchone()
+            if head is None:
+                raise ReconcilerError(f"there is no apply {apply_id}; see `reconciler history`")
+            _, source, scope = head
+            cur.execute(
+                "SELECT kind, action, key, before, after FROM reconciler_changes WHERE apply_id = %s",
+                (apply_id,),
+            )
+            rows = cur.fetchall()
+            changes = inverse_changes(rows)
+            state = read_state(conn, scope)
+            live = {}
+            counts = {}
+            for kind, stream in (("model", state.models), ("post", state.posts), ("media", state.media)):
+                n = 0
+                for key, row in stream:
+                    n += 1
+                    live[(kind, key)] = tuple(row)
+                counts[kind] = n
+            digest = state.digest()
+    except psycopg2.Error as e:
+        raise db.error(e, "cannot read the audit log") from None
+    for c in changes:
+        have = live.get((c.kind, c.key))
+        if c.action == "create":
+            ok = have is None
+        else:
+            expected = _managed(c.kind, c.before) if c.action == "delete" else None
+            if c.action == "update":
+                ok = have is not None and all(
+                    have[FIELDS[c.kind].index(f)] == v for f, v in c.before.items()
+                )
+            else:
+                ok = have == expected
+        if not ok:
+            raise StalePlanError(
+                f"cannot roll back apply {apply_id}: {c.kind} {c.key!r} changed since; "
+                "make a new plan from the bucket instead"
+            )
+    return Plan(
+        changes=changes,
+        source={"url": source, "object_count": 0, "skipped": {}},
+        target={
+            "database": db.display,
+            "scope": scope,
+            "state_digest": digest,
+            "current_counts": counts,
+        },
+        tool_version=__version__,
+        extra={"kind": "rollback", "rolls_back": apply_id},
+    )

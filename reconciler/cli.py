@@ -1,0 +1,269 @@
+"""Command line: parse arguments, call a library function, print the result.
+
+Results go to stdout; progress goes to stderr only when it is a terminal (and not with
+``--quiet``). Any failure is one line ``error: …`` on stderr and exit code 1; the
+traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import enum
+import os
+import sys
+import traceback
+from typing import Callable, Sequence
+
+from . import commands, render
+from .config import SIGNING_KEY_ENV, Settings, load_settings
+from .db import _password_of
+from .errors import ReconcilerError
+from .planfile import load_plan
+from .version import __version__
+
+
+class Exit(enum.IntEnum):
+    OK = 0
+    ERROR = 1
+    CHANGES = 2  # plan --detailed-exitcode: the plan holds changes
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print usage and exit 2
+        raise UsageError(f"{message}; see `{self.prog} --help`")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    """Options every command takes, before or after the subcommand."""
+    S = argparse.SUPPRESS
+    g = p.add_argument_group("common options")
+    g.add_argument("--config", metavar="FILE", default=S, help="YAML config file (env RECONCILER_CONFIG)")
+    g.add_argument("--source", metavar="URL", default=S, help="s3://BUCKET[/PREFIX] or a folder (env RECONCILER_SOURCE)")
+    g.add_argument("--database", metavar="URL", default=S, help="postgresql://… (env DATABASE_URL); default: embedded")
+    g.add_argument("--state-dir", metavar="DIR", default=S, help="home of the embedded database (default ./state)")
+    g.add_argument("--cdn-base-url", metavar="URL", default=S, help="base of media URLs (env RECONCILER_CDN_BASE_URL)")
+    g.add_argument("--endpoint-url", metavar="URL", default=S, help="S3 endpoint (AWS_ENDPOINT_URL wins when set)")
+    g.add_argument("--quiet", "-q", action="store_true", default=S, help="no progress on stderr")
+    g.add_argument("--debug", action="store_true", default=S, help="show tracebacks of errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="reconciler",
+        description="Keep a PostgreSQL content catalogue in line with an S3 bucket, through reviewable plans.",
+    )
+    parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
+    _common(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        _common(p)
+        return p
+
+    command("init", "create or upgrade the database schema (idempotent)")
+
+    p = command("plan", "list the source, compare with the database, and write a plan file")
+    p.add_argument("-o", "--output", metavar="FILE", help="plan file to write (default: plans/plan-<time>.json)")
+    p.add_argument("--model", metavar="NAME", action="append", help="limit the plan to this model (repeatable)")
+    p.add_argument("--detailed-exitcode", action="store_true", help="exit 0 without changes, 2 with changes, 1 on error")
+    p.add_argument("--sign", action="store_true", help=f"sign the plan with the key in {SIGNING_KEY_ENV}")
+    p.add_argument("--allow-empty-source", action="store_true", default=None, help="allow a plan from an empty listing")
+    p.add_argument("--max-delete", metavar="N", type=_nonneg_int, help="refuse a plan that deletes more than N rows")
+    p.add_argument("--max-delete-percent", metavar="P", type=_percent, help="refuse deleting more than P%% of rows in scope")
+
+    p = command("show", "print a plan file as a table, markdown (for a pull request) or json")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--format", choices=["table", "markdown", "json"], default="table")
+
+    p = command("validate", "check a plan file: schema, plan_id and signature; no database needed")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--require-signature", action="store_true", default=None, help="refuse an unsigned plan")
+
+    p = command("apply", "apply a reviewed plan file in one transaction")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--lock-timeout", metavar="SECONDS", type=_nonneg_float, help="wait this long for the apply lock (60)")
+    p.add_argument("--require-signature", action="store_true", default=None, help="refuse an unsigned plan")
+
+    p = command("history", "list past applies, newest first")
+    p.add_argument("--limit", metavar="N", type=_nonneg_int, default=20)
+    p.add_argument("--format", choices=["table", "json"], default="table")
+
+    p = command("rollback", "write the inverse plan of an apply (review and apply it like any plan)")
+    p.add_argument("apply_id", metavar="APPLY_ID", type=_nonneg_int)
+    p.add_argument("-o", "--output", metavar="FILE", required=True)
+    return parser
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number ≥ 0")
+    return value
+
+
+def _percent(text: str) -> float:
+    value = _nonneg_float(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"{text!r} is more than 100")
+    return value
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    names = ("source", "database", "state_dir", "cdn_base_url", "endpoint_url", "config")
+    flags = {n: getattr(args, n, None) for n in names}
+    for n in ("allow_empty_source", "max_delete", "max_delete_percent", "lock_timeout", "require_signature"):
+        flags[n] = getattr(args, n, None)
+    return load_settings(flags)
+
+
+def _progress(args: argparse.Namespace) -> Callable[[str], None]:
+    if getattr(args, "quiet", False) or not sys.stderr.isatty():
+        return lambda msg: None
+    return lambda msg: print(f"… {msg}", file=sys.stderr, flush=True)
+
+
+def cmd_init(args, settings: Settings) -> int:
+    applied = commands.init(settings)
+    if applied:
+        print(f"Schema created or upgraded: applied {', '.join(applied)}.")
+    else:
+        print("Schema is up to date; nothing to do.")
+    return Exit.OK
+
+
+def cmd_plan(args, settings: Settings) -> int:
+    p, path = commands.plan(
+        settings, args.output, models=args.model, sign=args.sign, progress=_progress(args)
+    )
+    print(render.summary_table(p.summary))
+    n = len(p.changes)
+    print()
+    if n == 0:
+        print(f"No changes: the database matches the source. Plan written to {path}.")
+    else:
+        print(f"Plan {p.plan_id[:12]} with {n} change(s) written to {path}.")
+        print(f"Review it with `reconciler show {path}`, then apply it with `reconciler apply {path}`.")
+    if args.detailed_exitcode:
+        return Exit.CHANGES if n else Exit.OK
+    return Exit.OK
+
+
+def cmd_show(args, settings: Settings) -> int:
+    p = load_plan(args.file)
+    view = {"table": render.table, "markdown": render.markdown, "json": render.json_view}[args.format]
+    print(view(p))
+    return Exit.OK
+
+
+def cmd_validate(args, settings: Settings) -> int:
+    from .planfile import check_signature
+
+    p = load_plan(args.file)
+    check_signature(p, settings.signing_key, bool(args.require_signature or settings.require_signature))
+    signed = "signed" if p.signature else "unsigned"
+    print(f"{args.file} is a valid plan: {p.plan_id}, {len(p.changes)} change(s), {signed}.")
+    return Exit.OK
+
+
+def cmd_apply(args, settings: Settings) -> int:
+    result = commands.apply(settings, args.file, require_signature=bool(args.require_signature), progress=_progress(args))
+    if result.apply_id is None:
+        print(f"Plan {result.plan_id[:12]} holds no changes; nothing to apply.")
+        return Exit.OK
+    print(render.summary_table(result.summary))
+    print()
+    print(f"Applied plan {result.plan_id[:12]} as apply {result.apply_id}: {result.total} change(s).")
+    print(f"To undo it: `reconciler rollback {result.apply_id} -o plans/rollback-{result.apply_id}.json`.")
+    return Exit.OK
+
+
+def cmd_history(args, settings: Settings) -> int:
+    entries = commands.history(settings, args.limit)
+    print(render.history_json(entries) if args.format == "json" else render.history_table(entries))
+    return Exit.OK
+
+
+def cmd_rollback(args, settings: Settings) -> int:
+    p = commands.rollback(settings, args.apply_id, args.output)
+    print(f"Inverse plan of apply {args.apply_id} ({len(p.changes)} change(s)) written to {args.output}.")
+    print(f"Review it with `reconciler show {args.output}`, then apply it with `reconciler apply {args.output}`.")
+    return Exit.OK
+
+
+COMMANDS = {
+    "init": cmd_init,
+    "plan": cmd_plan,
+    "show": cmd_show,
+    "validate": cmd_validate,
+    "apply": cmd_apply,
+    "history": cmd_history,
+    "rollback": cmd_rollback,
+}
+
+
+def _secrets(args: argparse.Namespace | None) -> list[str]:
+    found = [os.environ.get(n) for n in (SIGNING_KEY_ENV, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    for url in (getattr(args, "database", None), os.environ.get("DATABASE_URL")):
+        if url:
+            found.append(_password_of(url))
+    return [s for s in found if s and len(s) >= 3]
+
+
+def _scrub(text: str, secrets: list[str]) -> str:
+    for s in secrets:
+        text = text.replace(s, "***")
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    args = None
+    debug = "--debug" in (sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+        settings = _settings(args)
+        return int(COMMANDS[args.command](args, settings))
+    except SystemExit as e:  # --help and --version
+        return int(e.code or 0)
+    except (ReconcilerError, UsageError) as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {_scrub(str(e), _secrets(args))}", file=sys.stderr)
+        return Exit.ERROR
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was applied unless the command said so", file=sys.stderr)
+        return Exit.ERROR
+    except BrokenPipeError:
+        return Exit.ERROR
+    except Exception as e:
+        secrets = _secrets(args)
+        if debug:
+            print(_scrub(traceback.format_exc(), secrets), file=sys.stderr)
+        message = " ".join(str(e).split()) or type(e).__name__
+        print(
+            f"error: unexpected {type(e).__name__}: {_scrub(message, secrets)} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return Exit.ERROR

@@ -1,0 +1,163 @@
+"""Configuration: flags, then environment, then the YAML config file, then defaults.
+
+The config file is validated against ``schemas/config.schema.json``; unknown keys and
+wrong types are errors that name the key. Credentials never come from the config
+file: AWS credentials come from boto3's chain, the signing key from
+``RECONCILER_SIGNING_KEY``. (A database URL in the file may hold a password; it is
+never printed.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
+from typing import Any, Mapping
+
+from .errors import ConfigError
+from .layout import Layout
+from .safety import Limits
+
+ENV = {
+    "config": "RECONCILER_CONFIG",
+    "source": "RECONCILER_SOURCE",
+    "database": "DATABASE_URL",
+    "cdn_base_url": "RECONCILER_CDN_BASE_URL",
+    "state_dir": "RECONCILER_STATE_DIR",
+}
+SIGNING_KEY_ENV = "RECONCILER_SIGNING_KEY"
+
+
+@dataclass
+class Settings:
+    source: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: str | None = None
+    max_workers: int = 8
+    database: str | None = None
+    state_dir: str = "state"
+    cdn_base_url: str | None = None
+    layout: Layout = field(default_factory=Layout)
+    allow_empty_source: bool = False
+    max_delete: int | None = None
+    max_delete_percent: float | None = None
+    require_signature: bool = False
+    lock_timeout: float = 60.0
+    plans_dir: str = "plans"
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_delete, self.max_delete_percent)
+
+    @property
+    def signing_key(self) -> str | None:
+        return os.environ.get(SIGNING_KEY_ENV) or None
+
+
+@lru_cache(maxsize=1)
+def config_schema() -> dict:
+    return json.loads(resources.files("reconciler.schemas").joinpath("config.schema.json").read_text("utf-8"))
+
+
+def _describe(error, path: str) -> str:
+    where = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        key = ".".join(filter(None, [where, str(unknown[0]) if unknown else ""]))
+        return f"config file {path}: unknown key {key!r}"
+    if error.validator == "type":
+        expected = error.validator_value
+        expected = " or ".join(expected) if isinstance(expected, list) else expected
+        return f"config file {path}: {where or 'the top level'} must be of type {expected}"
+    return f"config file {path}: {where or 'the top level'}: {error.message}"
+
+
+def read_config_file(path: str) -> dict:
+    """Parse and validate a YAML config file."""
+    import jsonschema
+    import yaml
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(10 * 1024 * 1024)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; check --config / RECONCILER_CONFIG") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder; check --config / RECONCILER_CONFIG") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}; fix the syntax") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of keys (source:, database:, …)")
+    validator = jsonschema.Draft202012Validator(config_schema())
+    try:
+        errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    except RecursionError:
+        raise ConfigError(f"config file {path} is nested too deeply") from None
+    if errors:
+        raise ConfigError(_describe(errors[0], path))
+    return data
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_path: str | None = None,
+) -> Settings:
+    """Settings with the precedence flag → environment → config file → default.
+
+    ``flags`` holds only the options given on the command line (absent or None means
+    not given).
+    """
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    env = os.environ if env is None else env
+    path = config_path or flags.get("config") or env.get(ENV["config"])
+    data = read_config_file(path) if path else {}
+    src, dbc, lay, safe = (data.get(k) or {} for k in ("source", "database", "layout", "safety"))
+
+    def pick(name: str, file_value, default=None):
+        if name in flags:
+            return flags[name]
+        if name in ENV and env.get(ENV[name]):
+            return env[ENV[name]]
+        return file_value if file_value is not None else default
+
+    layout_defaults = Layout()
+    s = Settings(
+        source=pick("source", src.get("url")),
+        endpoint_url=pick("endpoint_url", src.get("endpoint_url")),
+        region=pick("region", src.get("region")),
+        addressing_style=pick("addressing_style", src.get("addressing_style")),
+        max_workers=pick("max_workers", src.get("max_workers"), 8),
+        database=pick("database", dbc.get("url")),
+        state_dir=pick("state_dir", dbc.get("state_dir"), "state"),
+        cdn_base_url=pick("cdn_base_url", data.get("cdn_base_url")),
+        layout=Layout(
+            images=tuple(lay.get("images", layout_defaults.images)),
+            videos=tuple(lay.get("videos", layout_defaults.videos)),
+            profile_folder=lay.get("profile_folder", layout_defaults.profile_folder),
+            icon_names=tuple(n.lower() for n in lay.get("icon_names", layout_defaults.icon_names)),
+            banner_names=tuple(n.lower() for n in lay.get("banner_names", layout_defaults.banner_names)),
+        ),
+        allow_empty_source=bool(pick("allow_empty_source", safe.get("allow_empty_source"), False)),
+        max_delete=pick("max_delete", safe.get("max_delete")),
+        max_delete_percent=pick("max_delete_percent", safe.get("max_delete_percent")),
+        require_signature=bool(pick("require_signature", safe.get("require_signature"), False)),
+        lock_timeout=float(pick("lock_timeout", (data.get("apply") or {}).get("lock_timeout"), 60.0)),
+        plans_dir=pick("plans_dir", data.get("plans_dir"), "plans"),
+    )
+    return s

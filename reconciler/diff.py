@@ -1,0 +1,109 @@
+"""The typed diff between desired and current state. Pure: no I/O.
+
+A change is plain data (create / update / delete of a model, post or media item,
+named by its natural key); the plan file is a list of them. ``create`` and ``delete``
+carry every managed field (plus the parent's key: a post names its ``model``, a media
+item its ``post``); ``update`` carries only the fields that change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from .current import CurrentState
+from .desired import MEDIA_FIELDS, MODEL_FIELDS, POST_FIELDS, DesiredState, split_post_key
+
+KINDS = ("model", "post", "media")
+ACTIONS = ("create", "update", "delete")
+KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
+ACTION_ORDER = {a: i for i, a in enumerate(ACTIONS)}
+FIELDS = {"model": MODEL_FIELDS, "post": POST_FIELDS, "media": MEDIA_FIELDS}
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    action: str
+    kind: str
+    key: str
+    before: dict | None
+    after: dict | None
+
+    @property
+    def sort_key(self) -> tuple[int, int, str]:
+        return KIND_ORDER[self.kind], ACTION_ORDER[self.action], self.key
+
+    def to_dict(self) -> dict:
+        return {"action": self.action, "kind": self.kind, "key": self.key, "before": self.before, "after": self.after}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Change":
+        return cls(d["action"], d["kind"], d["key"], d.get("before"), d.get("after"))
+
+    def inverse(self) -> "Change":
+        """The change that undoes this one (rollback)."""
+        action = {"create": "delete", "delete": "create", "update": "update"}[self.action]
+        return Change(action, self.kind, self.key, self.after, self.before)
+
+
+def full_image(kind: str, key: str, row: tuple) -> dict:
+    """Every managed field of a row, named as its column, plus the parent's key."""
+    if kind == "model":
+        image = {"folder_name": key}
+    elif kind == "post":
+        model, post = split_post_key(key)
+        image = {"model": model, "folder_name": post}
+    else:
+        image = {"s3_key": key}
+    image.update(zip(FIELDS[kind], row))
+    return image
+
+
+def _compare(kind: str, fields: tuple[str, ...], desired: dict, current: Iterable, out: list[Change]) -> int:
+    """Append the changes of one kind; consume ``desired`` entries; return the current row count."""
+    n = 0
+    pop = desired.pop
+    for key, have in current:
+        n += 1
+        want = pop(key, None)
+        if want is None:
+            out.append(Change("delete", kind, key, full_image(kind, key, have), None))
+        elif want != have:
+            before, after = {}, {}
+            for name, w, h in zip(fields, want, have):
+                if w != h or type(w) is not type(h):
+                    before[name], after[name] = h, w
+            if before:
+                out.append(Change("update", kind, key, before, after))
+    for key, want in desired.items():
+        out.append(Change("create", kind, key, None, full_image(kind, key, want)))
+    return n
+
+
+@dataclass
+class Diff:
+    changes: list[Change]
+    current_counts: dict[str, int]
+    state_digest: str
+
+
+def diff(desired: DesiredState, current: CurrentState) -> Diff:
+    """Compare; the changes come out ordered by (kind, action, key).
+
+    ``desired`` is left untouched; ``current`` is consumed (and hashed) once.
+    """
+    changes: list[Change] = []
+    counts = {
+        "model": _compare("model", MODEL_FIELDS, dict(desired.models), current.models, changes),
+        "post": _compare("post", POST_FIELDS, dict(desired.posts), current.posts, changes),
+        "media": _compare("media", MEDIA_FIELDS, dict(desired.media), current.media, changes),
+    }
+    changes.sort(key=lambda c: c.sort_key)
+    return Diff(changes, counts, current.digest())
+
+
+def summarize(changes: Iterable[Change]) -> dict[str, dict[str, int]]:
+    summary = {k: {a: 0 for a in ACTIONS} for k in KINDS}
+    for c in changes:
+        summary[c.kind][c.action] += 1
+    return summary

@@ -1,0 +1,262 @@
+"""Bucket listing backends: an S3-compatible bucket or a local folder.
+
+A source yields ``ObjectInfo(key, size, etag, last_modified)`` for every object under
+its root; ``root`` is the part of the key above the layout (``"media/"`` for
+``s3://bucket/media``). Sources only list: they never read or write object bodies, so
+the S3 source needs nothing but ``s3:ListBucket``.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Callable, Iterable, Iterator, Protocol
+from urllib.parse import unquote, urlparse
+
+from .errors import ConfigError, SourceError
+from .layout import ObjectInfo
+
+__all__ = ["ObjectInfo", "Source", "S3Source", "FolderSource", "open_source"]
+
+Progress = Callable[[int], None]
+
+
+class Source(Protocol):
+    url: str
+    root: str
+
+    def list(self, models: Iterable[str] | None = None) -> Iterator[ObjectInfo]: ...
+
+
+# Retries are botocore's own ("standard" mode retries throttling such as SlowDown,
+# 5xx answers and dropped connections with exponential backoff and jitter).
+S3_MAX_ATTEMPTS = 10
+S3_CONNECT_TIMEOUT = 10
+S3_READ_TIMEOUT = 60
+
+
+@dataclass
+class S3Source:
+    """``s3://BUCKET[/PREFIX]`` through ``list_objects_v2``.
+
+    Credentials come only from boto3's standard chain. The endpoint comes from
+    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (read by botocore itself) or else
+    ``endpoint_url``. Top-level folders are listed concurrently by up to
+    ``max_workers`` threads; the result does not depend on the order.
+    """
+
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    addressing_style: str | None = None
+    max_workers: int = 8
+    max_attempts: int = S3_MAX_ATTEMPTS
+    connect_timeout: float = S3_CONNECT_TIMEOUT
+    read_timeout: float = S3_READ_TIMEOUT
+
+    def __post_init__(self) -> None:
+        self._client = None
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    @property
+    def root(self) -> str:
+        return self.prefix
+
+    def client(self):
+        if self._client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                retries={"max_attempts": self.max_attempts, "mode": "standard"},
+                connect_timeout=self.connect_timeout,
+                read_timeout=self.read_timeout,
+                max_pool_connections=max(10, self.max_workers + 2),
+                s3={"addressing_style": self.addressing_style or "auto"},
+            )
+            env_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+            session = boto3.session.Session()
+            self._client = session.client(
+                "s3",
+                endpoint_url=None if env_endpoint else self.endpoint_url,
+                region_name=self.region,
+                config=config,
+            )
+        return self._client
+
+    def list(self, models: Iterable[str] | None = None) -> Iterator[ObjectInfo]:
+        if models is not None:
+            prefixes = [self.prefix + m + "/" for m in sorted(set(models))]
+            yield from self._parallel(prefixes)
+            return
+        # One delimited call finds the top-level folders; each is then listed on its own.
+        top_objects: list[ObjectInfo] = []
+        prefixes: list[str] = []
+        for page in self._pages(self.prefix, delimiter="/"):
+            top_objects.extend(_s3_object(o) for o in page.get("Contents", ()))
+            prefixes.extend(p["Prefix"] for p in page.get("CommonPrefixes", ()))
+        yield from top_objects
+        yield from self._parallel(prefixes)
+
+    def _parallel(self, prefixes: list[str]) -> Iterator[ObjectInfo]:
+        if len(prefixes) <= 1 or self.max_workers <= 1:
+            for p in prefixes:
+                yield from self._list_prefix(p)
+            return
+        with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
+            # map() keeps prefix order, so the merged listing is in key order.
+            for chunk in pool.map(lambda p: list(self._list_prefix(p)), prefixes):
+                yield from chunk
+
+    def _list_prefix(self, prefix: str) -> Iterator[ObjectInfo]:
+        for page in self._pages(prefix):
+            for o in page.get("Contents", ()):
+                yield _s3_object(o)
+
+    def _pages(self, prefix: str, delimiter: str | None = None) -> Iterator[dict]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
+        if delimiter:
+            kwargs["Delimiter"] = delimiter
+        try:
+            paginator = self.client().get_paginator("list_objects_v2")
+            yield from paginator.paginate(**kwargs)
+        except ClientError as e:
+            err = e.response.get("Error", {})
+            code = err.get("Code", "Unknown")
+            hint = _S3_HINTS.get(code, "check the bucket name, endpoint and credentials")
+            raise SourceError(f"cannot list s3://{self.bucket}/{prefix}: {code}: {hint}") from None
+        except BotoCoreError as e:
+            raise SourceError(f"cannot list s3://{self.bucket}/{prefix}: {_botocore_message(e)}") from None
+
+
+_S3_HINTS = {
+    "NoSuchBucket": "the bucket does not exist at this endpoint; check the source URL and endpoint",
+    "AccessDenied": "the credentials lack s3:ListBucket on this bucket",
+    "InvalidAccessKeyId": "the access key is not known to this endpoint; check AWS_ACCESS_KEY_ID",
+    "SignatureDoesNotMatch": "the secret key does not match the access key; check AWS_SECRET_ACCESS_KEY",
+    "SlowDown": "the endpoint kept throttling after every retry; try again later",
+    "ServiceUnavailable": "the endpoint stayed unavailable after every retry; try again later",
+    "InternalError": "the endpoint kept failing after every retry; try again later",
+    "PermanentRedirect": "the bucket is in another region; set source.region",
+    "AuthorizationHeaderMalformed": "the region is wrong for this bucket; set source.region",
+}
+
+
+def _botocore_message(e: Exception) -> str:
+    from botocore import exceptions as x
+
+    if isinstance(e, x.NoCredentialsError):
+        return "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
+    if isinstance(e, (x.EndpointConnectionError, x.ConnectTimeoutError)):
+        endpoint = getattr(e, "kwargs", {}).get("endpoint_url")
+        where = f" {endpoint}" if endpoint else ""
+        return f"cannot reach the S3 endpoint{where}: check AWS_ENDPOINT_URL or source.endpoint_url"
+    if isinstance(e, x.ReadTimeoutError):
+        return "the S3 endpoint did not answer in time after every retry; try again later"
+    if isinstance(e, x.NoRegionError):
+        return "no region: set AWS_DEFAULT_REGION or source.region"
+    # botocore messages name endpoints and parameters, never credentials.
+    return f"{type(e).__name__}: {e}"
+
+
+def _s3_object(o: dict) -> ObjectInfo:
+    lm = o.get("LastModified")
+    return ObjectInfo(
+        o["Key"],
+        o.get("Size"),
+        (o.get("ETag") or "").strip('"') or None,
+        lm.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if lm else None,
+    )
+
+
+@dataclass
+class FolderSource:
+    """A local folder treated as a bucket: keys are paths relative to it, with ``/``.
+
+    Symbolic links to files are followed only when their target lies inside the
+    folder; linked folders are never entered, so the listing cannot leave the root.
+    ``etag`` is None: a folder has no cheap content identity, and reading every file
+    to hash it would defeat listing speed.
+    """
+
+    path: str
+
+    @property
+    def url(self) -> str:
+        return self.path
+
+    @property
+    def root(self) -> str:
+        return ""
+
+    def list(self, models: Iterable[str] | None = None) -> Iterator[ObjectInfo]:
+        base = os.path.realpath(self.path)
+        if not os.path.isdir(base):
+            raise SourceError(f"source folder {self.path!r} does not exist or is not a folder; check --source")
+        if models is None:
+            yield from self._walk(base, base, "")
+            return
+        for m in sorted(set(models)):
+            sub = os.path.join(base, m)
+            if "/" in m or m in ("", ".", "..") or os.path.islink(sub) or not os.path.isdir(sub):
+                continue
+            yield from self._walk(base, sub, m + "/")
+
+    def _walk(self, base: str, folder: str, prefix: str) -> Iterator[ObjectInfo]:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            raise SourceError(f"cannot read folder {folder!r}: {e.strerror}") from None
+        for entry in entries:
+            key = prefix + entry.name
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if os.path.commonpath([base, target]) != base or not os.path.isfile(target):
+                    continue
+                st = os.stat(target)
+            elif entry.is_dir(follow_symlinks=False):
+                yield from self._walk(base, entry.path, key + "/")
+                continue
+            elif entry.is_file(follow_symlinks=False):
+                st = entry.stat(follow_symlinks=False)
+            else:
+                continue
+            yield ObjectInfo(
+                key,
+                st.st_size,
+                None,
+                datetime.fromtimestamp(int(st.st_mtime), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
+
+
+def open_source(
+    url: str,
+    *,
+    endpoint_url: str | None = None,
+    region: str | None = None,
+    addressing_style: str | None = None,
+    max_workers: int = 8,
+) -> Source:
+    """A source for ``s3://BUCKET[/PREFIX]``, ``file://PATH`` or a plain folder path."""
+    if url.startswith("s3://"):
+        parsed = urlparse(url)
+        bucket = parsed.netloc
+        if not bucket:
+            raise ConfigError(f"source URL {url!r} names no bucket; use s3://BUCKET[/PREFIX]")
+        prefix = parsed.path.lstrip("/")
+        if prefix and not prefix.endswith("/"):
+            prefix += "/"
+        return S3Source(bucket, prefix, endpoint_url, region, addressing_style, max_workers)
+    if url.startswith("file://"):
+        return FolderSource(unquote(url[len("file://") :]))
+    if "://" in url:
+        raise ConfigError(f"unsupported source URL {url!r}; use s3://BUCKET[/PREFIX] or a folder path")
+    return FolderSource(url)

@@ -1,0 +1,1 @@
+# The numbered migrations; installed as the package `reconciler.sql` (see pyproject.toml).
