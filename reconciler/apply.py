@@ -241,9 +241,11 @@ def _insert(cur, kind: str, expected: int) -> None:
     table = _TABLE[kind]
     inserted = 0
     # Two statements, so that new rows take the columns' own defaults (status, created_at).
+    # New ids follow the plan's key order, so the same plan gives the same ids.
     cur.execute(
         f"""INSERT INTO {table} ({parent_col}, {cols})
-            SELECT {parent_val}, {vals} FROM {source} WHERE s.action = 'create' AND s.row_id IS NULL"""
+            SELECT {parent_val}, {vals} FROM {source} WHERE s.action = 'create' AND s.row_id IS NULL
+            ORDER BY s.seq"""
     )
     inserted += cur.rowcount
     cur.execute(

@@ -1,0 +1,271 @@
+"""Apply, against the real PostgreSQL: the properties a reconciler lives by.
+
+- applying a plan makes the next plan empty (idempotence);
+- rolling back the last apply restores the managed state exactly, ids included;
+- a plan is applied at most once; a stale plan is refused; a failed apply changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import psycopg2
+import pytest
+from hypothesis import given, settings as hsettings, strategies as st
+
+from reconciler import commands
+from reconciler.errors import AlreadyAppliedError, DatabaseError, SignatureError, StalePlanError
+from reconciler.layout import ObjectInfo
+from reconciler.planfile import write_plan
+
+from .conftest import CDN, reset_content
+
+# --------------------------------------------------------------------------- helpers
+
+MODELS = ["Alice", "alice", "Bob", "Zoë", "Zoe\u0308", "Q&A #1"]
+POSTS = ["Beach", "beach", "Trip 2", "profile", "100%+"]
+FILES = ["a.jpg", "b.PNG", "c.mp4", "d.txt", "e.webm", "icon.png", "banner.jpg", "avatar.gif"]
+
+
+def keys_strategy():
+    model_image = st.tuples(st.sampled_from(MODELS), st.sampled_from(FILES)).map("/".join)
+    media = st.tuples(st.sampled_from(MODELS), st.sampled_from(POSTS), st.sampled_from(FILES)).map("/".join)
+    deep = st.tuples(st.sampled_from(MODELS), st.sampled_from(POSTS), st.just("raw"), st.sampled_from(FILES)).map("/".join)
+    return st.sets(st.one_of(model_image, media, deep), max_size=25)
+
+
+def bucket_strategy():
+    return keys_strategy().flatmap(
+        lambda keys: st.fixed_dictionaries({k: st.integers(0, 3) for k in sorted(keys)})
+    )
+
+
+def listing(bucket: dict[str, int]) -> list[ObjectInfo]:
+    return [ObjectInfo(k, size, f"etag{size}", None) for k, size in bucket.items()]
+
+
+def snapshot(url: str) -> dict:
+    """Every managed column and id of the content tables, plus status (hand-set)."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT id, folder_name, thumbnail_url, icon_url, banner_url, post_count, status "
+                "FROM whitelabel_models ORDER BY id"
+            )
+            models = cur.fetchall()
+            cur.execute(
+                "SELECT id, whitelabel_model_id, folder_name, title, media_cdns::text FROM whitelabel_posts ORDER BY id"
+            )
+            posts = cur.fetchall()
+            cur.execute(
+                "SELECT id, whitelabel_post_id, s3_key, url, type, size_bytes, etag FROM whitelabel_media ORDER BY id"
+            )
+            media = cur.fetchall()
+            cur.execute("SELECT count(*) FROM reconciler_applies")
+            applies = cur.fetchone()[0]
+            cur.execute("SELECT count(*) FROM reconciler_changes")
+            changes = cur.fetchone()[0]
+    finally:
+        conn.close()
+    return {"models": models, "posts": posts, "media": media, "applies": applies, "changes": changes}
+
+
+def content(snap: dict) -> dict:
+    return {k: snap[k] for k in ("models", "posts", "media")}
+
+
+def plan_to(settings, tmp_path, bucket: dict[str, int], name: str, **kwargs) -> str:
+    plan = commands.make_plan(settings, objects=listing(bucket), **kwargs)
+    return write_plan(plan, str(tmp_path / name))
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@hsettings(max_examples=30)
+@given(first=bucket_strategy(), second=bucket_strategy())
+def test_apply_converges_and_rollback_restores(settings, database_url, tmp_path, first, second):
+    reset_content(database_url)
+    settings.allow_empty_source = True
+    p1 = plan_to(settings, tmp_path, first, "p1.json")
+    commands.apply(settings, p1)
+    assert commands.make_plan(settings, objects=listing(first)).changes == []
+
+    before = snapshot(database_url)
+    p2 = plan_to(settings, tmp_path, second, "p2.json")
+    result = commands.apply(settings, p2)
+    assert commands.make_plan(settings, objects=listing(second)).changes == []
+
+    if result.apply_id is not None:
+        with pytest.raises(AlreadyAppliedError):
+            commands.apply(settings, p2)
+        commands.rollback(settings, result.apply_id, str(tmp_path / "rb.json"))
+        commands.apply(settings, str(tmp_path / "rb.json"))
+        assert content(snapshot(database_url)) == content(before)
+        assert commands.make_plan(settings, objects=listing(first)).changes == []
+
+
+@hsettings(max_examples=15)
+@given(bucket=bucket_strategy())
+def test_plan_against_empty_database_creates_exactly_the_desired_rows(settings, database_url, bucket):
+    reset_content(database_url)
+    settings.allow_empty_source = True
+    plan = commands.make_plan(settings, objects=listing(bucket))
+    assert {c.action for c in plan.changes} <= {"create"}
+    again = commands.make_plan(settings, objects=listing(bucket))
+    again.created_at = plan.created_at
+    assert again.seal().plan_id == plan.plan_id
+
+
+# --------------------------------------------------------------------------- examples
+
+BUCKET = {"Alice/a.jpg": 1, "Alice/Beach/1.jpg": 2, "Alice/Beach/2.mp4": 3, "Bob/Trip/x.png": 4}
+
+
+def test_failure_inside_the_transaction_changes_nothing(settings, database_url, sql, tmp_path):
+    commands.apply(settings, plan_to(settings, tmp_path, BUCKET, "p0.json"))
+    sql(
+        """CREATE FUNCTION boom() RETURNS trigger AS $$
+           BEGIN IF NEW.s3_key = 'Bob/Trip/bad.jpg' THEN RAISE EXCEPTION 'injected fault'; END IF; RETURN NEW; END
+           $$ LANGUAGE plpgsql"""
+    )
+    sql("CREATE TRIGGER boom BEFORE INSERT OR UPDATE ON whitelabel_media FOR EACH ROW EXECUTE FUNCTION boom()")
+    changed = {**BUCKET, "Bob/Trip/bad.jpg": 1, "Carol/New/1.jpg": 1}
+    del changed["Alice/Beach/1.jpg"]
+    path = plan_to(settings, tmp_path, changed, "p1.json")
+    before = snapshot(database_url)
+    with pytest.raises(DatabaseError, match="injected fault"):
+        commands.apply(settings, path)
+    assert snapshot(database_url) == before
+    sql("DROP TRIGGER boom ON whitelabel_media")
+    result = commands.apply(settings, path)
+    assert result.summary["media"] == {"create": 2, "update": 0, "delete": 1}
+
+
+def test_stale_plan_is_refused(settings, database_url, tmp_path):
+    a = plan_to(settings, tmp_path, BUCKET, "a.json")
+    b = plan_to(settings, tmp_path, {"Other/P/1.jpg": 1}, "b.json")
+    commands.apply(settings, a)
+    before = snapshot(database_url)
+    with pytest.raises(StalePlanError, match="stale"):
+        commands.apply(settings, b)
+    assert snapshot(database_url) == before
+
+
+def test_first_plan_applied_twice_against_empty_database(settings, tmp_path):
+    a = plan_to(settings, tmp_path, BUCKET, "a.json")
+    same = commands.make_plan(settings, objects=listing(BUCKET))
+    same.created_at = "2000-01-01T00:00:00Z"  # same changes, made at another time: another plan_id
+    a2 = write_plan(same.seal(), str(tmp_path / "a2.json"))
+    commands.apply(settings, a)
+    with pytest.raises(AlreadyAppliedError):
+        commands.apply(settings, a)
+    with pytest.raises(StalePlanError):
+        commands.apply(settings, a2)
+
+
+def test_hand_set_status_survives_replans_and_applies(settings, sql, tmp_path):
+    commands.apply(settings, plan_to(settings, tmp_path, BUCKET, "p0.json"))
+    sql("UPDATE whitelabel_models SET status = 'live' WHERE folder_name = 'Alice'")
+    assert commands.make_plan(settings, objects=listing(BUCKET)).changes == []
+    commands.apply(settings, plan_to(settings, tmp_path, {**BUCKET, "Alice/b.jpg": 1, "Alice/Beach/3.jpg": 5}, "p1.json"))
+    assert sql("SELECT status FROM whitelabel_models WHERE folder_name = 'Alice'") == [("live",)]
+    assert sql("SELECT status FROM whitelabel_models WHERE folder_name = 'Bob'") == [("pending",)]
+
+
+def test_new_models_take_the_platforms_default_status_and_extra_columns_survive(settings, sql, tmp_path):
+    sql("ALTER TABLE whitelabel_models ALTER COLUMN status SET DEFAULT 'review'")
+    sql("ALTER TABLE whitelabel_models ADD COLUMN featured boolean DEFAULT false")
+    commands.apply(settings, plan_to(settings, tmp_path, BUCKET, "p0.json"))
+    sql("UPDATE whitelabel_models SET featured = true WHERE folder_name = 'Alice'")
+    commands.apply(settings, plan_to(settings, tmp_path, {**BUCKET, "Alice/0.jpg": 1}, "p1.json"))
+    assert sql("SELECT status, featured FROM whitelabel_models WHERE folder_name = 'Alice'") == [("review", True)]
+
+
+def test_last_synced_at_is_set_on_touched_models(settings, sql, tmp_path):
+    commands.apply(settings, plan_to(settings, tmp_path, BUCKET, "p0.json"))
+    sql("UPDATE whitelabel_models SET last_synced_at = NULL")
+    commands.apply(settings, plan_to(settings, tmp_path, {**BUCKET, "Bob/Trip/y.jpg": 1}, "p1.json"))
+    assert sql("SELECT folder_name, last_synced_at IS NOT NULL FROM whitelabel_models ORDER BY 1") == [
+        ("Alice", False),
+        ("Bob", True),
+    ]
+
+
+def test_audit_keeps_full_images_with_ids(settings, sql, tmp_path):
+    commands.apply(settings, plan_to(settings, tmp_path, BUCKET, "p0.json"))
+    commands.apply(settings, plan_to(settings, tmp_path, {"Alice/a.jpg": 1}, "p1.json"))
+    rows = sql(
+        "SELECT kind, action, key, row_id, before->>'id', before->>'post' FROM reconciler_changes "
+        "WHERE apply_id = 2 AND kind = 'media' ORDER BY key"
+    )
+    assert rows == [
+        ("media", "delete", "Alice/Beach/1.jpg", 1, "1", "Alice/Beach"),
+        ("media", "delete", "Alice/Beach/2.mp4", 2, "2", "Alice/Beach"),
+        ("media", "delete", "Bob/Trip/x.png", 3, "3", "Bob/Trip"),
+    ]
+
+
+def test_rollback_is_refused_when_its_rows_changed(settings, sql, tmp_path):
+    commands.apply(settings, plan_to(settings, tmp_path, BUCKET, "p0.json"))
+    sql("UPDATE whitelabel_media SET url = 'https://elsewhere/x' WHERE s3_key = 'Bob/Trip/x.png'")
+    with pytest.raises(StalePlanError, match="changed since"):
+        commands.rollback(settings, 1, str(tmp_path / "rb.json"))
+    assert not (tmp_path / "rb.json").exists()
+
+
+def test_rollback_plan_turns_stale_when_scope_changes(settings, sql, tmp_path):
+    commands.apply(settings, plan_to(settings, tmp_path, BUCKET, "p0.json"))
+    commands.rollback(settings, 1, str(tmp_path / "rb.json"))
+    sql("UPDATE whitelabel_posts SET title = 'renamed' WHERE folder_name = 'Trip'")
+    with pytest.raises(StalePlanError):
+        commands.apply(settings, str(tmp_path / "rb.json"))
+
+
+def test_signed_plans(settings, tmp_path, monkeypatch):
+    unsigned = plan_to(settings, tmp_path, BUCKET, "unsigned.json")
+    with pytest.raises(SignatureError, match="not signed"):
+        commands.apply(settings, unsigned, require_signature=True)
+    monkeypatch.setenv("RECONCILER_SIGNING_KEY", "team-key-1")
+    signed = plan_to(settings, tmp_path, BUCKET, "signed.json", sign=True)
+    assert "team-key-1" not in open(signed).read()
+    monkeypatch.setenv("RECONCILER_SIGNING_KEY", "another-key")
+    with pytest.raises(SignatureError, match="does not match"):
+        commands.apply(settings, signed, require_signature=True)
+    monkeypatch.setenv("RECONCILER_SIGNING_KEY", "team-key-1")
+    assert commands.apply(settings, signed, require_signature=True).apply_id == 1
+
+
+def test_model_scope_only_deletes_inside_it(settings, sql, tmp_path):
+    commands.apply(settings, plan_to(settings, tmp_path, BUCKET, "p0.json"))
+    # Bob's objects are gone from this listing, but the plan is scoped to Alice.
+    plan = commands.make_plan(settings, objects=listing({"Alice/a.jpg": 1}), models=["Alice"])
+    assert {c.key.split("/")[0] for c in plan.changes} == {"Alice"}
+    assert plan.target["scope"] == ["Alice"]
+    commands.apply(settings, write_plan(plan, str(tmp_path / "scoped.json")))
+    assert sql("SELECT folder_name FROM whitelabel_models ORDER BY 1") == [("Alice",), ("Bob",)]
+
+
+def test_two_concurrent_applies_exactly_one_lands(database_url, tmp_path):
+    from reconciler import Settings
+
+    settings = Settings(database=database_url, cdn_base_url=CDN)
+    bucket_a = {f"A{i}/P/{j}.jpg": 1 for i in range(20) for j in range(50)}
+    bucket_b = {f"B{i}/P/{j}.jpg": 1 for i in range(20) for j in range(50)}
+    a = plan_to(settings, tmp_path, bucket_a, "a.json")
+    b = plan_to(settings, tmp_path, bucket_b, "b.json")
+    env = {**os.environ, "DATABASE_URL": database_url}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "reconciler", "apply", p, "--quiet"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for p in (a, b)
+    ]
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 1], results
+    loser = next(err for code, err in results if code == 1)
+    assert loser.startswith("error: the plan is stale")
+    assert snapshot(database_url)["applies"] == 1

@@ -1,0 +1,114 @@
+"""Schema migrations on the real PostgreSQL, and adoption of a platform database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg2
+import pytest
+
+from reconciler import commands
+from reconciler.db import check_schema, migrate, migration_files, open_database, redact_url
+from reconciler.errors import DatabaseError
+from reconciler.layout import ObjectInfo
+
+from .conftest import CDN
+
+PLATFORM_SCHEMA = (Path(__file__).parent / "data" / "platform-schema.sql").read_text()
+
+
+def test_migrations_are_numbered_and_shipped():
+    files = migration_files()
+    assert [f.version for f in files] == list(range(1, len(files) + 1))
+    assert files[0].name == "0001_platform_tables.sql"
+
+
+def test_init_adopts_an_existing_platform_database_without_losing_a_row(empty_database_url, sql_on):
+    run = sql_on(empty_database_url)
+    run(PLATFORM_SCHEMA)
+    run("INSERT INTO whitelabel_models (folder_name, status) VALUES ('Alice', 'live'), ('Legacy', 'archived')")
+    run("INSERT INTO whitelabel_posts (whitelabel_model_id, folder_name, title, media_cdns) "
+        "VALUES (1, 'Beach', 'Beach', '{\"images\": [], \"videos\": []}')")
+    run("INSERT INTO whitelabel_media (whitelabel_post_id, s3_key, url, type) "
+        "VALUES (1, 'Alice/Beach/1.jpg', 'https://old/Alice/Beach/1.jpg', 'image')")
+    before = run("SELECT * FROM whitelabel_models ORDER BY id"), run("SELECT * FROM whitelabel_media ORDER BY id")
+
+    for _ in range(2):  # idempotent
+        with open_database(empty_database_url) as db:
+            migrate(db)
+            check_schema(db)
+
+    assert run("SELECT * FROM whitelabel_models ORDER BY id") == before[0]
+    media = run("SELECT id, s3_key, url, type, size_bytes, etag FROM whitelabel_media ORDER BY id")
+    assert media == [(1, "Alice/Beach/1.jpg", "https://old/Alice/Beach/1.jpg", "image", None, None)]
+    assert run("SELECT version FROM reconciler_migrations ORDER BY 1") == [(f.version,) for f in migration_files()]
+
+
+def test_adopted_database_plans_updates_not_recreations(empty_database_url, sql_on):
+    run = sql_on(empty_database_url)
+    run(PLATFORM_SCHEMA)
+    run("INSERT INTO whitelabel_models (folder_name, post_count) VALUES ('Alice', 1)")
+    run("INSERT INTO whitelabel_posts (whitelabel_model_id, folder_name, title) VALUES (1, 'Beach', 'Beach')")
+    run("INSERT INTO whitelabel_media (whitelabel_post_id, s3_key, url, type) "
+        f"VALUES (1, 'Alice/Beach/1.jpg', '{CDN}/Alice/Beach/1.jpg', 'image')")
+    with open_database(empty_database_url) as db:
+        migrate(db)
+    from reconciler import Settings
+
+    plan = commands.make_plan(
+        Settings(database=empty_database_url, cdn_base_url=CDN), objects=[ObjectInfo("Alice/Beach/1.jpg", 10, "e", None)]
+    )
+    assert {(c.action, c.kind) for c in plan.changes} == {("update", "model"), ("update", "post"), ("update", "media")}
+    media = next(c for c in plan.changes if c.kind == "media")
+    assert media.before == {"size_bytes": None, "etag": None} and media.after == {"size_bytes": 10, "etag": "e"}
+
+
+def test_check_schema_on_an_empty_database(empty_database_url):
+    with open_database(empty_database_url) as db, pytest.raises(DatabaseError, match="reconciler init"):
+        check_schema(db)
+
+
+@pytest.mark.parametrize(
+    "url, shown",
+    [
+        ("postgresql://app:pw@db:5432/prod", "postgresql://app@db:5432/prod"),
+        ("postgresql://app@db/prod?password=pw&sslmode=require", "postgresql://app@db/prod?sslmode=require"),
+        ("postgresql://:pw@db/prod", "postgresql://db/prod"),
+        ("postgresql://db/prod", "postgresql://db/prod"),
+    ],
+)
+def test_redact_url(url, shown):
+    assert redact_url(url) == shown
+
+
+def test_embedded_default_starts_and_stops(tmp_path):
+    state = tmp_path / "state"
+    with open_database(None, str(state)) as db:
+        migrate(db)
+        assert "embedded PostgreSQL" in db.display
+        pid = db.embedded.get_pid()
+    assert (state / "pgdata" / "PG_VERSION").exists()
+    import psutil
+
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.fixture
+def sql_on():
+    conns = []
+
+    def factory(url):
+        conn = psycopg2.connect(url)
+        conn.autocommit = True
+        conns.append(conn)
+
+        def run(statement, params=None):
+            with conn.cursor() as cur:
+                cur.execute(statement, params)
+                return cur.fetchall() if cur.description else None
+
+        return run
+
+    yield factory
+    for c in conns:
+        c.close()
