@@ -132,13 +132,15 @@ def rollback_plan(db: Database, apply_id: int) -> Plan:
             rows = cur.fetchall()
             changes = inverse_changes(rows)
             state = read_state(conn, scope)
-            live = {}
+            touched = {(c.kind, c.key) for c in changes}
+            live = {}  # only the rows the apply touched: memory follows the apply, not the scope
             counts = {}
             for kind, stream in (("model", state.models), ("post", state.posts), ("media", state.media)):
                 n = 0
                 for key, row in stream:
                     n += 1
-                    live[(kind, key)] = tuple(row)
+                    if (kind, key) in touched:
+                        live[(kind, key)] = tuple(row)
                 counts[kind] = n
             digest = state.digest()
     except psycopg2.Error as e:

@@ -139,3 +139,25 @@ def test_show_formats(cli, database_url, tmp_path, fmt):
         assert json.loads(r.out)["summary"]["media"]["create"] == 1
     else:
         assert "M/P/1.jpg" in r.out
+
+
+def test_detailed_exitcode_0_2_1(cli, database_url, tmp_path):
+    (tmp_path / "b" / "M" / "P").mkdir(parents=True)
+    (tmp_path / "b" / "M" / "P" / "1.jpg").write_bytes(b"x")
+    common = ["--database", database_url, "--cdn-base-url", CDN, "--detailed-exitcode"]
+    r = cli("plan", "--source", "b", "-o", "p.json", *common)
+    assert r.code == 2 and "\r" not in r.out and r.err == ""
+    assert cli("apply", "p.json", "--database", database_url).code == 0
+    assert cli("plan", "--source", "b", "-o", "p2.json", *common).code == 0
+    assert cli("plan", "--source", "missing-folder", "-o", "p3.json", *common).code == 1
+
+
+def test_options_after_the_subcommand_and_precedence(cli, database_url, tmp_path, monkeypatch):
+    (tmp_path / "b" / "M" / "P").mkdir(parents=True)
+    (tmp_path / "b" / "M" / "P" / "1.jpg").write_bytes(b"x")
+    (tmp_path / "cfg.yaml").write_text("source:\n  url: nowhere\ncdn_base_url: https://from-config\n")
+    monkeypatch.setenv("RECONCILER_CDN_BASE_URL", "https://from-env")
+    r = cli("--config", "cfg.yaml", "plan", "--source", "b", "--database", database_url, "-o", "p.json")
+    assert r.code == 0, r.err
+    plan = json.loads((tmp_path / "p.json").read_text())
+    assert plan["changes"][-1]["after"]["url"] == "https://from-env/M/P/1.jpg"
