@@ -16,7 +16,7 @@ from __future__ import annotations
 import getpass
 import json
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
 import psycopg2
 import psycopg2.errors
@@ -24,9 +24,8 @@ import psycopg2.errors
 from .version import __version__
 from .current import read_state
 from .db import LOCK_KEY, Database
-from .desired import split_post_key
 from .errors import AlreadyAppliedError, DatabaseError, LockTimeoutError, ReconcilerError, StalePlanError
-from .planfile import Plan, check_signature
+from .planfile import VerifiedPlan
 from .safety import Limits, check_delete_limits
 
 Progress = Callable[[str], None]
@@ -45,92 +44,40 @@ class ApplyResult:
 
 # --------------------------------------------------------------------------- staging
 
-_STAGE = {
-    "model": (
-        "seq int, action text, key text, row_id int, fields text[], thumbnail_url text, icon_url text, "
-        "banner_url text, post_count int, status text, created_at timestamp"
-    ),
-    "post": (
-        "seq int, action text, key text, model_key text, post_folder text, row_id int, fields text[], "
-        "title text, media_cdns text, created_at timestamp"
-    ),
-    "media": (
-        "seq int, action text, key text, post_model text, post_folder text, row_id int, fields text[], "
-        "url text, type text, size_bytes bigint, etag text, created_at timestamp"
-    ),
+# The verified plan's canonical change lines go to PostgreSQL as they are (COPY into a
+# jsonb column) and are unpacked there: no per-change work in Python. In CSV mode with
+# quote and delimiter set to control characters, which JSON text never holds raw, a
+# line is one field, byte for byte.
+_COPY_RAW = "COPY rc_raw (j) FROM STDIN WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
+
+_IMAGE = "rc_raw, LATERAL (SELECT CASE WHEN j->>'action' = 'delete' THEN j->'before' ELSE j->'after' END) AS x(i)"
+_COMMON = """seq, j->>'action' AS action, j->>'key' AS key,
+    CASE WHEN j->>'action' = 'create' THEN (i->>'id')::int END AS row_id,
+    CASE WHEN j->>'action' = 'update' THEN ARRAY(SELECT jsonb_object_keys(j->'after')) END AS fields,
+    CASE WHEN j->>'action' = 'create' THEN (i->>'created_at')::timestamp END AS created_at"""
+_UNPACK = {
+    "model": """i->>'thumbnail_url' AS thumbnail_url, i->>'icon_url' AS icon_url, i->>'banner_url' AS banner_url,
+        (i->>'post_count')::int AS post_count,
+        CASE WHEN j->>'action' = 'create' THEN i->>'status' END AS status""",
+    "post": """split_part(j->>'key', '/', 1) AS model_key, substr(j->>'key', strpos(j->>'key', '/') + 1) AS post_folder,
+        i->>'title' AS title, nullif((i->'media_cdns')::text, 'null') AS media_cdns""",
+    "media": """split_part(i->>'post', '/', 1) AS post_model, substr(i->>'post', strpos(i->>'post', '/') + 1) AS post_folder,
+        i->>'url' AS url, i->>'type' AS type, (i->>'size_bytes')::bigint AS size_bytes, i->>'etag' AS etag""",
 }
 
 
-def _esc(v) -> str:
-    if v is None:
-        return "\\N"
-    if isinstance(v, dict):
-        v = json.dumps(v, sort_keys=True, ensure_ascii=False)
-    s = str(v)
-    if "\\" in s or "\t" in s or "\n" in s or "\r" in s:
-        s = s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
-    return s
-
-
-def _stage_row(seq: int, c) -> list:
-    image = c.after if c.after is not None else c.before
-    fields = "{" + ",".join(sorted(c.after)) + "}" if c.action == "update" else None
-    restore = c.action == "create"
-    g = image.get
-    if c.kind == "model":
-        return [seq, c.action, c.key, g("id") if restore else None, fields, g("thumbnail_url"), g("icon_url"),
-                g("banner_url"), g("post_count"), g("status") if restore else None, g("created_at") if restore else None]
-    if c.kind == "post":
-        model, post = split_post_key(c.key)
-        return [seq, c.action, c.key, model, post, g("id") if restore else None, fields, g("title"),
-                g("media_cdns"), g("created_at") if restore else None]
-    pm, pp = split_post_key(g("post")) if g("post") else (None, None)
-    return [seq, c.action, c.key, pm, pp, g("id") if restore else None, fields, g("url"), g("type"),
-            g("size_bytes"), g("etag"), g("created_at") if restore else None]
-
-
-class _LineReader:
-    """A file-like object over lines, for ``copy_expert`` without one big string."""
-
-    def __init__(self, lines: Iterator[str]) -> None:
-        self._lines = lines
-        self._buf = ""
-
-    def read(self, size: int = -1) -> str:
-        while size < 0 or len(self._buf) < size:
-            try:
-                self._buf += next(self._lines)
-            except StopIteration:
-                break
-        if size < 0:
-            out, self._buf = self._buf, ""
-        else:
-            out, self._buf = self._buf[:size], self._buf[size:]
-        return out
-
-    readline = read
-
-
-def _copy_stage(cur, kind: str, changes: Iterable) -> int:
-    n = 0
-
-    def lines() -> Iterator[str]:
-        nonlocal n
-        batch = []
-        for seq, c in enumerate(changes):
-            batch.append("\t".join(_esc(v) for v in _stage_row(seq, c)))
-            n += 1
-            if len(batch) >= 2000:
-                yield "\n".join(batch) + "\n"
-                batch = []
-        if batch:
-            yield "\n".join(batch) + "\n"
-
-    cur.execute(f"CREATE TEMP TABLE rc_stage_{kind} ({_STAGE[kind]}) ON COMMIT DROP")
-    cur.copy_expert(f"COPY rc_stage_{kind} FROM STDIN", _LineReader(lines()), size=1 << 16)
-    cur.execute(f"CREATE INDEX ON rc_stage_{kind} (key)")
-    cur.execute(f"ANALYZE rc_stage_{kind}")
-    return n
+def _stage(cur, spool) -> None:
+    """Load the canonical change lines and unpack them into one typed table per kind."""
+    cur.execute("CREATE TEMP TABLE rc_raw (seq bigint GENERATED ALWAYS AS IDENTITY, j jsonb NOT NULL) ON COMMIT DROP")
+    cur.copy_expert(_COPY_RAW, spool, size=1 << 20)
+    for kind in ("model", "post", "media"):
+        cur.execute(
+            f"""CREATE TEMP TABLE rc_stage_{kind} ON COMMIT DROP AS
+                SELECT {_COMMON}, {_UNPACK[kind]} FROM {_IMAGE} WHERE j->>'kind' = %s""",
+            (kind,),
+        )
+        cur.execute(f"CREATE INDEX ON rc_stage_{kind} (key)")
+        cur.execute(f"ANALYZE rc_stage_{kind}")
 
 
 # --------------------------------------------------------------------------- SQL
@@ -152,6 +99,7 @@ _JOIN = {
         "to_jsonb(t) || jsonb_build_object('post', pm.folder_name || '/' || pp.folder_name)",
     ),
 }
+_SYNCED = "(now() AT TIME ZONE 'UTC')"  # last_synced_at is a timestamp without time zone
 _TABLE = {"model": "whitelabel_models", "post": "whitelabel_posts", "media": "whitelabel_media"}
 _MANAGED = {
     "model": ("thumbnail_url", "icon_url", "banner_url", "post_count"),
@@ -217,20 +165,33 @@ def _delete(cur, kind: str) -> None:
     cur.execute("DELETE FROM whitelabel_models t USING rc_stage_model s WHERE s.action = 'delete' AND t.folder_name = s.key")
 
 
-def _insert(cur, kind: str, expected: int) -> None:
-    """Create rows; rows restored by a rollback keep their original id (and created_at, status)."""
+# The parent's natural key as the audit keeps it next to a created row.
+_PARENT_KEY = {"model": "'{}'::jsonb", "post": "jsonb_build_object('model', s.model_key)",
+               "media": "jsonb_build_object('post', s.post_model || '/' || s.post_folder)"}
+
+
+def _insert(cur, apply_id: int, kind: str, expected: int) -> None:
+    """Create rows and audit them in the same statement (``RETURNING``).
+
+    Rows restored by a rollback keep their original id (and created_at, status); new
+    rows take the columns' own defaults. New ids follow the plan's key order, so the
+    same plan gives the same ids.
+    """
     if expected == 0:
         return
     managed = _MANAGED[kind]
     cols = ", ".join(managed)
     vals = ", ".join(f"s.{c}" for c in managed).replace("s.media_cdns", "s.media_cdns::json")
     if kind == "model":
-        parent_col, parent_val, source = "folder_name", "s.key", "rc_stage_model s"
+        # last_synced_at is set here, so that the audited image is the final row.
+        parent_col, parent_val, source = "folder_name, last_synced_at", f"s.key, {_SYNCED}", "rc_stage_model s"
         restore_cols, restore_vals = "id, status, created_at", "s.row_id, s.status, coalesce(s.created_at, now())"
+        key_col = "folder_name"
     elif kind == "post":
         parent_col, parent_val = "whitelabel_model_id, folder_name", "pm.id, s.post_folder"
         source = "rc_stage_post s JOIN whitelabel_models pm ON pm.folder_name = s.model_key"
         restore_cols, restore_vals = "id, created_at", "s.row_id, coalesce(s.created_at, now())"
+        key_col = "whitelabel_model_id"  # joined back through the model below
     else:
         parent_col, parent_val = "whitelabel_post_id, s3_key", "pp.id, s.key"
         source = (
@@ -238,28 +199,36 @@ def _insert(cur, kind: str, expected: int) -> None:
             "JOIN whitelabel_posts pp ON pp.whitelabel_model_id = pm.id AND pp.folder_name = s.post_folder"
         )
         restore_cols, restore_vals = "id, created_at", "s.row_id, coalesce(s.created_at, now())"
+        key_col = "s3_key"
     table = _TABLE[kind]
+    if kind == "post":
+        back = ("JOIN whitelabel_models bm ON bm.id = ins.whitelabel_model_id "
+                "JOIN rc_stage_post s ON s.action = 'create' AND s.model_key = bm.folder_name "
+                "AND s.post_folder = ins.folder_name")
+    else:
+        back = f"JOIN rc_stage_{kind} s ON s.action = 'create' AND s.key = ins.{key_col}"
     inserted = 0
-    # Two statements, so that new rows take the columns' own defaults (status, created_at).
-    # New ids follow the plan's key order, so the same plan gives the same ids.
-    cur.execute(
-        f"""INSERT INTO {table} ({parent_col}, {cols})
-            SELECT {parent_val}, {vals} FROM {source} WHERE s.action = 'create' AND s.row_id IS NULL
-            ORDER BY s.seq"""
-    )
-    inserted += cur.rowcount
-    cur.execute(
-        f"""INSERT INTO {table} ({restore_cols}, {parent_col}, {cols})
-            SELECT {restore_vals}, {parent_val}, {vals} FROM {source} WHERE s.action = 'create' AND s.row_id IS NOT NULL"""
-    )
-    if cur.rowcount > 0:
-        inserted += cur.rowcount
-        # Restored ids may lie above the sequence: move it past them.
-        sequence = _sequence(cur, table)
+    for restore in (False, True):
+        insert_cols = f"{restore_cols}, {parent_col}, {cols}" if restore else f"{parent_col}, {cols}"
+        select = f"{restore_vals}, {parent_val}, {vals}" if restore else f"{parent_val}, {vals}"
         cur.execute(
-            f"SELECT setval(%s, greatest((SELECT max(id) FROM {table}), (SELECT last_value FROM {sequence})))",
-            (sequence,),
+            f"""WITH ins AS (
+                  INSERT INTO {table} ({insert_cols})
+                  SELECT {select} FROM {source}
+                  WHERE s.action = 'create' AND s.row_id IS {'NOT ' if restore else ''}NULL ORDER BY s.seq
+                  RETURNING *)
+                INSERT INTO reconciler_changes (apply_id, kind, action, key, row_id, after)
+                SELECT %s, %s, 'create', s.key, ins.id, to_jsonb(ins) || {_PARENT_KEY[kind]} FROM ins {back}""",
+            (apply_id, kind),
         )
+        inserted += cur.rowcount
+        if restore and cur.rowcount > 0:
+            # Restored ids may lie above the sequence: move it past them.
+            sequence = _sequence(cur, table)
+            cur.execute(
+                f"SELECT setval(%s, greatest((SELECT max(id) FROM {table}), (SELECT last_value FROM {sequence})))",
+                (sequence,),
+            )
     if inserted != expected:
         parent = {"model": "id", "post": "model", "media": "post"}[kind]
         raise StalePlanError(f"the plan creates {kind} rows whose {parent} is not in the database; make a new plan")
@@ -293,13 +262,8 @@ def _update(cur, kind: str) -> None:
 
 
 def _audit_after(cur, apply_id: int, kind: str) -> None:
+    """After images of updated rows (created rows were audited as they were inserted)."""
     tables, on, image = _JOIN[kind]
-    cur.execute(
-        f"""INSERT INTO reconciler_changes (apply_id, kind, action, key, row_id, after)
-            SELECT %s, %s, 'create', s.key, t.id, {image}
-            FROM rc_stage_{kind} s JOIN {tables} ON {on} WHERE s.action = 'create'""",
-        (apply_id, kind),
-    )
     cur.execute(
         f"""UPDATE reconciler_changes c SET after = x.image FROM (
               SELECT s.key, {image} AS image FROM rc_stage_{kind} s JOIN {tables} ON {on} WHERE s.action = 'update'
@@ -311,8 +275,8 @@ def _audit_after(cur, apply_id: int, kind: str) -> None:
 def _touch_models(cur) -> None:
     """``last_synced_at`` on every surviving model the plan touched."""
     cur.execute(
-        """UPDATE whitelabel_models SET last_synced_at = (now() AT TIME ZONE 'UTC') WHERE folder_name IN (
-             SELECT key FROM rc_stage_model WHERE action <> 'delete'
+        f"""UPDATE whitelabel_models SET last_synced_at = {_SYNCED} WHERE folder_name IN (
+             SELECT key FROM rc_stage_model WHERE action = 'update'
              UNION SELECT model_key FROM rc_stage_post
              UNION SELECT post_model FROM rc_stage_media WHERE post_model IS NOT NULL
              UNION SELECT pm.folder_name FROM rc_stage_media s
@@ -327,24 +291,25 @@ def _touch_models(cur) -> None:
 
 def apply_plan(
     db: Database,
-    plan: Plan,
+    verified: VerifiedPlan,
     *,
     lock_timeout: float = 60.0,
-    require_signature: bool = False,
-    signing_key: str | None = None,
     limits: Limits = Limits(),
     progress: Progress = lambda msg: None,
 ) -> ApplyResult:
-    """Execute a validated plan (see :func:`reconciler.planfile.load_plan`) exactly.
+    """Execute a verified plan (see :func:`reconciler.planfile.verify_plan`, with
+    ``spool=True``: its signature was checked there) exactly.
 
     Raises a :class:`ReconcilerError` and changes nothing when any check or
     statement fails.
     """
-    check_signature(plan, signing_key, require_signature)
+    plan = verified.plan
     summary = plan.summary
-    if not plan.changes:
+    total = sum(sum(v.values()) for v in summary.values())
+    if total == 0:
         return ApplyResult(None, plan.plan_id, summary)
-    by_kind = {k: [c for c in plan.changes if c.kind == k] for k in ("model", "post", "media")}
+    if verified.spool is None:
+        raise ValueError("apply_plan needs the plan's changes spooled: verify_plan(path, spool=True)")
     deletes = sum(v["delete"] for v in summary.values())
     try:
         with db.transaction() as conn, conn.cursor() as cur:
@@ -392,9 +357,8 @@ def apply_plan(
                 ),
             )
             apply_id = cur.fetchone()[0]
-            progress(f"staging {len(plan.changes)} changes")
-            for kind, changes in by_kind.items():
-                _copy_stage(cur, kind, changes)
+            progress(f"staging {total} changes")
+            _stage(cur, verified.spool)
             for kind in ("model", "post", "media"):
                 _audit_before(cur, apply_id, kind, summary[kind]["update"] + summary[kind]["delete"])
             progress("deleting")
@@ -403,13 +367,14 @@ def apply_plan(
                     _delete(cur, kind)
             progress("creating and updating")
             for kind in ("model", "post", "media"):
-                _insert(cur, kind, summary[kind]["create"])
+                _insert(cur, apply_id, kind, summary[kind]["create"])
                 if summary[kind]["update"]:
                     _update(cur, kind)
             _touch_models(cur)
             progress("writing the audit log")
             for kind in ("model", "post", "media"):
-                _audit_after(cur, apply_id, kind)
+                if summary[kind]["update"]:
+                    _audit_after(cur, apply_id, kind)
             progress("committing")
     except ReconcilerError:
         raise

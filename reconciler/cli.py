@@ -18,7 +18,7 @@ from . import commands, render
 from .config import SIGNING_KEY_ENV, Settings, load_settings
 from .db import _password_of
 from .errors import ReconcilerError
-from .planfile import load_plan
+from .planfile import load_plan, verify_plan
 from .version import __version__
 
 
@@ -178,12 +178,15 @@ def cmd_show(args, settings: Settings) -> int:
 
 
 def cmd_validate(args, settings: Settings) -> int:
-    from .planfile import check_signature
-
-    p = load_plan(args.file)
-    check_signature(p, settings.signing_key, bool(args.require_signature or settings.require_signature))
+    p = verify_plan(
+        args.file,
+        keep_changes=False,
+        signing_key=settings.signing_key,
+        require_signature=bool(args.require_signature or settings.require_signature),
+    ).plan
+    n = sum(sum(v.values()) for v in p.summary.values())
     signed = "signed" if p.signature else "unsigned"
-    print(f"{args.file} is a valid plan: {p.plan_id}, {len(p.changes)} change(s), {signed}.")
+    print(f"{args.file} is a valid plan: {p.plan_id}, {n} change(s), {signed}.")
     return Exit.OK
 
 

@@ -20,7 +20,7 @@ from .desired import build_desired
 from .diff import diff
 from .errors import ConfigError
 from .layout import ObjectInfo
-from .planfile import Plan, load_plan, write_plan
+from .planfile import Plan, verify_plan, write_plan
 from .safety import check_delete_limits, check_empty_source
 from .sources import open_source
 from .version import __version__
@@ -45,6 +45,7 @@ def make_plan(
     objects: Iterable[ObjectInfo] | None = None,
     root: str = "",
     sign: bool = False,
+    seal: bool = True,
     progress: Progress = _quiet,
 ) -> Plan:
     """Compute a plan. Planning never writes: not to the bucket, not to the database.
@@ -108,7 +109,8 @@ def make_plan(
         tool_version=__version__,
         extra=extra,
     )
-    return plan.seal(settings.signing_key if sign else None)
+    # write_plan seals as it streams the changes, so plan() skips this pass.
+    return plan.seal(settings.signing_key if sign else None) if seal else plan
 
 
 def default_plan_path(settings: Settings) -> str:
@@ -118,25 +120,28 @@ def default_plan_path(settings: Settings) -> str:
 
 def plan(settings: Settings, output: str | None = None, **kwargs) -> tuple[Plan, str]:
     """Compute a plan and write it atomically to ``output`` (default: ``plans/``)."""
-    p = make_plan(settings, **kwargs)
-    path = write_plan(p, output or default_plan_path(settings))
+    p = make_plan(settings, seal=False, **kwargs)
+    path = write_plan(p, output or default_plan_path(settings), settings.signing_key if kwargs.get("sign") else None)
     return p, path
 
 
 def apply(settings: Settings, path: str, *, require_signature: bool = False, progress: Progress = _quiet) -> ApplyResult:
-    """Validate the plan file, then apply it in one transaction (see reconciler.apply)."""
-    p = load_plan(path)
-    with open_database(settings.database, settings.state_dir) as db:
-        check_schema(db)
-        return apply_plan(
-            db,
-            p,
-            lock_timeout=settings.lock_timeout,
-            require_signature=require_signature or settings.require_signature,
-            signing_key=settings.signing_key,
-            limits=settings.limits,
-            progress=progress,
-        )
+    """Verify the plan file (schema, plan_id, signature), then apply it in one
+    transaction (see :mod:`reconciler.apply`)."""
+    progress("verifying the plan file")
+    verified = verify_plan(
+        path,
+        keep_changes=False,
+        spool=True,
+        signing_key=settings.signing_key,
+        require_signature=require_signature or settings.require_signature,
+    )
+    try:
+        with open_database(settings.database, settings.state_dir) as db:
+            check_schema(db)
+            return apply_plan(db, verified, lock_timeout=settings.lock_timeout, limits=settings.limits, progress=progress)
+    finally:
+        verified.close()
 
 
 def history(settings: Settings, limit: int | None = 20) -> list[audit.HistoryEntry]:
@@ -150,6 +155,5 @@ def rollback(settings: Settings, apply_id: int, output: str) -> Plan:
     with open_database(settings.database, settings.state_dir) as db:
         check_schema(db)
         p = audit.rollback_plan(db, apply_id)
-    p.seal(settings.signing_key if settings.signing_key else None)
-    write_plan(p, output)
+    write_plan(p, output, settings.signing_key)
     return p

@@ -117,7 +117,8 @@ def build_desired(
         state.skipped[reason] += 1
         examples = state.skipped_examples.setdefault(reason, [])
         if len(examples) < SKIPPED_EXAMPLES:
-            examples.append(key)
+            # An undecodable file name (lone surrogates) would make the plan unwritable.
+            examples.append(key.encode("utf-8", "replace").decode("utf-8"))
 
     for obj in objects:
         key = obj.key
@@ -136,7 +137,7 @@ def build_desired(
         try:
             key.encode("utf-8")
         except UnicodeEncodeError:  # a folder source's undecodable file name
-            skip("invalid_utf8_key", key.encode("utf-8", "replace").decode())
+            skip("invalid_utf8_key", key)
             continue
         model = intern(item.model)
         acc = accs.get(model)

@@ -21,20 +21,36 @@ ACTION_ORDER = {a: i for i, a in enumerate(ACTIONS)}
 FIELDS = {"model": MODEL_FIELDS, "post": POST_FIELDS, "media": MEDIA_FIELDS}
 
 
-@dataclass(frozen=True, slots=True)
 class Change:
-    action: str
-    kind: str
-    key: str
-    before: dict | None
-    after: dict | None
+    """One typed change. ``before``/``after`` are dicts (or None).
+
+    A create or delete may be built from the row tuple itself (``before_row`` /
+    ``after_row``) and turns it into a dict only when asked: a million creates then
+    cost a million small objects, not a million dicts.
+    """
+
+    __slots__ = ("action", "kind", "key", "_before", "_after")
+
+    def __init__(self, action: str, kind: str, key: str, before, after) -> None:
+        self.action, self.kind, self.key = action, kind, key
+        self._before, self._after = before, after
+
+    @property
+    def before(self) -> dict | None:
+        b = self._before
+        return full_image(self.kind, self.key, b) if isinstance(b, tuple) else b
+
+    @property
+    def after(self) -> dict | None:
+        a = self._after
+        return full_image(self.kind, self.key, a) if isinstance(a, tuple) else a
 
     @property
     def sort_key(self) -> tuple[int, int, str]:
         return KIND_ORDER[self.kind], ACTION_ORDER[self.action], self.key
 
     def to_dict(self) -> dict:
-        return {"action": self.action, "kind": self.kind, "key": self.key, "before": self.before, "after": self.after}
+        return {"action": self.action, "after": self.after, "before": self.before, "key": self.key, "kind": self.kind}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Change":
@@ -44,6 +60,15 @@ class Change:
         """The change that undoes this one (rollback)."""
         action = {"create": "delete", "delete": "create", "update": "update"}[self.action]
         return Change(action, self.kind, self.key, self.after, self.before)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Change) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash((self.action, self.kind, self.key))
+
+    def __repr__(self) -> str:
+        return f"Change({self.action!r}, {self.kind!r}, {self.key!r}, {self.before!r}, {self.after!r})"
 
 
 def full_image(kind: str, key: str, row: tuple) -> dict:
@@ -67,7 +92,7 @@ def _compare(kind: str, fields: tuple[str, ...], desired: dict, current: Iterabl
         n += 1
         want = pop(key, None)
         if want is None:
-            out.append(Change("delete", kind, key, full_image(kind, key, have), None))
+            out.append(Change("delete", kind, key, tuple(have), None))
         elif want != have:
             before, after = {}, {}
             for name, w, h in zip(fields, want, have):
@@ -76,7 +101,7 @@ def _compare(kind: str, fields: tuple[str, ...], desired: dict, current: Iterabl
             if before:
                 out.append(Change("update", kind, key, before, after))
     for key, want in desired.items():
-        out.append(Change("create", kind, key, None, full_image(kind, key, want)))
+        out.append(Change("create", kind, key, None, want))
     return n
 
 

@@ -53,6 +53,9 @@ class Layout:
     def __post_init__(self) -> None:
         object.__setattr__(self, "_images", frozenset(e.lower().lstrip(".") for e in self.images))
         object.__setattr__(self, "_videos", frozenset(e.lower().lstrip(".") for e in self.videos))
+        # File stems are compared case-insensitively, so the names are kept in lower case.
+        object.__setattr__(self, "icon_names", tuple(n.lower() for n in self.icon_names))
+        object.__setattr__(self, "banner_names", tuple(n.lower() for n in self.banner_names))
 
     def media_type(self, filename: str) -> str | None:
         """``"image"``, ``"video"`` or None, from the file name's extension."""
@@ -103,7 +106,7 @@ Item = Union[ModelImage, Icon, Banner, Media, Skip]
 
 def classify(rel_key: str, layout: Layout) -> Item:
     """Classify a key relative to the source root (``M/P/file.jpg``)."""
-    if rel_key.endswith("/"):
+    if rel_key.endswith("/") or not rel_key:  # "" is the root's own marker ("media/")
         return Skip(FOLDER_MARKER)
     first = rel_key.find("/")
     if first < 0:

@@ -2,10 +2,24 @@
 
 ``plan_id`` is the SHA-256 of the canonical body (the plan without ``plan_id`` and
 ``signature``, as ``json.dumps(body, sort_keys=True, separators=(",", ":"),
-ensure_ascii=False).encode()``), so anyone can recompute it. The file itself is the
-same object pretty-printed with sorted keys, so ``git diff`` of two plans reads well.
-Both are produced by streaming the changes, so a plan with a million changes is never
-held twice in memory.
+ensure_ascii=False).encode()``), so anyone can recompute it.
+
+The file is that object with sorted keys, the envelope pretty-printed and **one change
+per line** (each in its canonical form)::
+
+    {
+      "changes": [
+        {"action":"create","after":{...},"before":null,"key":"Alice","kind":"model"},
+        ...
+      ],
+      "created_at": "2026-11-21T10:00:00Z",
+      ...
+    }
+
+so that ``git diff`` of two plans shows exactly the changes that differ, and a plan with
+a million changes is written, hashed and verified as a stream of lines: it is never
+held in memory as a million dicts. Any other JSON layout of the same object (say,
+reformatted by ``jq``) is read too, and has the same ``plan_id``.
 """
 
 from __future__ import annotations
@@ -19,7 +33,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
-from typing import Iterator
+from typing import IO, Iterable, Iterator
 
 from .diff import ACTIONS, FIELDS, KIND_ORDER, KINDS, Change, summarize
 from .errors import PlanFileError, SignatureError
@@ -27,6 +41,15 @@ from .errors import PlanFileError, SignatureError
 FORMAT_VERSION = 1
 SIGNING_KEY_ENV = "RECONCILER_SIGNING_KEY"
 MAX_PLAN_BYTES = 4 * 1024**3
+
+# One encoder, reused: json.dumps() would build one per call. Without indent it runs
+# in C, which is what makes hashing a million changes cheap.
+_CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def canonical(obj) -> str:
+    """``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``."""
+    return _CANON.encode(obj)
 
 
 @dataclass
@@ -41,10 +64,11 @@ class Plan:
     extra: dict = field(default_factory=dict)  # optional fields: kind, rolls_back, limits
     plan_id: str | None = None
     signature: str | None = None
+    summary_override: dict | None = field(default=None, repr=False)  # set when changes are streamed
 
     @property
     def summary(self) -> dict[str, dict[str, int]]:
-        return summarize(self.changes)
+        return self.summary_override if self.summary_override is not None else summarize(self.changes)
 
     @property
     def scope(self) -> list[str] | None:
@@ -64,13 +88,17 @@ class Plan:
         assert all(k > "changes" for k in body), "changes must sort first in the body"
         return body
 
-    def to_dict(self) -> dict:
-        d = {**self.envelope(), "changes": [c.to_dict() for c in self.changes]}
+    def top(self) -> dict:
+        """The envelope plus plan_id and signature: the file without ``changes``."""
+        top = self.envelope()
         if self.plan_id is not None:
-            d["plan_id"] = self.plan_id
+            top["plan_id"] = self.plan_id
         if self.signature is not None:
-            d["signature"] = self.signature
-        return d
+            top["signature"] = self.signature
+        return top
+
+    def to_dict(self) -> dict:
+        return {**self.top(), "changes": [c.to_dict() for c in self.changes]}
 
     def seal(self, signing_key: str | None = None) -> "Plan":
         """Compute ``plan_id`` (and the signature when a key is given)."""
@@ -86,112 +114,132 @@ def utc_now() -> str:
 # --------------------------------------------------------------------------- hashing
 
 
-def _canonical(obj) -> str:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+class BodyHasher:
+    """SHA-256 (and HMAC) of the canonical body, fed one canonical change at a time."""
 
+    def __init__(self, signing_key: str | None = None) -> None:
+        self.sha = hashlib.sha256(b'{"changes":[')
+        self.mac = hmac.new(signing_key.encode("utf-8"), b'{"changes":[', hashlib.sha256) if signing_key else None
+        self._first = True
+        self._buf: list[str] = []
 
-def canonical_chunks(plan: Plan) -> Iterator[bytes]:
-    """The canonical body, in pieces (``changes`` is the first key in sorted order)."""
-    yield b'{"changes":['
-    batch: list[str] = []
-    first = True
-    for c in plan.changes:
-        batch.append(_canonical(c.to_dict()))
-        if len(batch) >= 2048:
-            yield (("" if first else ",") + ",".join(batch)).encode("utf-8")
-            first = False
-            batch.clear()
-    if batch:
-        yield (("" if first else ",") + ",".join(batch)).encode("utf-8")
-    rest = _canonical(plan.envelope())
-    yield ("]" + ("," + rest[1:] if rest != "{}" else "}")).encode("utf-8")
+    def change(self, canonical_change: str) -> None:
+        self._buf.append(canonical_change)
+        if len(self._buf) >= 4096:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._buf:
+            return
+        text = ("" if self._first else ",") + ",".join(self._buf)
+        self._first = False
+        self._buf.clear()
+        self._update(text)
+
+    def _update(self, text: str) -> None:
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PlanFileError("the plan holds text that is not valid Unicode (a lone surrogate)") from None
+        self.sha.update(data)
+        if self.mac:
+            self.mac.update(data)
+
+    def finish(self, envelope: dict) -> tuple[str, str | None]:
+        self._flush()
+        rest = canonical(envelope)
+        self._update("]" + ("," + rest[1:] if rest != "{}" else "}"))
+        return self.sha.hexdigest(), self.mac.hexdigest() if self.mac else None
 
 
 def _hash_body(plan: Plan, signing_key: str | None) -> tuple[str, str | None]:
-    digest = hashlib.sha256()
-    mac = hmac.new(signing_key.encode("utf-8"), digestmod=hashlib.sha256) if signing_key else None
-    try:
-        for chunk in canonical_chunks(plan):
-            digest.update(chunk)
-            if mac:
-                mac.update(chunk)
-    except UnicodeEncodeError:
-        raise PlanFileError("the plan holds text that is not valid Unicode (a lone surrogate)") from None
-    return digest.hexdigest(), mac.hexdigest() if mac else None
+    h = BodyHasher(signing_key)
+    for c in plan.changes:
+        h.change(canonical(c.to_dict()))
+    return h.finish(plan.envelope())
 
 
 def compute_plan_id(plan: Plan) -> str:
     return _hash_body(plan, None)[0]
 
 
+def _signature_problem(signature: str | None, mac: str | None, signing_key: str | None, required: bool) -> str | None:
+    if signature is None:
+        if required:
+            return "the plan is not signed and a signature is required; make it with `reconciler plan --sign`"
+        return None
+    if not signing_key:
+        return f"cannot check the plan's signature: {SIGNING_KEY_ENV} is not set" if required else None
+    if mac is None or not hmac.compare_digest(signature, f"hmac-sha256:{mac}"):
+        return f"the plan's signature does not match: it was signed with another key, or edited; check {SIGNING_KEY_ENV}"
+    return None
+
+
 def check_signature(plan: Plan, signing_key: str | None, required: bool) -> None:
     """Refuse a badly signed plan; with ``required``, refuse an unsigned one too."""
-    if plan.signature is None:
-        if required:
-            raise SignatureError("the plan is not signed and a signature is required; make it with `reconciler plan --sign`")
-        return
-    if not signing_key:
-        if required:
-            raise SignatureError(f"cannot check the plan's signature: {SIGNING_KEY_ENV} is not set")
-        return
-    _, mac = _hash_body(plan, signing_key)
-    if not hmac.compare_digest(plan.signature, f"hmac-sha256:{mac}"):
-        raise SignatureError(f"the plan's signature does not match: it was signed with another key, or edited; check {SIGNING_KEY_ENV}")
+    mac = _hash_body(plan, signing_key)[1] if plan.signature and signing_key else None
+    problem = _signature_problem(plan.signature, mac, signing_key, required)
+    if problem:
+        raise SignatureError(problem)
 
 
 # --------------------------------------------------------------------------- writing
 
 
-def _pretty(obj, indent: str) -> str:
-    # Newlines inside JSON strings are escaped, so every real newline is structural.
-    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False).replace("\n", "\n" + indent)
-
-
-def pretty_chunks(plan: Plan) -> Iterator[str]:
-    """The file text: equal to ``json.dumps(plan.to_dict(), indent=2, sort_keys=True,
-    ensure_ascii=False)`` plus a final newline, produced change by change."""
-    top = plan.to_dict() if len(plan.changes) < 1000 else {**plan.envelope(), "changes": None}
-    if top["changes"] is not None:
-        yield json.dumps(top, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-        return
-    if plan.plan_id is not None:
-        top["plan_id"] = plan.plan_id
-    if plan.signature is not None:
-        top["signature"] = plan.signature
-    yield '{\n  "changes": [\n'
+def file_chunks(plan: Plan, lines: Iterable[str] | None = None) -> Iterator[str]:
+    """The file's text; ``lines`` are the canonical changes (computed when None)."""
+    rest = json.dumps(plan.top(), indent=2, sort_keys=True, ensure_ascii=False)
+    if lines is None:
+        lines = (canonical(c.to_dict()) for c in plan.changes)
+    first = True
     batch: list[str] = []
-    for i, c in enumerate(plan.changes):
-        batch.append("    " + _pretty(c.to_dict(), "    "))
-        if len(batch) >= 1024:
-            yield ",\n".join(batch) + (",\n" if i + 1 < len(plan.changes) else "")
+    for line in lines:
+        batch.append(line)
+        if len(batch) >= 2048:
+            yield ('{\n  "changes": [\n    ' if first else ",\n    ") + ",\n    ".join(batch)
+            first = False
             batch.clear()
     if batch:
-        yield ",\n".join(batch)
-    yield "\n  ]"
-    for k in sorted(k for k in top if k != "changes"):
-        yield f",\n  {json.dumps(k)}: {_pretty(top[k], '  ')}"
-    yield "\n}\n"
+        yield ('{\n  "changes": [\n    ' if first else ",\n    ") + ",\n    ".join(batch)
+        first = False
+    yield ('{\n  "changes": [],\n' if first else "\n  ],\n") + rest[2:] + "\n"
 
 
-def write_plan(plan: Plan, path: str) -> str:
-    """Write atomically: a temporary file in the same folder, fsync, rename.
+def write_plan(plan: Plan, path: str, signing_key: str | None = None) -> str:
+    """Seal the plan (plan_id, and signature with a key) and write it atomically.
 
-    A failure at any point leaves no file (and an existing file untouched).
+    The changes are encoded once, for the hash and the file alike. The file is written
+    to a temporary file in the same folder, synced and renamed: a failure at any point
+    leaves no file (and an existing file untouched).
     """
-    if plan.plan_id is None:
-        plan.seal()
     folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise PlanFileError(f"{path} is a folder; give a file name with -o")
     try:
         os.makedirs(folder, exist_ok=True)
-        if os.path.isdir(path):
-            raise PlanFileError(f"{path} is a folder; give a file name with -o")
         fd, tmp = tempfile.mkstemp(prefix=".plan-", suffix=".tmp", dir=folder)
     except OSError as e:
         raise PlanFileError(f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for chunk in pretty_chunks(plan):
-                f.write(chunk)
+            # Changes first to a spool (they come first in the file, but plan_id, which
+            # depends on all of them, is part of the envelope after them).
+            with tempfile.TemporaryFile("w+", encoding="utf-8", dir=folder) as spool:
+                h = BodyHasher(signing_key)
+                for c in plan.changes:
+                    line = canonical(c.to_dict())
+                    h.change(line)
+                    spool.write(line)
+                    spool.write("\n")
+                old_id = plan.plan_id
+                plan.plan_id, mac = h.finish(plan.envelope())
+                if mac:
+                    plan.signature = f"hmac-sha256:{mac}"
+                elif plan.plan_id != old_id:  # a signature made earlier holds only for the same body
+                    plan.signature = None
+                spool.seek(0)
+                for chunk in file_chunks(plan, (line[:-1] for line in spool)):
+                    f.write(chunk)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -220,10 +268,11 @@ def _envelope_validator():
 
     schema = dict(plan_schema())
     props = dict(schema["properties"])
-    # Changes are checked one by one by check_change(), the same rules in plain Python:
-    # jsonschema over a million changes would take minutes.
-    props["changes"] = {"type": "array", "items": {"type": "object"}}
+    # Changes are checked one by one by check_change(), the same rules in plain Python
+    # (a test holds the two together): jsonschema over a million changes takes minutes.
+    props.pop("changes")
     schema["properties"] = props
+    schema["required"] = [r for r in schema["required"] if r != "changes"]
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema)
 
@@ -233,98 +282,226 @@ def _where(path) -> str:
     return "/".join(parts) if parts else "(top level)"
 
 
-def read_plan_json(path: str) -> dict:
-    """Read and parse a plan file; every failure is a one-line PlanFileError."""
+def _short(message: str, limit: int = 160) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def _loads(text: str, path: str):
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise PlanFileError(f"plan file {path} is nested too deeply to be a plan") from None
+    except ValueError as e:
+        raise PlanFileError(f"plan file {path} is not valid JSON: {_short(str(e))}") from None
+
+
+def _open(path: str) -> IO[str]:
     if os.path.isdir(path):
         raise PlanFileError(f"{path} is a folder, not a plan file")
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_PLAN_BYTES + 1)
+        size = os.path.getsize(path)
+        f = open(path, "r", encoding="utf-8", newline="\n")
     except FileNotFoundError:
         raise PlanFileError(f"plan file {path} does not exist") from None
     except OSError as e:
         raise PlanFileError(f"cannot read plan file {path}: {e.strerror}") from None
-    if len(raw) > MAX_PLAN_BYTES:
+    if size > MAX_PLAN_BYTES:
+        f.close()
         raise PlanFileError(f"plan file {path} is larger than 4 GiB; it is not a plan")
-    if not raw.strip():
+    return f
+
+
+def _decode_errors(path: str):
+    return PlanFileError(f"plan file {path} is not UTF-8 text (a binary file?)")
+
+
+def _line_layout(path: str) -> tuple[dict, int] | None:
+    """The file's top (everything but ``changes``) and its change count, when the file
+    has the one-change-per-line layout this tool writes; else None."""
+    with _open(path) as f:
+        try:
+            if f.readline() != "{\n":
+                return None
+            opening = f.readline()
+            if opening == '  "changes": [],\n':
+                n = 0
+            elif opening == '  "changes": [\n':
+                n = 0
+                for line in f:
+                    if line == "  ],\n":
+                        break
+                    if not line.startswith("    {"):
+                        return None
+                    n += 1
+                else:
+                    return None
+            else:
+                return None
+            rest = f.read()
+        except UnicodeDecodeError:
+            raise _decode_errors(path) from None
+    top = _loads("{\n" + rest, path)
+    if not isinstance(top, dict) or "changes" in top:
+        return None
+    return top, n
+
+
+def _line_changes(path: str, n: int) -> Iterator[object]:
+    with _open(path) as f:
+        try:
+            f.readline()
+            f.readline()
+            for i in range(n):
+                line = f.readline()
+                last = i == n - 1
+                body = line[4:-1] if last else line[4:-2]
+                if not line.endswith("}\n" if last else "},\n"):
+                    raise PlanFileError(f"plan file {path} is not valid JSON (change {i} is not one complete line)")
+                yield _loads(body, path)
+        except UnicodeDecodeError:
+            raise _decode_errors(path) from None
+
+
+def _read_whole(path: str) -> dict:
+    with _open(path) as f:
+        try:
+            text = f.read()
+        except UnicodeDecodeError:
+            raise _decode_errors(path) from None
+    if not text.strip():
         raise PlanFileError(f"plan file {path} is empty")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise PlanFileError(f"plan file {path} is not UTF-8 text (a binary file?)") from None
-    try:
-        data = json.loads(text)
-    except RecursionError:
-        raise PlanFileError(f"plan file {path} is nested too deeply to be a plan") from None
-    except ValueError as e:
-        raise PlanFileError(f"plan file {path} is not valid JSON: {e}") from None
+    data = _loads(text, path)
     if not isinstance(data, dict):
         raise PlanFileError(f"plan file {path} is not a JSON object")
     return data
 
 
-def validate_plan_data(data: dict, path: str = "plan") -> Plan:
-    """Schema + per-change rules + plan_id. Returns the plan, or raises PlanFileError."""
-    import jsonschema
-
-    fv = data.get("format_version")
+def _check_top(top: dict, path: str) -> None:
+    fv = top.get("format_version")
     if fv != FORMAT_VERSION:
         raise PlanFileError(
-            f"{path} has format_version {fv!r}; this reconciler reads format_version {FORMAT_VERSION} (make a new plan)"
+            f"{path} has format_version {_short(repr(fv), 40)}; this reconciler reads format_version {FORMAT_VERSION}"
+            " (make a new plan)"
         )
     try:
-        errors = sorted(_envelope_validator().iter_errors(data), key=lambda e: list(e.absolute_path))
+        errors = sorted(_envelope_validator().iter_errors(top), key=lambda e: list(map(str, e.absolute_path)))
     except RecursionError:
         raise PlanFileError(f"{path} is nested too deeply to be a plan") from None
     if errors:
         e = errors[0]
         raise PlanFileError(f"{path} does not match the plan schema at {_where(e.absolute_path)}: {_short(e.message)}")
-    changes = []
+
+
+@dataclass
+class VerifiedPlan:
+    """A plan file that passed every check; its changes are kept or spooled."""
+
+    plan: Plan
+    spool: IO[str] | None  # canonical changes, one per line, when asked for
+
+    def close(self) -> None:
+        if self.spool is not None:
+            self.spool.close()
+
+
+def verify_plan(
+    path: str,
+    *,
+    keep_changes: bool = True,
+    spool: bool = False,
+    signing_key: str | None = None,
+    require_signature: bool = False,
+) -> VerifiedPlan:
+    """Read and check a plan file in one pass over its changes, without a database.
+
+    Checks: the JSON Schema (envelope by jsonschema, each change by
+    :func:`check_change`), keys consistent with images, order, no duplicates, the
+    summary, ``plan_id`` (refusing a plan edited after it was made) and the signature.
+    With ``keep_changes=False`` the changes are not held in memory; with ``spool``
+    their canonical lines are written to a temporary file for the caller (apply
+    streams them into the database from there).
+    """
+    layout = _line_layout(path)
+    if layout is not None:
+        top, n = layout
+        changes_in: Iterable = _line_changes(path, n)
+    else:
+        data = _read_whole(path)
+        top = {k: v for k, v in data.items() if k != "changes"}
+        if "changes" not in data:
+            _check_top(top, path)
+            raise PlanFileError(f"{path} does not match the plan schema at (top level): 'changes' is a required property")
+        changes_in = data["changes"]
+        if not isinstance(changes_in, list):
+            _check_top(top, path)
+            raise PlanFileError(f"{path} does not match the plan schema at changes: {changes_in!r:.40} is not of type 'array'")
+    _check_top(top, path)
+    plan = Plan(
+        changes=[],
+        source=top["source"],
+        target=top["target"],
+        tool_version=top["tool_version"],
+        created_at=top["created_at"],
+        extra={k: top[k] for k in ("kind", "rolls_back", "limits") if k in top},
+        plan_id=top["plan_id"],
+        signature=top.get("signature"),
+    )
+    key = signing_key if plan.signature else None
+    hasher = BodyHasher(key)
+    out = tempfile.TemporaryFile("w+", encoding="utf-8") if spool else None
+    summary = {k: {a: 0 for a in ACTIONS} for k in KINDS}
     seen: set[tuple[str, str]] = set()
     last = None
-    for i, c in enumerate(data["changes"]):
-        problem = check_change(c)
+    try:
+        for i, c in enumerate(changes_in):
+            problem = check_change(c)
+            if problem:
+                raise PlanFileError(f"{path} does not match the plan schema at changes/{i}: {problem}")
+            problem = check_identity(c)
+            if problem:
+                raise PlanFileError(f"{path}: changes/{i} {problem}")
+            kind, action, ckey = c["kind"], c["action"], c["key"]
+            ident = (kind, ckey)
+            if ident in seen:
+                raise PlanFileError(f"{path} has two changes for {kind} {ckey!r} (changes/{i})")
+            seen.add(ident)
+            order = (KIND_ORDER[kind], ACTIONS.index(action), ckey)
+            if last is not None and order < last:
+                raise PlanFileError(f"{path} lists its changes out of order at changes/{i}; plans are ordered by kind, action, key")
+            last = order
+            summary[kind][action] += 1
+            line = canonical(c)
+            hasher.change(line)
+            if out is not None:
+                out.write(line)
+                out.write("\n")
+            if keep_changes:
+                plan.changes.append(Change.from_dict(c))
+        if summary != top["summary"]:
+            raise PlanFileError(f"{path}: the summary does not count the changes it lists (edited by hand?); make a new plan")
+        plan.summary_override = summary
+        plan_id, mac = hasher.finish(plan.envelope())
+        if plan_id != plan.plan_id:
+            raise PlanFileError(f"{path}: plan_id does not match the content; the plan was edited after it was made. Make a new plan")
+        problem = _signature_problem(plan.signature, mac, signing_key, require_signature)
         if problem:
-            raise PlanFileError(f"{path} does not match the plan schema at changes/{i}: {problem}")
-        problem = check_identity(c)
-        if problem:
-            raise PlanFileError(f"{path}: changes/{i} {problem}")
-        ident = (c["kind"], c["key"])
-        if ident in seen:
-            raise PlanFileError(f"{path} has two changes for {c['kind']} {c['key']!r} (changes/{i})")
-        seen.add(ident)
-        change = Change.from_dict(c)
-        if last is not None and change.sort_key < last:
-            raise PlanFileError(f"{path} lists its changes out of order at changes/{i}; plans are ordered by kind, action, key")
-        last = change.sort_key
-        changes.append(change)
-    plan = Plan(
-        changes=changes,
-        source=data["source"],
-        target=data["target"],
-        tool_version=data["tool_version"],
-        created_at=data["created_at"],
-        extra={k: data[k] for k in ("kind", "rolls_back", "limits") if k in data},
-        plan_id=data["plan_id"],
-        signature=data.get("signature"),
-    )
-    if plan.summary != data["summary"]:
-        raise PlanFileError(f"{path}: the summary does not count the changes it lists (edited by hand?); make a new plan")
-    if compute_plan_id(plan) != data["plan_id"]:
-        raise PlanFileError(
-            f"{path}: plan_id does not match the content; the plan was edited after it was made. Make a new plan"
-        )
-    return plan
+            raise SignatureError(problem)
+    except BaseException:
+        if out is not None:
+            out.close()
+        raise
+    if keep_changes:
+        plan.summary_override = None
+    if out is not None:
+        out.flush()
+        out.seek(0)
+    return VerifiedPlan(plan, out)
 
 
 def load_plan(path: str) -> Plan:
-    """Read, validate and verify a plan file (no database needed)."""
-    return validate_plan_data(read_plan_json(path), path)
-
-
-def _short(message: str, limit: int = 160) -> str:
-    message = " ".join(message.split())
-    return message if len(message) <= limit else message[: limit - 1] + "…"
+    """Read, validate and verify a plan file (no database needed); keeps the changes."""
+    return verify_plan(path).plan
 
 
 # --------------------------------------------------------------------------- change rules
@@ -388,7 +565,7 @@ def check_change(c) -> str | None:
     action, kind, key, before, after = c["action"], c["kind"], c["key"], c["before"], c["after"]
     if action not in ACTIONS:
         return f"unknown action {action!r}"
-    if kind not in KIND_ORDER:
+    if type(kind) is not str or kind not in KIND_ORDER:  # a list or dict is unhashable
         return f"unknown kind {kind!r}"
     if type(key) is not str or not key:
         return "'key' must be a non-empty string"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator, Protocol
 from urllib.parse import unquote, urlparse
@@ -32,9 +32,19 @@ class Source(Protocol):
 
 # Retries are botocore's own ("standard" mode retries throttling such as SlowDown,
 # 5xx answers and dropped connections with exponential backoff and jitter).
+# Attempts count the first one; AWS_MAX_ATTEMPTS (the AWS SDKs' own variable) changes
+# the default, as it does for any other AWS tool.
 S3_MAX_ATTEMPTS = 10
 S3_CONNECT_TIMEOUT = 10
 S3_READ_TIMEOUT = 60
+
+
+def _default_attempts() -> int:
+    try:
+        n = int(os.environ.get("AWS_MAX_ATTEMPTS", ""))
+    except ValueError:
+        return S3_MAX_ATTEMPTS
+    return n if n >= 1 else S3_MAX_ATTEMPTS
 
 
 @dataclass
@@ -53,7 +63,7 @@ class S3Source:
     region: str | None = None
     addressing_style: str | None = None
     max_workers: int = 8
-    max_attempts: int = S3_MAX_ATTEMPTS
+    max_attempts: int = field(default_factory=_default_attempts)  # the first attempt included
     connect_timeout: float = S3_CONNECT_TIMEOUT
     read_timeout: float = S3_READ_TIMEOUT
 
@@ -74,7 +84,7 @@ class S3Source:
             from botocore.config import Config
 
             config = Config(
-                retries={"max_attempts": self.max_attempts, "mode": "standard"},
+                retries={"total_max_attempts": self.max_attempts, "mode": "standard"},
                 connect_timeout=self.connect_timeout,
                 read_timeout=self.read_timeout,
                 max_pool_connections=max(10, self.max_workers + 2),
@@ -159,6 +169,8 @@ def _botocore_message(e: Exception) -> str:
         endpoint = getattr(e, "kwargs", {}).get("endpoint_url")
         where = f" {endpoint}" if endpoint else ""
         return f"cannot reach the S3 endpoint{where}: check AWS_ENDPOINT_URL or source.endpoint_url"
+    if isinstance(e, x.ConnectionClosedError):
+        return "the S3 endpoint closed the connection without an answer, after every retry; try again later"
     if isinstance(e, x.ReadTimeoutError):
         return "the S3 endpoint did not answer in time after every retry; try again later"
     if isinstance(e, x.NoRegionError):
