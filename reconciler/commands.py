@@ -74,6 +74,8 @@ def make_plan(
     with open_database(settings.database, settings.state_dir) as db:
         check_schema(db)
         progress("listing the source")
+        if progress is not _quiet:
+            objects = _counting(objects, progress)
         desired = build_desired(
             objects, cdn_base_url=settings.cdn_base_url, root=root, layout=settings.layout, models=scope
         )
@@ -111,6 +113,15 @@ def make_plan(
     )
     # write_plan seals as it streams the changes, so plan() skips this pass.
     return plan.seal(settings.signing_key if sign else None) if seal else plan
+
+
+def _counting(objects: Iterable[ObjectInfo], progress: Progress, every: int = 100_000) -> Iterable[ObjectInfo]:
+    n = 0
+    for o in objects:
+        n += 1
+        if n % every == 0:
+            progress(f"listed {n} objects")
+        yield o
 
 
 def default_plan_path(settings: Settings) -> str:

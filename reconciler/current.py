@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
-from .desired import MediaRow, ModelRow, PostRow
+from .desired import MediaRow, ModelRow, PostRow  # the shapes of the rows, as plain tuples
 
 ITERSIZE = 20_000
 
@@ -22,12 +22,12 @@ FROM whitelabel_models m {where}
 ORDER BY m.folder_name COLLATE "C" """
 
 _POSTS = """
-SELECT m.folder_name, p.folder_name, p.title, p.media_cdns
+SELECT m.folder_name || '/' || p.folder_name, p.title, p.media_cdns
 FROM whitelabel_posts p JOIN whitelabel_models m ON m.id = p.whitelabel_model_id {where}
 ORDER BY m.folder_name COLLATE "C", p.folder_name COLLATE "C" """
 
 _MEDIA = """
-SELECT x.s3_key, m.folder_name, p.folder_name, x.url, x.type, x.size_bytes, x.etag
+SELECT x.s3_key, m.folder_name || '/' || p.folder_name, x.url, x.type, x.size_bytes, x.etag
 FROM whitelabel_media x
 JOIN whitelabel_posts p ON p.id = x.whitelabel_post_id
 JOIN whitelabel_models m ON m.id = p.whitelabel_model_id {where}
@@ -50,17 +50,18 @@ class Hasher:
 
     def wrap(self, kind: str, rows: Iterable[tuple[str, tuple]]) -> Iterator[tuple[str, tuple]]:
         update = self._h.update
-        buf: list[str] = []
-        for key, row in rows:
-            buf.append(repr((kind, key, tuple(row))))
+        buf: list[tuple] = []
+        update(kind.encode() + b"\x00")
+        for item in rows:
+            buf.append(item)
             if len(buf) >= 4096:
-                update("\n".join(buf).encode("utf-8", "surrogatepass"))
+                update(repr(buf).encode("utf-8", "surrogatepass"))
+                self.rows += len(buf)
                 buf.clear()
-            self.rows += 1
-            yield key, row
+            yield item
         if buf:
-            update("\n".join(buf).encode("utf-8", "surrogatepass"))
-        update(b"\x00" + kind.encode())
+            update(repr(buf).encode("utf-8", "surrogatepass"))
+            self.rows += len(buf)
 
     def hexdigest(self) -> str:
         return self._h.hexdigest()
@@ -91,19 +92,10 @@ def _stream(conn, sql: str, params: tuple, name: str) -> Iterator[tuple]:
         yield from cur
 
 
-def _models(conn, where: str, params: tuple) -> Iterator[tuple[str, ModelRow]]:
-    for name, *rest in _stream(conn, _MODELS.format(where=where), params, "rc_models"):
-        yield name, ModelRow(*rest)
-
-
-def _posts(conn, where: str, params: tuple) -> Iterator[tuple[str, PostRow]]:
-    for model, post, title, cdns in _stream(conn, _POSTS.format(where=where), params, "rc_posts"):
-        yield model + "/" + post, PostRow(title, cdns)
-
-
-def _media(conn, where: str, params: tuple) -> Iterator[tuple[str, MediaRow]]:
-    for key, model, post, url, type_, size, etag in _stream(conn, _MEDIA.format(where=where), params, "rc_media"):
-        yield key, MediaRow(model + "/" + post, url, type_, size, etag)
+def _rows(conn, sql: str, where: str, params: tuple, name: str) -> Iterator[tuple[str, tuple]]:
+    # Plain tuples: a row (key, *managed fields) compares equal to the desired NamedTuple.
+    for row in _stream(conn, sql.format(where=where), params, name):
+        yield row[0], row[1:]
 
 
 def read_state(conn, models: Sequence[str] | None = None) -> CurrentState:
@@ -111,9 +103,9 @@ def read_state(conn, models: Sequence[str] | None = None) -> CurrentState:
     where, params = scope_clause(models)
     hasher = Hasher()
     return CurrentState(
-        models=hasher.wrap("model", _models(conn, where, params)),
-        posts=hasher.wrap("post", _posts(conn, where, params)),
-        media=hasher.wrap("media", _media(conn, where, params)),
+        models=hasher.wrap("model", _rows(conn, _MODELS, where, params, "rc_models")),
+        posts=hasher.wrap("post", _rows(conn, _POSTS, where, params, "rc_posts")),
+        media=hasher.wrap("media", _rows(conn, _MEDIA, where, params, "rc_media")),
         hasher=hasher,
     )
 

@@ -6,6 +6,7 @@ minimum over keys, so a parallel listing gives the same rows as a sequential one
 
 from __future__ import annotations
 
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -66,6 +67,19 @@ def media_url(cdn_base_url: str, full_key: str) -> str:
     return cdn_base_url.rstrip("/") + "/" + quote(full_key, safe="/")
 
 
+# Keys made only of these characters need no quoting: skip urllib's per-byte work.
+_PLAIN = re.compile(r"[A-Za-z0-9_.~/-]*\Z").match
+
+
+def _url_maker(cdn_base_url: str):
+    base = cdn_base_url.rstrip("/") + "/"
+
+    def url(full_key: str) -> str:
+        return base + (full_key if _PLAIN(full_key) else quote(full_key, safe="/"))
+
+    return url
+
+
 def post_key(model: str, post: str) -> str:
     return model + "/" + post
 
@@ -109,7 +123,6 @@ def build_desired(
     state = DesiredState()
     accs: dict[str, _ModelAcc] = {}
     post_media: dict[str, list[tuple[str, str, str]]] = {}
-    base = cdn_base_url.rstrip("/") + "/"
     root_len = len(root)
     intern = sys.intern
 
@@ -120,38 +133,47 @@ def build_desired(
             # An undecodable file name (lone surrogates) would make the plan unwritable.
             examples.append(key.encode("utf-8", "replace").decode("utf-8"))
 
+    classify = L.Classifier(layout)
+    pkeys: dict[L.Media, str] = {}  # Media items are shared per folder: their post key once
+    url_of = _url_maker(cdn_base_url)
     for obj in objects:
         key = obj.key
         if not key.startswith(root):
             state.object_count += 1
             skip(L.OUTSIDE_ROOT, key)
             continue
-        rel = key[root_len:]
+        rel = key[root_len:] if root_len else key
         if scope is not None and rel.partition("/")[0] not in scope:
             continue
         state.object_count += 1
-        item = L.classify(rel, layout)
-        if type(item) is L.Skip:
+        item = classify(rel)
+        kind = type(item)
+        if kind is L.Skip:
             skip(item.reason, key)
             continue
-        try:
-            key.encode("utf-8")
-        except UnicodeEncodeError:  # a folder source's undecodable file name
-            skip("invalid_utf8_key", key)
+        if not key.isascii():
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError:  # a folder source's undecodable file name
+                skip("invalid_utf8_key", key)
+                continue
+        if "\x00" in key:  # PostgreSQL text cannot hold NUL
+            skip("invalid_key", key.replace("\x00", "\\0"))
             continue
-        model = intern(item.model)
+        model = item.model
         acc = accs.get(model)
         if acc is None:
+            model = intern(model)
             acc = accs[model] = _ModelAcc()
-        kind = type(item)
         if kind is L.Media:
-            pkey = post_key(model, item.post)
+            pkey = pkeys.get(item)
+            if pkey is None:
+                pkey = pkeys[item] = intern(post_key(model, item.post))
             lst = post_media.get(pkey)
             if lst is None:
-                pkey = intern(pkey)
                 lst = post_media[pkey] = []
                 acc.posts.add(pkey)
-            url = base + quote(key, safe="/")
+            url = url_of(key)
             lst.append((key, item.type, url))
             state.media[key] = MediaRow(pkey, url, item.type, obj.size, obj.etag)
             if item.type == "image":
@@ -174,7 +196,7 @@ def build_desired(
         )
 
     def url(key: str | None) -> str | None:
-        return None if key is None else base + quote(key, safe="/")
+        return None if key is None else url_of(key)
 
     for model in sorted(accs):
         acc = accs[model]
