@@ -10,6 +10,7 @@ never printed.)
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -28,6 +29,7 @@ ENV = {
     "state_dir": "RECONCILER_STATE_DIR",
 }
 SIGNING_KEY_ENV = "RECONCILER_SIGNING_KEY"
+MAX_CONFIG_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -65,7 +67,7 @@ def config_schema() -> dict:
 def _describe(error, path: str) -> str:
     where = ".".join(str(p) for p in error.absolute_path)
     if error.validator == "additionalProperties":
-        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        unknown = sorted(set(error.instance) - set(error.schema.get("properties", {})), key=str)  # YAML keys: any type
         key = ".".join(filter(None, [where, str(unknown[0]) if unknown else ""]))
         return f"config file {path}: unknown key {key!r}"
     if error.validator == "type":
@@ -82,13 +84,15 @@ def read_config_file(path: str) -> dict:
 
     try:
         with open(path, "rb") as f:
-            raw = f.read(10 * 1024 * 1024)
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist; check --config / RECONCILER_CONFIG") from None
     except IsADirectoryError:
         raise ConfigError(f"config file {path} is a folder; check --config / RECONCILER_CONFIG") from None
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than 1 MiB; it is not a reconciler config")
     try:
         data = yaml.safe_load(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -99,6 +103,8 @@ def read_config_file(path: str) -> dict:
         raise ConfigError(f"config file {path} is not valid YAML{where}; fix the syntax") from None
     except RecursionError:
         raise ConfigError(f"config file {path} is nested too deeply") from None
+    except Exception:  # PyYAML's constructors raise plain errors too: "2001-13-01", "!!int abc"
+        raise ConfigError(f"config file {path} is not valid YAML: a value cannot be read; fix it") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -110,6 +116,11 @@ def read_config_file(path: str) -> dict:
         raise ConfigError(f"config file {path} is nested too deeply") from None
     if errors:
         raise ConfigError(_describe(errors[0], path))
+    for section, values in data.items():
+        # YAML's .nan and .inf pass "type: number, minimum: 0"; a NaN limit would disable its guard.
+        for key, value in (values.items() if isinstance(values, dict) else ()):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"config file {path}: {section}.{key} must be a finite number")
     return data
 
 

@@ -489,12 +489,12 @@ def verify_plan(
                 kind, action, ckey = c["kind"], c["action"], c["key"]
                 ident = hash((kind, ckey))
                 if ident in seen:
-                    raise PlanFileError(f"{path} has two changes for {kind} {ckey!r} (changes/{i})")
+                    raise PlanFileError(f"{path} has two changes for {kind} {ckey!r:.200} (changes/{i})")
                 seen.add(ident)
                 order = (KIND_ORDER[kind], ACTION_ORDER[action], ckey)
                 if last is not None and order <= last:
                     if order == last:
-                        raise PlanFileError(f"{path} has two changes for {kind} {ckey!r} (changes/{i})")
+                        raise PlanFileError(f"{path} has two changes for {kind} {ckey!r:.200} (changes/{i})")
                     raise PlanFileError(
                         f"{path} lists its changes out of order at changes/{i}; plans are ordered by kind, action, key"
                     )
@@ -583,8 +583,9 @@ def _check_fields(kind: str, image: dict, allowed) -> str | None:
 def check_change(c) -> str | None:
     """The plan schema's rules for one change, in plain Python; None when valid.
 
-    Equivalent to validating against ``#/$defs/change`` of ``plan.schema.json``
-    (a property test holds the two together).
+    The same rules as ``#/$defs/change`` of ``plan.schema.json`` (a property test
+    holds the two together), with one deliberate difference: integers must be JSON
+    integers, where the schema also accepts whole floats such as ``3.0``.
     """
     if not isinstance(c, dict):
         return "a change is not an object"
@@ -593,9 +594,9 @@ def check_change(c) -> str | None:
         return f"unknown field {sorted(extra)[0]!r}" if extra else "a change lacks one of action, kind, key, before, after"
     action, kind, key, before, after = c["action"], c["kind"], c["key"], c["before"], c["after"]
     if action not in ACTIONS:
-        return f"unknown action {action!r}"
+        return f"unknown action {action!r:.60}"
     if type(kind) is not str or kind not in KIND_ORDER:  # a list or dict is unhashable
-        return f"unknown kind {kind!r}"
+        return f"unknown kind {kind!r:.60}"
     if type(key) is not str or not key:
         return "'key' must be a non-empty string"
     for name, value in (("before", before), ("after", after)):

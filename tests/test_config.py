@@ -1,0 +1,299 @@
+"""Configuration: flag > environment > config file > default, and config file errors."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import pytest
+import yaml
+from hypothesis import given, settings, strategies as st
+
+from reconciler.config import Settings, load_settings
+from reconciler.errors import ConfigError
+from reconciler.layout import Layout
+
+FULL_CONFIG = """\
+# every key the config file knows
+source:
+  url: s3://media/catalogue
+  endpoint_url: https://nyc3.digitaloceanspaces.com
+  region: nyc3
+  addressing_style: path
+  max_workers: 4
+database:
+  url: postgresql://app@db/prod
+  state_dir: /var/lib/reconciler
+cdn_base_url: https://cdn.example.com
+layout:
+  images: [jpg, PNG]
+  videos: [mp4]
+  profile_folder: _meta
+  icon_names: [Logo]
+  banner_names: [header]
+safety:
+  allow_empty_source: true
+  max_delete: 100
+  max_delete_percent: 12.5
+  require_signature: true
+apply:
+  lock_timeout: 5
+plans_dir: ops/plans
+"""
+
+
+@pytest.fixture
+def config(tmp_path):
+    """Write a config file; returns its path."""
+    def write(text: str | bytes, name: str = "reconciler.yaml") -> str:
+        path = tmp_path / name
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text, encoding="utf-8")
+        return str(path)
+    return write
+
+
+# --------------------------------------------------------------------------- values and precedence
+
+
+def test_defaults_without_flags_environment_or_file():
+    assert load_settings({}, {}, None) == Settings()
+    s = load_settings({}, {}, None)
+    assert (s.source, s.database, s.cdn_base_url, s.state_dir, s.plans_dir) == (None, None, None, "state", "plans")
+    assert (s.max_workers, s.lock_timeout, s.allow_empty_source, s.require_signature) == (8, 60.0, False, False)
+    assert s.layout == Layout()
+
+
+def test_every_config_file_key(config):
+    s = load_settings({}, {}, config(FULL_CONFIG))
+    assert s.source == "s3://media/catalogue"
+    assert s.endpoint_url == "https://nyc3.digitaloceanspaces.com"
+    assert (s.region, s.addressing_style, s.max_workers) == ("nyc3", "path", 4)
+    assert (s.database, s.state_dir) == ("postgresql://app@db/prod", "/var/lib/reconciler")
+    assert s.cdn_base_url == "https://cdn.example.com"
+    assert s.layout == Layout(images=("jpg", "PNG"), videos=("mp4",), profile_folder="_meta",
+                              icon_names=("logo",), banner_names=("header",))
+    assert (s.allow_empty_source, s.max_delete, s.max_delete_percent, s.require_signature) == (True, 100, 12.5, True)
+    assert s.lock_timeout == 5.0 and s.plans_dir == "ops/plans"
+
+
+@pytest.mark.parametrize(
+    "name, env_name, file_text, file_value, default",
+    [
+        ("source", "RECONCILER_SOURCE", "source: {url: s3://file}", "s3://file", None),
+        ("database", "DATABASE_URL", "database: {url: postgresql://file/db}", "postgresql://file/db", None),
+        ("cdn_base_url", "RECONCILER_CDN_BASE_URL", "cdn_base_url: https://file.example", "https://file.example", None),
+        ("state_dir", "RECONCILER_STATE_DIR", "database: {state_dir: file-state}", "file-state", "state"),
+    ],
+)
+def test_precedence_flag_then_environment_then_file_then_default(config, name, env_name, file_text, file_value,
+                                                                  default):
+    path = config(file_text)
+    flags = {name: "from-flag"}
+    env = {env_name: "from-env"}
+    assert getattr(load_settings(flags, env, path), name) == "from-flag"
+    assert getattr(load_settings({}, env, path), name) == "from-env"
+    assert getattr(load_settings({}, {}, path), name) == file_value
+    assert getattr(load_settings({}, {}, None), name) == default
+    assert getattr(load_settings(flags, {}, None), name) == "from-flag"
+
+
+def test_a_flag_given_as_none_is_not_given(config):
+    path = config("source: {url: s3://file}")
+    assert load_settings({"source": None}, {"RECONCILER_SOURCE": "s3://env"}, path).source == "s3://env"
+    assert load_settings({"source": None}, {}, path).source == "s3://file"
+
+
+def test_an_empty_environment_variable_is_not_set(config):
+    path = config("source: {url: s3://file}")
+    assert load_settings({}, {"RECONCILER_SOURCE": ""}, path).source == "s3://file"
+
+
+def test_flags_override_file_values_without_an_environment_variable(config):
+    path = config("safety: {max_delete: 5, allow_empty_source: true}\napply: {lock_timeout: 9}\nplans_dir: p")
+    s = load_settings({"max_delete": 1, "allow_empty_source": False, "lock_timeout": 2, "plans_dir": "q"}, {}, path)
+    assert (s.max_delete, s.allow_empty_source, s.lock_timeout, s.plans_dir) == (1, False, 2.0, "q")
+
+
+def test_where_the_config_file_comes_from(config):
+    a = config("source: {url: s3://a}", "a.yaml")
+    b = config("source: {url: s3://b}", "b.yaml")
+    c = config("source: {url: s3://c}", "c.yaml")
+    assert load_settings({}, {"RECONCILER_CONFIG": a}, None).source == "s3://a"
+    assert load_settings({"config": b}, {"RECONCILER_CONFIG": a}, None).source == "s3://b"
+    assert load_settings({"config": b}, {"RECONCILER_CONFIG": a}, c).source == "s3://c"
+
+
+def test_environment_defaults_to_os_environ(config, monkeypatch):
+    monkeypatch.setenv("RECONCILER_SOURCE", "s3://from-os-environ")
+    monkeypatch.delenv("RECONCILER_CONFIG", raising=False)
+    assert load_settings({}).source == "s3://from-os-environ"
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n", "---\n", "~\n", "null\n"])
+def test_an_empty_config_file_is_all_defaults(config, text):
+    assert load_settings({}, {}, config(text)) == Settings()
+
+
+def test_empty_sections_are_fine(config):
+    assert load_settings({}, {}, config("source: {}\ndatabase: {}\nlayout: {}\nsafety: {}\napply: {}\n")) == Settings()
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def error_of(path: str) -> str:
+    with pytest.raises(ConfigError) as e:
+        load_settings({}, {}, path)
+    message = str(e.value)
+    assert "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("source: [unclosed\n", "is not valid YAML at line 2"),
+        ("source:\n  url: a\n bad: indentation\n", "is not valid YAML at line 3"),
+        ("source: {url: a, url: b", "is not valid YAML"),
+        ("\tsource: x\n", "is not valid YAML"),
+        ("a: *undefined\n", "is not valid YAML"),
+        ("!!python/object/apply:os.system ['true']\n", "is not valid YAML"),
+        ("cdn_base_url: 2001-13-01\n", "is not valid YAML"),  # a date YAML cannot build
+        ("cdn_base_url: !!int abc\n", "is not valid YAML"),
+        ("cdn_base_url: !!timestamp soon\n", "is not valid YAML"),
+    ],
+)
+def test_invalid_yaml(config, text, expected):
+    assert expected in error_of(config(text))
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("bucket: media\n", "unknown key 'bucket'"),
+        ("source:\n  bucket: media\n", "unknown key 'source.bucket'"),
+        ("source: {url: s3://m, bucket: media, acl: x}\n", "unknown key 'source.acl'"),  # the first, sorted
+        ("safety: {max_deletes: 3}\n", "unknown key 'safety.max_deletes'"),
+        ("aws_secret_access_key: x\n", "unknown key 'aws_secret_access_key'"),
+        ("1: one\nsource: {}\n", "unknown key '1'"),
+        ("1: one\nzz: two\n", "unknown key"),  # keys of mixed types
+        ("null: x\n", "unknown key 'None'"),
+    ],
+)
+def test_unknown_keys_are_named(config, text, expected):
+    assert expected in error_of(config(text))
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("source: s3://media\n", "source must be of type object"),
+        ("source: {url: 5}\n", "source.url must be of type string"),
+        ("source: {max_workers: eight}\n", "source.max_workers must be of type integer"),
+        ("source: {max_workers: 0}\n", "source.max_workers"),
+        ("source: {addressing_style: sideways}\n", "source.addressing_style"),
+        ("database: {url: [a, b]}\n", "database.url must be of type string or null"),
+        ("cdn_base_url: {host: x}\n", "cdn_base_url must be of type string"),
+        ("cdn_base_url: ''\n", "cdn_base_url"),
+        ("layout: {images: jpg}\n", "layout.images must be of type array"),
+        ("layout: {images: [jpg, 5]}\n", "layout.images.1 must be of type string"),
+        ("layout: {images: []}\n", "layout.images"),
+        ("safety: {allow_empty_source: 'yes please'}\n", "safety.allow_empty_source must be of type boolean"),
+        ("safety: {max_delete: -1}\n", "safety.max_delete"),
+        ("safety: {max_delete_percent: 101}\n", "safety.max_delete_percent"),
+        ("apply: {lock_timeout: soon}\n", "apply.lock_timeout must be of type number"),
+        ("apply: []\n", "apply must be of type object"),
+        ("apply: {lock_timeout: .inf}\n", "apply.lock_timeout must be a finite number"),
+        ("safety: {max_delete_percent: .nan}\n", "safety.max_delete_percent must be a finite number"),
+    ],
+)
+def test_wrong_types_and_values_name_the_key(config, text, expected):
+    assert expected in error_of(config(text))
+
+
+@pytest.mark.parametrize("text", ["- source\n- database\n", "just a string\n", "42\n", "[]\n"])
+def test_the_top_level_must_be_a_mapping(config, text):
+    assert "must be a mapping" in error_of(config(text))
+
+
+def test_a_missing_config_file(tmp_path):
+    assert "does not exist" in error_of(str(tmp_path / "nope.yaml"))
+
+
+def test_a_folder_as_config_file(tmp_path):
+    assert "is a folder" in error_of(str(tmp_path))
+
+
+def test_a_config_file_that_is_not_utf8(config):
+    assert "not UTF-8" in error_of(config(b"source: {url: caf\xe9}\n"))
+
+
+def test_a_deeply_nested_config_file(config):
+    error_of(config("source: " + "[" * 600 + "]" * 600 + "\n"))  # PyYAML recurses per level
+
+
+def test_the_error_never_echoes_the_database_password(config):
+    message = error_of(config("database: {url: 'postgresql://app:s3cret@db/prod', password: s3cret}\n"))
+    assert "unknown key 'database.password'" in message and "s3cret" not in message
+
+
+# --------------------------------------------------------------------------- fuzz
+
+_FRAGMENTS = st.sampled_from([
+    "source", "database", "layout", "safety", "apply", "url", "max_workers", "images", "cdn_base_url",
+    ":", ": ", "\n", "  ", "    ", "- ", "{", "}", "[", "]", ",", "&a ", "*a", "? ", "!!int ", "!!float ",
+    "!!timestamp ", "!!binary ", "!!set ", "!!omap ", "!!python/name:os.system ", "!foo ", "'", '"', "#", "|",
+    ">", "---\n", "...\n", "%YAML 1.1\n", "%TAG ! tag:x,2000:\n", "2001-13-01", "2001-02-03", "1e9999", ".nan",
+    "0x1F", "0o9", "~", "null", "true", "yes", "<<: ", "=", "\t", "\x00", "\ufeff", "é", "\ud800", "12", "-3",
+])
+
+
+def _check(path: str) -> None:
+    try:
+        result = load_settings({}, {}, path)
+    except ConfigError as e:
+        assert "\n" not in str(e)
+    else:
+        assert isinstance(result, Settings)
+
+
+def _write(text: str | bytes) -> str:
+    fd, path = tempfile.mkstemp(suffix=".yaml")
+    with os.fdopen(fd, "wb") as f:
+        f.write(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
+    return path
+
+
+@settings(max_examples=150)
+@given(st.lists(_FRAGMENTS, max_size=30).map("".join) | st.binary(max_size=60))
+def test_random_yaml_text_raises_only_config_error(text):
+    path = _write(text)
+    try:
+        _check(path)
+    finally:
+        os.unlink(path)
+
+
+_KEYS = st.sampled_from(["source", "database", "layout", "safety", "apply", "cdn_base_url", "plans_dir", "url",
+                         "endpoint_url", "region", "addressing_style", "max_workers", "state_dir", "images", "videos",
+                         "profile_folder", "icon_names", "banner_names", "allow_empty_source", "max_delete",
+                         "max_delete_percent", "require_signature", "lock_timeout", "bucket"])
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 200) | st.floats(allow_nan=False) | st.text(max_size=6)
+    | st.sampled_from(["auto", "path", "jpg", "s3://m"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS | st.integers(0, 2), inner, max_size=4),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=150)
+@given(st.dictionaries(_KEYS, _VALUES, max_size=5) | _VALUES)
+def test_random_yaml_structures_raise_only_config_error(data):
+    path = _write(yaml.safe_dump(data, allow_unicode=True))
+    try:
+        _check(path)
+    finally:
+        os.unlink(path)
