@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,6 +37,7 @@ class ApplyResult:
     apply_id: int | None
     plan_id: str
     summary: dict[str, dict[str, int]]
+    database: str = ""
 
     @property
     def total(self) -> int:
@@ -307,13 +309,14 @@ def apply_plan(
     summary = plan.summary
     total = sum(sum(v.values()) for v in summary.values())
     if total == 0:
-        return ApplyResult(None, plan.plan_id, summary)
+        return ApplyResult(None, plan.plan_id, summary, db.display)
     if verified.spool is None:
         raise ValueError("apply_plan needs the plan's changes spooled: verify_plan(path, spool=True)")
     deletes = sum(v["delete"] for v in summary.values())
     try:
         with db.transaction() as conn, conn.cursor() as cur:
-            cur.execute("SET LOCAL lock_timeout = %s", (f"{int(lock_timeout * 1000)}ms",))
+            # PostgreSQL reads lock_timeout 0 as "wait forever": 0 here means "do not wait".
+            cur.execute("SET LOCAL lock_timeout = %s", (f"{max(1, int(lock_timeout * 1000))}ms",))
             progress("waiting for the apply lock")
             try:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
@@ -386,11 +389,17 @@ def apply_plan(
         ) from None
     except psycopg2.Error as e:
         raise db.error(e, "apply failed and changed nothing") from None
-    return ApplyResult(apply_id, plan.plan_id, summary)
+    return ApplyResult(apply_id, plan.plan_id, summary, db.display)
 
 
 def _os_user() -> str | None:
+    """Who applies: ``RECONCILER_ACTOR`` or ``GITHUB_ACTOR`` (the person behind a CI
+    run), with the OS user; else the OS user alone."""
     try:
-        return getpass.getuser()
+        user = getpass.getuser()
     except Exception:
-        return None
+        user = None
+    actor = os.environ.get("RECONCILER_ACTOR") or os.environ.get("GITHUB_ACTOR")
+    if actor:
+        return f"{actor} (as {user})" if user and user != actor else actor
+    return user

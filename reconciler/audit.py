@@ -125,6 +125,10 @@ def rollback_plan(db: Database, apply_id: int) -> Plan:
             if head is None:
                 raise ReconcilerError(f"there is no apply {apply_id}; see `reconciler history`")
             _, source, scope = head
+            cur.execute("SELECT id FROM reconciler_applies WHERE rolls_back = %s ORDER BY id LIMIT 1", (apply_id,))
+            undone = cur.fetchone()
+            if undone:
+                raise ReconcilerError(f"apply {apply_id} was already rolled back by apply {undone[0]}; see `reconciler history`")
             cur.execute(
                 "SELECT kind, action, key, before, after FROM reconciler_changes WHERE apply_id = %s",
                 (apply_id,),
@@ -164,7 +168,7 @@ def rollback_plan(db: Database, apply_id: int) -> Plan:
             )
     return Plan(
         changes=changes,
-        source={"url": source, "object_count": 0, "skipped": {}},
+        source={"url": f"audit log of apply {apply_id} (made from {source})", "object_count": 0, "skipped": {}},
         target={
             "database": db.display,
             "scope": scope,

@@ -13,10 +13,11 @@ import os
 import sys
 import traceback
 from typing import Callable, Sequence
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import commands, render
 from .config import SIGNING_KEY_ENV, Settings, load_settings
-from .db import _password_of
+from .db import _password_of, scrub
 from .errors import ReconcilerError
 from .planfile import load_plan, verify_plan
 from .version import __version__
@@ -44,9 +45,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", metavar="FILE", default=S, help="YAML config file (env RECONCILER_CONFIG)")
     g.add_argument("--source", metavar="URL", default=S, help="s3://BUCKET[/PREFIX] or a folder (env RECONCILER_SOURCE)")
     g.add_argument("--database", metavar="URL", default=S, help="postgresql://… (env DATABASE_URL); default: embedded")
-    g.add_argument("--state-dir", metavar="DIR", default=S, help="home of the embedded database (default ./state)")
+    g.add_argument("--state-dir", metavar="DIR", default=S, help="home of the embedded database (env RECONCILER_STATE_DIR; default ./state)")
     g.add_argument("--cdn-base-url", metavar="URL", default=S, help="base of media URLs (env RECONCILER_CDN_BASE_URL)")
-    g.add_argument("--endpoint-url", metavar="URL", default=S, help="S3 endpoint (AWS_ENDPOINT_URL wins when set)")
+    g.add_argument("--endpoint-url", metavar="URL", default=S, help="S3 endpoint (env AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL)")
     g.add_argument("--quiet", "-q", action="store_true", default=S, help="no progress on stderr")
     g.add_argument("--debug", action="store_true", default=S, help="show tracebacks of errors")
 
@@ -79,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("show", "print a plan file as a table, markdown (for a pull request) or json")
     p.add_argument("file", metavar="FILE")
-    p.add_argument("--format", choices=["table", "markdown", "json"], default="table")
+    p.add_argument("--format", choices=["table", "markdown", "json"], default="table",
+                   help="table (default), markdown for a pull-request comment, or json")
 
     p = command("validate", "check a plan file: schema, plan_id and signature; no database needed")
     p.add_argument("file", metavar="FILE")
@@ -91,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-signature", action="store_true", default=None, help="refuse an unsigned plan")
 
     p = command("history", "list past applies, newest first")
-    p.add_argument("--limit", metavar="N", type=_nonneg_int, default=20)
-    p.add_argument("--format", choices=["table", "json"], default="table")
+    p.add_argument("--limit", metavar="N", type=_nonneg_int, default=20, help="show the N newest applies (20)")
+    p.add_argument("--format", choices=["table", "json"], default="table", help="table (default) or json")
 
     p = command("rollback", "write the inverse plan of an apply (review and apply it like any plan)")
     p.add_argument("apply_id", metavar="APPLY_ID", type=_nonneg_int)
@@ -160,6 +162,9 @@ def cmd_plan(args, settings: Settings) -> int:
     print(render.summary_table(p.summary))
     n = len(p.changes)
     print()
+    print(f"Target: {p.target['database']}, {'all models' if p.scope is None else 'models ' + ', '.join(p.scope)}.")
+    for note in p.notes:
+        print(f"Note: {note}.")
     if n == 0:
         print(f"No changes: the database matches the source. Plan written to {path}.")
     else:
@@ -185,7 +190,12 @@ def cmd_validate(args, settings: Settings) -> int:
         require_signature=bool(args.require_signature or settings.require_signature),
     ).plan
     n = sum(sum(v.values()) for v in p.summary.values())
-    signed = "signed" if p.signature else "unsigned"
+    if not p.signature:
+        signed = "unsigned"
+    elif settings.signing_key:
+        signed = "signed, signature checked"
+    else:
+        signed = f"signed, signature not checked ({SIGNING_KEY_ENV} is not set)"
     print(f"{args.file} is a valid plan: {p.plan_id}, {n} change(s), {signed}.")
     return Exit.OK
 
@@ -197,7 +207,7 @@ def cmd_apply(args, settings: Settings) -> int:
         return Exit.OK
     print(render.summary_table(result.summary))
     print()
-    print(f"Applied plan {result.plan_id[:12]} as apply {result.apply_id}: {result.total} change(s).")
+    print(f"Applied plan {result.plan_id[:12]} as apply {result.apply_id}: {result.total} change(s), to {result.database}.")
     print(f"To undo it: `reconciler rollback {result.apply_id} -o plans/rollback-{result.apply_id}.json`.")
     return Exit.OK
 
@@ -226,23 +236,36 @@ COMMANDS = {
 }
 
 
-def _secrets(args: argparse.Namespace | None) -> list[str]:
+def _url_passwords(url: str) -> list[str | None]:
+    """A database URL's password as libpq reads it, and as written: a URL libpq
+    refuses (say ``postgresql://app:50%off@db/prod``) is echoed in its error."""
+    found = [_password_of(url)]
+    try:
+        parts = urlsplit(url)
+        raw = [parts.password] + [v for k, v in parse_qsl(parts.query) if k.lower() in ("password", "sslpassword")]
+    except ValueError:
+        raw = []
+    for value in raw:
+        if value:
+            found += [value, unquote(value)]
+    return found
+
+
+def _secrets(args: argparse.Namespace | None, settings: Settings | None = None) -> list[str]:
     found = [os.environ.get(n) for n in (SIGNING_KEY_ENV, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
-    for url in (getattr(args, "database", None), os.environ.get("DATABASE_URL")):
+    for url in (getattr(args, "database", None), os.environ.get("DATABASE_URL"), getattr(settings, "database", None)):
         if url:
-            found.append(_password_of(url))
-    return [s for s in found if s and len(s) >= 3]
+            found += _url_passwords(url)
+    return sorted({s for s in found if s}, key=len, reverse=True)  # the longest first
 
 
 def _scrub(text: str, secrets: list[str]) -> str:
-    for s in secrets:
-        text = text.replace(s, "***")
-    return text
+    return scrub(text, *secrets)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
-    args = None
+    args = settings = None
     debug = "--debug" in (sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
@@ -251,9 +274,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help and --version
         return int(e.code or 0)
     except (ReconcilerError, UsageError) as e:
+        secrets = _secrets(args, settings)
         if debug:
-            traceback.print_exc()
-        print(f"error: {_scrub(str(e), _secrets(args))}", file=sys.stderr)
+            print(_scrub(traceback.format_exc(), secrets), file=sys.stderr, end="")
+        print(f"error: {_scrub(str(e), secrets)}", file=sys.stderr)
         return Exit.ERROR
     except KeyboardInterrupt:
         print("error: interrupted; nothing was applied unless the command said so", file=sys.stderr)
@@ -261,7 +285,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return Exit.ERROR
     except Exception as e:
-        secrets = _secrets(args)
+        secrets = _secrets(args, settings)
         if debug:
             print(_scrub(traceback.format_exc(), secrets), file=sys.stderr)
         message = " ".join(str(e).split()) or type(e).__name__

@@ -83,7 +83,10 @@ def make_plan(
         try:
             with db.transaction() as conn:
                 conn.cursor().execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                result = diff(desired, read_state(conn, scope))
+                state = read_state(conn, scope)
+                in_database: set[str] = set()
+                state.models = ((in_database.add(k), (k, r))[1] for k, r in state.models)
+                result = diff(desired, state)
         except psycopg2.Error as e:
             raise db.error(e, "cannot read the current state") from None
         display = db.display
@@ -112,6 +115,9 @@ def make_plan(
         extra=extra,
     )
     # write_plan seals as it streams the changes, so plan() skips this pass.
+    for name in scope or ():
+        if name not in desired.models and name not in in_database:
+            plan.notes.append(f"model {name!r} is neither in the source nor in the database: check --model")
     return plan.seal(settings.signing_key if sign else None) if seal else plan
 
 

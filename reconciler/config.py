@@ -28,6 +28,12 @@ ENV = {
     "cdn_base_url": "RECONCILER_CDN_BASE_URL",
     "state_dir": "RECONCILER_STATE_DIR",
 }
+# Settings boto3 would read from the environment itself: read here, so that the
+# precedence flag → environment → config file holds for them too.
+_ENV_ALSO = {
+    "endpoint_url": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+}
 SIGNING_KEY_ENV = "RECONCILER_SIGNING_KEY"
 MAX_CONFIG_BYTES = 1024 * 1024
 
@@ -143,8 +149,9 @@ def load_settings(
     def pick(name: str, file_value, default=None):
         if name in flags:
             return flags[name]
-        if name in ENV and env.get(ENV[name]):
-            return env[ENV[name]]
+        for var in _ENV_ALSO.get(name, (ENV.get(name),)):
+            if var and env.get(var):
+                return env[var]
         return file_value if file_value is not None else default
 
     layout_defaults = Layout()

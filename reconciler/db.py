@@ -142,10 +142,15 @@ def _password_of(url: str) -> str | None:
 
 
 def scrub(text: str, *secrets: str | None) -> str:
-    """``text`` with every secret replaced by ``***`` (for messages from drivers)."""
+    """``text`` with every secret replaced by ``***`` (for messages from drivers).
+
+    A secret is replaced where it stands on its own, not inside a longer word: a
+    password ``other`` must not turn "another" into "an***", and where a secret is
+    quoted or in a URL it is bounded by punctuation anyway.
+    """
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "***")
+            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
     return text
 
 

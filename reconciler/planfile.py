@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import json
 import os
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -65,6 +66,7 @@ class Plan:
     plan_id: str | None = None
     signature: str | None = None
     summary_override: dict | None = field(default=None, repr=False)  # set when changes are streamed
+    notes: list[str] = field(default_factory=list, repr=False)  # for the person running plan; not in the file
 
     @property
     def summary(self) -> dict[str, dict[str, int]]:
@@ -307,7 +309,12 @@ def _open(path: str) -> IO[str]:
     if os.path.isdir(path):
         raise PlanFileError(f"{path} is a folder, not a plan file")
     try:
-        size = os.path.getsize(path)
+        st = os.stat(path)
+        # A device (/dev/zero would be read into memory without end) or a pipe (it
+        # would block, and it is read twice) is not a plan file.
+        if not stat.S_ISREG(st.st_mode):
+            raise PlanFileError(f"{path} is not a regular file (a device, pipe or socket?); give the path of a plan file")
+        size = st.st_size
         f = open(path, "r", encoding="utf-8", newline="\n")
     except FileNotFoundError:
         raise PlanFileError(f"plan file {path} does not exist") from None

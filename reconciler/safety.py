@@ -35,7 +35,8 @@ def check_delete_limits(deletes: int, current_rows: int, limits: Limits, when: s
     """Refuse to delete more rows than the limits allow (counted over all kinds)."""
     if limits.max_delete is not None and deletes > limits.max_delete:
         raise SafetyError(
-            f"the {when} deletes {deletes} row(s), more than --max-delete {limits.max_delete}; "
+            f"the {when} deletes {deletes} row(s), more than max-delete {limits.max_delete} "
+            "(--max-delete or safety.max_delete); "
             "check the source, or raise the limit if the deletion is intended"
         )
     if limits.max_delete_percent is not None and current_rows > 0:
@@ -43,6 +44,7 @@ def check_delete_limits(deletes: int, current_rows: int, limits: Limits, when: s
         if percent > limits.max_delete_percent:
             raise SafetyError(
                 f"the {when} deletes {deletes} of {current_rows} row(s) in scope ({percent:.1f}%), more than "
-                f"--max-delete-percent {limits.max_delete_percent:g}; check the source, or raise the limit "
+                f"max-delete-percent {limits.max_delete_percent:g} (--max-delete-percent or safety.max_delete_percent); "
+                "check the source, or raise the limit "
                 "if the deletion is intended"
             )

@@ -35,7 +35,7 @@ class Source(Protocol):
 # Attempts count the first one; AWS_MAX_ATTEMPTS (the AWS SDKs' own variable) changes
 # the default, as it does for any other AWS tool.
 S3_MAX_ATTEMPTS = 10
-S3_CONNECT_TIMEOUT = 10
+S3_CONNECT_TIMEOUT = 5
 S3_READ_TIMEOUT = 60
 
 
@@ -51,9 +51,9 @@ def _default_attempts() -> int:
 class S3Source:
     """``s3://BUCKET[/PREFIX]`` through ``list_objects_v2``.
 
-    Credentials come only from boto3's standard chain. The endpoint comes from
-    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (read by botocore itself) or else
-    ``endpoint_url``. Top-level folders are listed concurrently by up to
+    Credentials come only from boto3's standard chain. The endpoint is
+    ``endpoint_url`` when given (the CLI resolves flag → ``AWS_ENDPOINT_URL_S3`` /
+    ``AWS_ENDPOINT_URL`` → config), else whatever botocore finds in the environment. Top-level folders are listed concurrently by up to
     ``max_workers`` threads; the result does not depend on the order.
     """
 
@@ -90,11 +90,11 @@ class S3Source:
                 max_pool_connections=max(10, self.max_workers + 2),
                 s3={"addressing_style": self.addressing_style or "auto"},
             )
-            env_endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
             session = boto3.session.Session()
             self._client = session.client(
                 "s3",
-                endpoint_url=None if env_endpoint else self.endpoint_url,
+                # None lets botocore read AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL itself.
+                endpoint_url=self.endpoint_url or None,
                 region_name=self.region,
                 config=config,
             )
@@ -166,9 +166,9 @@ def _botocore_message(e: Exception) -> str:
     if isinstance(e, x.NoCredentialsError):
         return "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE"
     if isinstance(e, (x.EndpointConnectionError, x.ConnectTimeoutError)):
-        endpoint = getattr(e, "kwargs", {}).get("endpoint_url")
+        endpoint = (getattr(e, "kwargs", {}).get("endpoint_url") or "").split("?")[0]
         where = f" {endpoint}" if endpoint else ""
-        return f"cannot reach the S3 endpoint{where}: check AWS_ENDPOINT_URL or source.endpoint_url"
+        return f"cannot reach the S3 endpoint{where}: check --endpoint-url, AWS_ENDPOINT_URL or source.endpoint_url"
     if isinstance(e, x.ConnectionClosedError):
         return "the S3 endpoint closed the connection without an answer, after every retry; try again later"
     if isinstance(e, x.ReadTimeoutError):

@@ -269,3 +269,37 @@ def test_two_concurrent_applies_exactly_one_lands(database_url, tmp_path):
     loser = next(err for code, err in results if code == 1)
     assert loser.startswith("error: the plan is stale")
     assert snapshot(database_url)["applies"] == 1
+
+
+@pytest.mark.parametrize("timeout", [0, 0.3])
+def test_lock_timeout_is_a_clean_error(settings, database_url, tmp_path, timeout):
+    from reconciler.db import LOCK_KEY
+    from reconciler.errors import LockTimeoutError
+
+    path = plan_to(settings, tmp_path, BUCKET, "p.json")
+    holder = psycopg2.connect(database_url)
+    try:
+        with holder.cursor() as cur:
+            cur.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))
+        settings.lock_timeout = timeout
+        with pytest.raises(LockTimeoutError, match="held the lock"):
+            commands.apply(settings, path)
+    finally:
+        holder.close()
+    assert commands.apply(settings, path).apply_id == 1
+
+
+def test_rollback_twice_says_it_was_rolled_back(settings, tmp_path):
+    from reconciler.errors import ReconcilerError
+
+    commands.apply(settings, plan_to(settings, tmp_path, BUCKET, "p0.json"))
+    commands.rollback(settings, 1, str(tmp_path / "rb.json"))
+    commands.apply(settings, str(tmp_path / "rb.json"))
+    with pytest.raises(ReconcilerError, match="apply 1 was already rolled back by apply 2"):
+        commands.rollback(settings, 1, str(tmp_path / "rb2.json"))
+
+
+def test_actor_is_recorded(settings, tmp_path, monkeypatch):
+    monkeypatch.setenv("GITHUB_ACTOR", "octocat")
+    commands.apply(settings, plan_to(settings, tmp_path, BUCKET, "p0.json"))
+    assert commands.history(settings)[0].os_user.startswith("octocat")

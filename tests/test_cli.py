@@ -161,3 +161,18 @@ def test_options_after_the_subcommand_and_precedence(cli, database_url, tmp_path
     assert r.code == 0, r.err
     plan = json.loads((tmp_path / "p.json").read_text())
     assert plan["changes"][-1]["after"]["url"] == "https://from-env/M/P/1.jpg"
+
+
+def test_unknown_model_gets_a_note(cli, database_url, tmp_path):
+    (tmp_path / "b" / "M" / "P").mkdir(parents=True)
+    (tmp_path / "b" / "M" / "P" / "1.jpg").write_bytes(b"x")
+    r = cli("plan", "--source", "b", "--model", "Nobody", "-o", "p.json", "--database", database_url,
+            "--cdn-base-url", CDN)
+    assert r.code == 0 and "Note: model 'Nobody' is neither in the source nor in the database" in r.out
+
+
+def test_secret_scrubbing_keeps_words_whole():
+    from reconciler.db import scrub
+
+    assert scrub("signed with another key", "other") == "signed with another key"
+    assert scrub("password 'other' rejected for app:other@db", "other") == "password '***' rejected for app:***@db"

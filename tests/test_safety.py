@@ -48,7 +48,7 @@ def test_empty_listing_against_empty_database_is_fine(settings):
 def test_max_delete(populated):
     listing = BUCKET[:3]  # Bob's model, post and 2 media go: 4 rows
     populated.max_delete = 3
-    with pytest.raises(SafetyError, match="deletes 4 row.*--max-delete 3"):
+    with pytest.raises(SafetyError, match="deletes 4 row.*max-delete 3"):
         commands.make_plan(populated, objects=listing)
     populated.max_delete = 4
     assert commands.make_plan(populated, objects=listing).summary["model"]["delete"] == 1
@@ -84,4 +84,4 @@ def test_cli_guard_writes_no_plan_file(cli, database_url, tmp_path):
     assert r.code == 0
     assert json.loads((tmp_path / "wipe.json").read_text())["summary"]["model"]["delete"] == 1
     r = cli("plan", "--source", "empty", "-o", "wipe2.json", "--allow-empty-source", "--max-delete", "2", *common)
-    assert r.code == 1 and "--max-delete 2" in r.err and not (tmp_path / "wipe2.json").exists()
+    assert r.code == 1 and "max-delete 2" in r.err and not (tmp_path / "wipe2.json").exists()
