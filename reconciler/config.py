@@ -88,6 +88,8 @@ def read_config_file(path: str) -> dict:
     import jsonschema
     import yaml
 
+    if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
+        raise ConfigError(f"config file {path} is not a regular file; check --config / RECONCILER_CONFIG")
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_BYTES + 1)

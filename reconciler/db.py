@@ -187,6 +187,11 @@ class Database:
                 f"cannot connect to {self.display}: {describe_pg_error(cause, self._password)}; "
                 "check --database / DATABASE_URL"
             ) from None
+        except (pw.DatabaseError, psycopg2.Error):  # libpq could not parse the URL
+            raise DatabaseError(
+                f"the database URL {self.display} is malformed (a stray '%' or '@' in the password must be "
+                "percent-encoded); check --database / DATABASE_URL"
+            ) from None
         proxy.initialize(self.peewee)
 
     @property

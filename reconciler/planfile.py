@@ -214,6 +214,12 @@ def file_chunks(plan: Plan, lines: Iterable[str] | None = None) -> Iterator[str]
     yield ('{\n  "changes": [],\n' if first else "\n  ],\n") + rest[2:] + "\n"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_plan(plan: Plan, path: str, signing_key: str | None = None) -> str:
     """Seal the plan (plan_id, and signature with a key) and write it atomically.
 
@@ -227,6 +233,8 @@ def write_plan(plan: Plan, path: str, signing_key: str | None = None) -> str:
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".plan-", suffix=".tmp", dir=folder)
+        # mkstemp makes the file private (0600); a plan holds no secret and is shared.
+        os.fchmod(fd, 0o666 & ~_umask())
     except OSError as e:
         raise PlanFileError(f"cannot write {path}: {e.strerror}") from None
     try:
@@ -490,7 +498,7 @@ def verify_plan(
         for objs, raws in batches:
             for c in objs:
                 i += 1
-                problem = check_change(c) or check_identity(c)
+                problem = check_change(c) or check_identity(c) or check_values(c)
                 if problem:
                     raise PlanFileError(f"{path} does not match the plan schema at changes/{i}: {problem}")
                 kind, action, ckey = c["kind"], c["action"], c["key"]
@@ -659,4 +667,34 @@ def check_identity(c: dict) -> str | None:
         for image in (c["before"], c["after"]):
             if image and "post" in image and "/" not in image["post"]:
                 return f"names post {image['post']!r}; a post is MODEL/POST"
+    return None
+
+
+_INT_LIMITS = {"post_count": 2**31 - 1, "id": 2**31 - 1, "size_bytes": 2**63 - 1}
+
+
+def _bad_value(name: str, value) -> str | None:
+    if isinstance(value, str):
+        return f"{name!r} holds a NUL character, which PostgreSQL text cannot store" if "\x00" in value else None
+    if name in _INT_LIMITS and isinstance(value, int) and not 0 <= value <= _INT_LIMITS[name]:
+        return f"{name!r} is out of range for its column (0 to {_INT_LIMITS[name]})"
+    if name == "media_cdns" and value is not None:
+        if set(value) - {"images", "videos"} or not all(
+            isinstance(v, list) and all(isinstance(u, str) and "\x00" not in u for u in v) for v in value.values()
+        ):
+            return "'media_cdns' must be {\"images\": [URL, …], \"videos\": [URL, …]}"
+    return None
+
+
+def check_values(c: dict) -> str | None:
+    """Values the database would refuse (beyond the schema): NUL characters, integers
+    out of their column's range, a malformed ``media_cdns``. ``validate`` refuses
+    them, so that a plan that validates also applies."""
+    if "\x00" in c["key"]:
+        return "'key' holds a NUL character, which PostgreSQL text cannot store"
+    for image in (c["before"], c["after"]):
+        for name, value in (image or {}).items():
+            problem = _bad_value(name, value)
+            if problem:
+                return problem
     return None
