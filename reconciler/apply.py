@@ -16,6 +16,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,7 +27,7 @@ from .version import __version__
 from .current import read_state
 from .db import LOCK_KEY, Database
 from .errors import AlreadyAppliedError, DatabaseError, LockTimeoutError, ReconcilerError, StalePlanError
-from .planfile import VerifiedPlan
+from .planfile import Plan
 from .safety import Limits, check_delete_limits
 
 Progress = Callable[[str], None]
@@ -46,40 +47,103 @@ class ApplyResult:
 
 # --------------------------------------------------------------------------- staging
 
-# The verified plan's canonical change lines go to PostgreSQL as they are (COPY into a
-# jsonb column) and are unpacked there: no per-change work in Python. In CSV mode with
-# quote and delimiter set to control characters, which JSON text never holds raw, a
-# line is one field, byte for byte.
-_COPY_RAW = "COPY rc_raw (j) FROM STDIN WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')"
-
-_IMAGE = "rc_raw, LATERAL (SELECT CASE WHEN j->>'action' = 'delete' THEN j->'before' ELSE j->'after' END) AS x(i)"
-_COMMON = """seq, j->>'action' AS action, j->>'key' AS key,
-    CASE WHEN j->>'action' = 'create' THEN (i->>'id')::int END AS row_id,
-    CASE WHEN j->>'action' = 'update' THEN ARRAY(SELECT jsonb_object_keys(j->'after')) END AS fields,
-    CASE WHEN j->>'action' = 'create' THEN (i->>'created_at')::timestamp END AS created_at"""
-_UNPACK = {
-    "model": """i->>'thumbnail_url' AS thumbnail_url, i->>'icon_url' AS icon_url, i->>'banner_url' AS banner_url,
-        (i->>'post_count')::int AS post_count,
-        CASE WHEN j->>'action' = 'create' THEN i->>'status' END AS status""",
-    "post": """split_part(j->>'key', '/', 1) AS model_key, substr(j->>'key', strpos(j->>'key', '/') + 1) AS post_folder,
-        i->>'title' AS title, nullif((i->'media_cdns')::text, 'null') AS media_cdns""",
-    "media": """split_part(i->>'post', '/', 1) AS post_model, substr(i->>'post', strpos(i->>'post', '/') + 1) AS post_folder,
-        i->>'url' AS url, i->>'type' AS type, (i->>'size_bytes')::bigint AS size_bytes, i->>'etag' AS etag""",
+_STAGE = {
+    "model": (
+        "seq int, action text, key text, row_id int, fields text[], thumbnail_url text, icon_url text, "
+        "banner_url text, post_count int, status text, created_at timestamp"
+    ),
+    "post": (
+        "seq int, action text, key text, model_key text, post_folder text, row_id int, fields text[], "
+        "title text, media_cdns text, created_at timestamp"
+    ),
+    "media": (
+        "seq int, action text, key text, post_model text, post_folder text, row_id int, fields text[], "
+        "url text, type text, size_bytes bigint, etag text, created_at timestamp"
+    ),
 }
+# COPY's text format: backslash, tab and line breaks escaped; NULL is \N.
+_ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
 
 
-def _stage(cur, spool) -> None:
-    """Load the canonical change lines and unpack them into one typed table per kind."""
-    cur.execute("CREATE TEMP TABLE rc_raw (seq bigint GENERATED ALWAYS AS IDENTITY, j jsonb NOT NULL) ON COMMIT DROP")
-    cur.copy_expert(_COPY_RAW, spool, size=1 << 20)
-    for kind in ("model", "post", "media"):
-        cur.execute(
-            f"""CREATE TEMP TABLE rc_stage_{kind} ON COMMIT DROP AS
-                SELECT {_COMMON}, {_UNPACK[kind]} FROM {_IMAGE} WHERE j->>'kind' = %s""",
-            (kind,),
-        )
-        cur.execute(f"CREATE INDEX ON rc_stage_{kind} (key)")
-        cur.execute(f"ANALYZE rc_stage_{kind}")
+def _text(v) -> str:
+    if v is None:
+        return "\\N"
+    if type(v) is str:
+        return v.translate(_ESCAPE)
+    if type(v) is dict:
+        return json.dumps(v, sort_keys=True, ensure_ascii=False).translate(_ESCAPE)
+    return str(v)
+
+
+class Stage:
+    """Verified changes, written as typed rows to one temporary file per kind, then
+    ``COPY``-ed into temporary tables inside the apply's transaction. A
+    :class:`~reconciler.planfile.ChangeSink`: ``verify_plan(path, sink=Stage())``."""
+
+    def __init__(self) -> None:
+        self.files = {k: tempfile.TemporaryFile("w+", encoding="utf-8") for k in _STAGE}
+        self.seq = 0
+
+    def reset(self) -> None:
+        for f in self.files.values():
+            f.seek(0)
+            f.truncate()
+        self.seq = 0
+
+    def add_batch(self, changes: list[dict]) -> None:
+        rows: dict[str, list[str]] = {k: [] for k in _STAGE}
+        t = _text
+        for c in changes:
+            self.seq += 1
+            action, kind, key = c["action"], c["kind"], c["key"]
+            create = action == "create"
+            image = c["before"] if action == "delete" else c["after"]
+            g = image.get
+            fields = "{" + ",".join(sorted(image)) + "}" if action == "update" else "\\N"
+            row_id = t(g("id")) if create else "\\N"
+            created_at = t(g("created_at")) if create else "\\N"
+            head = f"{self.seq}\t{action}\t{t(key)}"
+            if kind == "media":
+                post = g("post")
+                if post is None:
+                    pm = pp = "\\N"
+                else:
+                    model, _, folder = post.partition("/")
+                    pm, pp = t(model), t(folder)
+                rows[kind].append(
+                    f"{head}\t{pm}\t{pp}\t{row_id}\t{fields}\t{t(g('url'))}\t{t(g('type'))}\t"
+                    f"{t(g('size_bytes'))}\t{t(g('etag'))}\t{created_at}"
+                )
+            elif kind == "post":
+                model, _, folder = key.partition("/")
+                rows[kind].append(
+                    f"{head}\t{t(model)}\t{t(folder)}\t{row_id}\t{fields}\t{t(g('title'))}\t"
+                    f"{t(g('media_cdns'))}\t{created_at}"
+                )
+            else:
+                status = t(g("status")) if create else "\\N"
+                rows[kind].append(
+                    f"{head}\t{row_id}\t{fields}\t{t(g('thumbnail_url'))}\t{t(g('icon_url'))}\t"
+                    f"{t(g('banner_url'))}\t{t(g('post_count'))}\t{status}\t{created_at}"
+                )
+        for kind, lines in rows.items():
+            if lines:
+                self.files[kind].write("\n".join(lines))
+                self.files[kind].write("\n")
+
+    def load(self, cur) -> None:
+        """Create the staging tables and ``COPY`` the rows in (inside the transaction)."""
+        for kind, f in self.files.items():
+            f.flush()
+            f.seek(0)
+            cur.execute(f"CREATE TEMP TABLE rc_stage_{kind} ({_STAGE[kind]}) ON COMMIT DROP")
+            cur.copy_expert(f"COPY rc_stage_{kind} FROM STDIN", f, size=1 << 20)
+            cur.execute(f"CREATE INDEX ON rc_stage_{kind} (key)")
+            cur.execute(f"ANALYZE rc_stage_{kind}")
+
+    def close(self) -> None:
+        for f in self.files.values():
+            f.close()
 
 
 # --------------------------------------------------------------------------- SQL
@@ -167,11 +231,6 @@ def _delete(cur, kind: str) -> None:
     cur.execute("DELETE FROM whitelabel_models t USING rc_stage_model s WHERE s.action = 'delete' AND t.folder_name = s.key")
 
 
-# The parent's natural key as the audit keeps it next to a created row.
-_PARENT_KEY = {"model": "'{}'::jsonb", "post": "jsonb_build_object('model', s.model_key)",
-               "media": "jsonb_build_object('post', s.post_model || '/' || s.post_folder)"}
-
-
 def _insert(cur, apply_id: int, kind: str, expected: int) -> None:
     """Create rows and audit them in the same statement (``RETURNING``).
 
@@ -188,12 +247,10 @@ def _insert(cur, apply_id: int, kind: str, expected: int) -> None:
         # last_synced_at is set here, so that the audited image is the final row.
         parent_col, parent_val, source = "folder_name, last_synced_at", f"s.key, {_SYNCED}", "rc_stage_model s"
         restore_cols, restore_vals = "id, status, created_at", "s.row_id, s.status, coalesce(s.created_at, now())"
-        key_col = "folder_name"
     elif kind == "post":
         parent_col, parent_val = "whitelabel_model_id, folder_name", "pm.id, s.post_folder"
         source = "rc_stage_post s JOIN whitelabel_models pm ON pm.folder_name = s.model_key"
         restore_cols, restore_vals = "id, created_at", "s.row_id, coalesce(s.created_at, now())"
-        key_col = "whitelabel_model_id"  # joined back through the model below
     else:
         parent_col, parent_val = "whitelabel_post_id, s3_key", "pp.id, s.key"
         source = (
@@ -201,14 +258,18 @@ def _insert(cur, apply_id: int, kind: str, expected: int) -> None:
             "JOIN whitelabel_posts pp ON pp.whitelabel_model_id = pm.id AND pp.folder_name = s.post_folder"
         )
         restore_cols, restore_vals = "id, created_at", "s.row_id, coalesce(s.created_at, now())"
-        key_col = "s3_key"
     table = _TABLE[kind]
-    if kind == "post":
-        back = ("JOIN whitelabel_models bm ON bm.id = ins.whitelabel_model_id "
-                "JOIN rc_stage_post s ON s.action = 'create' AND s.model_key = bm.folder_name "
-                "AND s.post_folder = ins.folder_name")
+    # The audit's key and parent key come from the new row's (few) parents, not from a
+    # join of a million new rows back to the staging table.
+    if kind == "model":
+        audit = "ins.folder_name, to_jsonb(ins) FROM ins"
+    elif kind == "post":
+        audit = ("bm.folder_name || '/' || ins.folder_name, to_jsonb(ins) || jsonb_build_object('model', bm.folder_name) "
+                 "FROM ins JOIN whitelabel_models bm ON bm.id = ins.whitelabel_model_id")
     else:
-        back = f"JOIN rc_stage_{kind} s ON s.action = 'create' AND s.key = ins.{key_col}"
+        audit = ("ins.s3_key, to_jsonb(ins) || jsonb_build_object('post', bm.folder_name || '/' || bp.folder_name) "
+                 "FROM ins JOIN whitelabel_posts bp ON bp.id = ins.whitelabel_post_id "
+                 "JOIN whitelabel_models bm ON bm.id = bp.whitelabel_model_id")
     inserted = 0
     for restore in (False, True):
         insert_cols = f"{restore_cols}, {parent_col}, {cols}" if restore else f"{parent_col}, {cols}"
@@ -219,8 +280,8 @@ def _insert(cur, apply_id: int, kind: str, expected: int) -> None:
                   SELECT {select} FROM {source}
                   WHERE s.action = 'create' AND s.row_id IS {'NOT ' if restore else ''}NULL ORDER BY s.seq
                   RETURNING *)
-                INSERT INTO reconciler_changes (apply_id, kind, action, key, row_id, after)
-                SELECT %s, %s, 'create', s.key, ins.id, to_jsonb(ins) || {_PARENT_KEY[kind]} FROM ins {back}""",
+                INSERT INTO reconciler_changes (apply_id, kind, action, row_id, key, after)
+                SELECT %s, %s, 'create', ins.id, {audit}""",
             (apply_id, kind),
         )
         inserted += cur.rowcount
@@ -282,7 +343,7 @@ def _touch_models(cur) -> None:
              UNION SELECT model_key FROM rc_stage_post
              UNION SELECT post_model FROM rc_stage_media WHERE post_model IS NOT NULL
              UNION SELECT pm.folder_name FROM rc_stage_media s
-               JOIN whitelabel_media x ON x.s3_key = s.key
+               JOIN whitelabel_media x ON s.action = 'update' AND x.s3_key = s.key
                JOIN whitelabel_posts pp ON pp.id = x.whitelabel_post_id
                JOIN whitelabel_models pm ON pm.id = pp.whitelabel_model_id)"""
     )
@@ -293,30 +354,31 @@ def _touch_models(cur) -> None:
 
 def apply_plan(
     db: Database,
-    verified: VerifiedPlan,
+    plan: Plan,
+    stage: Stage,
     *,
     lock_timeout: float = 60.0,
     limits: Limits = Limits(),
     progress: Progress = lambda msg: None,
 ) -> ApplyResult:
-    """Execute a verified plan (see :func:`reconciler.planfile.verify_plan`, with
-    ``spool=True``: its signature was checked there) exactly.
+    """Execute a verified plan exactly: ``plan`` and its changes in ``stage`` come from
+    ``verify_plan(path, keep_changes=False, sink=stage)``, which checked the schema,
+    plan_id and signature.
 
     Raises a :class:`ReconcilerError` and changes nothing when any check or
     statement fails.
     """
-    plan = verified.plan
     summary = plan.summary
     total = sum(sum(v.values()) for v in summary.values())
     if total == 0:
         return ApplyResult(None, plan.plan_id, summary, db.display)
-    if verified.spool is None:
-        raise ValueError("apply_plan needs the plan's changes spooled: verify_plan(path, spool=True)")
     deletes = sum(v["delete"] for v in summary.values())
     try:
         with db.transaction() as conn, conn.cursor() as cur:
             # PostgreSQL reads lock_timeout 0 as "wait forever": 0 here means "do not wait".
             cur.execute("SET LOCAL lock_timeout = %s", (f"{max(1, int(lock_timeout * 1000))}ms",))
+            # Bulk statements sort and hash a million rows: let them do it in memory.
+            cur.execute("SET LOCAL work_mem = '256MB'")
             progress("waiting for the apply lock")
             try:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
@@ -361,7 +423,7 @@ def apply_plan(
             )
             apply_id = cur.fetchone()[0]
             progress(f"staging {total} changes")
-            _stage(cur, verified.spool)
+            stage.load(cur)
             for kind in ("model", "post", "media"):
                 _audit_before(cur, apply_id, kind, summary[kind]["update"] + summary[kind]["delete"])
             progress("deleting")

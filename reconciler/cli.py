@@ -188,7 +188,7 @@ def cmd_validate(args, settings: Settings) -> int:
         keep_changes=False,
         signing_key=settings.signing_key,
         require_signature=bool(args.require_signature or settings.require_signature),
-    ).plan
+    )
     n = sum(sum(v.values()) for v in p.summary.values())
     if not p.signature:
         signed = "unsigned"

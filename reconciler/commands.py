@@ -12,7 +12,7 @@ from typing import Callable, Iterable, Sequence
 import psycopg2
 
 from . import audit
-from .apply import ApplyResult, apply_plan
+from .apply import ApplyResult, Stage, apply_plan
 from .config import Settings
 from .current import read_state
 from .db import check_schema, migrate, open_database
@@ -146,19 +146,20 @@ def apply(settings: Settings, path: str, *, require_signature: bool = False, pro
     """Verify the plan file (schema, plan_id, signature), then apply it in one
     transaction (see :mod:`reconciler.apply`)."""
     progress("verifying the plan file")
-    verified = verify_plan(
-        path,
-        keep_changes=False,
-        spool=True,
-        signing_key=settings.signing_key,
-        require_signature=require_signature or settings.require_signature,
-    )
+    stage = Stage()
     try:
+        p = verify_plan(
+            path,
+            keep_changes=False,
+            sink=stage,
+            signing_key=settings.signing_key,
+            require_signature=require_signature or settings.require_signature,
+        )
         with open_database(settings.database, settings.state_dir) as db:
             check_schema(db)
-            return apply_plan(db, verified, lock_timeout=settings.lock_timeout, limits=settings.limits, progress=progress)
+            return apply_plan(db, p, stage, lock_timeout=settings.lock_timeout, limits=settings.limits, progress=progress)
     finally:
-        verified.close()
+        stage.close()
 
 
 def history(settings: Settings, limit: int | None = 20) -> list[audit.HistoryEntry]:

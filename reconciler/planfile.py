@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
-from typing import IO, Iterable, Iterator
+from typing import IO, Iterable, Iterator, Protocol
 
 from .diff import ACTION_ORDER, ACTIONS, FIELDS, KIND_ORDER, KINDS, Change, summarize
 from .errors import PlanFileError, SignatureError
@@ -431,39 +431,45 @@ def _check_top(top: dict, path: str) -> None:
         raise PlanFileError(f"{path} does not match the plan schema at {_where(e.absolute_path)}: {_short(e.message)}")
 
 
-@dataclass
-class VerifiedPlan:
-    """A plan file that passed every check; its changes are kept or spooled."""
+class ChangeSink(Protocol):
+    """Receives the verified changes in batches (apply stages them for the database)."""
 
-    plan: Plan
-    spool: IO[str] | None  # canonical changes, one per line, when asked for
+    def add_batch(self, changes: list[dict]) -> None: ...
 
-    def close(self) -> None:
-        if self.spool is not None:
-            self.spool.close()
+    def reset(self) -> None: ...
+
+
+class _Mismatch(Exception):
+    pass
 
 
 def verify_plan(
     path: str,
     *,
     keep_changes: bool = True,
-    spool: bool = False,
+    sink: ChangeSink | None = None,
     signing_key: str | None = None,
     require_signature: bool = False,
-) -> VerifiedPlan:
-    """Read and check a plan file in one pass over its changes, without a database.
+) -> Plan:
+    """Read and check a plan file, without a database, streaming its changes.
 
     Checks: the JSON Schema (envelope by jsonschema, each change by
-    :func:`check_change`), keys consistent with images, order, no duplicates, the
-    summary, ``plan_id`` (refusing a plan edited after it was made) and the signature.
-    With ``keep_changes=False`` the changes are not held in memory; with ``spool``
-    their canonical lines are written to a temporary file for the caller (apply
-    streams them into the database from there).
+    :func:`check_change`), keys consistent with images, values the database can hold,
+    order, no duplicates, the summary, ``plan_id`` (refusing a plan edited after it
+    was made) and the signature. With ``keep_changes=False`` the changes are not held
+    in memory; a ``sink`` receives them batch by batch as they pass the checks (it must
+    discard them if this raises).
+
+    A file in this tool's one-change-per-line layout is hashed from its lines as they
+    are (they are the canonical text itself); only when that does not give
+    ``plan_id`` (a re-formatted file, say) are the changes re-encoded and hashed again.
     """
     layout = _line_layout(path)
     if layout is not None:
         top, n = layout
-        batches: Iterable = _line_batches(path, n)
+
+        def batches() -> Iterable:
+            return _line_batches(path, n)
     else:
         data = _read_whole(path)
         top = {k: v for k, v in data.items() if k != "changes"}
@@ -473,7 +479,9 @@ def verify_plan(
         if not isinstance(data["changes"], list):
             _check_top(top, path)
             raise PlanFileError(f"{path} does not match the plan schema at changes: it is not of type 'array'")
-        batches = _list_batches(data["changes"])
+
+        def batches() -> Iterable:
+            return _list_batches(data["changes"])
     _check_top(top, path)
     plan = Plan(
         changes=[],
@@ -485,67 +493,72 @@ def verify_plan(
         plan_id=top["plan_id"],
         signature=top.get("signature"),
     )
-    key = signing_key if plan.signature else None
-    hasher = BodyHasher(key)
-    out = tempfile.TemporaryFile("w+", encoding="utf-8") if spool else None
+    try:
+        mac = _verify_changes(plan, top, path, batches(), layout is not None, keep_changes, sink, signing_key)
+    except _Mismatch:
+        plan.changes = []
+        if sink is not None:
+            sink.reset()
+        mac = _verify_changes(plan, top, path, batches(), False, keep_changes, sink, signing_key)
+    problem = _signature_problem(plan.signature, mac, signing_key, require_signature)
+    if problem:
+        raise SignatureError(problem)
+    if keep_changes:
+        plan.summary_override = None
+    return plan
+
+
+def _verify_changes(plan, top, path, batches, raw_hash, keep_changes, sink, signing_key) -> str | None:
+    hasher = BodyHasher(signing_key if plan.signature else None)
     summary = {k: {a: 0 for a in ACTIONS} for k in KINDS}
     # Same-action duplicates break the strict order; across actions a set of key
     # hashes finds them in a fraction of the memory of the keys themselves.
     seen: set[int] = set()
     last = None
     i = -1
-    try:
-        for objs, raws in batches:
-            for c in objs:
-                i += 1
-                problem = check_change(c) or check_identity(c) or check_values(c)
-                if problem:
-                    raise PlanFileError(f"{path} does not match the plan schema at changes/{i}: {problem}")
-                kind, action, ckey = c["kind"], c["action"], c["key"]
-                ident = hash((kind, ckey))
-                if ident in seen:
+    for objs, raws in batches:
+        for c in objs:
+            i += 1
+            problem = check_change(c) or check_identity(c) or check_values(c)
+            if problem:
+                raise PlanFileError(f"{path} does not match the plan schema at changes/{i}: {problem}")
+            kind, action, ckey = c["kind"], c["action"], c["key"]
+            ident = hash((kind, ckey))
+            if ident in seen:
+                raise PlanFileError(f"{path} has two changes for {kind} {ckey!r:.200} (changes/{i})")
+            seen.add(ident)
+            order = (KIND_ORDER[kind], ACTION_ORDER[action], ckey)
+            if last is not None and order <= last:
+                if order == last:
                     raise PlanFileError(f"{path} has two changes for {kind} {ckey!r:.200} (changes/{i})")
-                seen.add(ident)
-                order = (KIND_ORDER[kind], ACTION_ORDER[action], ckey)
-                if last is not None and order <= last:
-                    if order == last:
-                        raise PlanFileError(f"{path} has two changes for {kind} {ckey!r:.200} (changes/{i})")
-                    raise PlanFileError(
-                        f"{path} lists its changes out of order at changes/{i}; plans are ordered by kind, action, key"
-                    )
-                last = order
-                summary[kind][action] += 1
-                if keep_changes:
-                    plan.changes.append(Change.from_dict(c))
+                raise PlanFileError(
+                    f"{path} lists its changes out of order at changes/{i}; plans are ordered by kind, action, key"
+                )
+            last = order
+            summary[kind][action] += 1
+            if keep_changes:
+                plan.changes.append(Change.from_dict(c))
+        if raw_hash:
+            hasher.joined(",".join(raws), len(objs))
+        else:
             # One C call encodes the batch: "[a,b,…]" is exactly the canonical changes, joined.
             hasher.joined(canonical(objs)[1:-1], len(objs))
-            if out is not None:
-                out.write("\n".join(raws if raws is not None else map(canonical, objs)))
-                out.write("\n")
-        if summary != top["summary"]:
-            raise PlanFileError(f"{path}: the summary does not count the changes it lists (edited by hand?); make a new plan")
-        plan.summary_override = summary
-        plan_id, mac = hasher.finish(plan.envelope())
-        if plan_id != plan.plan_id:
-            raise PlanFileError(f"{path}: plan_id does not match the content; the plan was edited after it was made. Make a new plan")
-        problem = _signature_problem(plan.signature, mac, signing_key, require_signature)
-        if problem:
-            raise SignatureError(problem)
-    except BaseException:
-        if out is not None:
-            out.close()
-        raise
-    if keep_changes:
-        plan.summary_override = None
-    if out is not None:
-        out.flush()
-        out.seek(0)
-    return VerifiedPlan(plan, out)
+        if sink is not None:
+            sink.add_batch(objs)
+    if summary != top["summary"]:
+        raise PlanFileError(f"{path}: the summary does not count the changes it lists (edited by hand?); make a new plan")
+    plan.summary_override = summary
+    plan_id, mac = hasher.finish(plan.envelope())
+    if plan_id != plan.plan_id:
+        if raw_hash:
+            raise _Mismatch()
+        raise PlanFileError(f"{path}: plan_id does not match the content; the plan was edited after it was made. Make a new plan")
+    return mac
 
 
 def load_plan(path: str) -> Plan:
     """Read, validate and verify a plan file (no database needed); keeps the changes."""
-    return verify_plan(path).plan
+    return verify_plan(path)
 
 
 # --------------------------------------------------------------------------- change rules

@@ -303,3 +303,15 @@ def test_actor_is_recorded(settings, tmp_path, monkeypatch):
     monkeypatch.setenv("GITHUB_ACTOR", "octocat")
     commands.apply(settings, plan_to(settings, tmp_path, BUCKET, "p0.json"))
     assert commands.history(settings)[0].os_user.startswith("octocat")
+
+
+def test_a_reformatted_line_is_verified_by_its_content(settings, sql, tmp_path):
+    path = plan_to(settings, tmp_path, BUCKET, "p.json")
+    lines = open(path, encoding="utf-8").read().split("\n")
+    i = next(n for n, line in enumerate(lines) if '"kind":"media"' in line)
+    lines[i] = lines[i].replace('":', '": ')  # same JSON, not the canonical text
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    result = commands.apply(settings, path)
+    assert result.summary["media"]["create"] == 3
+    assert sql("SELECT count(*) FROM whitelabel_media") == [(3,)]
