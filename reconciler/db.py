@@ -278,6 +278,10 @@ def _ensure_embedded_database(server) -> str:
             cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (EMBEDDED_DBNAME,))
             if cur.fetchone() is None:
                 cur.execute(f'CREATE DATABASE "{EMBEDDED_DBNAME}"')
+                # A first apply of a million objects writes a few GB of WAL: with the
+                # stock 1GB the private server would checkpoint every few seconds.
+                cur.execute("ALTER SYSTEM SET max_wal_size = '4GB'")
+                cur.execute("SELECT pg_reload_conf()")
     finally:
         conn.close()
     return server.get_uri(EMBEDDED_DBNAME)

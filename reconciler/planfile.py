@@ -243,10 +243,15 @@ def write_plan(plan: Plan, path: str, signing_key: str | None = None) -> str:
             # depends on all of them, is part of the envelope after them).
             with tempfile.TemporaryFile("w+", encoding="utf-8", dir=folder) as spool:
                 h = BodyHasher(signing_key)
-                for c in plan.changes:
-                    line = canonical(c.to_dict())
-                    h.change(line)
-                    spool.write(line)
+                changes = plan.changes
+                for i in range(0, len(changes), BATCH):
+                    # One C call encodes a batch. Between two changes the text reads
+                    # '},{"action":', which no change holds inside (a '"' in a string is
+                    # escaped), so the batch splits into lines at exactly those places.
+                    batch = [c.to_dict() for c in changes[i : i + BATCH]]
+                    text = canonical(batch)[1:-1]
+                    h.joined(text, len(batch))
+                    spool.write(text.replace('},{"action":', '}\n{"action":'))
                     spool.write("\n")
                 old_id = plan.plan_id
                 plan.plan_id, mac = h.finish(plan.envelope())
