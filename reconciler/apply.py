@@ -24,7 +24,7 @@ import psycopg2
 import psycopg2.errors
 
 from .version import __version__
-from .current import read_state
+from .current import state_digest
 from .db import LOCK_KEY, Database
 from .errors import AlreadyAppliedError, DatabaseError, LockTimeoutError, ReconcilerError, StalePlanError
 from .planfile import Plan
@@ -398,9 +398,9 @@ def apply_plan(
                     "make a new plan to apply further changes"
                 )
             progress("checking that the database has not changed since the plan")
-            state = read_state(conn, plan.scope)
-            current_rows = sum(sum(1 for _ in rows) for rows in (state.models, state.posts, state.media))
-            if state.digest() != plan.target["state_digest"]:
+            state = state_digest(conn, plan.scope)
+            current_rows = state.rows
+            if state.digest != plan.target["state_digest"]:
                 raise StalePlanError(
                     "the plan is stale: the database changed since the plan was made "
                     f"(at {plan.created_at}); make a new plan and review it"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from .current import read_state
+from .current import read_state, state_digest
 from .db import Database
 from .diff import FIELDS, Change
 from .errors import ReconcilerError, StalePlanError
@@ -146,7 +146,7 @@ def rollback_plan(db: Database, apply_id: int) -> Plan:
                     if (kind, key) in touched:
                         live[(kind, key)] = tuple(row)
                 counts[kind] = n
-            digest = state.digest()
+            digest = state_digest(conn, scope).digest
     except psycopg2.Error as e:
         raise db.error(e, "cannot read the audit log") from None
     for c in changes:

@@ -73,20 +73,22 @@ def make_plan(
         raise ConfigError("--sign needs the signing key in RECONCILER_SIGNING_KEY")
     with open_database(settings.database, settings.state_dir) as db:
         check_schema(db)
-        progress("listing the source")
-        if progress is not _quiet:
-            objects = _counting(objects, progress)
-        desired = build_desired(
-            objects, cdn_base_url=settings.cdn_base_url, root=root, layout=settings.layout, models=scope
-        )
-        progress(f"listed {desired.object_count} objects; reading the database")
         try:
-            with db.transaction() as conn:
-                conn.cursor().execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            with db.transaction() as conn, db.snapshot_digest(conn, scope) as digest:
+                # The server computes the digest of this snapshot on its own core while
+                # the listing is read; the rows are then read from the same snapshot.
+                progress("listing the source")
+                if progress is not _quiet:
+                    objects = _counting(objects, progress)
+                desired = build_desired(
+                    objects, cdn_base_url=settings.cdn_base_url, root=root, layout=settings.layout, models=scope
+                )
+                progress(f"listed {desired.object_count} objects; reading the database")
                 state = read_state(conn, scope)
                 in_database: set[str] = set()
                 state.models = ((in_database.add(k), (k, r))[1] for k, r in state.models)
                 result = diff(desired, state)
+                state_digest = digest.result().digest
         except psycopg2.Error as e:
             raise db.error(e, "cannot read the current state") from None
         display = db.display
@@ -108,7 +110,7 @@ def make_plan(
         target={
             "database": display,
             "scope": scope,
-            "state_digest": result.state_digest,
+            "state_digest": state_digest,
             "current_counts": result.current_counts,
         },
         tool_version=__version__,

@@ -1,15 +1,15 @@
 """The current state: the managed columns of the rows in scope, read from the database.
 
 Rows stream through server-side cursors as plain tuples (no ORM objects), in key order
-(``COLLATE "C"``, which is Python's string order), and are hashed as they pass: the
-digest of the managed state in scope is what makes a plan stale when the database
-moves. Planning only reads.
+(``COLLATE "C"``, which is Python's string order). The digest of the managed state in
+scope, which makes a plan stale when the database moves, is computed by the server
+(:func:`state_digest`). Planning only reads.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 from .desired import MediaRow, ModelRow, PostRow  # the shapes of the rows, as plain tuples
@@ -41,30 +41,50 @@ def scope_clause(models: Sequence[str] | None) -> tuple[str, tuple]:
     return "WHERE m.folder_name = ANY(%s)", (list(models),)
 
 
-class Hasher:
-    """SHA-256 over the managed rows in the order they stream past."""
+# The digest of the managed state in scope, computed by the server: per kind, the row
+# count and the sums of the two halves of each row's md5 (an order-free multiset hash,
+# so no sort), then SHA-256 over the three. It covers exactly the managed columns and
+# natural keys that a plan reads, so hand-set ``status`` and the like never make a plan
+# stale. The server does this on its own core while the listing is being read.
+_HALVES = """count(*), coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint), 0),
+       coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint), 0)"""
+_DIGEST = {
+    "model": f"""SELECT {_HALVES} FROM (
+        SELECT md5(row(m.folder_name, m.thumbnail_url, m.icon_url, m.banner_url, m.post_count)::text) AS h
+        FROM whitelabel_models m {{where}}) d""",
+    "post": f"""SELECT {_HALVES} FROM (
+        SELECT md5(row(m.folder_name, p.folder_name, p.title, p.media_cdns::text)::text) AS h
+        FROM whitelabel_posts p JOIN whitelabel_models m ON m.id = p.whitelabel_model_id {{where}}) d""",
+    "media": f"""SELECT {_HALVES} FROM (
+        SELECT md5(row(x.s3_key, m.folder_name, p.folder_name, x.url, x.type, x.size_bytes, x.etag)::text) AS h
+        FROM whitelabel_media x
+        JOIN whitelabel_posts p ON p.id = x.whitelabel_post_id
+        JOIN whitelabel_models m ON m.id = p.whitelabel_model_id {{where}}) d""",
+}
 
-    def __init__(self) -> None:
-        self._h = hashlib.sha256()
-        self.rows = 0
 
-    def wrap(self, kind: str, rows: Iterable[tuple[str, tuple]]) -> Iterator[tuple[str, tuple]]:
-        update = self._h.update
-        buf: list[tuple] = []
-        update(kind.encode() + b"\x00")
-        for item in rows:
-            buf.append(item)
-            if len(buf) >= 4096:
-                update(repr(buf).encode("utf-8", "surrogatepass"))
-                self.rows += len(buf)
-                buf.clear()
-            yield item
-        if buf:
-            update(repr(buf).encode("utf-8", "surrogatepass"))
-            self.rows += len(buf)
+@dataclass(frozen=True)
+class StateDigest:
+    digest: str
+    counts: dict[str, int]
 
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
+    @property
+    def rows(self) -> int:
+        return sum(self.counts.values())
+
+
+def state_digest(conn, models: Sequence[str] | None = None) -> StateDigest:
+    """The digest and row counts of the managed state in scope (one query per kind)."""
+    where, params = scope_clause(models)
+    h = hashlib.sha256()
+    counts = {}
+    with conn.cursor() as cur:
+        for kind in ("model", "post", "media"):
+            cur.execute(_DIGEST[kind].format(where=where), params)
+            n, a, b = cur.fetchone()
+            counts[kind] = n
+            h.update(f"{kind}:{n}:{a}:{b}\n".encode())
+    return StateDigest(h.hexdigest(), counts)
 
 
 @dataclass
@@ -78,11 +98,6 @@ class CurrentState:
     models: Iterable[tuple[str, ModelRow]] = ()
     posts: Iterable[tuple[str, PostRow]] = ()
     media: Iterable[tuple[str, MediaRow]] = ()
-    hasher: Hasher = field(default_factory=Hasher)
-
-    def digest(self) -> str:
-        """The state digest; valid once every kind was iterated to the end."""
-        return self.hasher.hexdigest()
 
 
 def _stream(conn, sql: str, params: tuple, name: str) -> Iterator[tuple]:
@@ -101,19 +116,8 @@ def _rows(conn, sql: str, where: str, params: tuple, name: str) -> Iterator[tupl
 def read_state(conn, models: Sequence[str] | None = None) -> CurrentState:
     """Stream the managed state in scope from ``conn`` (inside a transaction)."""
     where, params = scope_clause(models)
-    hasher = Hasher()
     return CurrentState(
-        models=hasher.wrap("model", _rows(conn, _MODELS, where, params, "rc_models")),
-        posts=hasher.wrap("post", _rows(conn, _POSTS, where, params, "rc_posts")),
-        media=hasher.wrap("media", _rows(conn, _MEDIA, where, params, "rc_media")),
-        hasher=hasher,
+        models=_rows(conn, _MODELS, where, params, "rc_models"),
+        posts=_rows(conn, _POSTS, where, params, "rc_posts"),
+        media=_rows(conn, _MEDIA, where, params, "rc_media"),
     )
-
-
-def state_digest(conn, models: Sequence[str] | None = None) -> str:
-    """The digest of the managed state in scope, reading every row once."""
-    state = read_state(conn, models)
-    for rows in (state.models, state.posts, state.media):
-        for _ in rows:
-            pass
-    return state.digest()

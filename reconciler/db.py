@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Iterator
@@ -220,6 +221,39 @@ class Database:
     def close(self) -> None:
         with contextlib.suppress(Exception):
             self.peewee.close()
+
+    @contextlib.contextmanager
+    def snapshot_digest(self, conn, models) -> Iterator[Future]:
+        """Start a read-only snapshot on ``conn`` (inside :meth:`transaction`) and compute
+        the state digest of that same snapshot on a second connection, in a thread.
+
+        Yields a future of :class:`reconciler.current.StateDigest`.
+        """
+        from .current import state_digest
+
+        with conn.cursor() as cur:
+            cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            cur.execute("SELECT pg_export_snapshot()")
+            snapshot = cur.fetchone()[0]
+
+        def compute():
+            other = psycopg2.connect(self.url)
+            try:
+                with other.cursor() as cur:
+                    cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+                    return state_digest(other, models)
+            finally:
+                other.close()
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            future = pool.submit(compute)
+            try:
+                yield future
+            finally:
+                # The exporting transaction must outlive the import: wait before leaving.
+                with contextlib.suppress(Exception):
+                    future.result()
 
 
 @contextlib.contextmanager

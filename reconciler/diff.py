@@ -109,13 +109,12 @@ def _compare(kind: str, fields: tuple[str, ...], desired: dict, current: Iterabl
 class Diff:
     changes: list[Change]
     current_counts: dict[str, int]
-    state_digest: str
 
 
 def diff(desired: DesiredState, current: CurrentState) -> Diff:
     """Compare; the changes come out ordered by (kind, action, key).
 
-    ``desired`` is left untouched; ``current`` is consumed (and hashed) once.
+    ``desired`` is left untouched; ``current`` is consumed once.
     """
     changes: list[Change] = []
     counts = {
@@ -124,7 +123,7 @@ def diff(desired: DesiredState, current: CurrentState) -> Diff:
         "media": _compare("media", MEDIA_FIELDS, dict(desired.media), current.media, changes),
     }
     changes.sort(key=lambda c: c.sort_key)
-    return Diff(changes, counts, current.digest())
+    return Diff(changes, counts)
 
 
 def summarize(changes: Iterable[Change]) -> dict[str, dict[str, int]]:

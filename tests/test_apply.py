@@ -315,3 +315,25 @@ def test_a_reformatted_line_is_verified_by_its_content(settings, sql, tmp_path):
     result = commands.apply(settings, path)
     assert result.summary["media"]["create"] == 3
     assert sql("SELECT count(*) FROM whitelabel_media") == [(3,)]
+
+
+@pytest.mark.parametrize(
+    "statement, stale",
+    [
+        ("UPDATE whitelabel_models SET status = 'live'", False),
+        ("UPDATE whitelabel_models SET last_synced_at = now()", False),
+        ("UPDATE whitelabel_media SET url = url || '?v=2' WHERE s3_key = 'Bob/Trip/x.png'", True),
+        ("UPDATE whitelabel_media SET etag = NULL WHERE s3_key = 'Bob/Trip/x.png'", True),
+        ("UPDATE whitelabel_posts SET title = '' WHERE folder_name = 'Trip'", True),
+        ("UPDATE whitelabel_models SET post_count = NULL WHERE folder_name = 'Bob'", True),
+    ],
+)
+def test_only_managed_columns_make_a_plan_stale(settings, sql, tmp_path, statement, stale):
+    commands.apply(settings, plan_to(settings, tmp_path, BUCKET, "p0.json"))
+    path = plan_to(settings, tmp_path, {**BUCKET, "Carol/P/1.jpg": 1}, "p1.json")
+    sql(statement)
+    if stale:
+        with pytest.raises(StalePlanError):
+            commands.apply(settings, path)
+    else:
+        assert commands.apply(settings, path).apply_id == 2

@@ -64,7 +64,7 @@ def sample_plan() -> Plan:
     return make_plan(
         result.changes,
         source={"url": "s3://media/", "object_count": state.object_count, "skipped": {}, "skipped_examples": {}},
-        target={"database": "postgresql://app@db/prod", "scope": ["Alice", "Zoë"], "state_digest": result.state_digest,
+        target={"database": "postgresql://app@db/prod", "scope": ["Alice", "Zoë"], "state_digest": DIGEST,
                 "current_counts": result.current_counts},
         extra={"kind": "plan", "limits": {"max_delete": 10, "max_delete_percent": None}},
     )
