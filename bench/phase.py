@@ -66,7 +66,9 @@ def phase_plan(args) -> dict:
     settings = _settings(args)
     objects = synthetic_bucket(args.objects, args.seed, args.delta)
     t = time.perf_counter()
-    plan = commands.make_plan(settings, objects=objects)
+    # What `reconciler plan` does: make_plan leaves the sealing to write_plan, which
+    # hashes the changes as it writes them.
+    plan = commands.make_plan(settings, objects=objects, seal=False)
     steps["make_plan"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
     planfile.write_plan(plan, args.out)
@@ -114,7 +116,7 @@ def phase_apply(args) -> dict:
 
 
 def phase_read_state(args) -> dict:
-    from reconciler.current import read_state
+    from reconciler.current import read_state, state_digest
     from reconciler.db import open_database
 
     with open_database(args.database) as db, db.transaction() as conn:
@@ -124,9 +126,12 @@ def phase_read_state(args) -> dict:
         counts = {}
         for kind, rows in (("model", state.models), ("post", state.posts), ("media", state.media)):
             counts[kind] = sum(1 for _ in rows)
-        digest = state.digest()
         took = time.perf_counter() - t
-    return {"rows": counts, "digest": digest[:12], "steps": {"read_state": round(took, 3)}}
+        t = time.perf_counter()
+        digest = state_digest(conn).digest
+        took_digest = time.perf_counter() - t
+    return {"rows": counts, "digest": digest[:12],
+            "steps": {"read_state": round(took, 3), "state_digest (server)": round(took_digest, 3)}}
 
 
 def _esc(v) -> str:
@@ -218,30 +223,11 @@ def phase_list(args) -> dict:
     kwargs = {"max_workers": args.workers} if args.workers else {}
     source = S3Source(args.bucket, args.prefix, **kwargs)
     client = source.client()  # boto3's import and client set-up are not part of the listing
-    if args.fast_timestamps:
-        _fast_timestamps(client)
     t = time.perf_counter()
     n = sum(1 for _ in source.list())
     took = time.perf_counter() - t
     return {"objects": n, "max_workers": source.max_workers, "steps": {"list": round(took, 3)},
             "objects_per_s": round(n / took) if took else None}
-
-
-def _fast_timestamps(client) -> None:
-    """EXPERIMENT (a proposed fix, not the library's behaviour): botocore parses every
-    ``LastModified`` with dateutil (~150 µs per object, most of the listing's CPU);
-    keep the ISO text instead and cut it to the listing's format."""
-    from reconciler import sources
-    from reconciler.layout import ObjectInfo
-
-    # The endpoint makes a parser per response from the session's factory.
-    client._endpoint._response_parser_factory.set_parser_defaults(timestamp_parser=lambda text: text)
-
-    def s3_object(o: dict) -> ObjectInfo:
-        lm = o.get("LastModified")
-        return ObjectInfo(o["Key"], o.get("Size"), (o.get("ETag") or "").strip('"') or None, lm[:19] + "Z" if lm else None)
-
-    sources._s3_object = s3_object
 
 
 def phase_import(args) -> dict:
@@ -299,7 +285,6 @@ def main(argv=None) -> int:
     ap.add_argument("--bucket", default="bench")
     ap.add_argument("--prefix", default="")
     ap.add_argument("--workers", type=int, default=None, help="S3Source max_workers (default: the library's)")
-    ap.add_argument("--fast-timestamps", action="store_true", help="list: experiment, skip botocore's date parsing")
     ap.add_argument("--workdir", default=os.getcwd())
     args = ap.parse_args(argv)
     result = PHASES[args.phase](args)

@@ -297,9 +297,6 @@ def evaluate(results: list[dict], listing: dict | None) -> list[dict]:
     if listing and listing.get("ratio") is not None:
         add(f"parallel ÷ sequential listing @ {listing['latency_ms']:g} ms", listing["objects"], listing["ratio"],
             TARGETS["parallel_over_sequential_listing"], "replayed endpoint, fixed latency per request")
-        if listing.get("ratio_fast_timestamps") is not None:
-            add(f"  same, with the proposed timestamp fix", listing["objects"], listing["ratio_fast_timestamps"],
-                TARGETS["parallel_over_sequential_listing"], "experiment: not the library's current code")
     return out
 
 
@@ -374,10 +371,6 @@ def bench_listing(n_objects: int, latency_ms: float, seed: int, live: bool, work
         listing("replay", 0.0, False)
         seq = listing("replay", latency_ms / 1000, True)
         par = listing("replay", latency_ms / 1000, False)
-        # The proposed fix for the client's CPU (see phase.py _fast_timestamps), measured
-        # the same way; the target above is judged on the library as it is.
-        fseq = listing("replay, fast timestamps (proposed fix)", latency_ms / 1000, True, "--fast-timestamps")
-        fpar = listing("replay, fast timestamps (proposed fix)", latency_ms / 1000, False, "--fast-timestamps")
         if live:
             proxy.replay = False
             listing("live moto", latency_ms / 1000, True)
@@ -389,7 +382,6 @@ def bench_listing(n_objects: int, latency_ms: float, seed: int, live: bool, work
             "parallel_s": par["steps"]["list"],
             "parallel_workers": par["max_workers"],
             "ratio": round(par["steps"]["list"] / seq["steps"]["list"], 3),
-            "ratio_fast_timestamps": round(fpar["steps"]["list"] / fseq["steps"]["list"], 3),
             "runs": runs,
         }
     finally:
