@@ -69,7 +69,8 @@ def _text(v) -> str:
     if v is None:
         return "\\N"
     if type(v) is str:
-        return v.translate(_ESCAPE)
+        # Nearly every value is printable and has no backslash: then it needs no escaping.
+        return v if v.isprintable() and "\\" not in v else v.translate(_ESCAPE)
     if type(v) is dict:
         return json.dumps(v, sort_keys=True, ensure_ascii=False).translate(_ESCAPE)
     return str(v)
@@ -152,17 +153,17 @@ class Stage:
 # (the row itself plus its parent's natural key, which a rollback needs after the
 # parent itself may be gone).
 _JOIN = {
-    "model": ("whitelabel_models t", "t.folder_name = s.key", "to_jsonb(t)"),
+    "model": ("whitelabel_models t", "t.folder_name = s.key", "NULL"),
     "post": (
         "whitelabel_posts t JOIN whitelabel_models pm ON pm.id = t.whitelabel_model_id",
         "pm.folder_name = s.model_key AND t.folder_name = s.post_folder",
-        "to_jsonb(t) || jsonb_build_object('model', pm.folder_name)",
+        "pm.folder_name",
     ),
     "media": (
         "whitelabel_media t JOIN whitelabel_posts pp ON pp.id = t.whitelabel_post_id "
         "JOIN whitelabel_models pm ON pm.id = pp.whitelabel_model_id",
         "t.s3_key = s.key",
-        "to_jsonb(t) || jsonb_build_object('post', pm.folder_name || '/' || pp.folder_name)",
+        "pm.folder_name || '/' || pp.folder_name",
     ),
 }
 _SYNCED = "(now() AT TIME ZONE 'UTC')"  # last_synced_at is a timestamp without time zone
@@ -176,10 +177,10 @@ _MANAGED = {
 
 def _audit_before(cur, apply_id: int, kind: str, expected: int) -> None:
     """Record before images of the rows to update or delete; refuse if any is missing."""
-    tables, on, image = _JOIN[kind]
+    tables, on, parent = _JOIN[kind]
     cur.execute(
-        f"""INSERT INTO reconciler_changes (apply_id, kind, action, key, row_id, before)
-            SELECT %s, %s, s.action, s.key, t.id, {image}
+        f"""INSERT INTO reconciler_changes (apply_id, kind, action, key, row_id, before_parent, before)
+            SELECT %s, %s, s.action, s.key, t.id, {parent}, row_to_json(t)
             FROM rc_stage_{kind} s JOIN {tables} ON {on}
             WHERE s.action IN ('update', 'delete')""",
         (apply_id, kind),
@@ -262,12 +263,12 @@ def _insert(cur, apply_id: int, kind: str, expected: int) -> None:
     # The audit's key and parent key come from the new row's (few) parents, not from a
     # join of a million new rows back to the staging table.
     if kind == "model":
-        audit = "ins.folder_name, to_jsonb(ins) FROM ins"
+        audit = "ins.folder_name, NULL, row_to_json(ins) FROM ins"
     elif kind == "post":
-        audit = ("bm.folder_name || '/' || ins.folder_name, to_jsonb(ins) || jsonb_build_object('model', bm.folder_name) "
+        audit = ("bm.folder_name || '/' || ins.folder_name, bm.folder_name, row_to_json(ins) "
                  "FROM ins JOIN whitelabel_models bm ON bm.id = ins.whitelabel_model_id")
     else:
-        audit = ("ins.s3_key, to_jsonb(ins) || jsonb_build_object('post', bm.folder_name || '/' || bp.folder_name) "
+        audit = ("ins.s3_key, bm.folder_name || '/' || bp.folder_name, row_to_json(ins) "
                  "FROM ins JOIN whitelabel_posts bp ON bp.id = ins.whitelabel_post_id "
                  "JOIN whitelabel_models bm ON bm.id = bp.whitelabel_model_id")
     inserted = 0
@@ -280,7 +281,7 @@ def _insert(cur, apply_id: int, kind: str, expected: int) -> None:
                   SELECT {select} FROM {source}
                   WHERE s.action = 'create' AND s.row_id IS {'NOT ' if restore else ''}NULL ORDER BY s.seq
                   RETURNING *)
-                INSERT INTO reconciler_changes (apply_id, kind, action, row_id, key, after)
+                INSERT INTO reconciler_changes (apply_id, kind, action, row_id, key, after_parent, after)
                 SELECT %s, %s, 'create', ins.id, {audit}""",
             (apply_id, kind),
         )
@@ -326,10 +327,11 @@ def _update(cur, kind: str) -> None:
 
 def _audit_after(cur, apply_id: int, kind: str) -> None:
     """After images of updated rows (created rows were audited as they were inserted)."""
-    tables, on, image = _JOIN[kind]
+    tables, on, parent = _JOIN[kind]
     cur.execute(
-        f"""UPDATE reconciler_changes c SET after = x.image FROM (
-              SELECT s.key, {image} AS image FROM rc_stage_{kind} s JOIN {tables} ON {on} WHERE s.action = 'update'
+        f"""UPDATE reconciler_changes c SET after = x.image, after_parent = x.parent FROM (
+              SELECT s.key, row_to_json(t) AS image, {parent} AS parent
+              FROM rc_stage_{kind} s JOIN {tables} ON {on} WHERE s.action = 'update'
             ) x WHERE c.apply_id = %s AND c.kind = %s AND c.key = x.key""",
         (apply_id, kind),
     )

@@ -72,16 +72,17 @@ def _managed(kind: str, image: dict) -> tuple:
     return tuple(image.get(f) for f in FIELDS[kind])
 
 
-def _plan_image(kind: str, key: str, full: dict, restore: bool) -> dict:
+def _plan_image(kind: str, key: str, full: dict, parent: str | None, restore: bool) -> dict:
     """The plan's view of an audited row: managed fields, parent key (and id to restore)."""
     if kind == "model":
         image = {"folder_name": full["folder_name"]}
     elif kind == "post":
-        image = {"model": full["model"], "folder_name": full["folder_name"]}
+        image = {"model": parent, "folder_name": full["folder_name"]}
     else:
-        image = {"s3_key": full["s3_key"]}
+        image = {"s3_key": full["s3_key"], "post": parent}
     for f in FIELDS[kind]:
-        image[f] = full.get(f)
+        if f != "post":
+            image[f] = full.get(f)
     if restore:
         image["id"] = full["id"]
         image["created_at"] = full.get("created_at")
@@ -90,20 +91,22 @@ def _plan_image(kind: str, key: str, full: dict, restore: bool) -> dict:
     return image
 
 
-def inverse_changes(rows: list[tuple[str, str, str, dict | None, dict | None]]) -> list[Change]:
-    """The changes that undo an apply, from its audit rows ``(kind, action, key, before, after)``.
+def inverse_changes(rows: list[tuple]) -> list[Change]:
+    """The changes that undo an apply, from its audit rows
+    ``(kind, action, key, before, after, before_parent, after_parent)``.
 
     Created rows are deleted, deleted rows re-created with their original ids, and
     updated fields set back. Pure.
     """
     out = []
-    for kind, action, key, before, after in rows:
+    for kind, action, key, before, after, before_parent, after_parent in rows:
         if action == "create":
-            out.append(Change("delete", kind, key, _plan_image(kind, key, after, False), None))
+            out.append(Change("delete", kind, key, _plan_image(kind, key, after, after_parent, False), None))
         elif action == "delete":
-            out.append(Change("create", kind, key, None, _plan_image(kind, key, before, True)))
+            out.append(Change("create", kind, key, None, _plan_image(kind, key, before, before_parent, True)))
         else:
-            b, a = _plan_image(kind, key, before, False), _plan_image(kind, key, after, False)
+            b = _plan_image(kind, key, before, before_parent, False)
+            a = _plan_image(kind, key, after, after_parent, False)
             names = [f for f in FIELDS[kind] if a[f] != b[f]]
             if names:
                 out.append(Change("update", kind, key, {f: a[f] for f in names}, {f: b[f] for f in names}))
@@ -130,7 +133,8 @@ def rollback_plan(db: Database, apply_id: int) -> Plan:
             if undone:
                 raise ReconcilerError(f"apply {apply_id} was already rolled back by apply {undone[0]}; see `reconciler history`")
             cur.execute(
-                "SELECT kind, action, key, before, after FROM reconciler_changes WHERE apply_id = %s",
+                "SELECT kind, action, key, before, after, before_parent, after_parent "
+                "FROM reconciler_changes WHERE apply_id = %s",
                 (apply_id,),
             )
             rows = cur.fetchall()

@@ -108,12 +108,14 @@ class AuditChange(_Base):
     action = pw.TextField()
     key = pw.TextField()
     row_id = pw.IntegerField(null=True)
-    before = pw.TextField(null=True)  # jsonb
-    after = pw.TextField(null=True)  # jsonb
+    before = pw.TextField(null=True)  # json
+    after = pw.TextField(null=True)  # json
+    before_parent = pw.TextField(null=True)
+    after_parent = pw.TextField(null=True)
 
     class Meta:
         table_name = "reconciler_changes"
-        primary_key = pw.CompositeKey("apply_id", "kind", "key")
+        primary_key = False
 
 
 # --------------------------------------------------------------------------- URLs

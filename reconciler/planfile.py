@@ -691,17 +691,10 @@ def check_identity(c: dict) -> str | None:
 _INT_LIMITS = {"post_count": 2**31 - 1, "id": 2**31 - 1, "size_bytes": 2**63 - 1}
 
 
-def _bad_value(name: str, value) -> str | None:
-    if isinstance(value, str):
-        return f"{name!r} holds a NUL character, which PostgreSQL text cannot store" if "\x00" in value else None
-    if name in _INT_LIMITS and isinstance(value, int) and not 0 <= value <= _INT_LIMITS[name]:
-        return f"{name!r} is out of range for its column (0 to {_INT_LIMITS[name]})"
-    if name == "media_cdns" and value is not None:
-        if set(value) - {"images", "videos"} or not all(
-            isinstance(v, list) and all(isinstance(u, str) and "\x00" not in u for u in v) for v in value.values()
-        ):
-            return "'media_cdns' must be {\"images\": [URL, …], \"videos\": [URL, …]}"
-    return None
+def _bad_media_cdns(value) -> bool:
+    return bool(set(value) - {"images", "videos"}) or not all(
+        isinstance(v, list) and all(isinstance(u, str) and "\x00" not in u for u in v) for v in value.values()
+    )
 
 
 def check_values(c: dict) -> str | None:
@@ -711,8 +704,17 @@ def check_values(c: dict) -> str | None:
     if "\x00" in c["key"]:
         return "'key' holds a NUL character, which PostgreSQL text cannot store"
     for image in (c["before"], c["after"]):
-        for name, value in (image or {}).items():
-            problem = _bad_value(name, value)
-            if problem:
-                return problem
+        if not image:
+            continue
+        for name, value in image.items():
+            kind = type(value)
+            if kind is str:
+                if "\x00" in value:
+                    return f"{name!r} holds a NUL character, which PostgreSQL text cannot store"
+            elif kind is int:
+                limit = _INT_LIMITS.get(name)
+                if limit is not None and not 0 <= value <= limit:
+                    return f"{name!r} is out of range for its column (0 to {limit})"
+            elif kind is dict and name == "media_cdns" and _bad_media_cdns(value):
+                return "'media_cdns' must be {\"images\": [URL, …], \"videos\": [URL, …]}"
     return None

@@ -21,14 +21,20 @@ CREATE TABLE IF NOT EXISTS reconciler_applies (
   rolls_back      bigint REFERENCES reconciler_applies(id)
 );
 
--- One row per change, with full before and after images of the row (ids included).
+-- One row per change, with full before and after images of the row (ids included;
+-- row_to_json of the whole row) and, next to each, the parent's natural key (a post's
+-- model, a media item's post), which a rollback needs when the parent itself is gone. (kind, key) is
+-- unique within an apply (plans are validated for it); the index is on apply_id alone,
+-- because a first apply writes a million rows here in one statement.
 CREATE TABLE IF NOT EXISTS reconciler_changes (
   apply_id bigint NOT NULL REFERENCES reconciler_applies(id),
   kind     text NOT NULL,
   action   text NOT NULL,
   key      text NOT NULL,
   row_id   integer,
-  before   jsonb,
-  after    jsonb,
-  PRIMARY KEY (apply_id, kind, key)
+  before   json,
+  after    json,
+  before_parent text,
+  after_parent  text
 );
+CREATE INDEX IF NOT EXISTS reconciler_changes_apply_idx ON reconciler_changes (apply_id);

@@ -164,6 +164,16 @@ class Bucket:
         return f"s3://{self.name}"
 
 
+def folder_bucket(root, *keys: str, size: int = 1):
+    """A folder source holding ``keys`` (each a file of ``size`` bytes)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for key in keys:
+        path = root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" * size)
+    return root
+
+
 @pytest.fixture
 def bucket(s3_env):
     """A new, empty bucket on the moto server."""

@@ -199,7 +199,7 @@ def test_audit_keeps_full_images_with_ids(settings, sql, tmp_path):
     commands.apply(settings, plan_to(settings, tmp_path, BUCKET, "p0.json"))
     commands.apply(settings, plan_to(settings, tmp_path, {"Alice/a.jpg": 1}, "p1.json"))
     rows = sql(
-        "SELECT kind, action, key, row_id, before->>'id', before->>'post' FROM reconciler_changes "
+        "SELECT kind, action, key, row_id, before->>'id', before_parent FROM reconciler_changes "
         "WHERE apply_id = 2 AND kind = 'media' ORDER BY key"
     )
     assert rows == [
@@ -337,3 +337,19 @@ def test_only_managed_columns_make_a_plan_stale(settings, sql, tmp_path, stateme
             commands.apply(settings, path)
     else:
         assert commands.apply(settings, path).apply_id == 2
+
+
+def test_media_attached_to_the_wrong_post_is_moved_and_rollback_moves_it_back(settings, database_url, sql, tmp_path):
+    commands.apply(settings, plan_to(settings, tmp_path, {"A/P/1.jpg": 1, "A/Q/2.jpg": 1}, "p0.json"))
+    # An adopted database may hold a media row under another post than its key says.
+    sql("UPDATE whitelabel_media SET whitelabel_post_id = (SELECT id FROM whitelabel_posts WHERE folder_name = 'Q') "
+        "WHERE s3_key = 'A/P/1.jpg'")
+    before = snapshot(database_url)
+    plan = commands.make_plan(settings, objects=listing({"A/P/1.jpg": 1, "A/Q/2.jpg": 1}))
+    media = [c for c in plan.changes if c.kind == "media"]
+    assert [(c.action, c.before, c.after) for c in media] == [("update", {"post": "A/Q"}, {"post": "A/P"})]
+    result = commands.apply(settings, write_plan(plan, str(tmp_path / "p1.json")))
+    assert commands.make_plan(settings, objects=listing({"A/P/1.jpg": 1, "A/Q/2.jpg": 1})).changes == []
+    commands.rollback(settings, result.apply_id, str(tmp_path / "rb.json"))
+    commands.apply(settings, str(tmp_path / "rb.json"))
+    assert content(snapshot(database_url)) == content(before)

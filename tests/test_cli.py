@@ -10,7 +10,7 @@ import pytest
 from reconciler.cli import build_parser
 from reconciler.version import __version__
 
-from .conftest import CDN
+from .conftest import CDN, folder_bucket
 
 
 def test_version(cli):
@@ -84,8 +84,7 @@ def test_plan_apply_history_rollback_from_s3(cli, database_url, bucket, tmp_path
 
 
 def test_apply_twice_is_refused(cli, database_url, tmp_path):
-    (tmp_path / "bucket" / "M" / "P").mkdir(parents=True)
-    (tmp_path / "bucket" / "M" / "P" / "1.jpg").write_bytes(b"x")
+    folder_bucket(tmp_path / "bucket", "M/P/1.jpg")
     common = ["--database", database_url, "--cdn-base-url", CDN]
     assert cli("plan", "--source", "bucket", "-o", "p.json", *common).code == 0
     assert cli("apply", "p.json", *common).code == 0
@@ -104,8 +103,7 @@ def test_missing_bucket_is_clean_and_writes_nothing(cli, database_url, s3_env, t
 
 
 def test_validate_refuses_hand_edited_plan(cli, database_url, tmp_path):
-    (tmp_path / "b" / "M" / "P").mkdir(parents=True)
-    (tmp_path / "b" / "M" / "P" / "1.jpg").write_bytes(b"x")
+    folder_bucket(tmp_path / "b", "M/P/1.jpg")
     assert cli("plan", "--source", "b", "-o", "p.json", "--database", database_url, "--cdn-base-url", CDN).code == 0
     data = json.loads((tmp_path / "p.json").read_text())
     data["changes"][0]["after"]["thumbnail_url"] = "https://evil.example/x.jpg"
@@ -130,8 +128,7 @@ def test_unreachable_database_hides_password(cli, tmp_path):
 
 @pytest.mark.parametrize("fmt", ["table", "markdown", "json"])
 def test_show_formats(cli, database_url, tmp_path, fmt):
-    (tmp_path / "b" / "M" / "P").mkdir(parents=True)
-    (tmp_path / "b" / "M" / "P" / "1.jpg").write_bytes(b"x")
+    folder_bucket(tmp_path / "b", "M/P/1.jpg")
     assert cli("plan", "--source", "b", "-o", "p.json", "--database", database_url, "--cdn-base-url", CDN).code == 0
     r = cli("show", "p.json", "--format", fmt)
     assert r.code == 0
@@ -142,8 +139,7 @@ def test_show_formats(cli, database_url, tmp_path, fmt):
 
 
 def test_detailed_exitcode_0_2_1(cli, database_url, tmp_path):
-    (tmp_path / "b" / "M" / "P").mkdir(parents=True)
-    (tmp_path / "b" / "M" / "P" / "1.jpg").write_bytes(b"x")
+    folder_bucket(tmp_path / "b", "M/P/1.jpg")
     common = ["--database", database_url, "--cdn-base-url", CDN, "--detailed-exitcode"]
     r = cli("plan", "--source", "b", "-o", "p.json", *common)
     assert r.code == 2 and "\r" not in r.out and r.err == ""
@@ -153,8 +149,7 @@ def test_detailed_exitcode_0_2_1(cli, database_url, tmp_path):
 
 
 def test_options_after_the_subcommand_and_precedence(cli, database_url, tmp_path, monkeypatch):
-    (tmp_path / "b" / "M" / "P").mkdir(parents=True)
-    (tmp_path / "b" / "M" / "P" / "1.jpg").write_bytes(b"x")
+    folder_bucket(tmp_path / "b", "M/P/1.jpg")
     (tmp_path / "cfg.yaml").write_text("source:\n  url: nowhere\ncdn_base_url: https://from-config\n")
     monkeypatch.setenv("RECONCILER_CDN_BASE_URL", "https://from-env")
     r = cli("--config", "cfg.yaml", "plan", "--source", "b", "--database", database_url, "-o", "p.json")
@@ -164,8 +159,7 @@ def test_options_after_the_subcommand_and_precedence(cli, database_url, tmp_path
 
 
 def test_unknown_model_gets_a_note(cli, database_url, tmp_path):
-    (tmp_path / "b" / "M" / "P").mkdir(parents=True)
-    (tmp_path / "b" / "M" / "P" / "1.jpg").write_bytes(b"x")
+    folder_bucket(tmp_path / "b", "M/P/1.jpg")
     r = cli("plan", "--source", "b", "--model", "Nobody", "-o", "p.json", "--database", database_url,
             "--cdn-base-url", CDN)
     assert r.code == 0 and "Note: model 'Nobody' is neither in the source nor in the database" in r.out

@@ -11,7 +11,7 @@ from reconciler.errors import SafetyError
 from reconciler.layout import ObjectInfo
 from reconciler.planfile import write_plan
 
-from .conftest import CDN
+from .conftest import CDN, folder_bucket
 
 BUCKET = [ObjectInfo(k, 1, "e", None) for k in
           ["Alice/a.jpg", "Alice/Beach/1.jpg", "Alice/Beach/2.jpg", "Bob/Trip/1.jpg", "Bob/Trip/2.jpg"]]
@@ -71,8 +71,7 @@ def test_apply_rechecks_limits_from_config(populated, tmp_path, sql):
 
 
 def test_cli_guard_writes_no_plan_file(cli, database_url, tmp_path):
-    (tmp_path / "b" / "M" / "P").mkdir(parents=True)
-    (tmp_path / "b" / "M" / "P" / "1.jpg").write_bytes(b"x")
+    folder_bucket(tmp_path / "b", "M/P/1.jpg")
     common = ["--database", database_url, "--cdn-base-url", CDN]
     assert cli("plan", "--source", "b", "-o", "p.json", *common).code == 0
     assert cli("apply", "p.json", *common).code == 0
