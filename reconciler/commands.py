@@ -5,9 +5,11 @@ Python with a :class:`~reconciler.config.Settings`.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import psycopg2
 
@@ -74,7 +76,7 @@ def make_plan(
     with open_database(settings.database, settings.state_dir) as db:
         check_schema(db)
         try:
-            with db.transaction() as conn, db.snapshot_digest(conn, scope) as digest:
+            with db.transaction() as conn, db.snapshot_digest(conn, scope) as digest, _gc_paused():
                 # The server computes the digest of this snapshot on its own core while
                 # the listing is read; the rows are then read from the same snapshot.
                 progress("listing the source")
@@ -121,6 +123,23 @@ def make_plan(
         if name not in desired.models and name not in in_database:
             plan.notes.append(f"model {name!r} is neither in the source nor in the database: check --model")
     return plan.seal(settings.signing_key if sign else None) if seal else plan
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a million rows are built.
+
+    They hold no reference cycles, but every few hundred allocations the collector
+    would walk the ever-growing heap again: about a fifth of the time at a million
+    objects. Reference counting still frees everything as usual.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _counting(objects: Iterable[ObjectInfo], progress: Progress, every: int = 100_000) -> Iterable[ObjectInfo]:
