@@ -214,6 +214,9 @@ def file_chunks(plan: Plan, lines: Iterable[str] | None = None) -> Iterator[str]
     yield ('{\n  "changes": [],\n' if first else "\n  ],\n") + rest[2:] + "\n"
 
 
+_LINE_BREAK = '},\n    {"action":'
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -223,9 +226,10 @@ def _umask() -> int:
 def write_plan(plan: Plan, path: str, signing_key: str | None = None) -> str:
     """Seal the plan (plan_id, and signature with a key) and write it atomically.
 
-    The changes are encoded once, for the hash and the file alike. The file is written
-    to a temporary file in the same folder, synced and renamed: a failure at any point
-    leaves no file (and an existing file untouched).
+    The changes are encoded once, for the hash and the file alike (the same text as
+    :func:`file_chunks`). The file is written to a temporary file in the same folder,
+    synced and renamed: a failure at any point leaves no file (and an existing file
+    untouched).
     """
     folder = os.path.dirname(os.path.abspath(path))
     if os.path.isdir(path):
@@ -239,29 +243,28 @@ def write_plan(plan: Plan, path: str, signing_key: str | None = None) -> str:
         raise PlanFileError(f"cannot write {path}: {e.strerror}") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            # Changes first to a spool (they come first in the file, but plan_id, which
-            # depends on all of them, is part of the envelope after them).
-            with tempfile.TemporaryFile("w+", encoding="utf-8", dir=folder) as spool:
-                h = BodyHasher(signing_key)
-                changes = plan.changes
-                for i in range(0, len(changes), BATCH):
-                    # One C call encodes a batch. Between two changes the text reads
-                    # '},{"action":', which no change holds inside (a '"' in a string is
-                    # escaped), so the batch splits into lines at exactly those places.
-                    batch = [c.to_dict() for c in changes[i : i + BATCH]]
-                    text = canonical(batch)[1:-1]
-                    h.joined(text, len(batch))
-                    spool.write(text.replace('},{"action":', '}\n{"action":'))
-                    spool.write("\n")
-                old_id = plan.plan_id
-                plan.plan_id, mac = h.finish(plan.envelope())
-                if mac:
-                    plan.signature = f"hmac-sha256:{mac}"
-                elif plan.plan_id != old_id:  # a signature made earlier holds only for the same body
-                    plan.signature = None
-                spool.seek(0)
-                for chunk in file_chunks(plan, (line[:-1] for line in spool)):
-                    f.write(chunk)
+            # "changes" is the first key and plan_id is in the envelope after it, so the
+            # changes stream to the file as they are hashed, and the envelope follows.
+            h = BodyHasher(signing_key)
+            changes = plan.changes
+            first = True
+            for i in range(0, len(changes), BATCH):
+                # One C call encodes a batch. Between two changes the text reads
+                # '},{"action":', which no change holds inside (a '"' in a string is
+                # escaped), so the batch splits into lines at exactly those places.
+                batch = [c.to_dict() for c in changes[i : i + BATCH]]
+                text = canonical(batch)[1:-1]
+                h.joined(text, len(batch))
+                f.write(('{\n  "changes": [\n    ' if first else ",\n    ") + text.replace('},{"action":', _LINE_BREAK))
+                first = False
+            old_id = plan.plan_id
+            plan.plan_id, mac = h.finish(plan.envelope())
+            if mac:
+                plan.signature = f"hmac-sha256:{mac}"
+            elif plan.plan_id != old_id:  # a signature made earlier holds only for the same body
+                plan.signature = None
+            rest = json.dumps(plan.top(), indent=2, sort_keys=True, ensure_ascii=False)
+            f.write(('{\n  "changes": [],\n' if first else "\n  ],\n") + rest[2:] + "\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
