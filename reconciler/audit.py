@@ -8,7 +8,6 @@ an inverse plan, which is reviewed and applied like any other plan.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import psycopg2
