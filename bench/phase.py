@@ -222,7 +222,7 @@ def phase_list(args) -> dict:
 
     kwargs = {"max_workers": args.workers} if args.workers else {}
     source = S3Source(args.bucket, args.prefix, **kwargs)
-    source.client()  # boto3.s import and client set-up are not part of the listing
+    source.client()  # boto3's import and client set-up are not part of the listing
     t = time.perf_counter()
     n = sum(1 for _ in source.list())
     took = time.perf_counter() - t
