@@ -1,14 +1,17 @@
 """Apply a reviewed plan: all or nothing, in one transaction.
 
-Order (DESIGN.md, "Apply"): signature → advisory lock (one apply at a time) → table
-locks that keep other writers out until commit → refuse an applied plan → refuse a
-stale plan (state digest) → re-check delete limits → execute in bulk → audit → commit.
+Order (DESIGN.md, "Apply"): the file is verified first (schema, plan_id, signature:
+:func:`reconciler.planfile.verify_plan`, which hands the changes to a :class:`Stage`),
+then, in one transaction: advisory lock (one apply at a time) → table locks that keep
+other writers out until commit → refuse an applied plan → refuse a stale plan (state
+digest) → re-check delete limits → execute in bulk → audit → commit.
 
 Execution is set-based: the changes are ``COPY``-ed into temporary staging tables and
 applied with one ``INSERT … SELECT`` / ``UPDATE … FROM`` / ``DELETE … USING`` per kind
 and action; ids are resolved from natural keys inside the transaction. The audit rows
 (full before and after images, ids included) are written the same way, in the same
-transaction, so the change and its record commit together or not at all.
+transaction (created rows by the very statement that inserts them), so the change and
+its record commit together or not at all.
 """
 
 from __future__ import annotations
