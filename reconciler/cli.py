@@ -133,11 +133,9 @@ def _percent(text: str) -> float:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    names = ("source", "database", "state_dir", "cdn_base_url", "endpoint_url", "config")
-    flags = {n: getattr(args, n, None) for n in names}
-    for n in ("allow_empty_source", "max_delete", "max_delete_percent", "lock_timeout", "require_signature"):
-        flags[n] = getattr(args, n, None)
-    return load_settings(flags)
+    names = ("source", "database", "state_dir", "cdn_base_url", "endpoint_url", "config", "allow_empty_source",
+             "max_delete", "max_delete_percent", "lock_timeout", "require_signature")
+    return load_settings({n: getattr(args, n, None) for n in names})
 
 
 def _progress(args: argparse.Namespace) -> Callable[[str], None]:
@@ -259,10 +257,6 @@ def _secrets(args: argparse.Namespace | None, settings: Settings | None = None) 
     return sorted({s for s in found if s}, key=len, reverse=True)  # the longest first
 
 
-def _scrub(text: str, secrets: list[str]) -> str:
-    return scrub(text, *secrets)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     args = settings = None
@@ -276,8 +270,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ReconcilerError, UsageError) as e:
         secrets = _secrets(args, settings)
         if debug:
-            print(_scrub(traceback.format_exc(), secrets), file=sys.stderr, end="")
-        print(f"error: {_scrub(str(e), secrets)}", file=sys.stderr)
+            print(scrub(traceback.format_exc(), *secrets), file=sys.stderr, end="")
+        print(f"error: {scrub(str(e), *secrets)}", file=sys.stderr)
         return Exit.ERROR
     except KeyboardInterrupt:
         print("error: interrupted; nothing was applied unless the command said so", file=sys.stderr)
@@ -287,10 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         secrets = _secrets(args, settings)
         if debug:
-            print(_scrub(traceback.format_exc(), secrets), file=sys.stderr)
+            print(scrub(traceback.format_exc(), *secrets), file=sys.stderr)
         message = " ".join(str(e).split()) or type(e).__name__
         print(
-            f"error: unexpected {type(e).__name__}: {_scrub(message, secrets)} (run with --debug for the traceback)",
+            f"error: unexpected {type(e).__name__}: {scrub(message, *secrets)} (run with --debug for the traceback)",
             file=sys.stderr,
         )
         return Exit.ERROR

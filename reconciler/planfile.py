@@ -117,33 +117,18 @@ def utc_now() -> str:
 
 
 class BodyHasher:
-    """SHA-256 (and HMAC) of the canonical body, fed one canonical change at a time."""
+    """SHA-256 (and HMAC) of the canonical body, fed the canonical changes in batches."""
 
     def __init__(self, signing_key: str | None = None) -> None:
         self.sha = hashlib.sha256(b'{"changes":[')
         self.mac = hmac.new(signing_key.encode("utf-8"), b'{"changes":[', hashlib.sha256) if signing_key else None
         self._first = True
-        self._buf: list[str] = []
-
-    def change(self, canonical_change: str) -> None:
-        self._buf.append(canonical_change)
-        if len(self._buf) >= 4096:
-            self._flush()
 
     def joined(self, text: str, count: int) -> None:
-        """Canonical changes already joined by commas."""
+        """``count`` canonical changes, joined by commas."""
         if count:
-            self._flush()
             self._update(("" if self._first else ",") + text)
             self._first = False
-
-    def _flush(self) -> None:
-        if not self._buf:
-            return
-        text = ("" if self._first else ",") + ",".join(self._buf)
-        self._first = False
-        self._buf.clear()
-        self._update(text)
 
     def _update(self, text: str) -> None:
         try:
@@ -155,16 +140,29 @@ class BodyHasher:
             self.mac.update(data)
 
     def finish(self, envelope: dict) -> tuple[str, str | None]:
-        self._flush()
         rest = canonical(envelope)
         self._update("]" + ("," + rest[1:] if rest != "{}" else "}"))
         return self.sha.hexdigest(), self.mac.hexdigest() if self.mac else None
 
 
+BATCH = 4096
+
+
+def _encoded_batches(changes: list[Change]) -> Iterator[tuple[str, int]]:
+    """The canonical changes, one C encoder call per batch, joined by commas.
+
+    Between two changes the text reads '},{"action":', which no change holds inside
+    (a '"' in a string is escaped): the file splits a batch into lines there.
+    """
+    for i in range(0, len(changes), BATCH):
+        batch = [c.to_dict() for c in changes[i : i + BATCH]]
+        yield canonical(batch)[1:-1], len(batch)
+
+
 def _hash_body(plan: Plan, signing_key: str | None) -> tuple[str, str | None]:
     h = BodyHasher(signing_key)
-    for c in plan.changes:
-        h.change(canonical(c.to_dict()))
+    for text, count in _encoded_batches(plan.changes):
+        h.joined(text, count)
     return h.finish(plan.envelope())
 
 
@@ -246,15 +244,9 @@ def write_plan(plan: Plan, path: str, signing_key: str | None = None) -> str:
             # "changes" is the first key and plan_id is in the envelope after it, so the
             # changes stream to the file as they are hashed, and the envelope follows.
             h = BodyHasher(signing_key)
-            changes = plan.changes
             first = True
-            for i in range(0, len(changes), BATCH):
-                # One C call encodes a batch. Between two changes the text reads
-                # '},{"action":', which no change holds inside (a '"' in a string is
-                # escaped), so the batch splits into lines at exactly those places.
-                batch = [c.to_dict() for c in changes[i : i + BATCH]]
-                text = canonical(batch)[1:-1]
-                h.joined(text, len(batch))
+            for text, count in _encoded_batches(plan.changes):
+                h.joined(text, count)
                 f.write(('{\n  "changes": [\n    ' if first else ",\n    ") + text.replace('},{"action":', _LINE_BREAK))
                 first = False
             old_id = plan.plan_id
@@ -377,12 +369,9 @@ def _line_layout(path: str) -> tuple[dict, int] | None:
     return top, n
 
 
-BATCH = 4096
-
-
 def _line_batches(path: str, n: int) -> Iterator[tuple[list, list[str]]]:
     """The changes of a one-per-line file, parsed a batch of lines per C call; with
-    each batch its lines as written (apply stages those)."""
+    each batch its lines as written (hashed as they are when they are canonical)."""
     with _open(path) as f:
         try:
             f.readline()

@@ -81,6 +81,7 @@ class S3Source:
     def client(self):
         if self._client is None:
             import boto3
+            import botocore.session
             from botocore.config import Config
 
             config = Config(
@@ -90,8 +91,6 @@ class S3Source:
                 max_pool_connections=max(10, self.max_workers + 2),
                 s3={"addressing_style": self.addressing_style or "auto"},
             )
-            import botocore.session
-
             core = botocore.session.get_session()
             # botocore parses every LastModified with dateutil: most of a listing's CPU.
             # The text is ISO 8601 already, and that is all a plan needs.
