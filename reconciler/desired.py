@@ -62,22 +62,23 @@ class DesiredState:
         return self.object_count - sum(self.skipped.values())
 
 
-def media_url(cdn_base_url: str, full_key: str) -> str:
-    """The public URL of an object: base without trailing ``/``, then the quoted key."""
-    return cdn_base_url.rstrip("/") + "/" + quote(full_key, safe="/")
-
-
 # Keys made only of these characters need no quoting: skip urllib's per-byte work.
 _PLAIN = re.compile(r"[A-Za-z0-9_.~/-]*\Z").match
 
 
 def _url_maker(cdn_base_url: str):
+    """``url(full_key)``: the base without trailing ``/``, then ``/`` and the quoted key."""
     base = cdn_base_url.rstrip("/") + "/"
 
     def url(full_key: str) -> str:
         return base + (full_key if _PLAIN(full_key) else quote(full_key, safe="/"))
 
     return url
+
+
+def media_url(cdn_base_url: str, full_key: str) -> str:
+    """The public URL of an object (the same function the planner uses)."""
+    return _url_maker(cdn_base_url)(full_key)
 
 
 def post_key(model: str, post: str) -> str:
