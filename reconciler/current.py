@@ -1,7 +1,8 @@
 """The current state: the managed columns of the rows in scope, read from the database.
 
-Rows stream through server-side cursors as plain tuples (no ORM objects), in key order
-(``COLLATE "C"``, which is Python's string order). The digest of the managed state in
+Rows stream through server-side cursors as plain tuples (no ORM objects), in no
+particular order: the diff looks them up by key and sorts its changes, and the digest
+does not depend on order, so sorting a million rows would be work for nothing. The digest of the managed state in
 scope, which makes a plan stale when the database moves, is computed by the server
 (:func:`state_digest`). Planning only reads.
 """
@@ -18,20 +19,17 @@ ITERSIZE = 20_000
 
 _MODELS = """
 SELECT m.folder_name, m.thumbnail_url, m.icon_url, m.banner_url, m.post_count
-FROM whitelabel_models m {where}
-ORDER BY m.folder_name COLLATE "C" """
+FROM whitelabel_models m {where}"""
 
 _POSTS = """
 SELECT m.folder_name || '/' || p.folder_name, p.title, p.media_cdns
-FROM whitelabel_posts p JOIN whitelabel_models m ON m.id = p.whitelabel_model_id {where}
-ORDER BY m.folder_name COLLATE "C", p.folder_name COLLATE "C" """
+FROM whitelabel_posts p JOIN whitelabel_models m ON m.id = p.whitelabel_model_id {where}"""
 
 _MEDIA = """
 SELECT x.s3_key, m.folder_name || '/' || p.folder_name, x.url, x.type, x.size_bytes, x.etag
 FROM whitelabel_media x
 JOIN whitelabel_posts p ON p.id = x.whitelabel_post_id
-JOIN whitelabel_models m ON m.id = p.whitelabel_model_id {where}
-ORDER BY x.s3_key COLLATE "C" """
+JOIN whitelabel_models m ON m.id = p.whitelabel_model_id {where}"""
 
 
 def scope_clause(models: Sequence[str] | None) -> tuple[str, tuple]:
