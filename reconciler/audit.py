@@ -141,29 +141,21 @@ def rollback_plan(db: Database, apply_id: int) -> Plan:
             state = read_state(conn, scope)
             touched = {(c.kind, c.key) for c in changes}
             live = {}  # only the rows the apply touched: memory follows the apply, not the scope
-            counts = {}
             for kind, stream in (("model", state.models), ("post", state.posts), ("media", state.media)):
-                n = 0
                 for key, row in stream:
-                    n += 1
                     if (kind, key) in touched:
                         live[(kind, key)] = tuple(row)
-                counts[kind] = n
-            digest = state_digest(conn, scope).digest
+            current = state_digest(conn, scope)
     except psycopg2.Error as e:
         raise db.error(e, "cannot read the audit log") from None
     for c in changes:
         have = live.get((c.kind, c.key))
         if c.action == "create":
             ok = have is None
+        elif c.action == "delete":
+            ok = have == _managed(c.kind, c.before)
         else:
-            expected = _managed(c.kind, c.before) if c.action == "delete" else None
-            if c.action == "update":
-                ok = have is not None and all(
-                    have[FIELDS[c.kind].index(f)] == v for f, v in c.before.items()
-                )
-            else:
-                ok = have == expected
+            ok = have is not None and all(have[FIELDS[c.kind].index(f)] == v for f, v in c.before.items())
         if not ok:
             raise StalePlanError(
                 f"cannot roll back apply {apply_id}: {c.kind} {c.key!r} changed since; "
@@ -175,8 +167,8 @@ def rollback_plan(db: Database, apply_id: int) -> Plan:
         target={
             "database": db.display,
             "scope": scope,
-            "state_digest": digest,
-            "current_counts": counts,
+            "state_digest": current.digest,
+            "current_counts": current.counts,
         },
         tool_version=__version__,
         extra={"kind": "rollback", "rolls_back": apply_id},
