@@ -3,13 +3,17 @@
 Order (DESIGN.md, "Apply"): the file is verified first (schema, plan_id, signature:
 :func:`reconciler.planfile.verify_plan`, which hands the changes to a :class:`Stage`),
 then, in one transaction: advisory lock (one apply at a time) → table locks that keep
-other writers out until commit → refuse an applied plan → refuse a stale plan (state
-digest) → re-check delete limits → execute in bulk → audit → commit.
+other writers out until commit → refuse an applied plan → refuse a plan made for
+another database → refuse a stale plan (state digest) → re-check delete limits →
+execute in bulk → audit → commit.
 
 Execution is set-based: the changes are ``COPY``-ed into temporary staging tables and
 applied with one ``INSERT … SELECT`` / ``UPDATE … FROM`` / ``DELETE … USING`` per kind
-and action; ids are resolved from natural keys inside the transaction. The audit rows
-(full before and after images, ids included) are written the same way, in the same
+and action. The ids of the rows to update, move or delete are resolved from their
+natural keys first, before anything changes (a moved model's posts are found by the
+model's old name); then creates, moves and updates run parents first, and deletes
+children first (a post is deleted after its media moved out). The audit rows (full
+before and after images, ids included) are written the same way, in the same
 transaction (created rows by the very statement that inserts them), so the change and
 its record commit together or not at all.
 """
@@ -27,9 +31,16 @@ import psycopg2
 import psycopg2.errors
 
 from .version import __version__
-from .current import state_digest
+from .current import database_identity, state_digest
 from .db import LOCK_KEY, Database
-from .errors import AlreadyAppliedError, DatabaseError, LockTimeoutError, ReconcilerError, StalePlanError
+from .errors import (
+    AlreadyAppliedError,
+    DatabaseError,
+    LockTimeoutError,
+    ReconcilerError,
+    StalePlanError,
+    WrongDatabaseError,
+)
 from .planfile import Plan
 from .safety import Limits, check_delete_limits
 
@@ -50,18 +61,20 @@ class ApplyResult:
 
 # --------------------------------------------------------------------------- staging
 
+# row_id: the id to restore (a rollback's create), else the live row's id, resolved
+# inside the transaction. from_*: a move's old key.
 _STAGE = {
     "model": (
         "seq int, action text, key text, row_id int, fields text[], thumbnail_url text, icon_url text, "
-        "banner_url text, post_count int, status text, created_at timestamp"
+        "banner_url text, post_count int, status text, created_at timestamp, from_key text"
     ),
     "post": (
         "seq int, action text, key text, model_key text, post_folder text, row_id int, fields text[], "
-        "title text, media_cdns text, created_at timestamp"
+        "title text, media_cdns text, created_at timestamp, from_model text, from_folder text"
     ),
     "media": (
         "seq int, action text, key text, post_model text, post_folder text, row_id int, fields text[], "
-        "url text, type text, size_bytes bigint, etag text, created_at timestamp"
+        "url text, type text, size_bytes bigint, etag text, created_at timestamp, from_key text"
     ),
 }
 # COPY's text format: backslash, tab and line breaks escaped; NULL is \N.
@@ -103,7 +116,8 @@ class Stage:
             create = action == "create"
             image = c["before"] if action == "delete" else c["after"]
             g = image.get
-            fields = "{" + ",".join(sorted(image)) + "}" if action == "update" else "\\N"
+            fields = "{" + ",".join(sorted(image)) + "}" if action in ("update", "move") else "\\N"
+            source = c.get("from")
             row_id = t(g("id")) if create else "\\N"
             created_at = t(g("created_at")) if create else "\\N"
             head = f"{self.seq}\t{action}\t{t(key)}"
@@ -116,19 +130,24 @@ class Stage:
                     pm, pp = t(model), t(folder)
                 rows[kind].append(
                     f"{head}\t{pm}\t{pp}\t{row_id}\t{fields}\t{t(g('url'))}\t{t(g('type'))}\t"
-                    f"{t(g('size_bytes'))}\t{t(g('etag'))}\t{created_at}"
+                    f"{t(g('size_bytes'))}\t{t(g('etag'))}\t{created_at}\t{t(source)}"
                 )
             elif kind == "post":
                 model, _, folder = key.partition("/")
+                if source is None:
+                    fm = ff = "\\N"
+                else:
+                    fm, _, ff = source.partition("/")
+                    fm, ff = t(fm), t(ff)
                 rows[kind].append(
                     f"{head}\t{t(model)}\t{t(folder)}\t{row_id}\t{fields}\t{t(g('title'))}\t"
-                    f"{t(g('media_cdns'))}\t{created_at}"
+                    f"{t(g('media_cdns'))}\t{created_at}\t{fm}\t{ff}"
                 )
             else:
                 status = t(g("status")) if create else "\\N"
                 rows[kind].append(
                     f"{head}\t{row_id}\t{fields}\t{t(g('thumbnail_url'))}\t{t(g('icon_url'))}\t"
-                    f"{t(g('banner_url'))}\t{t(g('post_count'))}\t{status}\t{created_at}"
+                    f"{t(g('banner_url'))}\t{t(g('post_count'))}\t{status}\t{created_at}\t{t(source)}"
                 )
         for kind, lines in rows.items():
             if lines:
@@ -152,22 +171,35 @@ class Stage:
 
 # --------------------------------------------------------------------------- SQL
 
-# How each kind's staging rows find their live row, and the full image the audit keeps
-# (the row itself plus its parent's natural key, which a rollback needs after the
-# parent itself may be gone).
-_JOIN = {
-    "model": ("whitelabel_models t", "t.folder_name = s.key", "NULL"),
+# How each kind's staging rows find their live row by natural key (a move's by its old
+# key), before anything changes.
+_FIND = {
+    "model": ("whitelabel_models t", "t.folder_name = coalesce(s.from_key, s.key)", "coalesce(s.from_key, s.key)"),
     "post": (
         "whitelabel_posts t JOIN whitelabel_models pm ON pm.id = t.whitelabel_model_id",
-        "pm.folder_name = s.model_key AND t.folder_name = s.post_folder",
-        "pm.folder_name",
+        "pm.folder_name = coalesce(s.from_model, s.model_key) AND t.folder_name = coalesce(s.from_folder, s.post_folder)",
+        "coalesce(s.from_model || '/' || s.from_folder, s.key)",
     ),
+    "media": ("whitelabel_media t", "t.s3_key = coalesce(s.from_key, s.key)", "coalesce(s.from_key, s.key)"),
+}
+# A live row (by id) with its parents, and the full image the audit keeps: the row
+# itself plus its parent's natural key, which a rollback needs after the parent itself
+# may be gone.
+_ROW = {
+    "model": ("whitelabel_models t", "NULL"),
+    "post": ("whitelabel_posts t JOIN whitelabel_models pm ON pm.id = t.whitelabel_model_id", "pm.folder_name"),
     "media": (
         "whitelabel_media t JOIN whitelabel_posts pp ON pp.id = t.whitelabel_post_id "
         "JOIN whitelabel_models pm ON pm.id = pp.whitelabel_model_id",
-        "t.s3_key = s.key",
         "pm.folder_name || '/' || pp.folder_name",
     ),
+}
+# Is a move's new key taken already?
+_TAKEN = {
+    "model": "whitelabel_models t ON t.folder_name = s.key",
+    "post": "whitelabel_models pm ON pm.folder_name = s.model_key "
+    "JOIN whitelabel_posts t ON t.whitelabel_model_id = pm.id AND t.folder_name = s.post_folder",
+    "media": "whitelabel_media t ON t.s3_key = s.key",
 }
 _SYNCED = "(now() AT TIME ZONE 'UTC')"  # last_synced_at is a timestamp without time zone
 _TABLE = {"model": "whitelabel_models", "post": "whitelabel_posts", "media": "whitelabel_media"}
@@ -178,61 +210,57 @@ _MANAGED = {
 }
 
 
-def _audit_before(cur, apply_id: int, kind: str, expected: int) -> None:
-    """Record before images of the rows to update or delete; refuse if any is missing."""
-    tables, on, parent = _JOIN[kind]
+def _resolve(cur, kind: str, expected: int) -> None:
+    """Find the ids of the rows to update, move or delete; refuse if any is missing,
+    and refuse a move onto a key that is taken."""
+    if expected == 0:
+        return
+    tables, on, old_key = _FIND[kind]
+    cur.execute(f"UPDATE rc_stage_{kind} s SET row_id = t.id FROM {tables} WHERE s.action <> 'create' AND {on}")
+    if cur.rowcount != expected:
+        cur.execute(
+            f"""SELECT s.action, s.key, {old_key} FROM rc_stage_{kind} s
+                WHERE s.action <> 'create' AND s.row_id IS NULL ORDER BY s.seq LIMIT 1"""
+        )
+        action, key, old = cur.fetchone()
+        if action == "move":
+            raise StalePlanError(
+                f"the plan moves {kind} {old!r} to {key!r}, but {old!r} is not in the database; make a new plan"
+            )
+        raise StalePlanError(f"the plan changes {kind} {key!r}, which is not in the database; make a new plan")
+    cur.execute(f"SELECT s.key FROM rc_stage_{kind} s JOIN {_TAKEN[kind]} WHERE s.action = 'move' ORDER BY s.seq LIMIT 1")
+    row = cur.fetchone()
+    if row:
+        raise StalePlanError(f"the plan moves a {kind} onto {row[0]!r}, which is in the database already; make a new plan")
+
+
+def _audit_before(cur, apply_id: int, kind: str) -> None:
+    """Record before images of the rows to update, move or delete (ids resolved)."""
+    tables, parent = _ROW[kind]
     cur.execute(
         f"""INSERT INTO reconciler_changes (apply_id, kind, action, key, row_id, before_parent, before)
             SELECT %s, %s, s.action, s.key, t.id, {parent}, row_to_json(t)
-            FROM rc_stage_{kind} s JOIN {tables} ON {on}
-            WHERE s.action IN ('update', 'delete')""",
+            FROM rc_stage_{kind} s JOIN {tables} ON t.id = s.row_id
+            WHERE s.action IN ('update', 'move', 'delete')""",
         (apply_id, kind),
     )
-    if cur.rowcount == expected:
-        return
-    cur.execute(
-        f"""SELECT s.key FROM rc_stage_{kind} s
-            WHERE s.action IN ('update', 'delete') AND NOT EXISTS (
-              SELECT 1 FROM reconciler_changes c WHERE c.apply_id = %s AND c.kind = %s AND c.key = s.key)
-            ORDER BY s.seq LIMIT 1""",
-        (apply_id, kind),
-    )
-    missing = cur.fetchone()[0]
-    raise StalePlanError(f"the plan changes {kind} {missing!r}, which is not in the database; make a new plan")
 
 
 def _delete(cur, kind: str) -> None:
-    if kind == "media":
-        cur.execute("DELETE FROM whitelabel_media t USING rc_stage_media s WHERE s.action = 'delete' AND t.s3_key = s.key")
-        return
-    if kind == "post":
-        # A post's media must be deleted by the plan itself, or they would vanish
-        # through ON DELETE CASCADE without an audit record.
+    table = _TABLE[kind]
+    # A post's media (a model's posts) must be deleted or moved by the plan itself, or
+    # they would vanish through ON DELETE CASCADE without an audit record.
+    child = {"post": ("whitelabel_media", "whitelabel_post_id", "media"), "model": ("whitelabel_posts", "whitelabel_model_id", "posts")}
+    if kind in child:
+        ctable, fk, what = child[kind]
         cur.execute(
-            """SELECT pm.folder_name || '/' || t.folder_name FROM rc_stage_post s
-               JOIN whitelabel_models pm ON pm.folder_name = s.model_key
-               JOIN whitelabel_posts t ON t.whitelabel_model_id = pm.id AND t.folder_name = s.post_folder
-               WHERE s.action = 'delete' AND EXISTS (SELECT 1 FROM whitelabel_media x WHERE x.whitelabel_post_id = t.id)
-               LIMIT 1"""
+            f"""SELECT s.key FROM rc_stage_{kind} s WHERE s.action = 'delete'
+                AND EXISTS (SELECT 1 FROM {ctable} x WHERE x.{fk} = s.row_id) ORDER BY s.seq LIMIT 1"""
         )
         row = cur.fetchone()
         if row:
-            raise StalePlanError(f"the plan deletes post {row[0]!r} but not all of its media; make a new plan")
-        cur.execute(
-            """DELETE FROM whitelabel_posts t USING rc_stage_post s, whitelabel_models pm
-               WHERE s.action = 'delete' AND pm.folder_name = s.model_key
-                 AND t.whitelabel_model_id = pm.id AND t.folder_name = s.post_folder"""
-        )
-        return
-    cur.execute(
-        """SELECT t.folder_name FROM rc_stage_model s JOIN whitelabel_models t ON t.folder_name = s.key
-           WHERE s.action = 'delete' AND EXISTS (SELECT 1 FROM whitelabel_posts p WHERE p.whitelabel_model_id = t.id)
-           LIMIT 1"""
-    )
-    row = cur.fetchone()
-    if row:
-        raise StalePlanError(f"the plan deletes model {row[0]!r} but not all of its posts; make a new plan")
-    cur.execute("DELETE FROM whitelabel_models t USING rc_stage_model s WHERE s.action = 'delete' AND t.folder_name = s.key")
+            raise StalePlanError(f"the plan deletes {kind} {row[0]!r} but not all of its {what}; make a new plan")
+    cur.execute(f"DELETE FROM {table} t USING rc_stage_{kind} s WHERE s.action = 'delete' AND t.id = s.row_id")
 
 
 def _insert(cur, apply_id: int, kind: str, expected: int) -> None:
@@ -306,35 +334,60 @@ def _sequence(cur, table: str) -> str:
     return cur.fetchone()[0]
 
 
-def _update(cur, kind: str) -> None:
+def _sets(kind: str) -> str:
+    """SET clauses for the managed columns a staged update or move names."""
     sets = [f"{c} = CASE WHEN '{c}' = ANY(s.fields) THEN s.{c} ELSE t.{c} END" for c in _MANAGED[kind]]
-    sets = [x.replace("THEN s.media_cdns", "THEN s.media_cdns::json") for x in sets]
-    tables, on, _ = _JOIN[kind]
-    if kind == "model":
-        cur.execute(f"UPDATE whitelabel_models t SET {', '.join(sets)} FROM rc_stage_model s WHERE s.action = 'update' AND {on}")
-    elif kind == "post":
-        cur.execute(
-            f"""UPDATE whitelabel_posts t SET {', '.join(sets)} FROM rc_stage_post s, whitelabel_models pm
-                WHERE s.action = 'update' AND pm.id = t.whitelabel_model_id AND {on}"""
-        )
-    else:
-        cur.execute(f"UPDATE whitelabel_media t SET {', '.join(sets)} FROM rc_stage_media s WHERE s.action = 'update' AND {on}")
+    return ", ".join(x.replace("THEN s.media_cdns", "THEN s.media_cdns::json") for x in sets)
+
+
+def _update(cur, kind: str) -> None:
+    table = _TABLE[kind]
+    cur.execute(f"UPDATE {table} t SET {_sets(kind)} FROM rc_stage_{kind} s WHERE s.action = 'update' AND t.id = s.row_id")
+    if kind == "media":
         # A media item moved to another post (its key's folders changed meaning).
         cur.execute(
             """UPDATE whitelabel_media t SET whitelabel_post_id = pp.id
                FROM rc_stage_media s, whitelabel_models pm, whitelabel_posts pp
-               WHERE s.action = 'update' AND 'post' = ANY(s.fields) AND t.s3_key = s.key
+               WHERE s.action = 'update' AND 'post' = ANY(s.fields) AND t.id = s.row_id
                  AND pm.folder_name = s.post_model AND pp.whitelabel_model_id = pm.id AND pp.folder_name = s.post_folder"""
         )
 
 
+def _move(cur, kind: str, expected: int) -> None:
+    """Rename rows in place: same id, unmanaged columns untouched, re-parented by the
+    parent's new key (which parents' creates and moves have made by now)."""
+    if expected == 0:
+        return
+    if kind == "model":
+        cur.execute(
+            f"""UPDATE whitelabel_models t SET folder_name = s.key, {_sets(kind)}
+                FROM rc_stage_model s WHERE s.action = 'move' AND t.id = s.row_id"""
+        )
+    elif kind == "post":
+        cur.execute(
+            f"""UPDATE whitelabel_posts t SET whitelabel_model_id = pm.id, folder_name = s.post_folder, {_sets(kind)}
+                FROM rc_stage_post s JOIN whitelabel_models pm ON pm.folder_name = s.model_key
+                WHERE s.action = 'move' AND t.id = s.row_id"""
+        )
+    else:
+        cur.execute(
+            f"""UPDATE whitelabel_media t SET s3_key = s.key, whitelabel_post_id = pp.id, {_sets(kind)}
+                FROM rc_stage_media s JOIN whitelabel_models pm ON pm.folder_name = s.post_model
+                JOIN whitelabel_posts pp ON pp.whitelabel_model_id = pm.id AND pp.folder_name = s.post_folder
+                WHERE s.action = 'move' AND t.id = s.row_id"""
+        )
+    if cur.rowcount != expected:
+        parent = {"post": "model", "media": "post"}[kind]
+        raise StalePlanError(f"the plan moves {kind} rows into a {parent} that is not in the database; make a new plan")
+
+
 def _audit_after(cur, apply_id: int, kind: str) -> None:
-    """After images of updated rows (created rows were audited as they were inserted)."""
-    tables, on, parent = _JOIN[kind]
+    """After images of updated and moved rows (created rows were audited as they were inserted)."""
+    tables, parent = _ROW[kind]
     cur.execute(
         f"""UPDATE reconciler_changes c SET after = x.image, after_parent = x.parent FROM (
               SELECT s.key, row_to_json(t) AS image, {parent} AS parent
-              FROM rc_stage_{kind} s JOIN {tables} ON {on} WHERE s.action = 'update'
+              FROM rc_stage_{kind} s JOIN {tables} ON t.id = s.row_id WHERE s.action IN ('update', 'move')
             ) x WHERE c.apply_id = %s AND c.kind = %s AND c.key = x.key""",
         (apply_id, kind),
     )
@@ -344,11 +397,11 @@ def _touch_models(cur) -> None:
     """``last_synced_at`` on every surviving model the plan touched."""
     cur.execute(
         f"""UPDATE whitelabel_models SET last_synced_at = {_SYNCED} WHERE folder_name IN (
-             SELECT key FROM rc_stage_model WHERE action = 'update'
+             SELECT key FROM rc_stage_model WHERE action IN ('update', 'move')
              UNION SELECT model_key FROM rc_stage_post
              UNION SELECT post_model FROM rc_stage_media WHERE post_model IS NOT NULL
              UNION SELECT pm.folder_name FROM rc_stage_media s
-               JOIN whitelabel_media x ON s.action = 'update' AND x.s3_key = s.key
+               JOIN whitelabel_media x ON s.action IN ('update', 'move') AND x.id = s.row_id
                JOIN whitelabel_posts pp ON pp.id = x.whitelabel_post_id
                JOIN whitelabel_models pm ON pm.id = pp.whitelabel_model_id)"""
     )
@@ -402,6 +455,7 @@ def apply_plan(
                     f"plan {plan.plan_id[:12]} was already applied (apply {row[0]}, {row[1]:%Y-%m-%d %H:%M:%S %Z}); "
                     "make a new plan to apply further changes"
                 )
+            check_database_identity(conn, plan, db.display)
             progress("checking that the database has not changed since the plan")
             state = state_digest(conn, plan.scope)
             current_rows = state.rows
@@ -430,20 +484,23 @@ def apply_plan(
             progress(f"staging {total} changes")
             stage.load(cur)
             for kind in ("model", "post", "media"):
-                _audit_before(cur, apply_id, kind, summary[kind]["update"] + summary[kind]["delete"])
+                counts = summary[kind]
+                _resolve(cur, kind, counts["update"] + counts.get("move", 0) + counts["delete"])
+                _audit_before(cur, apply_id, kind)
+            progress("creating, moving and updating")
+            for kind in ("model", "post", "media"):
+                _insert(cur, apply_id, kind, summary[kind]["create"])
+                _move(cur, kind, summary[kind].get("move", 0))
+                if summary[kind]["update"]:
+                    _update(cur, kind)
             progress("deleting")
             for kind in ("media", "post", "model"):
                 if summary[kind]["delete"]:
                     _delete(cur, kind)
-            progress("creating and updating")
-            for kind in ("model", "post", "media"):
-                _insert(cur, apply_id, kind, summary[kind]["create"])
-                if summary[kind]["update"]:
-                    _update(cur, kind)
             _touch_models(cur)
             progress("writing the audit log")
             for kind in ("model", "post", "media"):
-                if summary[kind]["update"]:
+                if summary[kind]["update"] or summary[kind].get("move", 0):
                     _audit_after(cur, apply_id, kind)
             progress("committing")
     except ReconcilerError:
@@ -457,6 +514,19 @@ def apply_plan(
     except psycopg2.Error as e:
         raise db.error(e, "apply failed and changed nothing") from None
     return ApplyResult(apply_id, plan.plan_id, summary, db.display)
+
+
+def check_database_identity(conn, plan: Plan, display: str) -> None:
+    """Refuse a plan made for another database (``target.database_id``)."""
+    want = plan.target.get("database_id")
+    if not want:
+        return  # a plan made before database ids were recorded
+    have = database_identity(conn)
+    if have != want:
+        raise WrongDatabaseError(
+            f"this plan was made for another database: it names {want}, but {display} is {have}; "
+            "make a new plan against this database (check --database / DATABASE_URL)"
+        )
 
 
 def _os_user() -> str | None:

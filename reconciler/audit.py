@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from .current import read_state, state_digest
+from .current import database_identity, read_state, state_digest
 from .db import Database
 from .diff import FIELDS, Change
 from .errors import ReconcilerError, StalePlanError
+from .moves import make_move
 from .planfile import Plan
 from .version import __version__
 
@@ -71,6 +72,12 @@ def _managed(kind: str, image: dict) -> tuple:
     return tuple(image.get(f) for f in FIELDS[kind])
 
 
+def _fields_match(kind: str, row: tuple, image: dict) -> bool:
+    """The live row holds the managed values ``image`` names (its key columns aside)."""
+    fields = FIELDS[kind]
+    return all(row[fields.index(f)] == v for f, v in image.items() if f in fields)
+
+
 def _plan_image(kind: str, key: str, full: dict, parent: str | None, restore: bool) -> dict:
     """The plan's view of an audited row: managed fields, parent key (and id to restore)."""
     if kind == "model":
@@ -94,12 +101,16 @@ def inverse_changes(rows: list[tuple]) -> list[Change]:
     """The changes that undo an apply, from its audit rows
     ``(kind, action, key, before, after, before_parent, after_parent)``.
 
-    Created rows are deleted, deleted rows re-created with their original ids, and
-    updated fields set back. Pure.
+    Created rows are deleted, deleted rows re-created with their original ids,
+    updated fields set back, and moved rows moved back (same ids). Pure.
     """
     out = []
     for kind, action, key, before, after, before_parent, after_parent in rows:
-        if action == "create":
+        if action == "move":
+            b = _plan_image(kind, key, before, before_parent, False)
+            a = _plan_image(kind, key, after, after_parent, False)
+            out.append(make_move(kind, a, b))
+        elif action == "create":
             out.append(Change("delete", kind, key, _plan_image(kind, key, after, after_parent, False), None))
         elif action == "delete":
             out.append(Change("create", kind, key, None, _plan_image(kind, key, before, before_parent, True)))
@@ -139,13 +150,14 @@ def rollback_plan(db: Database, apply_id: int) -> Plan:
             rows = cur.fetchall()
             changes = inverse_changes(rows)
             state = read_state(conn, scope)
-            touched = {(c.kind, c.key) for c in changes}
+            touched = {(c.kind, c.key) for c in changes} | {(c.kind, c.from_key) for c in changes if c.from_key}
             live = {}  # only the rows the apply touched: memory follows the apply, not the scope
             for kind, stream in (("model", state.models), ("post", state.posts), ("media", state.media)):
                 for key, row in stream:
                     if (kind, key) in touched:
                         live[(kind, key)] = tuple(row)
             current = state_digest(conn, scope)
+            database_id = database_identity(conn)
     except psycopg2.Error as e:
         raise db.error(e, "cannot read the audit log") from None
     for c in changes:
@@ -154,11 +166,15 @@ def rollback_plan(db: Database, apply_id: int) -> Plan:
             ok = have is None
         elif c.action == "delete":
             ok = have == _managed(c.kind, c.before)
+        elif c.action == "move":
+            moved = live.get((c.kind, c.from_key))
+            ok = have is None and moved is not None and _fields_match(c.kind, moved, c.before)
         else:
-            ok = have is not None and all(have[FIELDS[c.kind].index(f)] == v for f, v in c.before.items())
+            ok = have is not None and _fields_match(c.kind, have, c.before)
         if not ok:
+            name = c.from_key if c.action == "move" else c.key
             raise StalePlanError(
-                f"cannot roll back apply {apply_id}: {c.kind} {c.key!r} changed since; "
+                f"cannot roll back apply {apply_id}: {c.kind} {name!r} changed since; "
                 "make a new plan from the bucket instead"
             )
     return Plan(
@@ -166,6 +182,7 @@ def rollback_plan(db: Database, apply_id: int) -> Plan:
         source={"url": f"audit log of apply {apply_id} (made from {source})", "object_count": 0, "skipped": {}},
         target={
             "database": db.display,
+            "database_id": database_id,
             "scope": scope,
             "state_digest": current.digest,
             "current_counts": current.counts,

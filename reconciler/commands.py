@@ -16,7 +16,7 @@ import psycopg2
 from . import audit
 from .apply import ApplyResult, Stage, apply_plan
 from .config import Settings
-from .current import read_state
+from .current import database_identity, read_state
 from .db import check_schema, migrate, open_database
 from .desired import build_desired
 from .diff import diff
@@ -89,8 +89,9 @@ def make_plan(
                 state = read_state(conn, scope)
                 in_database: set[str] = set()
                 state.models = ((in_database.add(k), (k, r))[1] for k, r in state.models)
-                result = diff(desired, state)
+                result = diff(desired, state, moves=settings.detect_moves)
                 state_digest = digest.result().digest
+                database_id = database_identity(conn)
         except psycopg2.Error as e:
             raise db.error(e, "cannot read the current state") from None
         display = db.display
@@ -111,6 +112,7 @@ def make_plan(
         },
         target={
             "database": display,
+            "database_id": database_id,
             "scope": scope,
             "state_digest": state_digest,
             "current_counts": result.current_counts,

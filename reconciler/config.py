@@ -55,6 +55,7 @@ class Settings:
     require_signature: bool = False
     lock_timeout: float = 60.0
     plans_dir: str = "plans"
+    detect_moves: bool = True  # renamed folders plan as moves (--no-moves, plan.detect_moves)
 
     @property
     def limits(self) -> Limits:
@@ -179,5 +180,6 @@ def load_settings(
         require_signature=bool(pick("require_signature", safe.get("require_signature"), False)),
         lock_timeout=float(pick("lock_timeout", (data.get("apply") or {}).get("lock_timeout"), 60.0)),
         plans_dir=pick("plans_dir", data.get("plans_dir"), "plans"),
+        detect_moves=bool(pick("detect_moves", (data.get("plan") or {}).get("detect_moves"), True)),
     )
     return s

@@ -85,6 +85,16 @@ def state_digest(conn, models: Sequence[str] | None = None) -> StateDigest:
     return StateDigest(h.hexdigest(), counts)
 
 
+def database_identity(conn) -> str:
+    """Which database this is: the cluster's ``system_identifier`` (chosen by initdb,
+    kept across restarts) and the database's name, as ``"<id>/<name>"``. A plan
+    records it, and apply refuses a plan made for another database."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT system_identifier::text, current_database() FROM pg_control_system()")
+        ident, name = cur.fetchone()
+    return f"{ident}/{name}"
+
+
 @dataclass
 class CurrentState:
     """The current rows in scope, each kind an iterable of ``(key, row)``.

@@ -1,9 +1,11 @@
 """The typed diff between desired and current state. Pure: no I/O.
 
-A change is plain data (create / update / delete of a model, post or media item,
-named by its natural key); the plan file is a list of them. ``create`` and ``delete``
-carry every managed field (plus the parent's key: a post names its ``model``, a media
-item its ``post``); ``update`` carries only the fields that change.
+A change is plain data (create / update / move / delete of a model, post or media
+item, named by its natural key); the plan file is a list of them. ``create`` and
+``delete`` carry every managed field (plus the parent's key: a post names its
+``model``, a media item its ``post``); ``update`` carries only the fields that change;
+``move`` (a renamed folder, see :mod:`reconciler.moves`) names the old key in ``from``
+and carries the key columns, the parent and the fields that change.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from .current import CurrentState
 from .desired import MEDIA_FIELDS, MODEL_FIELDS, POST_FIELDS, DesiredState, split_post_key
 
 KINDS = ("model", "post", "media")
-ACTIONS = ("create", "update", "delete")
+# Moves sort between updates and deletes: apply runs creates, moves and updates
+# parents first, then deletes children first, and a reader meets a rename before the
+# deletions it did not need.
+ACTIONS = ("create", "update", "move", "delete")
 KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
 ACTION_ORDER = {a: i for i, a in enumerate(ACTIONS)}
 FIELDS = {"model": MODEL_FIELDS, "post": POST_FIELDS, "media": MEDIA_FIELDS}
@@ -29,11 +34,12 @@ class Change:
     cost a million small objects, not a million dicts.
     """
 
-    __slots__ = ("action", "kind", "key", "_before", "_after")
+    __slots__ = ("action", "kind", "key", "_before", "_after", "from_key")
 
-    def __init__(self, action: str, kind: str, key: str, before, after) -> None:
+    def __init__(self, action: str, kind: str, key: str, before, after, from_key: str | None = None) -> None:
         self.action, self.kind, self.key = action, kind, key
         self._before, self._after = before, after
+        self.from_key = from_key  # a move's old key (``"from"`` in the plan file)
 
     @property
     def before(self) -> dict | None:
@@ -50,14 +56,19 @@ class Change:
         return KIND_ORDER[self.kind], ACTION_ORDER[self.action], self.key
 
     def to_dict(self) -> dict:
-        return {"action": self.action, "after": self.after, "before": self.before, "key": self.key, "kind": self.kind}
+        d = {"action": self.action, "after": self.after, "before": self.before, "key": self.key, "kind": self.kind}
+        if self.action == "move":
+            d["from"] = self.from_key
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Change":
-        return cls(d["action"], d["kind"], d["key"], d.get("before"), d.get("after"))
+        return cls(d["action"], d["kind"], d["key"], d.get("before"), d.get("after"), d.get("from"))
 
     def inverse(self) -> "Change":
         """The change that undoes this one (rollback)."""
+        if self.action == "move":
+            return Change("move", self.kind, self.from_key, self.after, self.before, self.key)
         action = {"create": "delete", "delete": "create", "update": "update"}[self.action]
         return Change(action, self.kind, self.key, self.after, self.before)
 
@@ -68,7 +79,8 @@ class Change:
         return hash((self.action, self.kind, self.key))
 
     def __repr__(self) -> str:
-        return f"Change({self.action!r}, {self.kind!r}, {self.key!r}, {self.before!r}, {self.after!r})"
+        moved = f", from_key={self.from_key!r}" if self.action == "move" else ""
+        return f"Change({self.action!r}, {self.kind!r}, {self.key!r}, {self.before!r}, {self.after!r}{moved})"
 
 
 def full_image(kind: str, key: str, row: tuple) -> dict:
@@ -111,10 +123,12 @@ class Diff:
     current_counts: dict[str, int]
 
 
-def diff(desired: DesiredState, current: CurrentState) -> Diff:
+def diff(desired: DesiredState, current: CurrentState, *, moves: bool = True) -> Diff:
     """Compare; the changes come out ordered by (kind, action, key).
 
-    ``desired`` is left untouched; ``current`` is consumed once.
+    With ``moves`` (the default), renamed folders become moves instead of a delete
+    and a create (:func:`reconciler.moves.find_moves`). ``desired`` is left
+    untouched; ``current`` is consumed once.
     """
     changes: list[Change] = []
     counts = {
@@ -122,6 +136,10 @@ def diff(desired: DesiredState, current: CurrentState) -> Diff:
         "post": _compare("post", POST_FIELDS, dict(desired.posts), current.posts, changes),
         "media": _compare("media", MEDIA_FIELDS, dict(desired.media), current.media, changes),
     }
+    if moves:
+        from .moves import find_moves
+
+        changes = find_moves(changes)
     changes.sort(key=lambda c: c.sort_key)
     return Diff(changes, counts)
 

@@ -36,6 +36,10 @@ class StalePlanError(ReconcilerError):
     """The database changed since the plan was made."""
 
 
+class WrongDatabaseError(ReconcilerError):
+    """The plan was made for another database."""
+
+
 class AlreadyAppliedError(ReconcilerError):
     """The plan was applied before."""
 

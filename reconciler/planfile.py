@@ -500,7 +500,7 @@ def verify_plan(
     problem = _signature_problem(plan.signature, mac, signing_key, require_signature)
     if problem:
         raise SignatureError(problem)
-    if keep_changes:
+    if keep_changes and plan.summary_override == summarize(plan.changes):
         plan.summary_override = None
     return plan
 
@@ -524,6 +524,12 @@ def _verify_changes(plan, top, path, batches, raw_hash, keep_changes, sink, sign
             if ident in seen:
                 raise PlanFileError(f"{path} has two changes for {kind} {ckey!r:.200} (changes/{i})")
             seen.add(ident)
+            if action == "move":
+                # The old key is taken too: no other change may touch it.
+                ident = hash((kind, c["from"]))
+                if ident in seen:
+                    raise PlanFileError(f"{path} has two changes for {kind} {c['from']!r:.200} (changes/{i})")
+                seen.add(ident)
             order = (KIND_ORDER[kind], ACTION_ORDER[action], ckey)
             if last is not None and order <= last:
                 if order == last:
@@ -542,9 +548,10 @@ def _verify_changes(plan, top, path, batches, raw_hash, keep_changes, sink, sign
             hasher.joined(canonical(objs)[1:-1], len(objs))
         if sink is not None:
             sink.add_batch(objs)
-    if summary != top["summary"]:
+    # Plans made before moves existed have no "move" counts: read as 0.
+    if summary != {k: {"move": 0, **v} for k, v in top["summary"].items()}:
         raise PlanFileError(f"{path}: the summary does not count the changes it lists (edited by hand?); make a new plan")
-    plan.summary_override = summary
+    plan.summary_override = top["summary"]
     plan_id, mac = hasher.finish(plan.envelope())
     if plan_id != plan.plan_id:
         if raw_hash:
@@ -584,6 +591,9 @@ for _t in _TYPES.values():
     _t.update({"id": (int,), "created_at": _NULLABLE_STR})
 _IDENT = {"model": ("folder_name",), "post": ("model", "folder_name"), "media": ("s3_key", "post")}
 _UPDATABLE = {k: frozenset(FIELDS[k]) for k in KINDS}
+# A move names the row's key columns and parent on both sides (moves.KEY_FIELDS).
+_MOVE_KEYS = {"model": ("folder_name",), "post": ("model", "folder_name"), "media": ("s3_key", "post")}
+_MOVABLE = {k: frozenset(FIELDS[k]) | frozenset(_MOVE_KEYS[k]) for k in KINDS}
 
 
 def _check_fields(kind: str, image: dict, allowed) -> str | None:
@@ -605,6 +615,10 @@ def _check_fields(kind: str, image: dict, allowed) -> str | None:
     return None
 
 
+_TOP = frozenset({"action", "kind", "key", "before", "after"})
+_MOVE_TOP = _TOP | {"from"}
+
+
 def check_change(c) -> str | None:
     """The plan schema's rules for one change, in plain Python; None when valid.
 
@@ -614,9 +628,12 @@ def check_change(c) -> str | None:
     """
     if not isinstance(c, dict):
         return "a change is not an object"
-    if set(c) != {"action", "kind", "key", "before", "after"}:
-        extra = set(c) - {"action", "kind", "key", "before", "after"}
-        return f"unknown field {sorted(extra)[0]!r}" if extra else "a change lacks one of action, kind, key, before, after"
+    top = _MOVE_TOP if c.get("action") == "move" else _TOP
+    if set(c) != top:
+        extra = set(c) - top
+        if extra:
+            return f"unknown field {sorted(extra)[0]!r}"
+        return "a change lacks one of action, kind, key, before, after" + (", from" if top is _MOVE_TOP else "")
     action, kind, key, before, after = c["action"], c["kind"], c["key"], c["before"], c["after"]
     if action not in ACTIONS:
         return f"unknown action {action!r:.60}"
@@ -635,6 +652,19 @@ def check_change(c) -> str | None:
         if after is not None or before is None:
             return "a delete has 'before' an object and 'after' null"
         images = [before]
+    elif action == "move":
+        if type(c["from"]) is not str or not c["from"]:
+            return "'from' must be a non-empty string"
+        if before is None or after is None:
+            return "a move has 'before' and 'after' objects"
+        for image in (before, after):
+            missing = set(_MOVE_KEYS[kind]) - set(image)
+            if missing:
+                return f"{sorted(missing)[0]!r} is a required property"
+            problem = _check_fields(kind, image, _MOVABLE[kind])
+            if problem:
+                return problem
+        return None
     else:
         if before is None or after is None:
             return "an update has 'before' and 'after' objects"
@@ -664,6 +694,8 @@ def check_identity(c: dict) -> str | None:
         return f"has post key {key!r}; a post key is MODEL/POST"
     if kind == "model" and "/" in key:
         return f"has model key {key!r}; a model key holds no '/'"
+    if c["action"] == "move":
+        return _check_move_identity(c)
     for image in (c["before"], c["after"]):
         if not image or c["action"] == "update":
             continue
@@ -680,6 +712,30 @@ def check_identity(c: dict) -> str | None:
     return None
 
 
+def _check_move_identity(c: dict) -> str | None:
+    """``after`` must name ``key`` and ``before`` must name ``from``; they differ."""
+    kind = c["kind"]
+    for side, name in (("after", "key"), ("before", "from")):
+        image, want = c[side], c[name]
+        if kind == "model":
+            have = image["folder_name"]
+            if "/" in want:
+                return f"has model {name} {want!r}; a model key holds no '/'"
+        elif kind == "post":
+            if "/" in image["model"]:
+                return f"names model {image['model']!r}; a model holds no '/'"
+            have = image["model"] + "/" + image["folder_name"]
+        else:
+            have = image["s3_key"]
+            if "/" not in image["post"]:
+                return f"names post {image['post']!r}; a post is MODEL/POST"
+        if have != want:
+            return f"'{side}' names {have!r:.200}, not its {name} {want!r:.200}"
+    if c["key"] == c["from"]:
+        return "moves a row onto its own key"
+    return None
+
+
 _INT_LIMITS = {"post_count": 2**31 - 1, "id": 2**31 - 1, "size_bytes": 2**63 - 1}
 
 
@@ -693,7 +749,7 @@ def check_values(c: dict) -> str | None:
     """Values the database would refuse (beyond the schema): NUL characters, integers
     out of their column's range, a malformed ``media_cdns``. ``validate`` refuses
     them, so that a plan that validates also applies."""
-    if "\x00" in c["key"]:
+    if "\x00" in c["key"] or "\x00" in (c.get("from") or ""):
         return "'key' holds a NUL character, which PostgreSQL text cannot store"
     for image in (c["before"], c["after"]):
         if not image:

@@ -16,24 +16,106 @@ from .diff import ACTIONS, KINDS, Change
 from .planfile import Plan
 
 MARKDOWN_LIMIT = 65_000  # GitHub refuses comments over 65,536 characters
-SYMBOL = {"create": "+", "update": "~", "delete": "-"}
+WIDTH = 160  # no line of a change's details is longer (long values wrap)
+SYMBOL = {"create": "+", "update": "~", "move": ">", "delete": "-"}
+# A move's key columns are shown as "from → to" in its first line.
+_KEY_COLUMNS = {"model": {"folder_name"}, "post": {"model", "folder_name"}, "media": {"s3_key", "post"}}
 
 
 def _value(v) -> str:
     if isinstance(v, dict):
-        v = json.dumps(v, sort_keys=True, ensure_ascii=False)
-        return v if len(v) <= 80 else v[:77] + "…"
+        return json.dumps(v, sort_keys=True, ensure_ascii=False)
     return repr(v) if isinstance(v, str) or v is None else str(v)
 
 
+def _wrap(line: str, indent: int) -> list[str]:
+    """``line`` cut into pieces of at most WIDTH characters; the rest indented."""
+    if len(line) <= WIDTH:
+        return [line]
+    pad = " " * indent
+    out, rest = [line[:WIDTH]], line[WIDTH:]
+    while rest:
+        out.append(pad + rest[: WIDTH - indent])
+        rest = rest[WIDTH - indent :]
+    return out
+
+
+def _field_lines(name: str, old, new) -> list[str]:
+    """One field's change: ``name: old → new``, or two lines when that is too long."""
+    head = f"    {name}: "
+    one = f"{head}{_value(old)} → {_value(new)}"
+    if len(one) <= WIDTH:
+        return [one]
+    return _wrap(f"{head}{_value(old)}", len(head)) + _wrap(" " * (len(head) - 2) + f"→ {_value(new)}", len(head))
+
+
+def _url_lines(old: dict | None, new: dict | None) -> list[str]:
+    """``media_cdns`` as the URLs removed and added, each in full, one per line."""
+    out = []
+    for part in ("images", "videos"):
+        before = (old or {}).get(part) or []
+        after = (new or {}).get(part) or []
+        gone, came = set(before) - set(after), set(after) - set(before)
+        head = f"    media_cdns.{part}: "
+        for sign, urls, order in (("-", gone, before), ("+", came, after)):
+            for url in (u for u in order if u in urls):
+                out += _wrap(f"{head}{sign} {url}", len(head) + 2)
+                head = " " * len(head)
+        if before != after and not gone and not came:
+            out.append(f"{head}(same URLs, new order)")
+    return out
+
+
+def change_head(c: Change) -> str:
+    """``+ create media KEY``; a move reads ``> move post OLD → NEW``."""
+    key = f"{c.from_key} → {c.key}" if c.action == "move" else c.key
+    return f"{SYMBOL[c.action]} {c.action} {c.kind} {key}"
+
+
+def change_lines(c: Change) -> list[str]:
+    """What a reviewer must see of a change, a line per field, none over WIDTH
+    characters: updated and moved fields as before → after (``media_cdns`` as URLs
+    removed and added), the values a create writes. A delete names its row only."""
+    lines: list[str] = []
+    if c.action in ("update", "move"):
+        before, after = c.before, c.after
+        for name in sorted(after):
+            if c.action == "move" and name in _KEY_COLUMNS[c.kind]:
+                continue
+            if name == "media_cdns":
+                lines += _url_lines(before.get(name), after.get(name))
+            else:
+                lines += _field_lines(name, before.get(name), after.get(name))
+    elif c.action == "create":
+        a = c.after
+        if c.kind == "model":
+            names = ("thumbnail_url", "icon_url", "banner_url", "post_count")
+        elif c.kind == "post":
+            names = ("title",)
+            cdns = a.get("media_cdns") or {}
+            n_img, n_vid = len(cdns.get("images") or []), len(cdns.get("videos") or [])
+            lines.append(f"    media_cdns: {n_img} image(s), {n_vid} video(s)")
+        else:
+            names = ("url", "type", "size_bytes", "etag")
+        for name in names:
+            head = f"    {name}: "
+            lines += _wrap(head + _value(a.get(name)), len(head))
+        if "id" in a:  # a rollback restores the row with its old id
+            lines.append(f"    id: {a['id']} (restored)")
+    return lines
+
+
 def change_details(c: Change) -> str:
-    if c.action == "update":
-        return ", ".join(f"{f}: {_value(c.before[f])} → {_value(c.after[f])}" for f in sorted(c.after))
-    return ""
+    """The details as one string (the lines, joined)."""
+    return "\n".join(line.strip() for line in change_lines(c))
+
+
+def _count(summary: dict, kind: str, action: str) -> int:
+    return summary[kind].get(action, 0)  # plans made before moves have no "move" counts
 
 
 def summary_rows(summary: dict) -> list[list]:
-    return [[k] + [summary[k][a] for a in ACTIONS] for k in KINDS]
+    return [[k] + [_count(summary, k, a) for a in ACTIONS] for k in KINDS]
 
 
 def summary_table(summary: dict) -> str:
@@ -59,25 +141,37 @@ def plan_header(plan: Plan) -> list[str]:
     return lines
 
 
+def deletion_note(summary: dict) -> str | None:
+    """``This plan deletes 3 row(s): 1 model, 2 media.``, or None."""
+    deletes = {k: _count(summary, k, "delete") for k in KINDS if _count(summary, k, "delete")}
+    if not deletes:
+        return None
+    what = ", ".join(f"{n} {k}{'' if n == 1 or k == 'media' else 's'}" for k, n in deletes.items())
+    return f"This plan deletes {sum(deletes.values())} row(s): {what}."
+
+
 def table(plan: Plan) -> str:
-    """``show``'s default: header, counts per kind and action, then every change."""
+    """``show``'s default: header, counts per kind and action, deletions called out,
+    then every change with its details (no line longer than WIDTH)."""
     out = plan_header(plan)
     out.append("")
     out.append(summary_table(plan.summary))
     out.append("")
+    note = deletion_note(plan.summary)
+    if note:
+        out += [note, ""]
     if not plan.changes:
         out.append("No changes. The database matches the source.")
-    else:
-        rows = [[SYMBOL[c.action], c.action, c.kind, c.key, change_details(c)] for c in plan.changes]
-        out.append(tabulate(rows, headers=["", "action", "kind", "key", "changes"], tablefmt="simple", disable_numparse=True))
+    for c in plan.changes:
+        out += _wrap(change_head(c), 4)
+        out += change_lines(c)
     return "\n".join(out)
 
 
 def summary_line(summary: dict) -> str:
     parts = []
     for k in KINDS:
-        counts = summary[k]
-        parts.append(f"{k} +{counts['create']} ~{counts['update']} -{counts['delete']}")
+        parts.append(" ".join([k] + [f"{SYMBOL[a]}{_count(summary, k, a)}" for a in ACTIONS]))
     return ", ".join(parts)
 
 
@@ -97,24 +191,29 @@ def _root(plan: Plan) -> str:
 
 
 def model_of(c: Change, root: str = "") -> str:
-    """The model a change belongs to (for grouping)."""
+    """The model a change belongs to (for grouping); a move's new model."""
     if c.kind == "model":
         return c.key
     if c.kind == "post":
         return c.key.partition("/")[0]
-    image = c.after if c.action == "create" else c.before
+    image = c.before if c.action == "delete" else c.after
     if image and "post" in image:
         return image["post"].partition("/")[0]
     key = c.key[len(root):] if c.key.startswith(root) else c.key
     return key.partition("/")[0]
 
 
+MD_DETAIL_LINES = 20  # per change; a post's hundred URLs would crowd out every other change
+
+
 def _md_change(c: Change) -> str:
-    line = f"- `{SYMBOL[c.action]}` {c.action} {c.kind} <code>{html.escape(c.key)}</code>"
-    details = change_details(c)
-    if details:
-        line += f" — {html.escape(details)}"
-    return line
+    key = f"<code>{html.escape(c.from_key)}</code> → " if c.action == "move" else ""
+    line = f"- `{SYMBOL[c.action]}` {c.action} {c.kind} {key}<code>{html.escape(c.key)}</code>"
+    details = [d.strip() for d in change_lines(c)]
+    shown = details[:MD_DETAIL_LINES]
+    if len(details) > len(shown):
+        shown.append(f"… and {len(details) - len(shown)} more line(s); see the plan file")
+    return "\n".join([line] + [f"  - {html.escape(d)}" for d in shown])
 
 
 def markdown(plan: Plan, limit: int = MARKDOWN_LIMIT) -> str:
@@ -124,16 +223,14 @@ def markdown(plan: Plan, limit: int = MARKDOWN_LIMIT) -> str:
     summary = plan.summary
     head = [f"### reconciler plan `{plan.plan_id[:12]}`", ""]
     head += [f"- {line}" for line in plan_header(plan)[1:]]
-    head += ["", "| kind | create | update | delete |", "| --- | ---: | ---: | ---: |"]
-    head += [f"| {r[0]} | {r[1]} | {r[2]} | {r[3]} |" for r in summary_rows(summary)]
+    head += ["", "| kind | " + " | ".join(ACTIONS) + " |", "| --- |" + " ---: |" * len(ACTIONS)]
+    head += ["| " + " | ".join(map(str, r)) + " |" for r in summary_rows(summary)]
     head.append("")
-    deletes = {k: summary[k]["delete"] for k in KINDS if summary[k]["delete"]}
-    if deletes:
-        what = ", ".join(f"{n} {k}{'' if n == 1 else ('s' if k != 'media' else '')}" for k, n in deletes.items())
+    note = deletion_note(summary)
+    if note:
         head += [
             "> [!WARNING]",
-            f"> **This plan deletes {sum(deletes.values())} row(s): {what}.** "
-            "Check that the source listing is complete before you merge.",
+            f"> **{note}** Check that the source listing is complete before you merge.",
             "",
         ]
     if not plan.changes:

@@ -142,7 +142,7 @@ def test_failure_inside_the_transaction_changes_nothing(settings, database_url, 
     assert snapshot(database_url) == before
     sql("DROP TRIGGER boom ON whitelabel_media")
     result = commands.apply(settings, path)
-    assert result.summary["media"] == {"create": 2, "update": 0, "delete": 1}
+    assert result.summary["media"] == {"create": 2, "update": 0, "move": 0, "delete": 1}
 
 
 def test_stale_plan_is_refused(settings, database_url, tmp_path):

@@ -135,7 +135,7 @@ def test_changes_are_ordered_by_kind_then_action_then_key():
         {"a/x": BEACH},
         {"a/x/1.jpg": ONE, "b/x/1.jpg": ONE},
     )
-    assert [(c.kind, c.action, c.key) for c in diff(desired, current).changes] == [
+    assert [(c.kind, c.action, c.key) for c in diff(desired, current, moves=False).changes] == [
         ("model", "create", "b"),
         ("model", "update", "c"),
         ("model", "delete", "a"),
@@ -181,12 +181,13 @@ def test_summarize_counts_every_kind_and_action():
         Change("delete", "media", "A/P/3.jpg", {}, None),
         Change("update", "post", "A/P", {}, {}),
     ]
+    changes.append(Change("move", "post", "A/Q", {}, {}, "A/R"))
     assert summarize(changes) == {
-        "model": {"create": 1, "update": 0, "delete": 0},
-        "post": {"create": 0, "update": 1, "delete": 0},
-        "media": {"create": 2, "update": 0, "delete": 1},
+        "model": {"create": 1, "update": 0, "move": 0, "delete": 0},
+        "post": {"create": 0, "update": 1, "move": 1, "delete": 0},
+        "media": {"create": 2, "update": 0, "move": 0, "delete": 1},
     }
-    assert summarize([]) == {k: {"create": 0, "update": 0, "delete": 0} for k in ("model", "post", "media")}
+    assert summarize([]) == {k: {"create": 0, "update": 0, "move": 0, "delete": 0} for k in ("model", "post", "media")}
 
 
 # --------------------------------------------------------------------------- properties over generated listings
@@ -226,6 +227,11 @@ def patch(tables: dict, changes: list[Change]) -> dict:
             rows[c.key] = c.after
         elif c.action == "delete":
             assert rows.pop(c.key) == c.before
+        elif c.action == "move":
+            assert c.key not in rows
+            row = rows.pop(c.from_key)
+            assert {name: row[name] for name in c.before} == c.before
+            rows[c.key] = {**row, **c.after}
         else:
             row = rows[c.key]
             assert {name: row[name] for name in c.before} == c.before

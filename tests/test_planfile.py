@@ -109,9 +109,9 @@ def test_anyone_can_recompute_plan_id_from_the_file(tmp_path):
     assert data["plan_id"] == hashlib.sha256(canonical_body(data)).hexdigest()
     assert data["format_version"] == 1
     assert data["summary"] == {
-        "model": {"create": 2, "update": 0, "delete": 0},
-        "post": {"create": 2, "update": 0, "delete": 0},
-        "media": {"create": 3, "update": 0, "delete": 0},
+        "model": {"create": 2, "update": 0, "move": 0, "delete": 0},
+        "post": {"create": 2, "update": 0, "move": 0, "delete": 0},
+        "media": {"create": 3, "update": 0, "move": 0, "delete": 0},
     }
 
 
@@ -610,6 +610,7 @@ VALID = {  # a valid value of every field a change image may hold
     "media_cdns": st.none() | st.fixed_dictionaries({"images": st.lists(st.text(max_size=2), max_size=1)}),
 }
 IDENTITY = {"model": ("folder_name",), "post": ("model", "folder_name"), "media": ("s3_key",)}
+MOVE_KEYS = {"model": ("folder_name",), "post": ("model", "folder_name"), "media": ("s3_key", "post")}
 OPTIONAL = {"model": ("id", "created_at", "status"), "post": ("id", "created_at"), "media": ("id", "created_at")}
 ALL_NAMES = sorted(VALID) + ["bogus"]
 
@@ -624,6 +625,11 @@ def valid_changes(draw):
             {n: draw(VALID[n]) for n in draw(st.lists(st.sampled_from(FIELDS[kind]), min_size=1, unique=True))}
             for _ in range(2)
         )
+    elif action == "move":
+        names = MOVE_KEYS[kind] + tuple(draw(st.lists(st.sampled_from(FIELDS[kind]), unique=True)))
+        before, after = ({n: draw(VALID[n]) for n in names} for _ in range(2))
+        return {"action": action, "kind": kind, "key": key, "before": before, "after": after,
+                "from": draw(st.text(min_size=1, max_size=4))}
     else:
         names = IDENTITY[kind] + FIELDS[kind] + tuple(draw(st.sets(st.sampled_from(OPTIONAL[kind]))))
         image = {n: draw(VALID[n]) for n in names}
@@ -645,12 +651,12 @@ def changes(draw):
                                      "swap images"]))
         images = [change[s] for s in ("before", "after") if isinstance(change.get(s), dict)]
         if what == "top" or (what in ("image field", "drop field", "add field") and not images):
-            name = draw(st.sampled_from(["action", "kind", "key", "before", "after"]))
+            name = draw(st.sampled_from(["action", "kind", "key", "before", "after", "from"]))
             change[name] = draw(st.sampled_from(ACTIONS + KINDS + ("upsert",)) | _json)
         elif what == "drop top":
             change.pop(draw(st.sampled_from(sorted(change))))
         elif what == "add top":
-            change[draw(st.sampled_from(["extra", "id"]))] = draw(_json)
+            change[draw(st.sampled_from(["extra", "id", "from"]))] = draw(_json)
         elif what == "swap images":
             change["before"], change["after"] = change.get("after"), change.get("before")
         else:

@@ -31,7 +31,7 @@ def test_markdown_of_100k_changes_fits_a_github_comment_and_states_every_count()
     changes = [media(i) for i in range(90_000)] + [media(i, "delete") for i in range(90_000, 100_000)]
     text = markdown(make_plan(changes))
     assert len(text) < 65_000 <= MARKDOWN_LIMIT
-    assert "| media | 90000 | 0 | 10000 |" in text
+    assert "| media | 90000 | 0 | 0 | 10000 |" in text
     assert "[!WARNING]" in text and "deletes 10000 row(s): 10000 media" in text
     assert "<details>" in text and "more" in text
     # Each model's group states its count.
