@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-empty-source", action="store_true", default=None, help="allow a plan from an empty listing")
     p.add_argument("--max-delete", metavar="N", type=_nonneg_int, help="refuse a plan that deletes more than N rows")
     p.add_argument("--max-delete-percent", metavar="P", type=_percent, help="refuse deleting more than P%% of rows in scope")
+    p.add_argument("--no-moves", dest="detect_moves", action="store_false", default=None,
+                   help="plan renamed folders as delete + create, not as moves (config plan.detect_moves)")
 
     p = command("show", "print a plan file as a table, markdown (for a pull request) or json")
     p.add_argument("file", metavar="FILE")
@@ -134,7 +136,7 @@ def _percent(text: str) -> float:
 
 def _settings(args: argparse.Namespace) -> Settings:
     names = ("source", "database", "state_dir", "cdn_base_url", "endpoint_url", "config", "allow_empty_source",
-             "max_delete", "max_delete_percent", "lock_timeout", "require_signature")
+             "max_delete", "max_delete_percent", "lock_timeout", "require_signature", "detect_moves")
     return load_settings({n: getattr(args, n, None) for n in names})
 
 

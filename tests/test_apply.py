@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from reconciler import commands
 from reconciler.errors import AlreadyAppliedError, DatabaseError, SignatureError, StalePlanError
 from reconciler.layout import ObjectInfo
-from reconciler.planfile import write_plan
+from reconciler.planfile import load_plan, write_plan
 
 from .conftest import CDN, reset_content
 
@@ -353,3 +354,201 @@ def test_media_attached_to_the_wrong_post_is_moved_and_rollback_moves_it_back(se
     commands.rollback(settings, result.apply_id, str(tmp_path / "rb.json"))
     commands.apply(settings, str(tmp_path / "rb.json"))
     assert content(snapshot(database_url)) == content(before)
+
+
+# --------------------------------------------------------------------------- renames are moves
+
+
+def files_listing(files: dict[str, str]) -> list[ObjectInfo]:
+    """A listing whose ETags are the md5 of each file's content, as S3's are."""
+    return [ObjectInfo(k, len(c), hashlib.md5(c.encode()).hexdigest(), None) for k, c in files.items()]
+
+
+def apply_files(settings, tmp_path, files: dict[str, str], name: str, **kwargs):
+    plan = commands.make_plan(settings, objects=files_listing(files), **kwargs)
+    return plan, commands.apply(settings, write_plan(plan, str(tmp_path / name)))
+
+
+def renamed(files: dict[str, str], old: str, new: str) -> dict[str, str]:
+    """The bucket after the folder ``old`` (``M`` or ``M/P``) was renamed to ``new``."""
+    return {(new + k[len(old):] if k.startswith(old + "/") else k): c for k, c in files.items()}
+
+
+STUDIO = {
+    "Bob/b.jpg": "bob thumb",
+    "Bob/profile/icon.png": "bob icon",
+    "Bob/Beach Dya/1.jpg": "sand",
+    "Bob/Beach Dya/2.mp4": "waves",
+    "Bob/Trip/x.png": "map",
+    "Carol/Home/1.jpg": "door",
+}
+
+
+def ids(sql) -> dict:
+    return {
+        "models": dict(sql("SELECT folder_name, id FROM whitelabel_models")),
+        "posts": sorted(sql("SELECT id, whitelabel_model_id FROM whitelabel_posts")),
+        "media": sorted(sql("SELECT id, whitelabel_post_id FROM whitelabel_media")),
+    }
+
+
+def test_a_renamed_post_keeps_its_ids_and_rollback_moves_it_back(settings, database_url, sql, tmp_path):
+    apply_files(settings, tmp_path, STUDIO, "p0.json")
+    before = snapshot(database_url)
+    media_ids = dict(sql("SELECT s3_key, id FROM whitelabel_media"))
+    post_id = sql("SELECT id FROM whitelabel_posts WHERE folder_name = 'Beach Dya'")[0][0]
+    new = renamed(STUDIO, "Bob/Beach Dya", "Bob/Beach Day")
+    plan, result = apply_files(settings, tmp_path, new, "p1.json")
+    assert {(c.kind, c.action) for c in plan.changes} == {("post", "move"), ("media", "move")}
+    assert result.summary["post"] == {"create": 0, "update": 0, "move": 1, "delete": 0}
+    assert sql("SELECT id, title FROM whitelabel_posts WHERE folder_name = 'Beach Day'") == [(post_id, "Beach Day")]
+    assert dict(sql("SELECT s3_key, id FROM whitelabel_media")) == renamed(media_ids, "Bob/Beach Dya", "Bob/Beach Day")
+    assert commands.make_plan(settings, objects=files_listing(new)).changes == []
+    # The audit holds the move; its rollback moves the rows back, ids and keys as before.
+    assert sql("SELECT action, key FROM reconciler_changes WHERE apply_id = 2 AND kind = 'post'") == [
+        ("move", "Bob/Beach Day")
+    ]
+    commands.rollback(settings, result.apply_id, str(tmp_path / "rb.json"))
+    back = load_plan(str(tmp_path / "rb.json"))
+    assert [(c.action, c.from_key, c.key) for c in back.changes if c.kind == "post"] == [
+        ("move", "Bob/Beach Day", "Bob/Beach Dya")
+    ]
+    commands.apply(settings, str(tmp_path / "rb.json"))
+    assert content(snapshot(database_url)) == content(before)
+
+
+def test_a_renamed_model_keeps_status_ids_and_the_rows_that_point_at_it(settings, database_url, sql, tmp_path):
+    apply_files(settings, tmp_path, STUDIO, "p0.json")
+    # The platform's own table points at media rows, without ON DELETE CASCADE.
+    sql("CREATE TABLE likes (id serial PRIMARY KEY, media_id integer NOT NULL REFERENCES whitelabel_media(id))")
+    sql("INSERT INTO likes (media_id) SELECT id FROM whitelabel_media")
+    sql("UPDATE whitelabel_models SET status = 'live' WHERE folder_name = 'Bob'")
+    before_ids = ids(sql)
+    new = renamed(STUDIO, "Bob", "Bobby")
+    plan, result = apply_files(settings, tmp_path, new, "p1.json")
+    assert [(c.kind, c.action, c.from_key, c.key) for c in plan.changes if c.kind != "media"] == [
+        ("model", "move", "Bob", "Bobby"),
+        ("post", "move", "Bob/Beach Dya", "Bobby/Beach Dya"),
+        ("post", "move", "Bob/Trip", "Bobby/Trip"),
+    ]
+    assert sql("SELECT id, status, icon_url FROM whitelabel_models WHERE folder_name = 'Bobby'") == [
+        (before_ids["models"]["Bob"], "live", f"{CDN}/Bobby/profile/icon.png")
+    ]
+    after_ids = ids(sql)
+    assert after_ids["posts"] == before_ids["posts"] and after_ids["media"] == before_ids["media"]
+    assert sql("SELECT count(*) FROM likes") == [(4,)]
+    assert commands.make_plan(settings, objects=files_listing(new)).changes == []
+
+    commands.rollback(settings, result.apply_id, str(tmp_path / "rb.json"))
+    commands.apply(settings, str(tmp_path / "rb.json"))
+    assert ids(sql) == before_ids
+    assert sql("SELECT status FROM whitelabel_models WHERE folder_name = 'Bob'") == [("live",)]
+
+
+def test_without_moves_a_rename_is_delete_and_create_and_a_foreign_key_stops_it(settings, database_url, sql, tmp_path):
+    apply_files(settings, tmp_path, STUDIO, "p0.json")
+    sql("CREATE TABLE likes (id serial PRIMARY KEY, media_id integer NOT NULL REFERENCES whitelabel_media(id))")
+    sql("INSERT INTO likes (media_id) SELECT id FROM whitelabel_media")
+    settings.detect_moves = False
+    plan = commands.make_plan(settings, objects=files_listing(renamed(STUDIO, "Bob", "Bobby")))
+    assert "move" not in {c.action for c in plan.changes}
+    before = snapshot(database_url)
+    with pytest.raises(DatabaseError, match="apply failed and changed nothing"):
+        commands.apply(settings, write_plan(plan, str(tmp_path / "p1.json")))
+    assert snapshot(database_url) == before
+
+
+def test_a_rename_with_changed_content_is_not_a_move(settings, sql, tmp_path):
+    apply_files(settings, tmp_path, STUDIO, "p0.json")
+    new = renamed(STUDIO, "Bob/Trip", "Bob/Journey")
+    new["Bob/Journey/x.png"] = "a new map"
+    plan, _ = apply_files(settings, tmp_path, new, "p1.json")
+    assert "move" not in {c.action for c in plan.changes}
+    assert sql("SELECT s3_key FROM whitelabel_media WHERE s3_key LIKE 'Bob/J%'") == [("Bob/Journey/x.png",)]
+
+
+@pytest.mark.parametrize("writer", [
+    # Someone created the target post first: the move would land on a key that exists.
+    "INSERT INTO whitelabel_posts (whitelabel_model_id, folder_name, title) "
+    "SELECT id, 'Beach Day', 'x' FROM whitelabel_models WHERE folder_name = 'Bob'",
+    # Someone deleted the rows the move starts from.
+    "DELETE FROM whitelabel_media WHERE s3_key LIKE 'Bob/Beach Dya/%'",
+])
+def test_a_move_onto_a_taken_key_or_away_from_a_gone_one_is_stale(settings, database_url, sql, tmp_path, writer):
+    apply_files(settings, tmp_path, STUDIO, "p0.json")
+    plan = commands.make_plan(settings, objects=files_listing(renamed(STUDIO, "Bob/Beach Dya", "Bob/Beach Day")))
+    path = write_plan(plan, str(tmp_path / "p1.json"))
+    sql(writer)
+    before = snapshot(database_url)
+    with pytest.raises(StalePlanError):
+        commands.apply(settings, path)
+    assert snapshot(database_url) == before
+
+
+def test_a_plan_for_another_database_is_refused(settings, pg_admin_url, database_url, tmp_path):
+    from reconciler import Settings
+    from reconciler.db import migrate, open_database
+    from reconciler.errors import WrongDatabaseError
+
+    from .conftest import admin_exec, with_dbname
+
+    plan = commands.make_plan(settings, objects=listing(BUCKET))
+    from urllib.parse import urlsplit
+
+    assert plan.target["database_id"].endswith("/" + urlsplit(database_url).path.lstrip("/"))
+    path = write_plan(plan, str(tmp_path / "p.json"))
+    other = "rt_other_" + os.urandom(4).hex()
+    admin_exec(pg_admin_url, f'CREATE DATABASE "{other}"')
+    try:
+        other_url = with_dbname(pg_admin_url, other)
+        with open_database(other_url) as db:
+            migrate(db)
+        # Both are empty: the state digests are equal, only the identity tells them apart.
+        with pytest.raises(WrongDatabaseError, match="this plan was made for another database"):
+            commands.apply(Settings(database=other_url, cdn_base_url=CDN), path)
+    finally:
+        admin_exec(pg_admin_url, f'DROP DATABASE IF EXISTS "{other}" WITH (FORCE)')
+    assert commands.apply(settings, path).apply_id == 1
+
+
+_NAMES = st.sampled_from(["Alice", "Bob", "Bobby", "Zoë", "Q&A #1"])
+_POST_NAMES = st.sampled_from(["Beach", "Beach Day", "Trip", "100%+"])
+
+
+@st.composite
+def rename_cases(draw):
+    """A bucket of distinct contents, and the same bucket after renaming one model or
+    post folder (sometimes onto an existing one, sometimes with an edit besides)."""
+    keys = draw(st.sets(st.one_of(
+        st.tuples(_NAMES, st.sampled_from(["a.jpg", "profile/icon.png"])).map("/".join),
+        st.tuples(_NAMES, _POST_NAMES, st.sampled_from(["1.jpg", "2.mp4", "3.png"])).map("/".join),
+    ), min_size=1, max_size=14))
+    first = {k: f"content of {k}" for k in sorted(keys)}
+    # An existing folder, mostly: renaming one that is not there changes nothing.
+    folders = sorted({k.partition("/")[0] for k in keys} | {k.rpartition("/")[0] for k in keys if k.count("/") == 2})
+    old = draw(st.sampled_from(folders))
+    if "/" in old:
+        new = old.partition("/")[0] + "/" + draw(_POST_NAMES)
+    else:
+        new = draw(_NAMES)
+    second = renamed(first, old, new)
+    if draw(st.booleans()) and second:
+        edited = draw(st.sampled_from(sorted(second)))
+        second[edited] = "edited"
+    return first, second
+
+
+@hsettings(max_examples=25)
+@given(case=rename_cases())
+def test_renames_converge_and_rollback_restores_ids(settings, database_url, tmp_path, case):
+    first, second = case
+    reset_content(database_url)
+    settings.allow_empty_source = True
+    apply_files(settings, tmp_path, first, "p1.json")
+    before = snapshot(database_url)
+    _, result = apply_files(settings, tmp_path, second, "p2.json")
+    assert commands.make_plan(settings, objects=files_listing(second)).changes == []
+    if result.apply_id is not None:
+        commands.rollback(settings, result.apply_id, str(tmp_path / "rb.json"))
+        commands.apply(settings, str(tmp_path / "rb.json"))
+        assert content(snapshot(database_url)) == content(before)

@@ -8,6 +8,7 @@ import psycopg2
 import pytest
 
 from reconciler import commands
+from reconciler.current import database_identity
 from reconciler.db import check_schema, migrate, migration_files, open_database, redact_url
 from reconciler.errors import DatabaseError
 from reconciler.layout import ObjectInfo
@@ -81,16 +82,21 @@ def test_redact_url(url, shown):
     assert redact_url(url) == shown
 
 
-def test_embedded_default_starts_and_stops(tmp_path):
+def test_embedded_default_starts_and_stops_and_keeps_its_identity(tmp_path):
     state = tmp_path / "state"
     with open_database(None, str(state)) as db:
         migrate(db)
         assert "embedded PostgreSQL" in db.display
         pid = db.embedded.get_pid()
+        identity = database_identity(db.conn)
     assert (state / "pgdata" / "PG_VERSION").exists()
     import psutil
 
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    # A plan of the embedded default still applies after the server restarted.
+    with open_database(None, str(state)) as db:
+        assert database_identity(db.conn) == identity
+    assert identity.endswith("/reconciler") and not identity.startswith("unknown")
 
 
 @pytest.fixture
