@@ -23,33 +23,38 @@ _KEY_COLUMNS = {"model": {"folder_name"}, "post": {"model", "folder_name"}, "med
 
 
 def _value(v) -> str:
+    """A value as a reviewer reads it: text as it is, ``null``, ``""``, JSON for objects."""
     if isinstance(v, dict):
         return json.dumps(v, sort_keys=True, ensure_ascii=False)
-    return repr(v) if isinstance(v, str) or v is None else str(v)
+    if v is None:
+        return "null"
+    if isinstance(v, str):
+        return v if v and v.strip() == v else json.dumps(v, ensure_ascii=False)
+    return str(v)
 
 
-def _wrap(line: str, indent: int) -> list[str]:
-    """``line`` cut into pieces of at most WIDTH characters; the rest indented."""
-    if len(line) <= WIDTH:
+def _wrap(line: str, indent: int, width: int | None = WIDTH) -> list[str]:
+    """``line`` cut into pieces of at most ``width`` characters; the rest indented."""
+    if width is None or len(line) <= width:
         return [line]
     pad = " " * indent
-    out, rest = [line[:WIDTH]], line[WIDTH:]
+    out, rest = [line[:width]], line[width:]
     while rest:
-        out.append(pad + rest[: WIDTH - indent])
-        rest = rest[WIDTH - indent :]
+        out.append(pad + rest[: width - indent])
+        rest = rest[width - indent :]
     return out
 
 
-def _field_lines(name: str, old, new) -> list[str]:
+def _field_lines(name: str, old, new, width: int | None) -> list[str]:
     """One field's change: ``name: old → new``, or two lines when that is too long."""
     head = f"    {name}: "
     one = f"{head}{_value(old)} → {_value(new)}"
-    if len(one) <= WIDTH:
+    if width is None or len(one) <= width:
         return [one]
-    return _wrap(f"{head}{_value(old)}", len(head)) + _wrap(" " * (len(head) - 2) + f"→ {_value(new)}", len(head))
+    return _wrap(f"{head}{_value(old)}", len(head), width) + _wrap(" " * (len(head) - 2) + f"→ {_value(new)}", len(head), width)
 
 
-def _url_lines(old: dict | None, new: dict | None) -> list[str]:
+def _url_lines(old: dict | None, new: dict | None, width: int | None) -> list[str]:
     """``media_cdns`` as the URLs removed and added, each in full, one per line."""
     out = []
     for part in ("images", "videos"):
@@ -59,7 +64,7 @@ def _url_lines(old: dict | None, new: dict | None) -> list[str]:
         head = f"    media_cdns.{part}: "
         for sign, urls, order in (("-", gone, before), ("+", came, after)):
             for url in (u for u in order if u in urls):
-                out += _wrap(f"{head}{sign} {url}", len(head) + 2)
+                out += _wrap(f"{head}{sign} {url}", len(head) + 2, width)
                 head = " " * len(head)
         if before != after and not gone and not came:
             out.append(f"{head}(same URLs, new order)")
@@ -72,36 +77,40 @@ def change_head(c: Change) -> str:
     return f"{SYMBOL[c.action]} {c.action} {c.kind} {key}"
 
 
-def change_lines(c: Change) -> list[str]:
-    """What a reviewer must see of a change, a line per field, none over WIDTH
-    characters: updated and moved fields as before → after (``media_cdns`` as URLs
-    removed and added), the values a create writes. A delete names its row only."""
+def change_lines(c: Change, width: int | None = WIDTH) -> list[str]:
+    """What a reviewer must see of a change, a line per field, none over ``width``
+    characters (None: no wrapping): updated and moved fields as before → after
+    (``media_cdns`` as URLs removed and added, each in full), the values a create
+    writes. A delete names its row only."""
     lines: list[str] = []
+
+    def line(text: str, indent: int = 4) -> None:
+        lines.extend(_wrap(text, indent, width))
+
     if c.action in ("update", "move"):
         before, after = c.before, c.after
         for name in sorted(after):
             if c.action == "move" and name in _KEY_COLUMNS[c.kind]:
                 continue
             if name == "media_cdns":
-                lines += _url_lines(before.get(name), after.get(name))
+                lines.extend(_url_lines(before.get(name), after.get(name), width))
             else:
-                lines += _field_lines(name, before.get(name), after.get(name))
+                lines.extend(_field_lines(name, before.get(name), after.get(name), width))
     elif c.action == "create":
         a = c.after
         if c.kind == "model":
-            names = ("thumbnail_url", "icon_url", "banner_url", "post_count")
+            for name in ("thumbnail_url", "icon_url", "banner_url", "post_count"):
+                line(f"    {name}: {_value(a.get(name))}", len(name) + 6)
         elif c.kind == "post":
-            names = ("title",)
             cdns = a.get("media_cdns") or {}
-            n_img, n_vid = len(cdns.get("images") or []), len(cdns.get("videos") or [])
-            lines.append(f"    media_cdns: {n_img} image(s), {n_vid} video(s)")
+            line(f"    title: {_value(a.get('title'))}", 11)
+            line(f"    media_cdns: {len(cdns.get('images') or [])} image(s), {len(cdns.get('videos') or [])} video(s)")
         else:
-            names = ("url", "type", "size_bytes", "etag")
-        for name in names:
-            head = f"    {name}: "
-            lines += _wrap(head + _value(a.get(name)), len(head))
+            line(f"    url: {_value(a.get('url'))}", 9)
+            line(f"    type: {_value(a.get('type'))}, size_bytes: {_value(a.get('size_bytes'))}, "
+                 f"etag: {_value(a.get('etag'))}")
         if "id" in a:  # a rollback restores the row with its old id
-            lines.append(f"    id: {a['id']} (restored)")
+            line(f"    id: {a['id']} (restored)")
     return lines
 
 
@@ -163,7 +172,7 @@ def table(plan: Plan) -> str:
     if not plan.changes:
         out.append("No changes. The database matches the source.")
     for c in plan.changes:
-        out += _wrap(change_head(c), 4)
+        out += _wrap(change_head(c), 4, WIDTH)
         out += change_lines(c)
     return "\n".join(out)
 
@@ -209,11 +218,11 @@ MD_DETAIL_LINES = 20  # per change; a post's hundred URLs would crowd out every 
 def _md_change(c: Change) -> str:
     key = f"<code>{html.escape(c.from_key)}</code> → " if c.action == "move" else ""
     line = f"- `{SYMBOL[c.action]}` {c.action} {c.kind} {key}<code>{html.escape(c.key)}</code>"
-    details = [d.strip() for d in change_lines(c)]
+    details = [d.strip() for d in change_lines(c, width=None)]
     shown = details[:MD_DETAIL_LINES]
     if len(details) > len(shown):
         shown.append(f"… and {len(details) - len(shown)} more line(s); see the plan file")
-    return "\n".join([line] + [f"  - {html.escape(d)}" for d in shown])
+    return "\n".join([line] + [f"  - {html.escape(d, quote=False)}" for d in shown])
 
 
 def markdown(plan: Plan, limit: int = MARKDOWN_LIMIT) -> str:
