@@ -413,6 +413,8 @@ def _read_whole(path: str) -> dict:
 
 
 def _check_top(top: dict, path: str) -> None:
+    if "format_version" not in top:
+        raise PlanFileError(f"{path} is not a reconciler plan file (it has no format_version)")
     fv = top.get("format_version")
     if fv != FORMAT_VERSION:
         raise PlanFileError(

@@ -170,3 +170,11 @@ def test_secret_scrubbing_keeps_words_whole():
 
     assert scrub("signed with another key", "other") == "signed with another key"
     assert scrub("password 'other' rejected for app:other@db", "other") == "password '***' rejected for app:***@db"
+
+
+@pytest.mark.parametrize("text", ['{}', '{"name": "package.json", "version": "1.0"}', '{"changes": []}'])
+def test_show_on_json_that_is_not_a_plan(cli, tmp_path, text):
+    (tmp_path / "x.json").write_text(text)
+    r = cli("show", "x.json")
+    assert r.code == 1
+    assert r.err == "error: x.json is not a reconciler plan file (it has no format_version)\n"
