@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-signature", action="store_true", default=None, help="refuse an unsigned plan")
 
     p = command("history", "list past applies, newest first")
-    p.add_argument("--limit", metavar="N", type=_nonneg_int, default=20, help="show the N newest applies (20)")
+    p.add_argument("--limit", metavar="N", type=_nonneg_int, default=20, help="show the N newest applies (20; 0: all)")
     p.add_argument("--format", choices=["table", "json"], default="table", help="table (default) or json")
 
     p = command("rollback", "write the inverse plan of an apply (review and apply it like any plan)")
@@ -211,7 +211,7 @@ def cmd_apply(args, settings: Settings) -> int:
 
 
 def cmd_history(args, settings: Settings) -> int:
-    entries = commands.history(settings, args.limit)
+    entries = commands.history(settings, args.limit or None)  # --limit 0: every apply
     print(render.history_json(entries) if args.format == "json" else render.history_table(entries))
     return Exit.OK
 

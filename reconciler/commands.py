@@ -184,6 +184,7 @@ def apply(settings: Settings, path: str, *, require_signature: bool = False, pro
 
 
 def history(settings: Settings, limit: int | None = 20) -> list[audit.HistoryEntry]:
+    """The newest ``limit`` applies, newest first; ``None`` (the CLI's ``--limit 0``): all."""
     with open_database(settings.database, settings.state_dir) as db:
         check_schema(db)
         return audit.history(db, limit)

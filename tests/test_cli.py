@@ -178,3 +178,17 @@ def test_show_on_json_that_is_not_a_plan(cli, tmp_path, text):
     r = cli("show", "x.json")
     assert r.code == 1
     assert r.err == "error: x.json is not a reconciler plan file (it has no format_version)\n"
+
+
+def test_history_limit_0_means_every_apply(cli, database_url, tmp_path):
+    common = ["--database", database_url, "--cdn-base-url", CDN]
+    for i in range(3):
+        folder_bucket(tmp_path / "b", f"M/P/{i}.jpg")
+        assert cli("plan", "--source", "b", "-o", f"p{i}.json", *common).code == 0
+        assert cli("apply", f"p{i}.json", *common).code == 0
+    for limit, expected in (("0", [3, 2, 1]), ("2", [3, 2]), ("1", [3])):
+        r = cli("history", "--limit", limit, "--format", "json", *common)
+        assert r.code == 0, r.err
+        assert [e["apply_id"] for e in json.loads(r.out)] == expected
+    r = cli("history", "--limit", "0", *common)
+    assert r.code == 0 and "No applies yet" not in r.out and len(r.out.splitlines()) == 2 + 3
