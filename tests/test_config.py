@@ -297,3 +297,12 @@ def test_random_yaml_structures_raise_only_config_error(data):
         _check(path)
     finally:
         os.unlink(path)
+
+
+def test_endpoint_precedence_flag_then_s3_variable_then_generic_variable_then_file(config):
+    path = config("source: {endpoint_url: https://file.example}")
+    env = {"AWS_ENDPOINT_URL_S3": "https://s3-env.example", "AWS_ENDPOINT_URL": "https://env.example"}
+    assert load_settings({"endpoint_url": "https://flag.example"}, env, path).endpoint_url == "https://flag.example"
+    assert load_settings({}, env, path).endpoint_url == "https://s3-env.example"
+    assert load_settings({}, {"AWS_ENDPOINT_URL": "https://env.example"}, path).endpoint_url == "https://env.example"
+    assert load_settings({}, {}, path).endpoint_url == "https://file.example"
