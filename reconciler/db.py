@@ -144,16 +144,32 @@ def _password_of(url: str) -> str | None:
     return params.get("password") or None
 
 
+# A secret this long is replaced wherever it occurs; a shorter one ("on", "row") would
+# also match ordinary words, so it is replaced only where a secret stands.
+SCRUB_SUBSTRING_MIN = 8
+
+
 def scrub(text: str, *secrets: str | None) -> str:
     """``text`` with every secret replaced by ``***`` (for messages from drivers).
 
-    A secret is replaced where it stands on its own, not inside a longer word: a
-    password ``other`` must not turn "another" into "an***", and where a secret is
-    quoted or in a URL it is bounded by punctuation anyway.
+    A secret of ``SCRUB_SUBSTRING_MIN`` characters or more is replaced wherever it
+    occurs. A shorter one only where it stands as a secret: as a URL's password
+    (``:secret@``), as the value of ``password=`` / ``password:``, or between
+    matching quotes (libpq and psycopg2 quote the values they echo) — so that a
+    password ``on`` does not turn "running on that host" into "running *** that
+    host", nor ``s`` "row(s)" into "row(***)". Not as a bare word: that is where short
+    passwords collide with ordinary words. Pass the longest secrets first.
     """
     for secret in secrets:
-        if secret:
-            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
+        if not secret:
+            continue
+        if len(secret) >= SCRUB_SUBSTRING_MIN:
+            text = text.replace(secret, "***")
+            continue
+        s = re.escape(secret)
+        text = re.sub(rf"(?<=:){s}(?=@)", "***", text)
+        text = re.sub(rf"(?i)(password\s*[=:]\s*)(['\"]?){s}(?=\2(?:[\s&'\",;)]|$))", r"\1\2***", text)
+        text = re.sub(rf"(['\"]){s}\1", r"\1***\1", text)
     return text
 
 
