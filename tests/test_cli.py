@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -192,3 +193,62 @@ def test_history_limit_0_means_every_apply(cli, database_url, tmp_path):
         assert [e["apply_id"] for e in json.loads(r.out)] == expected
     r = cli("history", "--limit", "0", *common)
     assert r.code == 0 and "No applies yet" not in r.out and len(r.out.splitlines()) == 2 + 3
+
+
+@pytest.mark.parametrize("command", [["plan", "-o", "p.json"], ["plan"], ["history"], ["rollback", "1"]])
+def test_an_uninitialised_state_dir_is_refused_before_anything_is_created(cli, tmp_path, command):
+    folder_bucket(tmp_path / "b", "M/P/1.jpg")
+    r = cli(*command, "--source", "b", "--cdn-base-url", CDN, "--state-dir", "st")
+    assert r.code == 1
+    assert r.err == "error: embedded PostgreSQL in st/pgdata is not initialised; run `reconciler init` first\n"
+    assert not (tmp_path / "st" / "pgdata").exists()
+    assert not (tmp_path / "plans").exists()
+
+
+def test_plan_without_output_never_overwrites(cli, database_url, tmp_path):
+    folder_bucket(tmp_path / "b", "M/P/1.jpg", "Zoë Ortiz/Q&A/1.jpg")
+    common = ["--source", "b", "--database", database_url, "--cdn-base-url", CDN]
+    paths = []
+    for argv in ([], [], ["--model", "Zoë Ortiz", "--model", "M"]):  # the first two in the same second, mostly
+        r = cli("plan", *common, *argv)
+        assert r.code == 0, r.err
+        paths.append(r.out.split(" written to ")[1].split(".json")[0] + ".json")
+    assert len(set(paths)) == 3 and all(os.path.exists(tmp_path / p) for p in paths)
+    plan_id = json.loads((tmp_path / paths[0]).read_text())["plan_id"]
+    assert re.fullmatch(rf"plans/plan-\d{{8}}T\d{{6}}Z-{plan_id[:12]}\.json", paths[0])
+    assert re.fullmatch(r"plans/plan-\d{8}T\d{6}Z-[0-9a-f]{12}(-2)?\.json", paths[1])
+    assert re.fullmatch(r"plans/plan-\d{8}T\d{6}Z-[0-9a-f]{12}-M\+Zoë_Ortiz\.json", paths[2])
+
+
+def test_a_default_name_that_is_taken_gets_a_counter(tmp_path):
+    from reconciler.planfile import Plan, load_plan, write_plan
+
+    def make():
+        return Plan(changes=[], source={"url": "b", "object_count": 0, "skipped": {}},
+                    target={"database": "x", "scope": None, "state_digest": "0" * 64}, tool_version=__version__)
+
+    (tmp_path / "taken.json").write_text("keep me")
+    first = write_plan(make(), str(tmp_path), name=lambda p: "taken.json")
+    second = write_plan(make(), str(tmp_path), name=lambda p: "taken.json")
+    assert (first, second) == (str(tmp_path / "taken-2.json"), str(tmp_path / "taken-3.json"))
+    assert (tmp_path / "taken.json").read_text() == "keep me"
+    assert load_plan(first).plan_id and load_plan(second).plan_id
+    assert sorted(os.listdir(tmp_path)) == ["taken-2.json", "taken-3.json", "taken.json"]  # no temporary file left
+
+
+def test_rollback_without_output_writes_a_default_file(cli, database_url, tmp_path):
+    folder_bucket(tmp_path / "b", "M/P/1.jpg")
+    common = ["--database", database_url, "--cdn-base-url", CDN]
+    assert cli("plan", "--source", "b", "-o", "p.json", *common).code == 0
+    assert cli("apply", "p.json", *common).code == 0
+    paths = []
+    for _ in range(2):
+        r = cli("rollback", "1", *common)
+        assert r.code == 0, r.err
+        path = r.out.split(" written to ")[1].split(".json")[0] + ".json"
+        assert re.fullmatch(r"plans/rollback-1-\d{8}T\d{6}Z-[0-9a-f]{12}(-2)?\.json", path)
+        assert f"reconciler apply {path}`" in r.out
+        paths.append(path)
+    assert paths[0] != paths[1]
+    r = cli("apply", paths[0], *common)
+    assert r.code == 0, r.err

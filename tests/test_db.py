@@ -83,7 +83,11 @@ def test_redact_url(url, shown):
 
 def test_embedded_default_starts_and_stops(tmp_path):
     state = tmp_path / "state"
-    with open_database(None, str(state)) as db:
+    with pytest.raises(DatabaseError, match=r"is not initialised; run `reconciler init` first"):
+        with open_database(None, str(state)):
+            pass
+    assert not state.exists()  # refused before anything was created
+    with open_database(None, str(state), create=True) as db:
         migrate(db)
         assert "embedded PostgreSQL" in db.display
         pid = db.embedded.get_pid()
