@@ -118,10 +118,14 @@ def make_plan(
         tool_version=__version__,
         extra=extra,
     )
+    # A typo'd --model lists nothing and changes nothing: a drift check would read that as
+    # "in sync", so it is an error, not a note.
+    unknown = [name for name in scope or () if name not in desired.models and name not in in_database]
+    if unknown:
+        names = ", ".join(repr(n) for n in unknown)
+        what = f"model {names} is" if len(unknown) == 1 else f"models {names} are"
+        raise ConfigError(f"{what} neither in the source nor in the database: check --model")
     # write_plan seals as it streams the changes, so plan() skips this pass.
-    for name in scope or ():
-        if name not in desired.models and name not in in_database:
-            plan.notes.append(f"model {name!r} is neither in the source nor in the database: check --model")
     return plan.seal(settings.signing_key if sign else None) if seal else plan
 
 

@@ -159,11 +159,17 @@ def test_options_after_the_subcommand_and_precedence(cli, database_url, tmp_path
     assert plan["changes"][-1]["after"]["url"] == "https://from-env/M/P/1.jpg"
 
 
-def test_unknown_model_gets_a_note(cli, database_url, tmp_path):
+def test_unknown_model_is_an_error_and_writes_no_plan(cli, database_url, tmp_path):
     folder_bucket(tmp_path / "b", "M/P/1.jpg")
-    r = cli("plan", "--source", "b", "--model", "Nobody", "-o", "p.json", "--database", database_url,
-            "--cdn-base-url", CDN)
-    assert r.code == 0 and "Note: model 'Nobody' is neither in the source nor in the database" in r.out
+    common = ["--source", "b", "--database", database_url, "--cdn-base-url", CDN, "--detailed-exitcode"]
+    r = cli("plan", "--model", "Nobody", "--model", "M", "--model", "Typo", "-o", "p.json", *common)
+    assert r.code == 1 and r.out == ""
+    assert r.err == "error: models 'Nobody', 'Typo' are neither in the source nor in the database: check --model\n"
+    assert not (tmp_path / "p.json").exists()
+    r = cli("plan", "--model", "Nobody", *common)
+    assert r.code == 1 and not (tmp_path / "plans").exists()
+    assert r.err == "error: model 'Nobody' is neither in the source nor in the database: check --model\n"
+    assert cli("plan", "--model", "M", "-o", "p.json", *common).code == 2
 
 
 def test_secret_scrubbing_keeps_words_whole():
