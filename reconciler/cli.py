@@ -156,6 +156,9 @@ def cmd_init(args, settings: Settings) -> int:
 
 
 def cmd_plan(args, settings: Settings) -> int:
+    default_base = not settings.cdn_base_url
+    if default_base and settings.source:
+        settings.cdn_base_url = commands.default_cdn_base_url(settings)
     p, path = commands.plan(
         settings, args.output, models=args.model, sign=args.sign, progress=_progress(args)
     )
@@ -163,6 +166,8 @@ def cmd_plan(args, settings: Settings) -> int:
     n = len(p.changes)
     print()
     print(f"Target: {p.target['database']}, {'all models' if p.scope is None else 'models ' + ', '.join(p.scope)}.")
+    default = " (default: the source's own URL; set --cdn-base-url to change)" if default_base else ""
+    print(f"URLs: {settings.cdn_base_url}/<key>{default}.")
     for note in p.notes:
         print(f"Note: {note}.")
     if n == 0:

@@ -24,7 +24,7 @@ from .errors import ConfigError
 from .layout import ObjectInfo
 from .planfile import Plan, verify_plan, write_plan
 from .safety import check_delete_limits, check_empty_source
-from .sources import open_source
+from .sources import Source, open_source
 from .version import __version__
 
 Progress = Callable[[str], None]
@@ -55,22 +55,14 @@ def make_plan(
     ``objects`` replaces the configured source with any iterable of ``ObjectInfo``
     (whose keys start with ``root``). Raises SafetyError when a guard refuses.
     """
-    if not settings.cdn_base_url:
-        raise ConfigError("no CDN base URL: pass --cdn-base-url, set RECONCILER_CDN_BASE_URL or cdn_base_url in the config")
     scope = sorted(set(models)) if models else None
+    source = None
     if objects is None:
-        if not settings.source:
-            raise ConfigError("no source: pass --source, set RECONCILER_SOURCE or source.url in the config")
-        source = open_source(
-            settings.source,
-            endpoint_url=settings.endpoint_url,
-            region=settings.region,
-            addressing_style=settings.addressing_style,
-            max_workers=settings.max_workers,
-        )
+        source = _open_source(settings)
         source_url, root, objects = source.url, source.root, source.list(scope)
     else:
         source_url = settings.source
+    cdn_base_url = settings.cdn_base_url or default_cdn_base_url(settings, source)
     if sign and not settings.signing_key:
         raise ConfigError("--sign needs the signing key in RECONCILER_SIGNING_KEY")
     with open_database(settings.database, settings.state_dir) as db:
@@ -83,7 +75,7 @@ def make_plan(
                 if progress is not _quiet:
                     objects = _counting(objects, progress)
                 desired = build_desired(
-                    objects, cdn_base_url=settings.cdn_base_url, root=root, layout=settings.layout, models=scope
+                    objects, cdn_base_url=cdn_base_url, root=root, layout=settings.layout, models=scope
                 )
                 progress(f"listed {desired.object_count} objects; reading the database")
                 state = read_state(conn, scope)
@@ -127,6 +119,31 @@ def make_plan(
         raise ConfigError(f"{what} neither in the source nor in the database: check --model")
     # write_plan seals as it streams the changes, so plan() skips this pass.
     return plan.seal(settings.signing_key if sign else None) if seal else plan
+
+
+def _open_source(settings: Settings) -> Source:
+    if not settings.source:
+        raise ConfigError("no source: pass --source, set RECONCILER_SOURCE or source.url in the config")
+    return open_source(
+        settings.source,
+        endpoint_url=settings.endpoint_url,
+        region=settings.region,
+        addressing_style=settings.addressing_style,
+        max_workers=settings.max_workers,
+    )
+
+
+def default_cdn_base_url(settings: Settings, source: Source | None = None) -> str:
+    """The base of media URLs when no ``cdn_base_url`` is set: the source's own public
+    URL (an S3 bucket's URL at its endpoint, ``file://`` and a folder's absolute path).
+    The same settings give the same base, so plans stay reproducible. Makes no request."""
+    if source is None:
+        if not settings.source:
+            raise ConfigError(
+                "no CDN base URL: pass --cdn-base-url, set RECONCILER_CDN_BASE_URL or cdn_base_url in the config"
+            )
+        source = _open_source(settings)
+    return source.public_url
 
 
 @contextlib.contextmanager

@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator, Protocol
-from urllib.parse import unquote, urlparse
+from pathlib import Path
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from .errors import ConfigError, SourceError
 from .layout import ObjectInfo
@@ -26,6 +27,7 @@ Progress = Callable[[int], None]
 class Source(Protocol):
     url: str
     root: str
+    public_url: str  # the default base of media URLs
 
     def list(self, models: Iterable[str] | None = None) -> Iterator[ObjectInfo]: ...
 
@@ -77,6 +79,29 @@ class S3Source:
     @property
     def root(self) -> str:
         return self.prefix
+
+    @property
+    def public_url(self) -> str:
+        """The bucket's own URL, the default base of media URLs; no request is made.
+
+        AWS: ``https://BUCKET.s3.REGION.amazonaws.com`` (path-style
+        ``https://s3.REGION.amazonaws.com/BUCKET`` for a name with dots, which the
+        virtual host's TLS certificate does not cover). Another endpoint: path-style
+        ``ENDPOINT/BUCKET``, or ``BUCKET.HOST`` with ``addressing_style: virtual``.
+        """
+        endpoint = self.endpoint_url
+        if not endpoint:  # what botocore resolved: AWS, or an endpoint from the AWS config file
+            meta = self.client().meta
+            endpoint = meta.endpoint_url
+            if urlsplit(endpoint).hostname.endswith(".amazonaws.com"):
+                region = meta.region_name or "us-east-1"
+                if "." in self.bucket:
+                    return f"https://s3.{region}.amazonaws.com/{self.bucket}"
+                return f"https://{self.bucket}.s3.{region}.amazonaws.com"
+        parts = urlsplit(endpoint.rstrip("/"))
+        if self.addressing_style == "virtual":
+            return urlunsplit((parts.scheme, f"{self.bucket}.{parts.netloc}", parts.path, "", ""))
+        return urlunsplit((parts.scheme, parts.netloc, f"{parts.path}/{self.bucket}", "", ""))
 
     def client(self):
         if self._client is None:
@@ -212,6 +237,11 @@ class FolderSource:
     @property
     def root(self) -> str:
         return ""
+
+    @property
+    def public_url(self) -> str:
+        """``file://`` and the folder's absolute path: the default base of media URLs."""
+        return Path(os.path.abspath(self.path)).as_uri()
 
     def list(self, models: Iterable[str] | None = None) -> Iterator[ObjectInfo]:
         base = os.path.realpath(self.path)

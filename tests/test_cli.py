@@ -258,3 +258,30 @@ def test_rollback_without_output_writes_a_default_file(cli, database_url, tmp_pa
     assert paths[0] != paths[1]
     r = cli("apply", paths[0], *common)
     assert r.code == 0, r.err
+
+
+def test_without_cdn_base_url_media_urls_are_the_folders_file_url(cli, database_url, tmp_path):
+    folder_bucket(tmp_path / "my bucket", "M/P/1.jpg")
+    r = cli("plan", "--source", "my bucket", "-o", "p.json", "--database", database_url)
+    assert r.code == 0, r.err
+    base = (tmp_path / "my bucket").as_uri()
+    assert base.startswith("file:///") and "my%20bucket" in base
+    assert f"URLs: {base}/<key> (default: the source's own URL; set --cdn-base-url to change).\n" in r.out
+    plan = json.loads((tmp_path / "p.json").read_text())
+    assert plan["changes"][-1]["after"]["url"] == f"{base}/M/P/1.jpg"
+    # the same inputs give the same plan
+    assert cli("plan", "--source", "my bucket", "-o", "p2.json", "--database", database_url).code == 0
+    assert json.loads((tmp_path / "p2.json").read_text())["changes"] == plan["changes"]
+    # the flag still wins, and the output says which base was used
+    r = cli("plan", "--source", "my bucket", "-o", "p3.json", "--database", database_url, "--cdn-base-url", CDN)
+    assert r.code == 0 and f"URLs: {CDN}/<key>.\n" in r.out
+
+
+def test_without_cdn_base_url_media_urls_are_the_buckets_url(cli, database_url, bucket, s3_env, tmp_path):
+    bucket.put("media/M/P/1.jpg")
+    r = cli("plan", "--source", f"{bucket.url}/media", "-o", "p.json", "--database", database_url)
+    assert r.code == 0, r.err
+    base = f"{s3_env}/{bucket.name}"  # a custom endpoint: path-style
+    assert f"URLs: {base}/<key> (default: the source's own URL; set --cdn-base-url to change).\n" in r.out
+    plan = json.loads((tmp_path / "p.json").read_text())
+    assert plan["changes"][-1]["after"]["url"] == f"{base}/media/M/P/1.jpg"
