@@ -357,10 +357,23 @@ class MigrationFile:
         return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
 
 
+def _migrations_folder():
+    try:
+        return resources.files("reconciler.sql")
+    except ModuleNotFoundError:
+        # Run from a checkout (``python -m reconciler`` in the repository's root, where
+        # the local reconciler/ shadows an installed copy, or bench/ with the root on
+        # sys.path): sql/ lies beside the package and only becomes reconciler.sql when
+        # installed.
+        from pathlib import Path
+
+        return Path(__file__).resolve().parent.parent / "sql"
+
+
 def migration_files() -> list[MigrationFile]:
     """The numbered SQL files shipped in the package (``sql/`` in the repository)."""
     found = []
-    for entry in resources.files("reconciler.sql").iterdir():
+    for entry in _migrations_folder().iterdir():
         m = re.match(r"^(\d+)_(.+)\.sql$", entry.name)
         if m:
             found.append(MigrationFile(int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))
