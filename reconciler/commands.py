@@ -58,7 +58,7 @@ def make_plan(
     scope = sorted(set(models)) if models else None
     source = None
     if objects is None:
-        source = _open_source(settings)
+        source = _open_source(settings, None if progress is _quiet else progress)
         source_url, root, objects = source.url, source.root, source.list(scope)
     else:
         source_url = settings.source
@@ -121,7 +121,7 @@ def make_plan(
     return plan.seal(settings.signing_key if sign else None) if seal else plan
 
 
-def _open_source(settings: Settings) -> Source:
+def _open_source(settings: Settings, progress: Progress | None = None) -> Source:
     if not settings.source:
         raise ConfigError("no source: pass --source, set RECONCILER_SOURCE or source.url in the config")
     return open_source(
@@ -130,6 +130,7 @@ def _open_source(settings: Settings) -> Source:
         region=settings.region,
         addressing_style=settings.addressing_style,
         max_workers=settings.max_workers,
+        progress=progress,
     )
 
 

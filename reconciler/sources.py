@@ -68,6 +68,9 @@ class S3Source:
     max_attempts: int = field(default_factory=_default_attempts)  # the first attempt included
     connect_timeout: float = S3_CONNECT_TIMEOUT
     read_timeout: float = S3_READ_TIMEOUT
+    # Told about each retry as botocore decides it (the CLI: a line on stderr, when a
+    # terminal): an unreachable endpoint otherwise means many seconds of silence.
+    progress: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         self._client = None
@@ -128,7 +131,33 @@ class S3Source:
                 region_name=self.region,
                 config=config,
             )
+            if self.progress is not None:
+                self._client.meta.events.register("needs-retry.s3.ListObjectsV2", self._report_retry)
         return self._client
+
+    def _report_retry(self, **kwargs) -> None:
+        """A ``needs-retry`` handler that only reports: botocore's own retry handler
+        (on the same event) decides and sleeps. It asks botocore's standard retry
+        conditions the same question, and returns None, so it never changes the answer."""
+        from botocore import exceptions as x
+        from botocore.retries.standard import RetryEventAdapter, StandardRetryConditions
+
+        context = RetryEventAdapter().create_retry_context(**kwargs)
+        if not StandardRetryConditions(self.max_attempts).is_retryable(context):
+            return None
+        e = context.caught_exception
+        if isinstance(e, (x.EndpointConnectionError, x.ConnectTimeoutError)):
+            why = "cannot reach the endpoint"
+        elif isinstance(e, x.ReadTimeoutError):
+            why = "no answer in time"
+        elif e is not None:
+            why = type(e).__name__
+        else:
+            code = (context.parsed_response or {}).get("Error", {}).get("Code")
+            why = f"HTTP {context.http_response.status_code}" + (f" {code}" if code else "")
+        left = self.max_attempts - context.attempt_number
+        self.progress(f"S3 request failed ({why}); retrying, {left} of {self.max_attempts} attempts left")
+        return None
 
     def list(self, models: Iterable[str] | None = None) -> Iterator[ObjectInfo]:
         if models is not None:
@@ -290,8 +319,11 @@ def open_source(
     region: str | None = None,
     addressing_style: str | None = None,
     max_workers: int = 8,
+    progress: Callable[[str], None] | None = None,
 ) -> Source:
-    """A source for ``s3://BUCKET[/PREFIX]``, ``file://PATH`` or a plain folder path."""
+    """A source for ``s3://BUCKET[/PREFIX]``, ``file://PATH`` or a plain folder path.
+
+    ``progress`` hears about S3 retries (see :class:`S3Source`)."""
     if url.startswith("s3://"):
         parsed = urlparse(url)
         bucket = parsed.netloc
@@ -300,7 +332,7 @@ def open_source(
         prefix = parsed.path.lstrip("/")
         if prefix and not prefix.endswith("/"):
             prefix += "/"
-        return S3Source(bucket, prefix, endpoint_url, region, addressing_style, max_workers)
+        return S3Source(bucket, prefix, endpoint_url, region, addressing_style, max_workers, progress=progress)
     if url.startswith("file://"):
         return FolderSource(unquote(url[len("file://") :]))
     if "://" in url:
