@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import enum
 import os
+import signal
 import sys
 import traceback
 from typing import Callable, Sequence
@@ -96,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("history", "list past applies, newest first")
     p.add_argument("--limit", metavar="N", type=_nonneg_int, default=20, help="show the N newest applies (20; 0: all)")
     p.add_argument("--format", choices=["table", "json"], default="table", help="table (default) or json")
+
+    command("db-url", "print a URL to open the database with (psql URL); the embedded one runs until Ctrl-C")
 
     p = command("rollback", "write the inverse plan of an apply (review and apply it like any plan)")
     p.add_argument("apply_id", metavar="APPLY_ID", type=_nonneg_int)
@@ -230,6 +233,32 @@ def cmd_rollback(args, settings: Settings) -> int:
     return Exit.OK
 
 
+def cmd_db_url(args, settings: Settings) -> int:
+    # SIGTERM stops the wait as Ctrl-C does, so that the embedded server is stopped cleanly.
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        with commands.database_url(settings) as url:
+            print(url, flush=True)
+            if not settings.database:
+                _progress(args)("the embedded PostgreSQL runs until you press Ctrl-C")
+                try:
+                    while True:
+                        signal.pause()
+                except KeyboardInterrupt:
+                    pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return Exit.OK
+
+
+class _Terminated(KeyboardInterrupt):
+    pass
+
+
+def _stop(signum, frame):
+    raise _Terminated
+
+
 COMMANDS = {
     "init": cmd_init,
     "plan": cmd_plan,
@@ -238,6 +267,7 @@ COMMANDS = {
     "apply": cmd_apply,
     "history": cmd_history,
     "rollback": cmd_rollback,
+    "db-url": cmd_db_url,
 }
 
 

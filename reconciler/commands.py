@@ -17,7 +17,7 @@ from . import audit
 from .apply import ApplyResult, Stage, apply_plan
 from .config import Settings
 from .current import read_state
-from .db import check_schema, migrate, open_database
+from .db import check_schema, migrate, open_database, redact_url
 from .desired import build_desired
 from .diff import diff
 from .errors import ConfigError
@@ -217,6 +217,21 @@ def apply(settings: Settings, path: str, *, require_signature: bool = False, pro
             return apply_plan(db, p, stage, lock_timeout=settings.lock_timeout, limits=settings.limits, progress=progress)
     finally:
         stage.close()
+
+
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """A URL to open the catalogue database with (``psql URL``), valid inside the block.
+
+    The embedded default is started for the block and stopped after it; its URL is the
+    real one (a Unix socket in ``state_dir/pgdata``, no password). A configured
+    database is not touched: its URL is given without its password.
+    """
+    if settings.database:
+        yield redact_url(settings.database)
+        return
+    with open_database(None, settings.state_dir) as db:
+        yield db.url
 
 
 def history(settings: Settings, limit: int | None = 20) -> list[audit.HistoryEntry]:

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
+import subprocess
+import sys
 
+import psycopg2
 import pytest
 
 from reconciler.cli import build_parser
@@ -23,7 +27,7 @@ def test_version(cli):
 def test_every_command_has_help(cli):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"init", "plan", "show", "validate", "apply", "history", "rollback"}
+    assert set(commands) == {"init", "plan", "show", "validate", "apply", "history", "rollback", "db-url"}
     for name, sub in commands.items():
         assert sub.description, f"{name} lacks help text"
         r = cli(name, "--help")
@@ -285,3 +289,37 @@ def test_without_cdn_base_url_media_urls_are_the_buckets_url(cli, database_url, 
     assert f"URLs: {base}/<key> (default: the source's own URL; set --cdn-base-url to change).\n" in r.out
     plan = json.loads((tmp_path / "p.json").read_text())
     assert plan["changes"][-1]["after"]["url"] == f"{base}/media/M/P/1.jpg"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_db_url_serves_the_embedded_database_until_interrupted(tmp_path, sig):
+    from reconciler import Settings, commands
+
+    state = tmp_path / "state"
+    commands.init(Settings(state_dir=str(state)))
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "RECONCILER_CONFIG")}
+    p = subprocess.Popen([sys.executable, "-m", "reconciler", "db-url", "--state-dir", str(state)], cwd=tmp_path,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = p.stdout.readline().strip()
+        assert url.startswith("postgresql://"), p.stderr.read() if p.poll() is not None else url
+        conn = psycopg2.connect(url)
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT current_database(), to_regclass('reconciler_migrations') IS NOT NULL")
+            assert cur.fetchone() == ("reconciler", True)
+        conn.close()
+        assert p.poll() is None  # still serving
+        p.send_signal(sig)
+        assert p.wait(timeout=60) == 0, p.stderr.read()
+        assert p.stderr.read() == ""  # stderr is not a terminal: no progress line
+        with pytest.raises(psycopg2.OperationalError):
+            psycopg2.connect(url, connect_timeout=3).close()  # the server was stopped
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_db_url_of_a_configured_database_hides_the_password(cli):
+    r = cli("db-url", "--database", "postgresql://app:s3cretpass@db.internal:5432/prod")
+    assert r.code == 0 and r.out == "postgresql://app@db.internal:5432/prod\n"
