@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import enum
 import os
+import signal
 import sys
 import traceback
 from typing import Callable, Sequence
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     command("init", "create or upgrade the database schema (idempotent)")
 
     p = command("plan", "list the source, compare with the database, and write a plan file")
-    p.add_argument("-o", "--output", metavar="FILE", help="plan file to write (default: plans/plan-<time>.json)")
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="plan file to write (default: plans/plan-<UTC time>-<plan id>[-<models>].json, never replacing a file)")
     p.add_argument("--model", metavar="NAME", action="append", help="limit the plan to this model (repeatable)")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 0 without changes, 2 with changes, 1 on error")
     p.add_argument("--sign", action="store_true", help=f"sign the plan with the key in {SIGNING_KEY_ENV}")
@@ -95,12 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--require-signature", action="store_true", default=None, help="refuse an unsigned plan")
 
     p = command("history", "list past applies, newest first")
-    p.add_argument("--limit", metavar="N", type=_nonneg_int, default=20, help="show the N newest applies (20)")
+    p.add_argument("--limit", metavar="N", type=_nonneg_int, default=20, help="show the N newest applies (20; 0: all)")
     p.add_argument("--format", choices=["table", "json"], default="table", help="table (default) or json")
+
+    command("db-url", "print a URL to open the database with (psql URL); the embedded one runs until Ctrl-C")
 
     p = command("rollback", "write the inverse plan of an apply (review and apply it like any plan)")
     p.add_argument("apply_id", metavar="APPLY_ID", type=_nonneg_int)
-    p.add_argument("-o", "--output", metavar="FILE", required=True)
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="plan file to write (default: plans/rollback-<APPLY_ID>-<UTC time>-<plan id>.json, never replacing a file)")
     return parser
 
 
@@ -156,6 +161,9 @@ def cmd_init(args, settings: Settings) -> int:
 
 
 def cmd_plan(args, settings: Settings) -> int:
+    default_base = not settings.cdn_base_url
+    if default_base and settings.source:
+        settings.cdn_base_url = commands.default_cdn_base_url(settings)
     p, path = commands.plan(
         settings, args.output, models=args.model, sign=args.sign, progress=_progress(args)
     )
@@ -163,6 +171,8 @@ def cmd_plan(args, settings: Settings) -> int:
     n = len(p.changes)
     print()
     print(f"Target: {p.target['database']}, {'all models' if p.scope is None else 'models ' + ', '.join(p.scope)}.")
+    default = " (default: the source's own URL; set --cdn-base-url to change)" if default_base else ""
+    print(f"URLs: {settings.cdn_base_url}/<key>{default}.")
     for note in p.notes:
         print(f"Note: {note}.")
     if n == 0:
@@ -213,16 +223,42 @@ def cmd_apply(args, settings: Settings) -> int:
 
 
 def cmd_history(args, settings: Settings) -> int:
-    entries = commands.history(settings, args.limit)
+    entries = commands.history(settings, args.limit or None)  # --limit 0: every apply
     print(render.history_json(entries) if args.format == "json" else render.history_table(entries))
     return Exit.OK
 
 
 def cmd_rollback(args, settings: Settings) -> int:
-    p = commands.rollback(settings, args.apply_id, args.output)
-    print(f"Inverse plan of apply {args.apply_id} ({len(p.changes)} change(s)) written to {args.output}.")
-    print(f"Review it with `reconciler show {args.output}`, then apply it with `reconciler apply {args.output}`.")
+    p, path = commands.write_rollback(settings, args.apply_id, args.output)
+    print(f"Inverse plan of apply {args.apply_id} ({len(p.changes)} change(s)) written to {path}.")
+    print(f"Review it with `reconciler show {path}`, then apply it with `reconciler apply {path}`.")
     return Exit.OK
+
+
+def cmd_db_url(args, settings: Settings) -> int:
+    # SIGTERM stops the wait as Ctrl-C does, so that the embedded server is stopped cleanly.
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        with commands.database_url(settings) as url:
+            print(url, flush=True)
+            if not settings.database:
+                _progress(args)("the embedded PostgreSQL runs until you press Ctrl-C")
+                try:
+                    while True:
+                        signal.pause()
+                except KeyboardInterrupt:
+                    pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return Exit.OK
+
+
+class _Terminated(KeyboardInterrupt):
+    pass
+
+
+def _stop(signum, frame):
+    raise _Terminated
 
 
 COMMANDS = {
@@ -233,6 +269,7 @@ COMMANDS = {
     "apply": cmd_apply,
     "history": cmd_history,
     "rollback": cmd_rollback,
+    "db-url": cmd_db_url,
 }
 
 

@@ -6,9 +6,9 @@ Python with a :class:`~reconciler.config.Settings`.
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
-import os
-from datetime import datetime, timezone
+import re
 from typing import Callable, Iterable, Iterator, Sequence
 
 import psycopg2
@@ -17,14 +17,14 @@ from . import audit
 from .apply import ApplyResult, Stage, apply_plan
 from .config import Settings
 from .current import database_identity, read_state
-from .db import check_schema, migrate, open_database
+from .db import check_schema, migrate, open_database, redact_url
 from .desired import build_desired
 from .diff import diff
 from .errors import ConfigError
 from .layout import ObjectInfo
 from .planfile import Plan, verify_plan, write_plan
 from .safety import check_delete_limits, check_empty_source
-from .sources import open_source
+from .sources import Source, open_source
 from .version import __version__
 
 Progress = Callable[[str], None]
@@ -36,7 +36,7 @@ def _quiet(msg: str) -> None:
 
 def init(settings: Settings) -> list[str]:
     """Create or upgrade the schema (idempotent); return the migrations applied."""
-    with open_database(settings.database, settings.state_dir) as db:
+    with open_database(settings.database, settings.state_dir, create=True) as db:
         return migrate(db)
 
 
@@ -55,22 +55,14 @@ def make_plan(
     ``objects`` replaces the configured source with any iterable of ``ObjectInfo``
     (whose keys start with ``root``). Raises SafetyError when a guard refuses.
     """
-    if not settings.cdn_base_url:
-        raise ConfigError("no CDN base URL: pass --cdn-base-url, set RECONCILER_CDN_BASE_URL or cdn_base_url in the config")
     scope = sorted(set(models)) if models else None
+    source = None
     if objects is None:
-        if not settings.source:
-            raise ConfigError("no source: pass --source, set RECONCILER_SOURCE or source.url in the config")
-        source = open_source(
-            settings.source,
-            endpoint_url=settings.endpoint_url,
-            region=settings.region,
-            addressing_style=settings.addressing_style,
-            max_workers=settings.max_workers,
-        )
+        source = _open_source(settings, None if progress is _quiet else progress)
         source_url, root, objects = source.url, source.root, source.list(scope)
     else:
         source_url = settings.source
+    cdn_base_url = settings.cdn_base_url or default_cdn_base_url(settings, source)
     if sign and not settings.signing_key:
         raise ConfigError("--sign needs the signing key in RECONCILER_SIGNING_KEY")
     with open_database(settings.database, settings.state_dir) as db:
@@ -83,7 +75,7 @@ def make_plan(
                 if progress is not _quiet:
                     objects = _counting(objects, progress)
                 desired = build_desired(
-                    objects, cdn_base_url=settings.cdn_base_url, root=root, layout=settings.layout, models=scope
+                    objects, cdn_base_url=cdn_base_url, root=root, layout=settings.layout, models=scope
                 )
                 progress(f"listed {desired.object_count} objects; reading the database")
                 state = read_state(conn, scope)
@@ -120,11 +112,41 @@ def make_plan(
         tool_version=__version__,
         extra=extra,
     )
+    # A typo'd --model lists nothing and changes nothing: a drift check would read that as
+    # "in sync", so it is an error, not a note.
+    unknown = [name for name in scope or () if name not in desired.models and name not in in_database]
+    if unknown:
+        names = ", ".join(repr(n) for n in unknown)
+        what = f"model {names} is" if len(unknown) == 1 else f"models {names} are"
+        raise ConfigError(f"{what} neither in the source nor in the database: check --model")
     # write_plan seals as it streams the changes, so plan() skips this pass.
-    for name in scope or ():
-        if name not in desired.models and name not in in_database:
-            plan.notes.append(f"model {name!r} is neither in the source nor in the database: check --model")
     return plan.seal(settings.signing_key if sign else None) if seal else plan
+
+
+def _open_source(settings: Settings, progress: Progress | None = None) -> Source:
+    if not settings.source:
+        raise ConfigError("no source: pass --source, set RECONCILER_SOURCE or source.url in the config")
+    return open_source(
+        settings.source,
+        endpoint_url=settings.endpoint_url,
+        region=settings.region,
+        addressing_style=settings.addressing_style,
+        max_workers=settings.max_workers,
+        progress=progress,
+    )
+
+
+def default_cdn_base_url(settings: Settings, source: Source | None = None) -> str:
+    """The base of media URLs when no ``cdn_base_url`` is set: the source's own public
+    URL (an S3 bucket's URL at its endpoint, ``file://`` and a folder's absolute path).
+    The same settings give the same base, so plans stay reproducible. Makes no request."""
+    if source is None:
+        if not settings.source:
+            raise ConfigError(
+                "no CDN base URL: pass --cdn-base-url, set RECONCILER_CDN_BASE_URL or cdn_base_url in the config"
+            )
+        source = _open_source(settings)
+    return source.public_url
 
 
 @contextlib.contextmanager
@@ -153,16 +175,30 @@ def _counting(objects: Iterable[ObjectInfo], progress: Progress, every: int = 10
         yield o
 
 
-def default_plan_path(settings: Settings) -> str:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    return os.path.join(settings.plans_dir, f"plan-{stamp}.json")
+def default_file_name(kind: str, p: Plan) -> str:
+    """``KIND-<UTC time>-<short plan id>[-<models>].json``: the name of a plan file
+    written without ``-o`` (``kind`` is ``plan`` or ``rollback-<apply id>``). The time
+    is the plan's ``created_at``; the plan id tells two plans of the same second apart,
+    and :func:`write_plan` adds ``-2`` … rather than replace a file."""
+    stamp = p.created_at.replace("-", "").replace(":", "")
+    scope = ""
+    if p.scope:
+        names = "+".join(re.sub(r"[^\w.-]+", "_", m).lstrip(".") or "_" for m in p.scope)
+        scope = "-" + names[:60]
+    return f"{kind}-{stamp}-{p.plan_id[:12]}{scope}.json"
 
 
 def plan(settings: Settings, output: str | None = None, **kwargs) -> tuple[Plan, str]:
-    """Compute a plan and write it atomically to ``output`` (default: ``plans/``)."""
+    """Compute a plan and write it atomically to ``output``; return it and the path.
+
+    Without ``output`` the file goes to ``settings.plans_dir`` (``plans/``), named by
+    :func:`default_file_name`, and never replaces an existing file.
+    """
     p = make_plan(settings, seal=False, **kwargs)
-    path = write_plan(p, output or default_plan_path(settings), settings.signing_key if kwargs.get("sign") else None)
-    return p, path
+    key = settings.signing_key if kwargs.get("sign") else None
+    if output:
+        return p, write_plan(p, output, key)
+    return p, write_plan(p, settings.plans_dir, key, name=functools.partial(default_file_name, "plan"))
 
 
 def apply(settings: Settings, path: str, *, require_signature: bool = False, progress: Progress = _quiet) -> ApplyResult:
@@ -185,16 +221,44 @@ def apply(settings: Settings, path: str, *, require_signature: bool = False, pro
         stage.close()
 
 
+@contextlib.contextmanager
+def database_url(settings: Settings) -> Iterator[str]:
+    """A URL to open the catalogue database with (``psql URL``), valid inside the block.
+
+    The embedded default is started for the block and stopped after it; its URL is the
+    real one (a Unix socket in ``state_dir/pgdata``, no password). A configured
+    database is not touched: its URL is given without its password.
+    """
+    if settings.database:
+        yield redact_url(settings.database)
+        return
+    with open_database(None, settings.state_dir) as db:
+        yield db.url
+
+
 def history(settings: Settings, limit: int | None = 20) -> list[audit.HistoryEntry]:
+    """The newest ``limit`` applies, newest first; ``None`` (the CLI's ``--limit 0``): all."""
     with open_database(settings.database, settings.state_dir) as db:
         check_schema(db)
         return audit.history(db, limit)
 
 
-def rollback(settings: Settings, apply_id: int, output: str) -> Plan:
-    """Write the inverse plan of an apply to ``output``; it is applied like any plan."""
+def rollback(settings: Settings, apply_id: int, output: str | None = None) -> Plan:
+    """Write the inverse plan of an apply to ``output``; it is applied like any plan.
+
+    Without ``output``, see :func:`write_rollback` (which also returns the path).
+    """
+    return write_rollback(settings, apply_id, output)[0]
+
+
+def write_rollback(settings: Settings, apply_id: int, output: str | None = None) -> tuple[Plan, str]:
+    """The inverse plan of an apply, written to ``output`` or, without one, to
+    ``settings.plans_dir`` as ``rollback-<apply id>-<UTC time>-<short plan id>.json``
+    (never replacing a file); return it and the path."""
     with open_database(settings.database, settings.state_dir) as db:
         check_schema(db)
         p = audit.rollback_plan(db, apply_id)
-    write_plan(p, output, settings.signing_key)
-    return p
+    if output:
+        return p, write_plan(p, output, settings.signing_key)
+    name = functools.partial(default_file_name, f"rollback-{apply_id}")
+    return p, write_plan(p, settings.plans_dir, settings.signing_key, name=name)

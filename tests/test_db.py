@@ -84,7 +84,11 @@ def test_redact_url(url, shown):
 
 def test_embedded_default_starts_and_stops_and_keeps_its_identity(tmp_path):
     state = tmp_path / "state"
-    with open_database(None, str(state)) as db:
+    with pytest.raises(DatabaseError, match=r"is not initialised; run `reconciler init` first"):
+        with open_database(None, str(state)):
+            pass
+    assert not state.exists()  # refused before anything was created
+    with open_database(None, str(state), create=True) as db:
         migrate(db)
         assert "embedded PostgreSQL" in db.display
         pid = db.embedded.get_pid()
@@ -118,3 +122,29 @@ def sql_on():
     yield factory
     for c in conns:
         c.close()
+
+
+def test_python_m_reconciler_from_a_checkout_without_an_editable_install(tmp_path, empty_database_url):
+    """``python -m reconciler`` in the repository's root after a plain ``pip install .``:
+    the local reconciler/ shadows the installed package, which alone has reconciler.sql.
+    The checkout is copied, and the editable install's finder (which would map
+    reconciler.sql to sql/) is taken away, as in a plain install."""
+    import shutil
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    shutil.copytree(root / "reconciler", tmp_path / "reconciler", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(root / "sql", tmp_path / "sql", ignore=shutil.ignore_patterns("__pycache__"))
+    code = (
+        "import runpy, sys;"
+        "sys.meta_path[:] = [f for f in sys.meta_path if 'editable' not in getattr(f, '__module__', '')];"
+        "sys.path.insert(0, '');"
+        "import reconciler; assert reconciler.__file__.startswith(sys.argv[1]), reconciler.__file__;"
+        "sys.argv[1:2] = [];"
+        "runpy.run_module('reconciler', run_name='__main__', alter_sys=True)"
+    )
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path), "init", "--database", empty_database_url],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "Schema created or upgraded: applied 0001_platform_tables.sql, 0002_reconciler.sql.\n"

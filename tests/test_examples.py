@@ -288,3 +288,15 @@ def test_iam_policy_grants_only_list_bucket():
             # the bucket itself: ListBucket is granted on the bucket ARN, never on objects
             assert re.fullmatch(r"arn:aws:s3:::[a-z0-9.\-]+", arn), arn
         assert "NotAction" not in st and "NotResource" not in st
+
+
+def test_docs_say_the_endpoint_flag_wins_over_the_environment():
+    # The code takes --endpoint-url first (flag → environment → file); no document may say otherwise.
+    docs = [README, EXAMPLES / "README.md", *CONFIG_FILES]
+    for path in docs:
+        text = " ".join(path.read_text(encoding="utf-8").replace("#", " ").split())
+        assert not re.search(r"AWS_ENDPOINT_URL[^.;]*win over[^.;]*--endpoint-url", text), path
+    text = " ".join((EXAMPLES / "README.md").read_text(encoding="utf-8").split())
+    assert "`--endpoint-url` wins over `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`" in text
+    aws = " ".join((EXAMPLES / "config" / "aws-s3.yaml").read_text(encoding="utf-8").replace("#", " ").split())
+    assert "--endpoint-url wins over both" in aws

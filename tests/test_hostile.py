@@ -451,7 +451,11 @@ def test_folder_source_never_leaves_its_root(cli, database_url, tmp_path):
     assert media == {"M/P/1.jpg", "M/P/in.jpg"}
     assert "secret" not in text and "outside" not in text and "Evil" not in text
 
+    # A model folder that is a link is not entered: as a --model it is unknown, an error.
     r = cli("plan", "--source", root, "--model", "Evil", "--model", "M", "-o", "scoped.json", *common)
+    assert r.code == 1 and "model 'Evil' is neither in the source nor in the database" in r.err
+    assert not (tmp_path / "scoped.json").exists()
+    r = cli("plan", "--source", root, "--model", "M", "-o", "scoped.json", *common)
     assert r.code == 0, r.err
     media = {c["key"] for c in json.loads((tmp_path / "scoped.json").read_text())["changes"] if c["kind"] == "media"}
     assert media == {"M/P/1.jpg", "M/P/in.jpg"}

@@ -349,7 +349,7 @@ HOSTILE = {
     "a JSON string": (b'"plan"', "not a JSON object"),
     "JSON null": (b"null", "not a JSON object"),
     "format_version 2": (edited(_set(["format_version"], 2)), "format_version 2"),
-    "format_version missing": (edited(_delete_key("format_version")), "format_version None"),
+    "format_version missing": (edited(_delete_key("format_version")), "is not a reconciler plan file (it has no format_version)"),
     "format_version a string": (edited(_set(["format_version"], "1")), "format_version '1'"),
     "format_version true": (edited(_set(["format_version"], True)), "format_version"),
     "plan_id missing": (edited(_delete_key("plan_id")), "'plan_id' is a required property"),

@@ -15,6 +15,7 @@ import time
 
 import pytest
 
+from reconciler.errors import SourceError
 from reconciler.sources import S3_MAX_ATTEMPTS, S3Source, open_source
 
 from .conftest import CDN
@@ -162,3 +163,33 @@ def test_every_request_failing_with_an_output_file_writes_nothing(cli, database_
     assert r.code == 1 and "SlowDown" in r.err and listing.name in r.err
     assert sorted(os.listdir(tmp_path / "plans")) == ["old.json"]
     assert (tmp_path / "plans" / "old.json").read_text() == "{}"
+
+
+def test_retries_are_reported_as_they_happen(s3_env, monkeypatch):
+    """An unreachable endpoint: each retry botocore decides on is reported, with the
+    attempts left; the last failure is the error, not a retry."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    heard: list[str] = []
+    source = S3Source("some-bucket", max_attempts=3, progress=heard.append)
+    with pytest.raises(SourceError, match="cannot reach the S3 endpoint"):
+        list(source.list())
+    assert heard == [
+        "S3 request failed (cannot reach the endpoint); retrying, 2 of 3 attempts left",
+        "S3 request failed (cannot reach the endpoint); retrying, 1 of 3 attempts left",
+    ]
+
+
+def test_the_cli_reports_retries_on_a_terminal_only(cli, database_url, listing, s3_env, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "2")
+    common = ["--source", listing.url, "--model", "M1", "--database", database_url, "--cdn-base-url", CDN]
+    with FaultProxy(s3_env, always("internal")) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+        r = cli("plan", *common)
+        assert r.code == 1
+        assert "… S3 request failed (HTTP 500 InternalError); retrying, 1 of 2 attempts left\n" in r.err
+        assert r.err.splitlines()[-1].startswith("error: cannot list")
+        r = cli("plan", *common, "--quiet")
+        assert r.code == 1 and r.err.count("\n") == 1 and "retrying" not in r.err

@@ -10,6 +10,7 @@ from reconciler import commands
 from reconciler.errors import SafetyError
 from reconciler.layout import ObjectInfo
 from reconciler.planfile import write_plan
+from reconciler.safety import Limits, check_delete_limits
 
 from .conftest import CDN, folder_bucket
 
@@ -84,3 +85,31 @@ def test_cli_guard_writes_no_plan_file(cli, database_url, tmp_path):
     assert json.loads((tmp_path / "wipe.json").read_text())["summary"]["model"]["delete"] == 1
     r = cli("plan", "--source", "empty", "-o", "wipe2.json", "--allow-empty-source", "--max-delete", "2", *common)
     assert r.code == 1 and "max-delete 2" in r.err and not (tmp_path / "wipe2.json").exists()
+
+
+def test_delete_limit_messages_name_what_can_be_changed():
+    # At plan time the flags work; at apply time only the config file does (apply has no such flags).
+    with pytest.raises(SafetyError, match=r"\(--max-delete or safety\.max_delete\)"):
+        check_delete_limits(4, 9, Limits(max_delete=3))
+    for limits, key in ((Limits(max_delete=3), "max_delete"), (Limits(max_delete_percent=10), "max_delete_percent")):
+        with pytest.raises(SafetyError) as e:
+            check_delete_limits(4, 9, limits, when="plan being applied")
+        assert f"(safety.{key} in the config file given with --config or RECONCILER_CONFIG)" in str(e.value)
+        assert "--max-delete" not in str(e.value)
+
+
+def test_apply_time_limit_error_on_the_command_line(cli, database_url, tmp_path):
+    folder_bucket(tmp_path / "b", "M/P/1.jpg", "M/P/2.jpg")
+    common = ["--database", database_url, "--cdn-base-url", CDN]
+    assert cli("plan", "--source", "b", "-o", "p.json", *common).code == 0
+    assert cli("apply", "p.json", *common).code == 0
+    (tmp_path / "b" / "M" / "P" / "2.jpg").unlink()
+    assert cli("plan", "--source", "b", "-o", "d.json", *common).code == 0
+    (tmp_path / "cfg.yaml").write_text("safety:\n  max_delete: 0\n")
+    r = cli("apply", "d.json", "--config", "cfg.yaml", *common)
+    assert r.code == 1
+    assert r.err == (
+        "error: the plan being applied deletes 1 row(s), more than max-delete 0 (safety.max_delete in the config "
+        "file given with --config or RECONCILER_CONFIG); check the source, or raise the limit if the deletion is "
+        "intended\n"
+    )

@@ -333,3 +333,53 @@ def test_signing_key_never_shows(cli, database_url, tmp_path, monkeypatch):
     assert r.code == 1 and "RECONCILER_SIGNING_KEY" in r.err
     leaks.files(tmp_path)
     leaks.check()
+
+
+# --------------------------------------------------------------------------- scrubbing
+
+
+@pytest.mark.parametrize(
+    "text, secret",
+    [
+        ("the plan deletes 2 row(s); the plan's signature does not match", "s"),
+        ("the plan deletes 2 row(s); check the source", "row"),
+        ("Is the server running on that host and accepting TCP/IP connections?", "on"),
+        ("signed with another key", "other"),
+        ("a word with the secret inside: Xk9#Zz9q", "k9#Z"),
+    ],
+)
+def test_a_short_secret_does_not_mangle_words(text, secret):
+    from reconciler.db import scrub
+
+    assert scrub(text, secret) == text
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("connecting to postgresql://app:pw1@db/prod failed", "connecting to postgresql://app:***@db/prod failed"),
+        ("dsn: host=db password=pw1 user=app", "dsn: host=db password=*** user=app"),
+        ("?sslmode=require&password=pw1&x=1", "?sslmode=require&password=***&x=1"),
+        ("Password: 'pw1' rejected", "Password: '***' rejected"),
+        ('invalid percent-encoded token: "pw1"', 'invalid percent-encoded token: "***"'),
+        ("the key 'pw1' was refused", "the key '***' was refused"),
+    ],
+)
+def test_a_short_secret_is_scrubbed_where_it_stands(text, expected):
+    from reconciler.db import scrub
+
+    assert scrub(text, "pw1") == expected
+
+
+def test_a_long_secret_is_scrubbed_everywhere():
+    from reconciler.db import scrub
+
+    secret = "Long-Secret-42"
+    assert scrub(f"x{secret}y and ({secret}) and {secret}'s", secret) == "x***y and (***) and ***'s"
+
+
+def test_a_short_database_password_leaves_the_message_readable(cli, tmp_path):
+    r = cli("history", "--database", "postgresql://app:on@127.0.0.1:1/prod")
+    assert r.code == 1
+    assert r.err.startswith("error: cannot connect to postgresql://app@127.0.0.1:1/prod: ")
+    assert "***" not in r.err and ":on@" not in r.err
