@@ -218,7 +218,7 @@ def cmd_apply(args, settings: Settings) -> int:
     print(render.summary_table(result.summary))
     print()
     print(f"Applied plan {result.plan_id[:12]} as apply {result.apply_id}: {result.total} change(s), to {result.database}.")
-    print(f"To undo it: `reconciler rollback {result.apply_id} -o plans/rollback-{result.apply_id}.json`.")
+    print(f"To undo it: `reconciler rollback {result.apply_id}` writes the inverse plan, to review and apply like any other.")
     return Exit.OK
 
 

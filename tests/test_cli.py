@@ -323,3 +323,23 @@ def test_db_url_serves_the_embedded_database_until_interrupted(tmp_path, sig):
 def test_db_url_of_a_configured_database_hides_the_password(cli):
     r = cli("db-url", "--database", "postgresql://app:s3cretpass@db.internal:5432/prod")
     assert r.code == 0 and r.out == "postgresql://app@db.internal:5432/prod\n"
+
+
+def test_a_renamed_folder_in_s3_plans_moves_unless_no_moves(cli, database_url, bucket, tmp_path):
+    for i, key in enumerate(["Bob/b.jpg", "Bob/Trip/1.jpg", "Bob/Trip/2.mp4"]):
+        bucket.put(key, size=10 + i)  # distinct contents, distinct ETags
+    common = ["--source", bucket.url, "--database", database_url, "--cdn-base-url", CDN]
+    assert cli("plan", "-o", "p0.json", *common).code == 0
+    assert cli("apply", "p0.json", *common).code == 0
+    for key in ["Bob/b.jpg", "Bob/Trip/1.jpg", "Bob/Trip/2.mp4"]:
+        bucket.client.copy_object(Bucket=bucket.name, Key="Robert/" + key[4:], CopySource={"Bucket": bucket.name, "Key": key})
+        bucket.delete(key)
+    r = cli("plan", "-o", "moves.json", *common)
+    assert r.code == 0, r.err
+    assert "model          0         0       1         0" in r.out
+    shown = cli("show", "moves.json").out
+    assert "> move model Bob → Robert\n" in shown and "> move post Bob/Trip → Robert/Trip\n" in shown
+    r = cli("plan", "-o", "nomoves.json", "--no-moves", *common)
+    assert "model          1         0       0         1" in r.out
+    r = cli("apply", "moves.json", *common)
+    assert r.code == 0 and "6 change(s)" not in r.out and "4 change(s)" in r.out, r.out

@@ -38,6 +38,8 @@ safety:
   require_signature: true
 apply:
   lock_timeout: 5
+plan:
+  detect_moves: false
 plans_dir: ops/plans
 """
 
@@ -77,6 +79,10 @@ def test_every_config_file_key(config):
                               icon_names=("logo",), banner_names=("header",))
     assert (s.allow_empty_source, s.max_delete, s.max_delete_percent, s.require_signature) == (True, 100, 12.5, True)
     assert s.lock_timeout == 5.0 and s.plans_dir == "ops/plans"
+    assert s.detect_moves is False
+    # --no-moves on the command line turns moves off over a config that has them on.
+    assert load_settings({"detect_moves": False}, {}, None).detect_moves is False
+    assert Settings().detect_moves is True
 
 
 @pytest.mark.parametrize(
