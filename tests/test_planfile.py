@@ -696,3 +696,27 @@ def test_check_change_refuses_integral_floats():
     change = media_create("A/P/1.jpg", size_bytes=3.0).to_dict()
     assert change_validator().is_valid(change)
     assert check_change(change) == "'size_bytes' has the wrong type"
+
+
+def _move(**over) -> dict:
+    c = {"action": "move", "kind": "post", "key": "Bobby/Trip", "from": "Bob/Trip",
+         "before": {"model": "Bob", "folder_name": "Trip"}, "after": {"model": "Bobby", "folder_name": "Trip"}}
+    c.update(over)
+    return c
+
+
+@pytest.mark.parametrize("change, problem", [
+    (_move(), None),
+    (_move(**{"from": "Bobby/Trip"}), "'before' names 'Bob/Trip', not its from 'Bobby/Trip'"),
+    (_move(key="Bob/Trip", after={"model": "Bob", "folder_name": "Trip"}), "moves a row onto its own key"),
+    (_move(after={"model": "Bobby"}), "'folder_name' is a required property"),
+    (_move(after={"model": "Bobby", "folder_name": "Trip", "id": 3}), "'id' is not a field of a post here"),
+    ({k: v for k, v in _move().items() if k != "from"}, "a change lacks one of action, kind, key, before, after, from"),
+    ({**_move(action="update"), "before": {"title": "a"}, "after": {"title": "b"}}, "unknown field 'from'"),
+])
+def test_the_rules_for_a_move(change, problem):
+    from reconciler.planfile import check_identity
+
+    found = check_change(change) or check_identity(change)
+    assert found == problem
+    assert change_validator().is_valid(change) == (check_change(change) is None)
