@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import signal
 import socket
 import sys
 
@@ -104,6 +105,10 @@ def serve(settings: Settings, options: ServeOptions, tokens: Tokens, *, quiet: b
         config = uvicorn.Config(app, log_config=None, lifespan="on", access_log=False,
                                 timeout_graceful_shutdown=None, server_header=False)
         server = uvicorn.Server(config)
+        # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again
+        # for the handler it found: make that one a no-op so a clean stop exits 0.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
         server.run(sockets=[sock])
         started = server.started
     return 0 if started else 1
