@@ -213,12 +213,13 @@ class Controller:
         if self.options.sqs_queue_url:
             self._sqs.start()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Stop taking work; let a run in progress finish (an apply commits or rolls
-        back), then resign leadership. Planning runs still going after ``timeout`` are
+        back), then resign leadership. This replica's runs still ``planning`` are
         marked errored (planning never writes, so abandoning one is safe)."""
         self.stopping.set()
-        self._loop.join(timeout=timeout)
+        if self._loop.is_alive():
+            self._loop.join(timeout=timeout)
         self.workers.shutdown(wait=True, cancel_futures=True)
         with contextlib.suppress(Exception):
             with self.runs.session():
@@ -267,10 +268,10 @@ class Controller:
         if self.stopping.is_set() or not self.leader:
             return
         if time.time() >= self.next_check:
-            interval = self.options.interval
-            self.next_check = time.time() + interval * random.uniform(0.9, 1.1)
+            run_id = self.runs.create_run("schedule")  # the database away: the check stays due
+            self.next_check = time.time() + self.options.interval * random.uniform(0.9, 1.1)
             self._publish_next_check()
-            self._execute(self.runs.create_run("schedule"))
+            self._execute(run_id)
 
     def _publish_next_check(self) -> None:
         with contextlib.suppress(Exception), self.runs.session():
@@ -349,6 +350,8 @@ class Controller:
                     WHERE {dead}""",
                 (OWNER_CLASS,),
             )
+            # Handled events are kept a week: the window in which a redelivery is a duplicate.
+            db.execute_sql("DELETE FROM reconciler_events WHERE handled_at < now() - interval '7 days'")
 
     # ------------------------------------------------------------------ what people ask for
 

@@ -440,14 +440,17 @@ class Runs:
                 self._notify("applied", self.get_run(run_id))
             raise
         self._end_apply(run_id, status="applied", error=None, finished=True, started=started,
-                        apply_id=result.apply_id)
+                        apply_id=result.apply_id, progress=dict(progress.counts, rows_applied=result.total))
         run = self.get_run(run_id)
         self._notify("applied", run)
         return run
 
-    def _end_apply(self, run_id, *, status, error, finished, started, apply_id=None, undecide=False) -> None:
+    def _end_apply(self, run_id, *, status, error, finished, started, apply_id=None, undecide=False,
+                   progress=None) -> None:
         values: dict[str, Any] = dict(status=status, error=error, phase="done",
                                       apply_seconds=time.monotonic() - started)
+        if progress is not None:
+            values["progress"] = progress
         if finished:
             values["finished_at"] = pw.SQL("now()")
         if apply_id is not None:

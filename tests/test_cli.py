@@ -22,7 +22,7 @@ def test_version(cli):
 def test_every_command_has_help(cli):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"init", "plan", "show", "validate", "apply", "history", "rollback"}
+    assert set(commands) == {"init", "plan", "show", "validate", "apply", "history", "rollback", "serve"}
     for name, sub in commands.items():
         assert sub.description, f"{name} lacks help text"
         r = cli(name, "--help")

@@ -84,6 +84,10 @@ def serve(settings: Settings, options: ServeOptions, tokens: Tokens, *, quiet: b
     import uvicorn
 
     host, port = check_listen(options, tokens)
+    if not settings.source:
+        raise ConfigError("no source: pass --source, set RECONCILER_SOURCE or source.url in the config")
+    if not settings.cdn_base_url:
+        raise ConfigError("no CDN base URL: pass --cdn-base-url, set RECONCILER_CDN_BASE_URL or cdn_base_url in the config")
     if options.auto_apply == "within-limits" and settings.max_delete is None and settings.max_delete_percent is None:
         raise ConfigError(
             "--auto-apply within-limits needs a delete limit (safety.max_delete or safety.max_delete_percent "
