@@ -42,6 +42,7 @@ def test_plan_approve_in_sync(serve, tmp_path, sql):
     run = first_run(s)
     assert run["trigger"] == "schedule" and run["status"] == "planned" and run["scope"] is None
     assert run["summary"]["media"]["create"] == 3 and run["change_count"] == 7
+    assert run["phase"] == "done" and run["progress"] == {"objects_listed": 5, "rows_read": 0}
     st = c.get("/api/status").json()
     assert st["in_sync"] is False and st["leader"] is True and st["pending_run"] == run["id"]
     assert st["drift"]["model"] == {"create": 2, "update": 0, "delete": 0}
@@ -66,6 +67,7 @@ def test_plan_approve_in_sync(serve, tmp_path, sql):
     assert applied.status_code == 200, applied.text
     a = applied.json()
     assert a["status"] == "applied" and a["apply_id"] and a["decided_by"] == "local"
+    assert a["progress"]["rows_applied"] == 7 and a["progress"]["changes_staged"] == 7
     assert sql("SELECT count(*) FROM whitelabel_media")[0][0] == 3
     st = c.get("/api/status").json()
     assert st["in_sync"] is True and st["pending_run"] is None and total(st["drift"]) == 0
@@ -239,6 +241,8 @@ def test_listen_refusals(cli, tmp_path, database_url):
         "apply plans; set RECONCILER_API_TOKENS=name:token,… or listen on 127.0.0.1\n"
     )
     assert cli(*base, "--listen", "nonsense").err == "error: --listen 'nonsense' is not HOST:PORT\n"
+    r = cli("serve", "--database", database_url, "--cdn-base-url", "https://cdn.example.test")
+    assert r.code == 1 and r.err.startswith("error: no source: pass --source")
 
 
 def test_malformed_tokens_are_refused_without_showing_them(cli, tmp_path, database_url, monkeypatch):
