@@ -21,7 +21,6 @@ or a direct connection for ``serve``).
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import random
@@ -438,7 +437,3 @@ class Controller:
             except Exception as e:  # botocore errors, the database: wait and try again
                 log.warning("SQS: %s", one_line(e))
                 self.stopping.wait(max(self.options.tick, 2.0))
-
-
-def dumps(data) -> str:
-    return json.dumps(data, sort_keys=True, ensure_ascii=False)

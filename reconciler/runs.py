@@ -28,16 +28,16 @@ import os
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass
 from typing import Any, Iterator, Protocol
 
 import peewee as pw
 import psycopg2
+import psycopg2.extensions
 from playhouse.pool import PooledPostgresqlDatabase
 
 from . import commands
 from .config import Settings
-from .db import CONTROLLER_MODELS, Apply, ControllerState, Run, check_schema, describe_pg_error, open_database
+from .db import CONTROLLER_MODELS, Apply, ControllerState, Run, describe_pg_error, migration_files
 from .errors import (
     AlreadyAppliedError,
     DatabaseError,
@@ -513,12 +513,27 @@ class Runs:
     # ------------------------------------------------------------------ health
 
     def ready(self) -> str | None:
-        """None when the database answers and its schema is current; else why not."""
+        """None when the database answers and its schema is current; else why not.
+        A fresh connection with a short timeout: a probe must not hang."""
+        latest = max(f.version for f in migration_files())
         try:
-            with open_database(self.settings.database) as db:
-                check_schema(db)
-        except ReconcilerError as e:
-            return one_line(e)
+            conn = psycopg2.connect(self.settings.database, connect_timeout=3)
+        except psycopg2.Error as e:
+            return one_line(f"cannot connect to {self.display}: {describe_pg_error(e, self._password)}")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET statement_timeout = '3s'")
+                cur.execute("SELECT to_regclass('reconciler_migrations') IS NOT NULL")
+                if not cur.fetchone()[0]:
+                    return f"{self.display} is not initialised; run `reconciler init`"
+                cur.execute("SELECT coalesce(max(version), 0) FROM reconciler_migrations")
+                current = cur.fetchone()[0]
+        except psycopg2.Error as e:
+            return one_line(f"cannot read the schema version: {describe_pg_error(e, self._password)}")
+        finally:
+            conn.close()
+        if current < latest:
+            return f"the schema is behind (version {current} of {latest}); run `reconciler init`"
         return None
 
 
