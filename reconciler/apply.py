@@ -418,6 +418,7 @@ def apply_plan(
     lock_timeout: float = 60.0,
     limits: Limits = Limits(),
     progress: Progress = lambda msg: None,
+    actor: str | None = None,
 ) -> ApplyResult:
     """Execute a verified plan exactly: ``plan`` and its changes in ``stage`` come from
     ``verify_plan(path, keep_changes=False, sink=stage)``, which checked the schema,
@@ -471,7 +472,7 @@ def apply_plan(
                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
                 (
                     plan.plan_id,
-                    _os_user(),
+                    _os_user(actor),
                     __version__,
                     plan.source.get("url"),
                     json.dumps(plan.scope),
@@ -529,14 +530,15 @@ def check_database_identity(conn, plan: Plan, display: str) -> None:
         )
 
 
-def _os_user() -> str | None:
-    """Who applies: ``RECONCILER_ACTOR`` or ``GITHUB_ACTOR`` (the person behind a CI
-    run), with the OS user; else the OS user alone."""
+def _os_user(actor: str | None = None) -> str | None:
+    """Who applies: ``actor`` (who approved a run of ``reconciler serve``), else
+    ``RECONCILER_ACTOR`` or ``GITHUB_ACTOR`` (the person behind a CI run), with the OS
+    user; else the OS user alone."""
     try:
         user = getpass.getuser()
     except Exception:
         user = None
-    actor = os.environ.get("RECONCILER_ACTOR") or os.environ.get("GITHUB_ACTOR")
+    actor = actor or os.environ.get("RECONCILER_ACTOR") or os.environ.get("GITHUB_ACTOR")
     if actor:
         return f"{actor} (as {user})" if user and user != actor else actor
     return user

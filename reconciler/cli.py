@@ -106,7 +106,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("apply_id", metavar="APPLY_ID", type=_nonneg_int)
     p.add_argument("-o", "--output", metavar="FILE",
                    help="plan file to write (default: plans/rollback-<APPLY_ID>-<UTC time>-<plan id>.json, never replacing a file)")
+
+    p = command("serve", "run the reconciliation controller: scheduled and event-driven runs, a JSON API, metrics")
+    p.add_argument("--listen", metavar="HOST:PORT", help="address to listen on (serve.listen; default 127.0.0.1:8080)")
+    p.add_argument("--interval", metavar="SECONDS", type=_positive_float, help="seconds between full checks (600)")
+    p.add_argument("--auto-apply", choices=["off", "creates", "within-limits"],
+                   help="apply plans without a person: off (default), creates, within-limits")
+    p.add_argument("--debounce", metavar="SECONDS", type=_nonneg_float, help="seconds to gather S3 events into one run (5)")
     return parser
+
+
+def _positive_float(text: str) -> float:
+    value = _nonneg_float(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not more than 0")
+    return value
 
 
 def _nonneg_int(text: str) -> int:
@@ -261,6 +275,18 @@ def _stop(signum, frame):
     raise _Terminated
 
 
+def cmd_serve(args, settings: Settings) -> int:
+    from .controller import load_serve_options
+    from .server.auth import API_TOKENS_ENV, WEBHOOK_TOKEN_ENV, parse_tokens
+    from .server.main import serve
+
+    config = getattr(args, "config", None) or os.environ.get("RECONCILER_CONFIG")
+    flags = {"listen": args.listen, "interval": args.interval, "auto_apply": args.auto_apply, "debounce": args.debounce}
+    options = load_serve_options(config, flags)
+    tokens = parse_tokens(os.environ.get(API_TOKENS_ENV), os.environ.get(WEBHOOK_TOKEN_ENV))
+    return serve(settings, options, tokens, quiet=bool(getattr(args, "quiet", False)), secrets=_secrets(args, settings))
+
+
 COMMANDS = {
     "init": cmd_init,
     "plan": cmd_plan,
@@ -270,6 +296,7 @@ COMMANDS = {
     "history": cmd_history,
     "rollback": cmd_rollback,
     "db-url": cmd_db_url,
+    "serve": cmd_serve,
 }
 
 
@@ -289,7 +316,10 @@ def _url_passwords(url: str) -> list[str | None]:
 
 
 def _secrets(args: argparse.Namespace | None, settings: Settings | None = None) -> list[str]:
-    found = [os.environ.get(n) for n in (SIGNING_KEY_ENV, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")]
+    found = [os.environ.get(n) for n in (SIGNING_KEY_ENV, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                                         "RECONCILER_API_TOKENS", "RECONCILER_WEBHOOK_TOKEN")]
+    for item in (os.environ.get("RECONCILER_API_TOKENS") or "").split(","):  # name:token → the token
+        found.append(item.partition(":")[2].strip())
     for url in (getattr(args, "database", None), os.environ.get("DATABASE_URL"), getattr(settings, "database", None)):
         if url:
             found += _url_passwords(url)

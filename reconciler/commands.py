@@ -201,9 +201,12 @@ def plan(settings: Settings, output: str | None = None, **kwargs) -> tuple[Plan,
     return p, write_plan(p, settings.plans_dir, key, name=functools.partial(default_file_name, "plan"))
 
 
-def apply(settings: Settings, path: str, *, require_signature: bool = False, progress: Progress = _quiet) -> ApplyResult:
+def apply(
+    settings: Settings, path: str, *, require_signature: bool = False, progress: Progress = _quiet, actor: str | None = None
+) -> ApplyResult:
     """Verify the plan file (schema, plan_id, signature), then apply it in one
-    transaction (see :mod:`reconciler.apply`)."""
+    transaction (see :mod:`reconciler.apply`). ``actor`` names who approved it (the
+    audit log's ``os_user``)."""
     progress("verifying the plan file")
     stage = Stage()
     try:
@@ -216,7 +219,7 @@ def apply(settings: Settings, path: str, *, require_signature: bool = False, pro
         )
         with open_database(settings.database, settings.state_dir) as db:
             check_schema(db)
-            return apply_plan(db, p, stage, lock_timeout=settings.lock_timeout, limits=settings.limits, progress=progress)
+            return apply_plan(db, p, stage, lock_timeout=settings.lock_timeout, limits=settings.limits, progress=progress, actor=actor)
     finally:
         stage.close()
 

@@ -300,3 +300,36 @@ def test_docs_say_the_endpoint_flag_wins_over_the_environment():
     assert "`--endpoint-url` wins over `AWS_ENDPOINT_URL_S3` / `AWS_ENDPOINT_URL`" in text
     aws = " ".join((EXAMPLES / "config" / "aws-s3.yaml").read_text(encoding="utf-8").replace("#", " ").split())
     assert "--endpoint-url wins over both" in aws
+
+
+# --------------------------------------------------------------------------- serve examples
+
+SERVE = EXAMPLES / "serve"
+
+
+@pytest.mark.parametrize("name", ["aws-s3-sqs.yaml", "minio-webhook.yaml"])
+def test_serve_examples_pass_the_schema(name):
+    from reconciler.controller import load_serve_options
+
+    path = SERVE / name
+    data = read_config_file(str(path))
+    options = load_serve_options(str(path), {})
+    assert options.listen == data["serve"]["listen"] and options.auto_apply == data["serve"]["auto_apply"]
+    for line in path.read_text("utf-8").splitlines():
+        assert not re.search(r"(?i)(secret|password|access_key|token)\s*:", line.split("#", 1)[0]), line
+
+
+def test_serve_aws_example_policies():
+    policy = json.loads((SERVE / "iam-policy-sqs.json").read_text("utf-8"))
+    actions = sorted(a for st in policy["Statement"] for a in st["Action"])
+    assert actions == ["s3:ListBucket", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:ReceiveMessage"]
+    queue = json.loads((SERVE / "sqs-queue-policy.json").read_text("utf-8"))
+    assert queue["Statement"][0]["Action"] == "sqs:SendMessage"
+    notification = json.loads((SERVE / "s3-notification.json").read_text("utf-8"))
+    assert notification["QueueConfigurations"][0]["QueueArn"] == queue["Statement"][0]["Resource"]
+
+
+def test_systemd_unit_starts_serve():
+    unit = (SERVE / "reconciler.service").read_text("utf-8")
+    assert re.search(r"^ExecStart=\S+/reconciler serve$", unit, flags=re.M)
+    assert "EnvironmentFile=" in unit and "KillSignal=SIGTERM" in unit

@@ -1,0 +1,439 @@
+"""The reconciliation controller behind ``reconciler serve``: leader election, the
+loop (schedule, events, auto-apply), the SQS consumer, and on-demand runs.
+
+Level-triggered: events only say *which models* to look at soon; every run lists the
+bucket and plans afresh. One replica per database leads (a PostgreSQL session
+advisory lock held on a dedicated connection, re-tried every few seconds with
+jitter); only the leader runs the schedule, turns stored events into runs, consumes
+SQS and auto-applies. Every replica serves the API, accepts webhooks (events are
+stored in the database, so any replica can take them) and runs what a person asks for.
+Two leaders for a moment are harmless: apply's own lock and stale check are the fence.
+
+Why a session lock and not a lease row: PostgreSQL releases it the moment the
+leader's connection ends — ``kill -9``, a crash, a lost network — so failover is
+bounded by the followers' retry interval, not by a lease's length; and the leader
+learns it lost the lock when its connection fails, at which point it stops at once.
+The price: it needs a real session. A transaction-pooling PgBouncer hands the
+session to other clients between transactions and breaks it (use session pooling
+or a direct connection for ``serve``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import peewee as pw
+import psycopg2
+
+from .config import Settings, read_config_file
+from .db import ControllerState, Event, LOCK_KEY, Run, describe_pg_error
+from .errors import ConfigError, ReconcilerError
+from .events import S3Event, model_of, parse_body
+from .runs import POLICIES, Observer, Runs, auto_apply_allowed, one_line
+from .sources import S3Source, open_source
+from .version import __version__
+
+log = logging.getLogger("reconciler.controller")
+
+LEADER_KEY = 0x7265636F6E4C  # "reconL": distinct from db.LOCK_KEY (apply and init)
+assert LEADER_KEY != LOCK_KEY
+OWNER_CLASS = 0x72756E73  # "runs": two-key advisory locks (OWNER_CLASS, replica) prove a replica lives
+
+
+@dataclass
+class ServeOptions:
+    """The ``serve:`` section of the config file, and the flags of ``reconciler serve``."""
+
+    listen: str = "127.0.0.1:8080"
+    interval: float = 600.0  # seconds between full-scope runs (± 10 % jitter)
+    auto_apply: str = "off"  # off | creates | within-limits
+    debounce: float = 5.0  # seconds events wait to be gathered into one run
+    sqs_queue_url: str | None = None
+    leader_retry: float = 2.0  # seconds between leadership attempts (± 20 % jitter)
+    tick: float = 0.5  # seconds the loop sleeps between looks at its work
+    sqs_wait: int = 10  # SQS long-poll seconds
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, sep, port = self.listen.rpartition(":")
+        if not sep or not port.isdigit() or not host:
+            raise ConfigError(f"--listen {self.listen!r} is not HOST:PORT")
+        return host.strip("[]"), int(port)
+
+
+def load_serve_options(config_path: str | None, flags: dict) -> ServeOptions:
+    """Flags, then the config file's ``serve:`` section, then defaults."""
+    data = (read_config_file(config_path) or {}).get("serve") or {} if config_path else {}
+    o = ServeOptions()
+    for name in ("listen", "interval", "auto_apply", "debounce", "sqs_queue_url", "leader_retry"):
+        value = flags.get(name)
+        if value is None:
+            value = data.get(name)
+        if value is not None:
+            setattr(o, name, value)
+    if o.auto_apply not in POLICIES:
+        raise ConfigError(f"auto-apply {o.auto_apply!r} is not one of {', '.join(POLICIES)}")
+    o.host_port  # noqa: B018 — validates
+    return o
+
+
+def replica_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# --------------------------------------------------------------------------- leadership
+
+
+class LeaderElector:
+    """Holds ``pg_try_advisory_lock(LEADER_KEY)`` on a dedicated connection.
+
+    Every ``retry`` seconds (± 20 %) a follower tries to take the lock and a leader
+    proves its session is alive (``SELECT 1``); a failed statement or a lost
+    connection ends leadership at once. The same connection holds the replica's
+    owner lock, by which the leader tells live runs from orphans.
+    """
+
+    def __init__(self, url: str, owner: int, retry: float, on_change) -> None:
+        self.url, self.owner, self.retry, self.on_change = url, owner, retry, on_change
+        self.leading = False
+        self._conn = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="leader-elector", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _set(self, leading: bool) -> None:
+        if leading != self.leading:
+            self.leading = leading
+            with contextlib.suppress(Exception):
+                self.on_change(leading)
+
+    def _connect(self):
+        conn = psycopg2.connect(
+            self.url, connect_timeout=5, application_name="reconciler serve (leader election)",
+            keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
+        )
+        conn.autocommit = True
+        with conn.cursor() as cur:
+            # Statements here are tiny; one that hangs means the server is gone.
+            cur.execute("SET statement_timeout = '5s'")
+            cur.execute("SELECT pg_advisory_lock(%s, %s)", (OWNER_CLASS, self.owner))
+        return conn
+
+    def step(self) -> None:
+        try:
+            if self._conn is None:
+                self._conn = self._connect()
+            with self._conn.cursor() as cur:
+                if self.leading:
+                    cur.execute("SELECT 1")
+                else:
+                    cur.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_KEY,))
+                    if cur.fetchone()[0]:
+                        self._set(True)
+        except psycopg2.Error as e:
+            if self.leading:
+                log.warning("lost the leader connection: %s", describe_pg_error(e))
+            self._set(False)
+            self._drop()
+
+    def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.step()
+            self._stop.wait(self.retry * random.uniform(0.8, 1.2))
+
+    def stop(self) -> None:
+        """Resign: release the lock (closing the session does) so a follower takes over
+        at its next attempt."""
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._set(False)
+        self._drop()
+
+
+# --------------------------------------------------------------------------- the controller
+
+
+@dataclass
+class Controller:
+    settings: Settings  # database: a URL
+    options: ServeOptions
+    display: str = ""
+    observer: Observer | None = None
+    name: str = field(default_factory=replica_name)
+
+    def __post_init__(self) -> None:
+        self.owner = random.randint(1, 2**31 - 1)
+        self.runs = Runs(self.settings, display=self.display, owner=self.owner, observer=self.observer)
+        self.elector = LeaderElector(self.settings.database, self.owner, self.options.leader_retry, self._leadership)
+        self.stopping = threading.Event()
+        self.workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="run")
+        self._busy = threading.Lock()  # one planning run of the loop at a time
+        self._loop = threading.Thread(target=self._run_loop, name="controller-loop", daemon=True)
+        self._sqs = threading.Thread(target=self._run_sqs, name="sqs-consumer", daemon=True)
+        self.next_check = time.time()  # a new leader checks at once
+        self.last_error: str | None = None
+        self.bucket, self.prefix = self._event_source()
+
+    def _event_source(self) -> tuple[str | None, str]:
+        """The bucket and prefix whose events matter (None for a folder source)."""
+        if not self.settings.source:
+            return None, ""
+        try:
+            src = open_source(self.settings.source)
+        except ReconcilerError:
+            return None, ""
+        return (src.bucket, src.prefix) if isinstance(src, S3Source) else (None, "")
+
+    # ------------------------------------------------------------------ life
+
+    @property
+    def leader(self) -> bool:
+        return self.elector.leading and not self.stopping.is_set()
+
+    def start(self) -> None:
+        self.elector.start()
+        self._loop.start()
+        if self.options.sqs_queue_url:
+            self._sqs.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop taking work; let a run in progress finish (an apply commits or rolls
+        back), then resign leadership. This replica's runs still ``planning`` are
+        marked errored (planning never writes, so abandoning one is safe)."""
+        self.stopping.set()
+        if self._loop.is_alive():
+            self._loop.join(timeout=timeout)
+        self.workers.shutdown(wait=True, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            with self.runs.session():
+                Run.update(status="errored", error="interrupted: the server stopped while planning",
+                           finished_at=pw.SQL("now()"), phase="done").where(
+                    (Run.owner == self.owner) & (Run.status == "planning")).execute()
+        self.elector.stop()
+        self.runs.close()
+
+    def _leadership(self, leading: bool) -> None:
+        log.info("%s leadership", "took" if leading else "lost")
+        if leading:
+            self.next_check = time.time()
+            with contextlib.suppress(Exception), self.runs.session():
+                ControllerState.update(leader=self.name, leader_since=pw.SQL("now()"),
+                                       updated_at=pw.SQL("now()")).where(ControllerState.id == 1).execute()
+        if self.observer is not None and hasattr(self.observer, "leader_changed"):
+            self.observer.leader_changed(leading)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _run_loop(self) -> None:
+        last_reap = 0.0
+        while not self.stopping.is_set():
+            try:
+                if self.leader:
+                    if time.monotonic() - last_reap > 10:
+                        self.reap()
+                        last_reap = time.monotonic()
+                    self.step()
+                self.last_error = None
+            except ReconcilerError as e:  # the database went away: try again next tick
+                if self.last_error != str(e):
+                    log.warning("controller loop: %s", e)
+                self.last_error = one_line(e)
+            except Exception as e:  # a bug must not stop the loop
+                log.exception("controller loop")
+                self.last_error = one_line(f"unexpected {type(e).__name__}: {e}")
+            self.stopping.wait(self.options.tick)
+
+    def step(self) -> None:
+        """One look at the leader's work: events due, then the schedule."""
+        run_id = self.take_events()
+        if run_id is not None:
+            self._execute(run_id)
+        if self.stopping.is_set() or not self.leader:
+            return
+        if time.time() >= self.next_check:
+            run_id = self.runs.create_run("schedule")  # the database away: the check stays due
+            self.next_check = time.time() + self.options.interval * random.uniform(0.9, 1.1)
+            self._publish_next_check()
+            self._execute(run_id)
+
+    def _publish_next_check(self) -> None:
+        with contextlib.suppress(Exception), self.runs.session():
+            ControllerState.update(next_check_at=pw.SQL(f"to_timestamp({float(self.next_check)})"),
+                                   leader=self.name, updated_at=pw.SQL("now()")).where(
+                ControllerState.id == 1).execute()
+
+    def _execute(self, run_id: int) -> dict:
+        with self._busy:
+            run = self.runs.execute(run_id)
+        self._auto_apply(run)
+        return run
+
+    def _auto_apply(self, run: dict) -> None:
+        policy = self.options.auto_apply
+        if run["status"] != "planned" or run["trigger"] == "rollback" or not self.leader:
+            return
+        if not auto_apply_allowed(policy, run["summary"], run["current_rows"] or 0, self.settings.limits):
+            return
+        try:
+            self.runs.apply(run["id"], by=f"auto-apply ({policy})")
+        except ReconcilerError as e:
+            log.info("auto-apply of run %s: %s", run["id"], e)
+
+    def take_events(self) -> int | None:
+        """When the oldest pending event is ``debounce`` seconds old, claim every
+        pending event for one new run scoped to the models they name.
+
+        The window starts at the first event, not the last: a steady stream still
+        gets a run every ``debounce`` seconds. Claiming is one statement, so two
+        leaders for a moment cannot take the same events twice.
+        """
+        with self.runs.session("cannot read the events"):
+            oldest = (Event.select(pw.fn.EXTRACT(pw.SQL("EPOCH FROM now() - min(received_at)")))
+                      .where(Event.handled_at.is_null()).scalar())
+            if oldest is None or float(oldest) < self.options.debounce:
+                return None
+            with self.runs.db.atomic():
+                cur = self.runs.db.execute_sql(
+                    """WITH taken AS (
+                         SELECT id FROM reconciler_events WHERE handled_at IS NULL
+                         ORDER BY id FOR UPDATE SKIP LOCKED)
+                       UPDATE reconciler_events e SET handled_at = now() FROM taken
+                       WHERE e.id = taken.id RETURNING e.id, e.model"""
+                )
+                rows = cur.fetchall()
+                if not rows:
+                    return None
+                models = sorted({m for _, m in rows})
+                run_id = Run.insert(status="planning", trigger="event", scope=models, created_at=pw.SQL("now()"),
+                                    owner=self.owner, phase="queued").execute()
+                Event.update(run_id=run_id).where(Event.id << [i for i, _ in rows]).execute()
+        log.info("run %s for %d event(s) about %d model(s)", run_id, len(rows), len(models))
+        return run_id
+
+    def reap(self) -> None:
+        """Runs left ``planning`` or ``applying`` by a replica that is gone (its owner
+        lock is free): an apply that committed becomes ``applied``, any other
+        ``apply_errored``; planning becomes ``errored``."""
+        dead = """status IN ('planning', 'applying') AND NOT EXISTS (
+                    SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.classid = %s
+                      AND l.objid = reconciler_runs.owner::oid AND l.objsubid = 2 AND l.granted)"""
+        with self.runs.session("cannot reap orphaned runs"), self.runs.db.atomic():
+            db = self.runs.db
+            db.execute_sql(
+                f"""UPDATE reconciler_runs SET status = 'applied', apply_id = a.id, finished_at = now(),
+                          phase = 'done', error = NULL
+                    FROM reconciler_applies a WHERE a.plan_id = reconciler_runs.plan_id
+                      AND reconciler_runs.status = 'applying' AND {dead}""",
+                (OWNER_CLASS,),
+            )
+            db.execute_sql(
+                f"""UPDATE reconciler_runs SET finished_at = now(), phase = 'done',
+                          status = CASE status WHEN 'planning' THEN 'errored' ELSE 'apply_errored' END,
+                          error = 'the replica working on it stopped; nothing was applied'
+                    WHERE {dead}""",
+                (OWNER_CLASS,),
+            )
+            # Handled events are kept a week: the window in which a redelivery is a duplicate.
+            db.execute_sql("DELETE FROM reconciler_events WHERE handled_at < now() - interval '7 days'")
+
+    # ------------------------------------------------------------------ what people ask for
+
+    def start_run(self, models: list[str] | None = None, trigger: str = "manual") -> int:
+        """A run now, planned in the background on this replica; returns its id."""
+        if self.stopping.is_set():
+            raise ReconcilerError("the server is shutting down; try another replica")
+        run_id = self.runs.create_run(trigger, models)
+        self.workers.submit(self._execute_quietly, run_id)
+        return run_id
+
+    def _execute_quietly(self, run_id: int) -> None:
+        try:
+            self._execute(run_id)
+        except Exception:
+            log.exception("run %s", run_id)
+
+    def status(self) -> dict:
+        s = self.runs.status()
+        s.update(
+            leader=self.leader,
+            source=self.settings.source,
+            database=self.display,
+            version=__version__,
+            auto_apply=self.options.auto_apply,
+        )
+        if self.leader:
+            s["next_check_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.next_check))
+        return s
+
+    # ------------------------------------------------------------------ events
+
+    def ingest(self, events: list[S3Event], via: str) -> dict:
+        """Store the events that concern the source (its bucket, under its prefix, in a
+        model folder); the rest are ignored. Duplicates (same bucket, key, sequencer)
+        are stored once. Returns the counts."""
+        wanted = []
+        for e in events:
+            model = model_of(e.key, self.prefix) if e.bucket == self.bucket else None
+            if model is not None:
+                wanted.append((e, model))
+        stored = 0
+        if wanted:
+            with self.runs.session("cannot store the events"), self.runs.db.atomic():
+                for i in range(0, len(wanted), 500):
+                    rows = [dict(via=via, bucket=e.bucket, key=e.key, event_name=e.event_name, sequencer=e.sequencer,
+                                 model=m, dedup=e.dedup, received_at=pw.SQL("now()")) for e, m in wanted[i:i + 500]]
+                    cur = self.runs.db.execute(
+                        Event.insert_many(rows).on_conflict_ignore().returning(Event.id)
+                    )
+                    stored += len(list(cur))
+        counts = {"received": len(events), "stored": stored, "duplicates": len(wanted) - stored,
+                  "ignored": len(events) - len(wanted)}
+        if self.observer is not None and hasattr(self.observer, "events_received"):
+            self.observer.events_received(via, len(events))
+        return counts
+
+    def _run_sqs(self) -> None:
+        """Long-poll the queue while leading; delete each message once its events are
+        stored (or once it proved not to be an S3 event: it would come back forever)."""
+        import boto3
+
+        url = self.options.sqs_queue_url
+        # The endpoint comes from boto3's own chain (AWS_ENDPOINT_URL_SQS, AWS_ENDPOINT_URL);
+        # the region from the settings, else the queue URL (sqs.REGION.amazonaws.com).
+        host = url.split("/")[2] if url.count("/") >= 2 else ""
+        region = self.settings.region or (host.split(".")[1] if host.startswith("sqs.") else None)
+        client = boto3.client("sqs", region_name=region)
+        while not self.stopping.is_set():
+            if not self.leader:
+                self.stopping.wait(self.options.tick)
+                continue
+            try:
+                got = client.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                                             WaitTimeSeconds=self.options.sqs_wait)
+                for m in got.get("Messages", []):
+                    try:
+                        events = parse_body(m.get("Body") or "")
+                    except ReconcilerError as e:
+                        log.warning("SQS message %s is not an S3 event (%s); deleting it", m.get("MessageId"), e)
+                        events = []
+                    self.ingest(events, "sqs")
+                    client.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+            except Exception as e:  # botocore errors, the database: wait and try again
+                log.warning("SQS: %s", one_line(e))
+                self.stopping.wait(max(self.options.tick, 2.0))

@@ -1,0 +1,554 @@
+"""Runs: planning attempts stored in the database, and what people do with them.
+
+A run is one planning attempt of the controller (``reconciler serve``), a row of
+``reconciler_runs`` holding its plan file — zlib-compressed, byte for byte what
+``reconciler plan -o`` writes — so that any replica can show, serve and apply it.
+States, after HCP Terraform's::
+
+    planning → no_changes | planned | refused | errored
+    planned  → applying → applied | apply_errored
+    planned  → discarded | superseded | stale
+
+Everything here goes through the same library functions as the command line:
+planning is :func:`reconciler.commands.plan` writing a plan file, applying is
+:func:`reconciler.commands.apply` on that very file, so every guarantee of
+``reconciler apply`` holds (schema, plan_id, signature, lock, stale check, delete
+limits, one transaction, audit). A status transition is one conditional ``UPDATE``
+(``… WHERE status = 'planned'``): two people approving the same run at once get one
+apply and one 409.
+
+The API and the dashboard call :class:`Runs`; nothing here knows about HTTP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import time
+import zlib
+from typing import Any, Iterator, Protocol
+
+import peewee as pw
+import psycopg2
+import psycopg2.extensions
+from playhouse.pool import PooledPostgresqlDatabase
+
+from . import commands
+from .config import Settings
+from .db import CONTROLLER_MODELS, Apply, ControllerState, Run, describe_pg_error, migration_files
+from .errors import (
+    AlreadyAppliedError,
+    DatabaseError,
+    LockTimeoutError,
+    ReconcilerError,
+    SafetyError,
+    StalePlanError,
+)
+from .safety import Limits, check_delete_limits
+
+log = logging.getLogger("reconciler.runs")
+
+STATUSES = (
+    "planning", "no_changes", "planned", "refused", "errored",
+    "applying", "applied", "apply_errored", "discarded", "superseded", "stale",
+)
+TRIGGERS = ("schedule", "event", "manual", "rollback")
+FINAL = {"no_changes", "refused", "errored", "applied", "apply_errored", "discarded", "superseded", "stale"}
+# Runs whose plan describes drift a person has not resolved yet.
+OPEN = ("planned", "applying", "apply_errored", "discarded", "stale")
+POLICIES = ("off", "creates", "within-limits")
+
+
+class RunError(ReconcilerError):
+    """A request about a run that cannot be done; ``status`` is the HTTP status to answer."""
+
+    status = 409
+
+
+class RunNotFound(RunError):
+    status = 404
+
+
+class RunConflict(RunError):
+    status = 409
+
+
+class Observer(Protocol):
+    """Told what happens (the server's metrics implement it); every method optional."""
+
+    def run_finished(self, run: dict) -> None: ...
+    def applied(self, run: dict) -> None: ...
+
+
+def total(summary: dict | None) -> int:
+    return sum(sum(actions.values()) for actions in (summary or {}).values())
+
+
+def zeroed(summary: dict) -> dict:
+    return {kind: {action: 0 for action in actions} for kind, actions in summary.items()}
+
+
+def only_creates(summary: dict) -> bool:
+    """Every count but ``create`` is 0 — whatever actions the plan format holds."""
+    return all(n == 0 for actions in summary.values() for action, n in actions.items() if action != "create")
+
+
+def auto_apply_allowed(policy: str, summary: dict, current_rows: int, limits: Limits) -> bool:
+    """Whether ``policy`` applies a plan with this summary without a person.
+
+    ``creates``: the plan only creates. ``within-limits``: its deletions are within the
+    configured delete limits (the plan was refused already if they were not; this
+    checks again with the limits the server runs with). ``off``: never.
+    """
+    if total(summary) == 0:
+        return False
+    if policy == "creates":
+        return only_creates(summary)
+    if policy == "within-limits":
+        if limits.max_delete is None and limits.max_delete_percent is None:
+            return False
+        deletes = sum(actions.get("delete", 0) for actions in summary.values())
+        try:
+            check_delete_limits(deletes, current_rows, limits)
+        except SafetyError:
+            return False
+        return True
+    return False
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+class _Progress:
+    """The ``progress(str)`` hook of plan and apply, recorded on the run at most once a
+    second: the phase (the message) and the counts it names."""
+
+    def __init__(self, store: "Runs", run_id: int) -> None:
+        self.store, self.run_id = store, run_id
+        self.counts: dict[str, int] = {}
+        self.phase = ""
+        self.last = 0.0
+
+    def __call__(self, msg: str) -> None:
+        self.phase = msg
+        words = msg.split()
+        for i, w in enumerate(words[:-1]):
+            if w in ("listed", "staging") and words[i + 1].isdigit():
+                self.counts["objects_listed" if w == "listed" else "changes_staged"] = int(words[i + 1])
+        now = time.monotonic()
+        if now - self.last >= 1.0:
+            self.last = now
+            with contextlib.suppress(Exception):  # progress is a courtesy; the run goes on
+                self.store.set_progress(self.run_id, self.phase, dict(self.counts))
+
+
+class Runs:
+    """Runs of one database: create, execute, list, apply, discard, roll back.
+
+    ``settings.database`` must be a URL (the server resolves the embedded default to
+    one before it starts). Row-at-a-time work goes through peewee on a small pool;
+    plan and apply open their own connections, as on the command line.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        display: str | None = None,
+        owner: int = 0,
+        observer: Observer | None = None,
+    ) -> None:
+        if not settings.database:
+            raise ValueError("Runs needs settings.database (a URL)")
+        self.settings = settings
+        self.display = display or settings.database
+        self.owner = owner
+        self.observer = observer
+        self.db = PooledPostgresqlDatabase(
+            settings.database, max_connections=16, stale_timeout=300, timeout=10, autoconnect=True,
+            connect_timeout=5,
+        )
+        self.db.bind(CONTROLLER_MODELS, bind_refs=False, bind_backrefs=False)
+        self._password = psycopg2.extensions.parse_dsn(settings.database).get("password")
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextlib.contextmanager
+    def session(self, doing: str = "cannot reach the database") -> Iterator[pw.Database]:
+        """A pooled connection for a few statements; a lost connection is dropped from
+        the pool and reported as a DatabaseError (the caller retries later)."""
+        try:
+            with self.db.connection_context():
+                yield self.db
+        except (pw.OperationalError, pw.InterfaceError, psycopg2.OperationalError, psycopg2.InterfaceError) as e:
+            with contextlib.suppress(Exception):
+                self.db.manual_close()
+            with contextlib.suppress(Exception):
+                self.db.close_idle()
+            cause = e.__cause__ or e
+            raise DatabaseError(f"{doing}: {describe_pg_error(cause, self._password)}") from None
+        except pw.PeeweeException as e:
+            cause = e.__cause__ or e
+            raise DatabaseError(f"{doing}: {describe_pg_error(cause, self._password)}") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.db.close_all()
+
+    def _notify(self, method: str, run: dict) -> None:
+        fn = getattr(self.observer, method, None)
+        if fn:
+            with contextlib.suppress(Exception):
+                fn(run)
+
+    # ------------------------------------------------------------------ reading
+
+    @staticmethod
+    def to_dict(r: Run) -> dict:
+        return {
+            "id": r.id,
+            "status": r.status,
+            "trigger": r.trigger,
+            "scope": r.scope,
+            "created_at": _utc(r.created_at),
+            "planned_at": _utc(r.planned_at),
+            "finished_at": _utc(r.finished_at),
+            "phase": r.phase,
+            "progress": r.progress,
+            "plan_id": r.plan_id,
+            "summary": r.summary,
+            "change_count": r.change_count,
+            "current_rows": r.current_rows,
+            "object_count": r.object_count,
+            "decided_by": r.decided_by,
+            "decided_at": _utc(r.decided_at),
+            "apply_id": r.apply_id,
+            "rolls_back": r.rolls_back,
+            "plan_seconds": r.plan_seconds,
+            "apply_seconds": r.apply_seconds,
+            "error": r.error,
+        }
+
+    _LIST_FIELDS = [f for f in Run._meta.sorted_fields if f.name != "plan_file"]
+
+    def list_runs(self, status: str | None = None, limit: int = 50, offset: int = 0) -> list[dict]:
+        """Runs, newest first (without their plan files)."""
+        with self.session():
+            q = Run.select(*self._LIST_FIELDS).order_by(Run.id.desc()).limit(limit).offset(offset)
+            if status:
+                q = q.where(Run.status << [s for s in status.split(",") if s])
+            return [self.to_dict(r) for r in q]
+
+    def get_run(self, run_id: int) -> dict:
+        with self.session():
+            r = Run.select(*self._LIST_FIELDS).where(Run.id == run_id).first()
+        if r is None:
+            raise RunNotFound(f"there is no run {run_id}")
+        return self.to_dict(r)
+
+    def plan_file(self, run_id: int) -> bytes:
+        """The run's plan file, byte for byte what ``reconciler plan -o`` wrote."""
+        with self.session():
+            r = Run.select(Run.id, Run.plan_file).where(Run.id == run_id).first()
+        if r is None:
+            raise RunNotFound(f"there is no run {run_id}")
+        if r.plan_file is None:
+            raise RunNotFound(f"run {run_id} has no plan file (it was refused, errored, or is still planning)")
+        return zlib.decompress(bytes(r.plan_file))
+
+    @contextlib.contextmanager
+    def plan_path(self, run_id: int) -> Iterator[str]:
+        """The run's plan file as a temporary file, for :mod:`reconciler.planfile`."""
+        data = self.plan_file(run_id)
+        with tempfile.TemporaryDirectory(prefix="reconciler-run-") as d:
+            path = os.path.join(d, f"run-{run_id}.json")
+            with open(path, "wb") as f:
+                f.write(data)
+            yield path
+
+    def run_changes(self, run_id: int, offset: int = 0, limit: int = 100) -> tuple[list[dict], int]:
+        """A page of the run's changes (verified as ``reconciler show`` does) and their count."""
+        from .planfile import load_plan
+
+        with self.plan_path(run_id) as path:
+            p = load_plan(path)
+        return [c.to_dict() for c in p.changes[offset : offset + limit]], len(p.changes)
+
+    def status(self) -> dict:
+        """The drift summary the API's ``/api/status`` and the overview page show.
+
+        The baseline is the newest full-scope run that made a plan (rollback runs
+        aside): its summary while its plan is open (planned, discarded, stale, …), zero
+        once it found no changes or was applied. When that baseline is clean, scoped
+        runs made since that are still open add their summaries. ``in_sync`` is true
+        when the drift is zero and no run since the baseline was refused.
+        """
+        made = Run.status.not_in(["planning", "errored", "refused"]) & (Run.trigger != "rollback")
+        fields = [f for f in self._LIST_FIELDS]
+        with self.session():
+            base = Run.select(*fields).where(made & Run.scope.is_null()).order_by(Run.id.desc()).first()
+            since = base.id if base else 0
+            newer = list(Run.select(*fields).where((Run.id > since) & made & Run.scope.is_null(False)).order_by(Run.id))
+            refused = Run.select(Run.id).where((Run.id > since) & (Run.status == "refused")).exists()
+            pending = Run.select(Run.id).where(Run.status == "planned").order_by(Run.id.desc()).first()
+            last_check = Run.select(pw.fn.MAX(Run.planned_at)).where(Run.planned_at.is_null(False)).scalar()
+            last_apply = Apply.select(pw.fn.MAX(Apply.applied_at)).scalar()
+            state = ControllerState.get_or_none(ControllerState.id == 1)
+        drift: dict = {}
+        if base is not None and base.summary is not None:
+            drift = zeroed(base.summary) if base.status in ("no_changes", "applied") else base.summary
+            if total(drift) == 0:
+                for r in newer:
+                    if r.status in OPEN and r.summary:
+                        for kind, actions in r.summary.items():
+                            for action, n in actions.items():
+                                drift.setdefault(kind, {}).setdefault(action, 0)
+                                drift[kind][action] += n
+        return {
+            "in_sync": base is not None and total(drift) == 0 and not refused,
+            "last_check_at": _utc(last_check),
+            "last_apply_at": _utc(last_apply),
+            "next_check_at": _utc(state.next_check_at) if state else None,
+            "leader_name": state.leader if state else None,
+            "pending_run": pending.id if pending else None,
+            "drift": drift,
+            "objects_listed": base.object_count if base else None,
+            "rows_in_database": base.current_rows if base else None,
+            "last_full_run": base.id if base else None,
+        }
+
+    # ------------------------------------------------------------------ writing
+
+    def create_run(self, trigger: str, scope: list[str] | None = None) -> int:
+        """A new run in ``planning``; :meth:`execute` makes its plan."""
+        if trigger not in TRIGGERS:
+            raise ValueError(trigger)
+        scope = sorted(set(scope)) if scope else None
+        with self.session("cannot record the run"):
+            return Run.insert(
+                status="planning", trigger=trigger, scope=scope, created_at=pw.SQL("now()"), owner=self.owner,
+                phase="queued",
+            ).execute()
+
+    def set_progress(self, run_id: int, phase: str, counts: dict) -> None:
+        with self.session():
+            Run.update(phase=phase, progress=counts).where(Run.id == run_id).execute()
+
+    def execute(self, run_id: int) -> dict:
+        """Make the plan of a run in ``planning``: list, read, diff, write the plan file
+        (through :func:`reconciler.commands.plan`), store it, and record the outcome:
+        ``no_changes``, ``planned`` (superseding older planned runs of the same or a
+        narrower scope), ``refused`` (a safety guard) or ``errored``. Planning never
+        writes to the content tables."""
+        run = self.get_run(run_id)
+        progress = _Progress(self, run_id)
+        started = time.monotonic()
+        outcome: dict[str, Any]
+        try:
+            with tempfile.TemporaryDirectory(prefix="reconciler-plan-") as d:
+                path = os.path.join(d, "plan.json")
+                plan, _ = commands.plan(self.settings, path, models=run["scope"], progress=progress)
+                with open(path, "rb") as f:
+                    data = f.read()
+            summary = plan.summary
+            n = total(summary)
+            outcome = dict(
+                status="planned" if n else "no_changes",
+                plan_id=plan.plan_id,
+                summary=summary,
+                change_count=n,
+                current_rows=sum((plan.target.get("current_counts") or {}).values()),
+                object_count=plan.source.get("object_count"),
+                plan_file=zlib.compress(data, 6),
+                planned_at=pw.SQL("now()"),
+                error=None,
+            )
+        except SafetyError as e:
+            outcome = dict(status="refused", error=one_line(e))
+        except ReconcilerError as e:
+            outcome = dict(status="errored", error=one_line(e))
+        except Exception as e:  # a bug must not kill the loop; the run says what happened
+            log.exception("run %s failed", run_id)
+            outcome = dict(status="errored", error=one_line(f"unexpected {type(e).__name__}: {e}"))
+        outcome["plan_seconds"] = time.monotonic() - started
+        outcome["phase"] = "done"
+        outcome["progress"] = dict(progress.counts, rows_read=outcome.get("current_rows") or 0)
+        if outcome["status"] != "planned":
+            outcome["finished_at"] = pw.SQL("now()")
+        with self.session("cannot record the run's plan"), self.db.atomic():
+            Run.update(**outcome).where((Run.id == run_id) & Run.status.in_(["planning", "errored"])).execute()
+            if outcome["status"] in ("planned", "no_changes"):
+                self._supersede(run_id, run["scope"])
+        result = self.get_run(run_id)
+        self._notify("run_finished", result)
+        return result
+
+    def _supersede(self, run_id: int, scope: list[str] | None) -> None:
+        """Older planned runs of the same or a narrower scope are superseded (rollback
+        runs only by nothing: a person asked for them)."""
+        self.db.execute_sql(
+            """UPDATE reconciler_runs SET status = 'superseded', finished_at = now(), phase = 'done'
+               WHERE status = 'planned' AND id < %s AND trigger <> 'rollback'
+                 AND (%s::jsonb IS NULL OR scope <@ %s::jsonb)""",
+            (run_id, _json(scope), _json(scope)),
+        )
+
+    def plan_now(self, trigger: str, scope: list[str] | None = None) -> dict:
+        """Create a run and make its plan (blocking)."""
+        return self.execute(self.create_run(trigger, scope))
+
+    def apply(self, run_id: int, by: str) -> dict:
+        """Approve and apply a ``planned`` run, through :func:`reconciler.commands.apply`
+        on its stored plan file; ``by`` is recorded as who decided.
+
+        Raises :class:`RunConflict` (the run stays as it was) when it is not
+        ``planned``, already applied, refused by a delete limit or the lock is busy;
+        a stale plan turns the run ``stale`` and raises :class:`RunConflict`. Any other
+        failure turns it ``apply_errored`` and raises the error.
+        """
+        with self.session("cannot record the approval"):
+            claimed = (
+                Run.update(status="applying", decided_by=by, decided_at=pw.SQL("now()"), owner=self.owner,
+                           phase="applying", error=None)
+                .where((Run.id == run_id) & (Run.status == "planned"))
+                .execute()
+            )
+        if not claimed:
+            run = self.get_run(run_id)  # 404 when there is none
+            raise RunConflict(f"run {run_id} is {run['status']}, not planned; only a planned run can be applied")
+        progress = _Progress(self, run_id)
+        started = time.monotonic()
+        try:
+            with self.plan_path(run_id) as path:
+                result = commands.apply(self.settings, path, progress=progress, actor=by)
+        except StalePlanError as e:
+            self._end_apply(run_id, status="stale", error=one_line(e), finished=True, started=started)
+            self._notify("applied", self.get_run(run_id))
+            raise RunConflict(str(e)) from None
+        except (AlreadyAppliedError, SafetyError, LockTimeoutError) as e:
+            self._end_apply(run_id, status="planned", error=one_line(e), finished=False, started=started,
+                            undecide=True)
+            raise RunConflict(str(e)) from None
+        except BaseException as e:
+            msg = one_line(e) if isinstance(e, ReconcilerError) else one_line(f"unexpected {type(e).__name__}: {e}")
+            with contextlib.suppress(Exception):
+                self._end_apply(run_id, status="apply_errored", error=msg, finished=True, started=started)
+                self._notify("applied", self.get_run(run_id))
+            raise
+        self._end_apply(run_id, status="applied", error=None, finished=True, started=started,
+                        apply_id=result.apply_id, progress=dict(progress.counts, rows_applied=result.total))
+        run = self.get_run(run_id)
+        self._notify("applied", run)
+        return run
+
+    def _end_apply(self, run_id, *, status, error, finished, started, apply_id=None, undecide=False,
+                   progress=None) -> None:
+        values: dict[str, Any] = dict(status=status, error=error, phase="done",
+                                      apply_seconds=time.monotonic() - started)
+        if progress is not None:
+            values["progress"] = progress
+        if finished:
+            values["finished_at"] = pw.SQL("now()")
+        if apply_id is not None:
+            values["apply_id"] = apply_id
+        if undecide:
+            values.update(decided_by=None, decided_at=None, phase="planned")
+        with self.session("cannot record the apply's outcome"):
+            # apply_errored too: a reaper that took this replica for dead is corrected.
+            Run.update(**values).where((Run.id == run_id) & Run.status.in_(["applying", "apply_errored"])).execute()
+
+    def discard(self, run_id: int, by: str) -> dict:
+        """A person discards a ``planned`` run."""
+        with self.session("cannot record the discard"):
+            n = (
+                Run.update(status="discarded", decided_by=by, decided_at=pw.SQL("now()"),
+                           finished_at=pw.SQL("now()"), phase="done")
+                .where((Run.id == run_id) & (Run.status == "planned"))
+                .execute()
+            )
+        run = self.get_run(run_id)
+        if not n:
+            raise RunConflict(f"run {run_id} is {run['status']}, not planned; only a planned run can be discarded")
+        return run
+
+    def rollback(self, apply_id: int, by: str) -> dict:
+        """A new ``planned`` run (trigger ``rollback``) holding the inverse plan of an
+        apply, made by :func:`reconciler.commands.rollback`; it is applied like any run."""
+        with self.session():
+            if Apply.get_or_none(Apply.id == apply_id) is None:
+                raise RunNotFound(f"there is no apply {apply_id}; see GET /api/history")
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="reconciler-rollback-") as d:
+            path = os.path.join(d, "rollback.json")
+            try:
+                plan = commands.rollback(self.settings, apply_id, path)
+            except DatabaseError:
+                raise
+            except ReconcilerError as e:  # already rolled back, or rows changed since
+                raise RunConflict(str(e)) from None
+            with open(path, "rb") as f:
+                data = f.read()
+        summary = plan.summary
+        with self.session("cannot record the run"):
+            run_id = Run.insert(
+                status="planned", trigger="rollback", scope=plan.scope, created_at=pw.SQL("now()"),
+                planned_at=pw.SQL("now()"), owner=self.owner, phase="planned", plan_id=plan.plan_id,
+                summary=summary, change_count=total(summary),
+                current_rows=sum((plan.target.get("current_counts") or {}).values()), object_count=0,
+                plan_file=zlib.compress(data, 6), rolls_back=apply_id, decided_by=None,
+                plan_seconds=time.monotonic() - started, progress={},
+            ).execute()
+        run = self.get_run(run_id)
+        self._notify("run_finished", run)
+        return run
+
+    def history(self, limit: int = 20) -> list[dict]:
+        """Applies, as ``reconciler history --format json``."""
+        return [e.to_dict() for e in commands.history(self.settings, limit)]
+
+    # ------------------------------------------------------------------ health
+
+    def ready(self) -> str | None:
+        """None when the database answers and its schema is current; else why not.
+        A fresh connection with a short timeout: a probe must not hang."""
+        latest = max(f.version for f in migration_files())
+        try:
+            conn = psycopg2.connect(self.settings.database, connect_timeout=3)
+        except psycopg2.Error as e:
+            return one_line(f"cannot connect to {self.display}: {describe_pg_error(e, self._password)}")
+        try:
+            with conn.cursor() as cur:
+                cur.execute("SET statement_timeout = '3s'")
+                cur.execute("SELECT to_regclass('reconciler_migrations') IS NOT NULL")
+                if not cur.fetchone()[0]:
+                    return f"{self.display} is not initialised; run `reconciler init`"
+                cur.execute("SELECT coalesce(max(version), 0) FROM reconciler_migrations")
+                current = cur.fetchone()[0]
+        except psycopg2.Error as e:
+            return one_line(f"cannot read the schema version: {describe_pg_error(e, self._password)}")
+        finally:
+            conn.close()
+        if current < latest:
+            return f"the schema is behind (version {current} of {latest}); run `reconciler init`"
+        return None
+
+
+def _utc(v) -> str | None:
+    if v is None:
+        return None
+    if getattr(v, "tzinfo", None) is not None:
+        from datetime import timezone
+
+        v = v.astimezone(timezone.utc)
+    return v.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _json(v) -> str | None:
+    import json
+
+    return None if v is None else json.dumps(v)
+

@@ -1,0 +1,122 @@
+"""``reconciler serve``: resolve the database once, check the schema, build the
+controller and the app, and run them on uvicorn until SIGTERM or SIGINT.
+
+On the embedded default the private PostgreSQL in ``state/`` is started once and
+lives as long as the server; the controller and every run reach it by its URL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import sys
+
+from ..config import Settings
+from ..controller import Controller, ServeOptions
+from ..db import check_schema, open_database, scrub
+from ..errors import ConfigError
+from .app import create_app
+from .auth import API_TOKENS_ENV, Tokens, is_loopback
+
+log = logging.getLogger("reconciler.server")
+
+
+class ScrubSecrets(logging.Filter):
+    """No token, password or key reaches a log line."""
+
+    def __init__(self, secrets) -> None:
+        super().__init__()
+        self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info:
+            message += "\n" + logging.Formatter().formatException(record.exc_info)
+            record.exc_info = None
+        record.msg, record.args = scrub(message, *self.secrets), ()
+        return True
+
+
+def setup_logging(quiet: bool, secrets) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(ScrubSecrets(secrets))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        lg = logging.getLogger(name)
+        lg.handlers[:] = []
+        lg.propagate = True
+    logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+
+
+def check_listen(options: ServeOptions, tokens: Tokens) -> tuple[str, int]:
+    host, port = options.host_port
+    if not tokens.required and not is_loopback(host):
+        raise ConfigError(
+            f"refusing to listen on {options.listen} without {API_TOKENS_ENV}: anyone who reaches it could apply "
+            f"plans; set {API_TOKENS_ENV}=name:token,… or listen on 127.0.0.1"
+        )
+    return host, port
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}; choose another --listen") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(settings: Settings, options: ServeOptions, tokens: Tokens, *, quiet: bool = False, secrets=()) -> int:
+    """Run the controller and its HTTP server until a signal; return the exit code."""
+    import uvicorn
+
+    host, port = check_listen(options, tokens)
+    if not settings.source:
+        raise ConfigError("no source: pass --source, set RECONCILER_SOURCE or source.url in the config")
+    if not settings.cdn_base_url:
+        raise ConfigError("no CDN base URL: pass --cdn-base-url, set RECONCILER_CDN_BASE_URL or cdn_base_url in the config")
+    if options.auto_apply == "within-limits" and settings.max_delete is None and settings.max_delete_percent is None:
+        raise ConfigError(
+            "--auto-apply within-limits needs a delete limit (safety.max_delete or safety.max_delete_percent "
+            "in the config file); without one every plan would be applied"
+        )
+    setup_logging(quiet, [*secrets, *tokens.secrets])
+    sock = bind(host, port)
+    with open_database(settings.database, settings.state_dir) as db:
+        check_schema(db)
+        resolved = dataclasses.replace(settings, database=db.url)
+        controller = Controller(resolved, options, display=db.display)
+        app = create_app(controller, tokens)
+        actual = sock.getsockname()[1]
+        where = f"http://{host if ':' not in host else f'[{host}]'}:{actual}"
+        access = "API tokens required" if tokens.required else f"loopback only: no {API_TOKENS_ENV} set, no token asked"
+        log.info("reconciler serve on %s (%s); database %s; source %s; every %gs, auto-apply %s",
+                 where, access, db.display, settings.source, options.interval, options.auto_apply)
+        print(f"listening on {where} ({access})", file=sys.stderr, flush=True)
+        config = uvicorn.Config(app, log_config=None, lifespan="on", access_log=False,
+                                timeout_graceful_shutdown=None, server_header=False)
+        server = uvicorn.Server(config)
+        # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again
+        # for the handler it found: make that one a no-op so a clean stop exits 0.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
+        server.run(sockets=[sock])
+        started = server.started
+    return 0 if started else 1
+
+
+def environment_secrets() -> list[str]:
+    return [os.environ.get(n) for n in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RECONCILER_SIGNING_KEY")]

@@ -1,0 +1,71 @@
+"""Prometheus metrics, in a registry of the app's own (two apps in one process do not
+clash). Names as in DESIGN.md. The gauges that describe the catalogue (in sync,
+drift, objects listed, last check, last apply) are read from the database at every
+scrape, so every replica reports the same; counters and histograms count what this
+replica did.
+"""
+
+from __future__ import annotations
+
+import calendar
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+disable_created_metrics()  # the *_created series only add noise here
+
+_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+
+
+class Metrics:
+    """The controller's :class:`~reconciler.runs.Observer`, and the scrape's data."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.in_sync = Gauge("reconciler_in_sync", "1 when the last check found the catalogue in line with the bucket", registry=r)
+        self.drift = Gauge("reconciler_drift_changes", "Pending changes by kind and action", ["kind", "action"], registry=r)
+        self.leader = Gauge("reconciler_leader", "1 when this replica leads", registry=r)
+        self.runs = Counter("reconciler_runs", "Run outcomes reached by this replica", ["trigger", "status"], registry=r)
+        self.plan_seconds = Histogram("reconciler_plan_duration_seconds", "Time to make a run's plan", buckets=_BUCKETS, registry=r)
+        self.apply_seconds = Histogram("reconciler_apply_duration_seconds", "Time to apply a run's plan", buckets=_BUCKETS, registry=r)
+        self.last_check = Gauge("reconciler_last_check_timestamp_seconds", "When a run last finished planning", registry=r)
+        self.last_apply = Gauge("reconciler_last_apply_timestamp_seconds", "When a plan was last applied", registry=r)
+        self.objects = Gauge("reconciler_objects_listed", "Objects listed by the last full check", registry=r)
+        self.events = Counter("reconciler_events_received", "S3 event records received", ["via"], registry=r)
+
+    # Observer
+    def run_finished(self, run: dict) -> None:
+        self.runs.labels(run["trigger"], run["status"]).inc()
+        if run.get("plan_seconds") is not None and run["trigger"] != "rollback":
+            self.plan_seconds.observe(run["plan_seconds"])
+
+    def applied(self, run: dict) -> None:
+        self.runs.labels(run["trigger"], run["status"]).inc()
+        if run.get("apply_seconds") is not None:
+            self.apply_seconds.observe(run["apply_seconds"])
+
+    def apply_failed(self, run: dict) -> None:
+        self.applied(run)
+
+    def leader_changed(self, leading: bool) -> None:
+        self.leader.set(1 if leading else 0)
+
+    def events_received(self, via: str, n: int) -> None:
+        self.events.labels(via).inc(n)
+
+    # scrape
+    def refresh(self, status: dict) -> None:
+        self.in_sync.set(1 if status.get("in_sync") else 0)
+        self.leader.set(1 if status.get("leader") else 0)
+        self.drift.clear()
+        for kind, actions in (status.get("drift") or {}).items():
+            for action, n in actions.items():
+                self.drift.labels(kind, action).set(n)
+        for gauge, key in ((self.last_check, "last_check_at"), (self.last_apply, "last_apply_at")):
+            if status.get(key):
+                gauge.set(calendar.timegm(time.strptime(status[key], "%Y-%m-%dT%H:%M:%SZ")))
+        if status.get("objects_listed") is not None:
+            self.objects.set(status["objects_listed"])
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

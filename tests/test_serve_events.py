@@ -1,0 +1,188 @@
+"""S3 events → scoped runs: the webhook (AWS and MinIO bodies), SQS, deduplication,
+debouncing, other buckets, and bodies that are not events (never a 500), against
+the real server, moto's S3 and SQS, and a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import time
+from urllib.parse import quote_plus
+
+import boto3
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from reconciler.events import model_of, parse_body
+
+from .serving import serve  # noqa: F401 — the fixture
+
+pytestmark = pytest.mark.slow
+
+
+def record(bucket: str, key: str, sequencer: str = "0055AED6DCD90281E5", name: str = "ObjectCreated:Put") -> dict:
+    """An AWS S3 event record; the key URL-encoded with '+' for spaces, as S3 sends it."""
+    return {
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventTime": "2026-11-21T10:00:00.000Z", "eventName": name,
+        "s3": {"s3SchemaVersion": "1.0", "configurationId": "reconciler",
+               "bucket": {"name": bucket, "arn": f"arn:aws:s3:::{bucket}"},
+               "object": {"key": quote_plus(key, safe="/"), "size": 3, "eTag": "abc", "sequencer": sequencer}},
+    }
+
+
+def minio_body(bucket: str, key: str, sequencer: str) -> dict:
+    """MinIO's webhook body: its own header around the same records."""
+    rec = record(bucket, key, sequencer)
+    rec["eventSource"] = "minio:s3"
+    rec["s3"]["object"]["contentType"] = "image/jpeg"
+    rec["source"] = {"host": "10.0.0.1", "port": "", "userAgent": "MinIO (linux; amd64)"}
+    return {"EventName": "s3:ObjectCreated:Put", "Key": f"{bucket}/{key}", "Records": [rec]}
+
+
+def event_runs(server) -> list[dict]:
+    return [r for r in server.runs() if r["trigger"] == "event"]
+
+
+def test_parse_and_model_of():
+    body = {"Records": [record("b", "Zoë Ortiz/Q&A #1/photo 1.jpg")]}
+    [e] = parse_body(json.dumps(body).encode())
+    assert e.key == "Zoë Ortiz/Q&A #1/photo 1.jpg" and e.bucket == "b"
+    assert json.dumps(body).count("Zo%C3%AB+Ortiz") == 1
+    assert parse_body(b'{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"b"}') == []
+    assert model_of("media/Alice/x.jpg", "media/") == "Alice"
+    assert model_of("other/Alice/x.jpg", "media/") is None
+    assert model_of("media/file.jpg", "media/") is None
+    assert model_of("Alice/", "") is None and model_of("/x.jpg", "") is None
+    sns = {"Type": "Notification", "Message": json.dumps(body)}
+    assert parse_body(json.dumps(sns)) == parse_body(json.dumps(body))
+
+
+def test_webhook_events_make_scoped_runs(serve, bucket, sql):
+    bucket.put("Alice/a.jpg", "Alice/Beach/1.jpg", "Zoë Ortiz/Q&A #1/photo 1.jpg", "Bob/Hike/x.jpg")
+    s = serve(bucket.url + "/", serve={"debounce": 0.5})
+    c = s.client()
+    first = s.wait_run(s.wait_for(lambda: s.runs(), what="the first run")[-1]["id"])
+    assert c.post(f"/api/runs/{first['id']}/apply").json()["status"] == "applied"
+
+    # AWS body: a '+' and unicode key → a run scoped to that model alone.
+    bucket.put("Zoë Ortiz/Q&A #1/photo 2.jpg")
+    sent = time.monotonic()
+    r = c.post("/hooks/s3", json={"Records": [record(bucket.name, "Zoë Ortiz/Q&A #1/photo 2.jpg", "01")]})
+    assert r.status_code == 200 and r.json() == {"received": 1, "stored": 1, "duplicates": 0, "ignored": 0}
+    # The same event again (same key and sequencer) is one event.
+    r = c.post("/hooks/s3", json={"Records": [record(bucket.name, "Zoë Ortiz/Q&A #1/photo 2.jpg", "01")]})
+    assert r.json()["duplicates"] == 1
+    run = s.wait_for(lambda: event_runs(s), what="an event run")[0]
+    latency = time.monotonic() - sent
+    run = s.wait_run(run["id"])
+    assert run["scope"] == ["Zoë Ortiz"] and run["status"] == "planned"
+    assert run["summary"]["media"] == {"create": 1, "update": 0, "delete": 0}
+    assert latency < 5, latency
+    print(f"event → scoped run planned: {time.monotonic() - sent:.2f}s (debounce 0.5s)")
+    assert sql("SELECT count(*) FROM reconciler_events WHERE run_id = %s", (run["id"],))[0][0] == 1
+
+    # MinIO body for two models; a test event, another bucket, a key outside a model: ignored.
+    bucket.delete("Bob/Hike/x.jpg")
+    bodies = [
+        minio_body(bucket.name, "Bob/Hike/x.jpg", "02"),
+        minio_body(bucket.name, "Alice/Beach/1.jpg", "03"),
+        {"Service": "Amazon S3", "Event": "s3:TestEvent", "Bucket": bucket.name},
+        {"Records": [record("another-bucket", "Carol/x.jpg", "04"), record(bucket.name, "stray.jpg", "05")]},
+    ]
+    answers = [c.post("/hooks/s3", json=b).json() for b in bodies]
+    assert [a["stored"] for a in answers] == [1, 1, 0, 0] and answers[3]["ignored"] == 2
+    runs = s.wait_for(lambda: len(event_runs(s)) == 2 and event_runs(s), what="a second event run")
+    run = s.wait_run(runs[0]["id"])
+    assert run["scope"] == ["Alice", "Bob"]
+    assert run["summary"]["media"]["delete"] == 1 and run["summary"]["post"]["delete"] == 1
+    assert all("Carol" not in (r["scope"] or []) for r in s.runs())
+    metrics = c.get("/metrics").text
+    assert 'reconciler_events_received_total{via="webhook"} 6.0' in metrics
+
+
+def test_a_burst_of_1000_events_is_one_run_per_debounce_window(serve, bucket):
+    models = [f"M{i:03d}" for i in range(50)]
+    bucket.put(*(f"{m}/P/x.jpg" for m in models))
+    s = serve(bucket.url, serve={"debounce": 3})
+    c = s.client()
+    s.wait_run(s.wait_for(lambda: s.runs(), what="the first run")[-1]["id"])
+    start = time.monotonic()
+    for batch in range(20):  # 20 bodies of 50 records: 1,000 events, 50 models
+        recs = [record(bucket.name, f"{m}/P/{batch}.jpg", f"{batch:04d}{i:04d}") for i, m in enumerate(models)]
+        assert c.post("/hooks/s3", json={"Records": recs}).json()["stored"] == 50
+    burst = time.monotonic() - start
+    assert burst < 3, f"the burst took {burst:.1f}s, longer than the window"
+    run = s.wait_run(s.wait_for(lambda: event_runs(s), what="the event run")[0]["id"])
+    time.sleep(3.5)  # another window: no second run
+    runs = event_runs(s)
+    assert len(runs) == 1 and runs[0]["scope"] == models and run["change_count"] == 150
+
+
+def test_sqs_queue(serve, bucket, s3_env):
+    sqs = boto3.client("sqs", endpoint_url=s3_env, region_name="us-east-1")
+    url = sqs.create_queue(QueueName="reconciler-events")["QueueUrl"]
+    bucket.put("Alice/a.jpg", "Bob/b.jpg")
+    s = serve(bucket.url, serve={"sqs_queue_url": url, "debounce": 0.5})
+    s.wait_run(s.wait_for(lambda: s.runs(), what="the first run")[-1]["id"])
+    bucket.put("Alice/c.jpg")
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"Records": [record(bucket.name, "Alice/c.jpg", "10")]}))
+    sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"Service": "Amazon S3", "Event": "s3:TestEvent"}))
+    sqs.send_message(QueueUrl=url, MessageBody="not json at all")
+    run = s.wait_run(s.wait_for(lambda: event_runs(s), timeout=40, what="an SQS event run")[0]["id"])
+    assert run["scope"] == ["Alice"] and run["status"] == "planned"
+    s.wait_for(lambda: int(sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"][
+        "ApproximateNumberOfMessages"]) == 0 and int(sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["All"])["Attributes"]["ApproximateNumberOfMessagesNotVisible"]) == 0,
+        what="the queue drained")
+    assert 'reconciler_events_received_total{via="sqs"} 1.0' in s.client().get("/metrics").text
+
+
+MALFORMED = [
+    b"", b"null", b"[]", b"42", b'"x"', b"{", b"\xff\xfe", b'{"Records": {}}', b'{"Records": [1]}',
+    b'{"Records": [{"s3": {"bucket": {"name": 1}, "object": {"key": "a"}}}]}',
+    b'{"Records": [{"s3": {"bucket": {"name": "b"}, "object": {}}}]}',
+    b'{"Records": [{"s3": []}]}', b"[" * 100_000, b'{"a":' * 50_000,
+    b'{"Type": "Notification", "Message": "{"}',
+]
+
+
+def test_malformed_bodies_get_400_and_the_loop_goes_on(serve, bucket):
+    bucket.put("Alice/a.jpg")
+    s = serve(bucket.url, serve={"debounce": 0.3})
+    c = s.client()
+    for body in MALFORMED:
+        r = c.post("/hooks/s3", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"], (body[:40], r.text)
+    r = c.post("/hooks/s3", content=b"x" * (1024 * 1024 + 1))
+    assert r.status_code == 413 and "larger than" in r.json()["error"]
+    # NUL and lone surrogates cannot be object keys: ignored, not a database error.
+    odd = {"Records": [record(bucket.name, "Alice/a.jpg", "1"), record(bucket.name, "Alice/x.jpg", "2")]}
+    odd["Records"][0]["s3"]["object"]["key"] = "Alice/%00.jpg"
+    odd["Records"][1]["s3"]["object"]["key"] = "Alice/\ud800.jpg"
+    odd["Records"][1]["s3"]["object"]["sequencer"] = "\u0000"
+    r = c.post("/hooks/s3", content=json.dumps(odd).encode())
+    assert r.status_code == 200, r.text
+
+    @hsettings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.one_of(
+        st.binary(max_size=300),
+        st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                     max_leaves=20).map(lambda v: json.dumps({"Records": [v]}).encode()),
+        st.fixed_dictionaries({"s3": st.fixed_dictionaries({
+            "bucket": st.fixed_dictionaries({"name": st.text(max_size=10)}),
+            "object": st.fixed_dictionaries({"key": st.text(max_size=30), "sequencer": st.text(max_size=5)})})}
+        ).map(lambda rec: json.dumps({"Records": [rec]}).encode()),
+    ))
+    def fuzz(body):
+        r = c.post("/hooks/s3", content=body)
+        assert r.status_code in (200, 400), (body, r.status_code, r.text)
+        assert "error" in r.json() or "received" in r.json()
+
+    fuzz()
+    assert "Traceback" not in s.output() and "internal error" not in s.output()
+    # The loop still turns a real event into a run.
+    bucket.put("Alice/b.jpg")
+    c.post("/hooks/s3", json={"Records": [record(bucket.name, "Alice/b.jpg", "99")]})
+    run = s.wait_run(s.wait_for(lambda: event_runs(s), what="an event run")[-1]["id"])
+    assert run["scope"] == ["Alice"]
