@@ -45,7 +45,7 @@ def test_plan_approve_in_sync(serve, tmp_path, sql):
     assert run["phase"] == "done" and run["progress"] == {"objects_listed": 5, "rows_read": 0}
     st = c.get("/api/status").json()
     assert st["in_sync"] is False and st["leader"] is True and st["pending_run"] == run["id"]
-    assert st["drift"]["model"] == {"create": 2, "update": 0, "delete": 0}
+    assert st["drift"]["model"] == {"create": 2, "update": 0, "move": 0, "delete": 0}
     assert st["source"] == str(src) and "password" not in json.dumps(st) and st["version"]
     metrics = c.get("/metrics").text
     assert "reconciler_in_sync 0.0" in metrics and "reconciler_leader 1.0" in metrics

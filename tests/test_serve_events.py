@@ -76,7 +76,7 @@ def test_webhook_events_make_scoped_runs(serve, bucket, sql):
     latency = time.monotonic() - sent
     run = s.wait_run(run["id"])
     assert run["scope"] == ["Zoë Ortiz"] and run["status"] == "planned"
-    assert run["summary"]["media"] == {"create": 1, "update": 0, "delete": 0}
+    assert run["summary"]["media"] == {"create": 1, "update": 0, "move": 0, "delete": 0}
     assert latency < 5, latency
     print(f"event → scoped run planned: {time.monotonic() - sent:.2f}s (debounce 0.5s)")
     assert sql("SELECT count(*) FROM reconciler_events WHERE run_id = %s", (run["id"],))[0][0] == 1
