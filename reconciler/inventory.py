@@ -357,7 +357,10 @@ def _read_arrow(path: str, fmt: str, batch_rows: int) -> Iterator[ObjectInfo]:
             f = po.ORCFile(path)
             names = set(f.schema.names)
             wanted = [c for c in _WANTED if c in names]
-            batches = (b for i in range(f.nstripes) for b in f.read_stripe(i, columns=wanted).to_batches(batch_rows))
+            batches = (
+                b for i in range(f.nstripes)
+                for b in pa.Table.from_batches([f.read_stripe(i, columns=wanted)]).to_batches(batch_rows)
+            )
         if "key" not in names:
             raise SourceError(f"an inventory {fmt} data file has no 'key' column")
         for batch in batches:
