@@ -145,7 +145,8 @@ def make_plan(
     )
     # A typo'd --model lists nothing and changes nothing: a drift check would read that as
     # "in sync", so it is an error, not a note.
-    unknown = [name for name in (scope if shard is None else None) or () if name not in desired.models and name not in in_database]
+    named = scope if shard is None else None  # a shard's scope is found, not named
+    unknown = [name for name in named or () if name not in desired.models and name not in in_database]
     if unknown:
         names = ", ".join(repr(n) for n in unknown)
         what = f"model {names} is" if len(unknown) == 1 else f"models {names} are"
