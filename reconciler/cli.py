@@ -81,6 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-delete-percent", metavar="P", type=_percent, help="refuse deleting more than P%% of rows in scope")
     p.add_argument("--no-moves", dest="detect_moves", action="store_false", default=None,
                    help="plan renamed folders as delete + create, not as moves (config plan.detect_moves)")
+    p.add_argument("--shard", metavar="K/N", type=_shard,
+                   help="plan only the models of shard K of N (K from 1; models by a hash of their name)")
+    p.add_argument("--inventory", metavar="URL",
+                   help="read the objects from an S3 Inventory report: s3://DEST/PREFIX/BUCKET/CONFIG/ (the newest) "
+                        "or …/manifest.json (env RECONCILER_INVENTORY, config source.inventory)")
+    p.add_argument("--max-inventory-age", metavar="AGE",
+                   help="refuse an inventory report older than AGE, e.g. 48h (default), 2d, 90m")
 
     p = command("show", "print a plan file as a table, markdown (for a pull request) or json")
     p.add_argument("file", metavar="FILE")
@@ -133,6 +140,16 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _shard(text: str):
+    from .errors import ConfigError
+    from .shards import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).replace("--shard ", "", 1)) from None
+
+
 def _nonneg_float(text: str) -> float:
     try:
         value = float(text)
@@ -155,7 +172,8 @@ def _percent(text: str) -> float:
 
 def _settings(args: argparse.Namespace) -> Settings:
     names = ("source", "database", "state_dir", "cdn_base_url", "endpoint_url", "config", "allow_empty_source",
-             "max_delete", "max_delete_percent", "lock_timeout", "require_signature", "detect_moves")
+             "max_delete", "max_delete_percent", "lock_timeout", "require_signature", "detect_moves",
+             "inventory", "max_inventory_age")
     return load_settings({n: getattr(args, n, None) for n in names})
 
 
@@ -179,12 +197,14 @@ def cmd_plan(args, settings: Settings) -> int:
     if default_base and settings.source:
         settings.cdn_base_url = commands.default_cdn_base_url(settings)
     p, path = commands.plan(
-        settings, args.output, models=args.model, sign=args.sign, progress=_progress(args)
+        settings, args.output, models=args.model, shard=args.shard, sign=args.sign, progress=_progress(args)
     )
     print(render.summary_table(p.summary))
     n = len(p.changes)
     print()
-    print(f"Target: {p.target['database']}, {'all models' if p.scope is None else 'models ' + ', '.join(p.scope)}.")
+    print(f"Target: {p.target['database']}, {render.scope_text(p)}.")
+    if p.source.get("inventory"):
+        print(f"Source: {render.inventory_text(p.source['inventory'])}.")
     default = " (default: the source's own URL; set --cdn-base-url to change)" if default_base else ""
     print(f"URLs: {settings.cdn_base_url}/<key>{default}.")
     for note in p.notes:

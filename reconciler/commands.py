@@ -24,6 +24,7 @@ from .errors import ConfigError
 from .layout import ObjectInfo
 from .planfile import Plan, verify_plan, write_plan
 from .safety import check_delete_limits, check_empty_source
+from .shards import Shard
 from .sources import Source, open_source
 from .version import __version__
 
@@ -46,6 +47,7 @@ def make_plan(
     models: Sequence[str] | None = None,
     objects: Iterable[ObjectInfo] | None = None,
     root: str = "",
+    shard: Shard | None = None,
     sign: bool = False,
     seal: bool = True,
     progress: Progress = _quiet,
@@ -54,31 +56,49 @@ def make_plan(
 
     ``objects`` replaces the configured source with any iterable of ``ObjectInfo``
     (whose keys start with ``root``). Raises SafetyError when a guard refuses.
+
+    ``shard`` (see :mod:`reconciler.shards`) scopes the plan like ``models`` does, to
+    the shard's models found in the source or in the database (read in the plan's own
+    snapshot); the plan records them in ``target.scope`` and the shard in
+    ``target.shard``.
     """
+    if shard is not None and models:
+        raise ConfigError("--shard and --model cannot be combined: a shard already chooses its models")
     scope = sorted(set(models)) if models else None
     source = None
+    inventory = None
     if objects is None:
         source = _open_source(settings, None if progress is _quiet else progress)
-        source_url, root, objects = source.url, source.root, source.list(scope)
+        if settings.inventory:
+            progress("reading the inventory manifest")
+            inventory = source.report  # checked (bucket, age) before anything else is read
+        source_url, root, objects = source.url, source.root, source.list(shard if shard is not None else scope)
     else:
         source_url = settings.source
+    in_shard: list[str] = []  # the shard's models in the database
+
+    def shard_scope(conn) -> list[str]:
+        in_shard[:] = _models_in_shard(conn, shard)
+        return in_shard
     cdn_base_url = settings.cdn_base_url or default_cdn_base_url(settings, source)
     if sign and not settings.signing_key:
         raise ConfigError("--sign needs the signing key in RECONCILER_SIGNING_KEY")
     with open_database(settings.database, settings.state_dir) as db:
         check_schema(db)
         try:
-            with db.transaction() as conn, db.snapshot_digest(conn, scope) as digest, _gc_paused():
+            digest_scope = shard_scope if shard is not None else scope
+            with db.transaction() as conn, db.snapshot_digest(conn, digest_scope) as digest, _gc_paused():
                 # The server computes the digest of this snapshot on its own core while
                 # the listing is read; the rows are then read from the same snapshot.
                 progress("listing the source")
                 if progress is not _quiet:
                     objects = _counting(objects, progress)
                 desired = build_desired(
-                    objects, cdn_base_url=cdn_base_url, root=root, layout=settings.layout, models=scope
+                    objects, cdn_base_url=cdn_base_url, root=root, layout=settings.layout,
+                    models=shard if shard is not None else scope,
                 )
                 progress(f"listed {desired.object_count} objects; reading the database")
-                state = read_state(conn, scope)
+                state = read_state(conn, in_shard if shard is not None else scope)
                 in_database: set[str] = set()
                 state.models = ((in_database.add(k), (k, r))[1] for k, r in state.models)
                 result = diff(desired, state, moves=settings.detect_moves)
@@ -87,11 +107,20 @@ def make_plan(
         except psycopg2.Error as e:
             raise db.error(e, "cannot read the current state") from None
         display = db.display
+    if shard is not None:
+        # A shard's scope: its models in the database (their rows were read and digested;
+        # a model only in the source has no rows, so the digest is the same) and in the source.
+        scope = sorted(set(in_shard) | set(desired.models))
     current_rows = sum(result.current_counts.values())
-    check_empty_source(len(desired.models), current_rows, scope, settings.allow_empty_source)
+    # A shard whose models all left the bucket is not an empty source when other shards'
+    # models are there: only a source with no model at all is refused.
+    recognised = len(desired.models) or int(shard is not None and shard.saw_others)
+    check_empty_source(recognised, current_rows, scope, settings.allow_empty_source)
     deletes = sum(1 for c in result.changes if c.action == "delete")
     check_delete_limits(deletes, current_rows, settings.limits)
     extra = {}
+    source_extra = {"inventory": inventory.to_dict()} if inventory is not None else {}
+    target_extra = {"shard": str(shard)} if shard is not None else {}
     if settings.max_delete is not None or settings.max_delete_percent is not None:
         extra["limits"] = settings.limits.to_dict()
     plan = Plan(
@@ -101,6 +130,7 @@ def make_plan(
             "object_count": desired.object_count,
             "skipped": dict(sorted(desired.skipped.items())),
             "skipped_examples": {k: v for k, v in sorted(desired.skipped_examples.items())},
+            **source_extra,
         },
         target={
             "database": display,
@@ -108,19 +138,28 @@ def make_plan(
             "scope": scope,
             "state_digest": state_digest,
             "current_counts": result.current_counts,
+            **target_extra,
         },
         tool_version=__version__,
         extra=extra,
     )
     # A typo'd --model lists nothing and changes nothing: a drift check would read that as
     # "in sync", so it is an error, not a note.
-    unknown = [name for name in scope or () if name not in desired.models and name not in in_database]
+    named = scope if shard is None else None  # a shard's scope is found, not named
+    unknown = [name for name in named or () if name not in desired.models and name not in in_database]
     if unknown:
         names = ", ".join(repr(n) for n in unknown)
         what = f"model {names} is" if len(unknown) == 1 else f"models {names} are"
         raise ConfigError(f"{what} neither in the source nor in the database: check --model")
     # write_plan seals as it streams the changes, so plan() skips this pass.
     return plan.seal(settings.signing_key if sign else None) if seal else plan
+
+
+def _models_in_shard(conn, shard: Shard) -> list[str]:
+    """The database's model folder names that fall in ``shard`` (read in ``conn``'s snapshot)."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT folder_name FROM whitelabel_models")
+        return sorted(name for (name,) in cur if name in shard)
 
 
 def _open_source(settings: Settings, progress: Progress | None = None) -> Source:
@@ -133,6 +172,8 @@ def _open_source(settings: Settings, progress: Progress | None = None) -> Source
         addressing_style=settings.addressing_style,
         max_workers=settings.max_workers,
         progress=progress,
+        inventory=settings.inventory,
+        max_inventory_age=settings.max_inventory_age,
     )
 
 
@@ -182,7 +223,9 @@ def default_file_name(kind: str, p: Plan) -> str:
     and :func:`write_plan` adds ``-2`` … rather than replace a file."""
     stamp = p.created_at.replace("-", "").replace(":", "")
     scope = ""
-    if p.scope:
+    if p.target.get("shard"):
+        scope = "-shard-" + p.target["shard"].replace("/", "-of-")
+    elif p.scope:
         names = "+".join(re.sub(r"[^\w.-]+", "_", m).lstrip(".") or "_" for m in p.scope)
         scope = "-" + names[:60]
     return f"{kind}-{stamp}-{p.plan_id[:12]}{scope}.json"

@@ -27,6 +27,7 @@ ENV = {
     "database": "DATABASE_URL",
     "cdn_base_url": "RECONCILER_CDN_BASE_URL",
     "state_dir": "RECONCILER_STATE_DIR",
+    "inventory": "RECONCILER_INVENTORY",
 }
 # Settings boto3 would read from the environment itself: read here, so that the
 # precedence flag → environment → config file holds for them too.
@@ -56,6 +57,8 @@ class Settings:
     lock_timeout: float = 60.0
     plans_dir: str = "plans"
     detect_moves: bool = True  # renamed folders plan as moves (--no-moves, plan.detect_moves)
+    inventory: str | None = None  # an S3 Inventory report instead of listing (--inventory, source.inventory)
+    max_inventory_age: float = 48 * 3600.0  # seconds (--max-inventory-age, source.max_inventory_age)
 
     @property
     def limits(self) -> Limits:
@@ -181,5 +184,11 @@ def load_settings(
         lock_timeout=float(pick("lock_timeout", (data.get("apply") or {}).get("lock_timeout"), 60.0)),
         plans_dir=pick("plans_dir", data.get("plans_dir"), "plans"),
         detect_moves=bool(pick("detect_moves", (data.get("plan") or {}).get("detect_moves"), True)),
+        inventory=pick("inventory", src.get("inventory")),
     )
+    age = pick("max_inventory_age", src.get("max_inventory_age"))
+    if age is not None:
+        from .inventory import parse_duration
+
+        s.max_inventory_age = parse_duration(age)
     return s

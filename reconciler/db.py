@@ -324,7 +324,8 @@ class Database:
         """Start a read-only snapshot on ``conn`` (inside :meth:`transaction`) and compute
         the state digest of that same snapshot on a second connection, in a thread.
 
-        Yields a future of :class:`reconciler.current.StateDigest`.
+        Yields a future of :class:`reconciler.current.StateDigest`. ``models`` may be a
+        function of ``conn`` that returns the scope, read in the snapshot first.
         """
         from .current import state_digest
 
@@ -332,6 +333,8 @@ class Database:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             cur.execute("SELECT pg_export_snapshot()")
             snapshot = cur.fetchone()[0]
+        if callable(models):  # the scope is read from this same snapshot (a shard's models)
+            models = models(conn)
 
         def compute():
             other = psycopg2.connect(self.url)

@@ -14,6 +14,7 @@ from typing import Iterable, NamedTuple
 from urllib.parse import quote
 
 from . import layout as L
+from .shards import Shard
 
 SKIPPED_EXAMPLES = 5
 
@@ -117,10 +118,11 @@ def build_desired(
 
     ``root`` is the part of every key above the layout (``"media/"`` for
     ``s3://bucket/media``); the layout reads the key below it, ``s3_key`` and URLs use
-    the full key. With ``models``, objects of other models are ignored (not counted).
+    the full key. With ``models`` (names, or a :class:`~reconciler.shards.Shard`),
+    objects of other models are ignored (not counted).
     """
     layout = layout or L.Layout()
-    scope = frozenset(models) if models is not None else None
+    scope = None if models is None else models if isinstance(models, Shard) else frozenset(models)
     state = DesiredState()
     accs: dict[str, _ModelAcc] = {}
     post_media: dict[str, list[tuple[str, str, str]]] = {}

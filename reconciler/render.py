@@ -135,6 +135,20 @@ def _scope(plan: Plan) -> str:
     return "all models" if plan.scope is None else "models " + ", ".join(plan.scope)
 
 
+def scope_text(plan: Plan) -> str:
+    """``all models``, ``models A, B``, or ``shard 2/4 (3 models)`` (a shard's list is long)."""
+    shard = plan.target.get("shard")
+    if shard:
+        return f"shard {shard} ({len(plan.scope or ())} models)"
+    return _scope(plan)
+
+
+def inventory_text(inventory: dict) -> str:
+    """Where an inventory plan's objects came from, and how old that report was."""
+    fmt = f", {inventory['format']}" if inventory.get("format") else ""
+    return f"S3 Inventory report {inventory.get('manifest')} made {inventory.get('created_at')}{fmt}"
+
+
 def plan_header(plan: Plan) -> list[str]:
     lines = [
         f"plan {plan.plan_id}",
@@ -142,7 +156,11 @@ def plan_header(plan: Plan) -> list[str]:
         + (" (signed)" if plan.signature else "")
         + (f", rolls back apply {plan.extra['rolls_back']}" if plan.extra.get("rolls_back") else ""),
         f"source: {plan.source.get('url')} ({plan.source.get('object_count', 0)} objects)",
-        f"target: {plan.target.get('database')}, {_scope(plan)}",
+    ]
+    if plan.source.get("inventory"):
+        lines.append(f"listing: {inventory_text(plan.source['inventory'])}")
+    lines += [
+        f"target: {plan.target.get('database')}, {scope_text(plan)}",
     ]
     skipped = plan.source.get("skipped") or {}
     if skipped:

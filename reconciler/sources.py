@@ -18,6 +18,7 @@ from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from .errors import ConfigError, SourceError
 from .layout import ObjectInfo
+from .shards import Shard
 
 __all__ = ["ObjectInfo", "Source", "S3Source", "FolderSource", "open_source"]
 
@@ -29,7 +30,10 @@ class Source(Protocol):
     root: str
     public_url: str  # the default base of media URLs
 
-    def list(self, models: Iterable[str] | None = None) -> Iterator[ObjectInfo]: ...
+    def list(self, models: Iterable[str] | Shard | None = None) -> Iterator[ObjectInfo]:
+        """Every object under the root; with ``models`` (names, or a :class:`Shard`)
+        only the objects under those model folders."""
+        ...
 
 
 # Retries are botocore's own ("standard" mode retries throttling such as SlowDown,
@@ -133,6 +137,8 @@ class S3Source:
             )
             if self.progress is not None:
                 self._client.meta.events.register("needs-retry.s3.ListObjectsV2", self._report_retry)
+                # Inventory reports are read through the same client (reconciler.inventory).
+                self._client.meta.events.register("needs-retry.s3.GetObject", self._report_retry)
         return self._client
 
     def _report_retry(self, **kwargs) -> None:
@@ -159,8 +165,8 @@ class S3Source:
         self.progress(f"S3 request failed ({why}); retrying, {left} of {self.max_attempts} attempts left")
         return None
 
-    def list(self, models: Iterable[str] | None = None) -> Iterator[ObjectInfo]:
-        if models is not None:
+    def list(self, models: Iterable[str] | Shard | None = None) -> Iterator[ObjectInfo]:
+        if models is not None and not isinstance(models, Shard):
             prefixes = [self.prefix + m + "/" for m in sorted(set(models))]
             yield from self._parallel(prefixes)
             return
@@ -170,6 +176,10 @@ class S3Source:
         for page in self._pages(self.prefix, delimiter="/"):
             top_objects.extend(_s3_object(o) for o in page.get("Contents", ()))
             prefixes.extend(p["Prefix"] for p in page.get("CommonPrefixes", ()))
+        if models is not None:  # a shard: only its models' folders, no top-level keys
+            n = len(self.prefix)
+            prefixes = [p for p in prefixes if p[n:-1] in models]
+            top_objects = []
         yield from top_objects
         yield from self._parallel(prefixes)
 
@@ -272,10 +282,13 @@ class FolderSource:
         """``file://`` and the folder's absolute path: the default base of media URLs."""
         return Path(os.path.abspath(self.path)).as_uri()
 
-    def list(self, models: Iterable[str] | None = None) -> Iterator[ObjectInfo]:
+    def list(self, models: Iterable[str] | Shard | None = None) -> Iterator[ObjectInfo]:
         base = os.path.realpath(self.path)
         if not os.path.isdir(base):
             raise SourceError(f"source folder {self.path!r} does not exist or is not a folder; check --source")
+        if isinstance(models, Shard):  # the shard's folders among the top level
+            with os.scandir(base) as entries:
+                models = [e.name for e in entries if e.is_dir(follow_symlinks=False) and e.name in models]
         if models is None:
             yield from self._walk(base, base, "")
             return
@@ -320,10 +333,22 @@ def open_source(
     addressing_style: str | None = None,
     max_workers: int = 8,
     progress: Callable[[str], None] | None = None,
+    inventory: str | None = None,
+    max_inventory_age: float | None = None,
 ) -> Source:
     """A source for ``s3://BUCKET[/PREFIX]``, ``file://PATH`` or a plain folder path.
 
-    ``progress`` hears about S3 retries (see :class:`S3Source`)."""
+    ``progress`` hears about S3 retries (see :class:`S3Source`). With ``inventory`` (an
+    S3 Inventory report's URL; see :mod:`reconciler.inventory`) the bucket's objects are
+    read from that report instead of being listed."""
+    if inventory:
+        if not url.startswith("s3://"):
+            raise ConfigError(f"--inventory reads a report of an S3 bucket, but the source {url!r} is not s3://BUCKET[/PREFIX]")
+        from .inventory import DEFAULT_MAX_AGE, InventorySource
+
+        s3 = open_source(url, endpoint_url=endpoint_url, region=region, addressing_style=addressing_style,
+                         max_workers=max_workers, progress=progress)
+        return InventorySource(s3, inventory, DEFAULT_MAX_AGE if max_inventory_age is None else max_inventory_age)
     if url.startswith("s3://"):
         parsed = urlparse(url)
         bucket = parsed.netloc

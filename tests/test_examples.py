@@ -333,3 +333,59 @@ def test_systemd_unit_starts_serve():
     unit = (SERVE / "reconciler.service").read_text("utf-8")
     assert re.search(r"^ExecStart=\S+/reconciler serve$", unit, flags=re.M)
     assert "EnvironmentFile=" in unit and "KillSignal=SIGTERM" in unit
+
+
+# --------------------------------------------------------------------------- very large buckets: shards, inventory
+
+SHARDED_WORKFLOW = EXAMPLES / "github-sharded-workflow.yml"
+K8S_JOB = EXAMPLES / "k8s-sharded-job.yaml"
+IAM_INVENTORY = EXAMPLES / "iam-policy-inventory.json"
+
+
+def _sharded_scripts() -> list[str]:
+    wf = yaml.safe_load(SHARDED_WORKFLOW.read_text("utf-8"))
+    return [step["run"] for job in wf["jobs"].values() for step in job.get("steps", []) if "run" in step]
+
+
+def test_sharded_workflow_uses_only_real_commands_and_flags(cli):
+    seen = check_invocations(cli, _sharded_scripts(), str(SHARDED_WORKFLOW.relative_to(ROOT)))
+    assert seen >= 4
+
+
+def test_sharded_workflow_plans_a_matrix_and_applies_each_plan():
+    wf = yaml.safe_load(SHARDED_WORKFLOW.read_text("utf-8"))
+    shards = wf["jobs"]["plan"]["strategy"]["matrix"]["shard"]
+    assert shards == list(range(1, len(shards) + 1)), "K of --shard K/N counts from 1"
+    assert wf["env"]["SHARDS"] == str(len(shards))
+    commands = [args for s in _sharded_scripts() for args in invocations(s)]
+    assert any(a[:1] == ["plan"] and "--shard" in a for a in commands)
+    assert any(a[:1] == ["apply"] for a in commands)
+    assert "matrix" in wf["jobs"]["apply"]["strategy"]
+    assert "upload-artifact" in SHARDED_WORKFLOW.read_text("utf-8")
+    plan_script = next(s for s in _sharded_scripts() if "--detailed-exitcode" in s)
+    lines = _shell_lines(plan_script)
+    at = next(i for i, ln in enumerate(lines) if "--detailed-exitcode" in ln)
+    assert "set +e" in lines[:at] and "rc=$?" in lines[at:]
+
+
+def test_k8s_indexed_job_maps_the_completion_index_to_a_shard(cli):
+    job = yaml.safe_load(K8S_JOB.read_text("utf-8"))
+    spec = job["spec"]
+    assert job["kind"] == "Job" and spec["completionMode"] == "Indexed"
+    container = spec["template"]["spec"]["containers"][0]
+    script = "\n".join(container["args"])
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["SHARDS"] == str(spec["completions"])
+    assert "$((JOB_COMPLETION_INDEX + 1))" in script, "JOB_COMPLETION_INDEX counts from 0, --shard K from 1"
+    assert check_invocations(cli, [script], str(K8S_JOB.relative_to(ROOT))) == 1
+    assert any(a[:1] == ["plan"] and "--shard" in a for a in invocations(script))
+
+
+def test_inventory_iam_policy_reads_the_inventory_bucket_only():
+    policy = json.loads(IAM_INVENTORY.read_text("utf-8"))
+    actions = sorted(a for st in policy["Statement"] for a in ([st["Action"]] if isinstance(st["Action"], str) else st["Action"]))
+    assert actions == ["s3:GetObject", "s3:ListBucket"]
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Allow" and "NotAction" not in st
+        if st["Action"] == "s3:GetObject":
+            assert re.fullmatch(r"arn:aws:s3:::[a-z0-9.\-]+/.+\*", st["Resource"])
