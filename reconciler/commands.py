@@ -16,10 +16,10 @@ import psycopg2
 from . import audit
 from .apply import ApplyResult, Stage, apply_plan
 from .config import Settings
-from .current import database_identity, read_state
+from .current import database_identity, read_media_frame, read_state
 from .db import check_schema, migrate, open_database, redact_url
-from .desired import build_desired
-from .diff import diff
+from .frames import build_desired_frames
+from .diff import diff_frames
 from .errors import ConfigError
 from .layout import ObjectInfo
 from .planfile import Plan, verify_plan, write_plan
@@ -93,15 +93,17 @@ def make_plan(
                 progress("listing the source")
                 if progress is not _quiet:
                     objects = _counting(objects, progress)
-                desired = build_desired(
+                desired = build_desired_frames(
                     objects, cdn_base_url=cdn_base_url, root=root, layout=settings.layout,
                     models=shard if shard is not None else scope,
                 )
                 progress(f"listed {desired.object_count} objects; reading the database")
-                state = read_state(conn, in_shard if shard is not None else scope)
+                rows_scope = in_shard if shard is not None else scope
+                state = read_state(conn, rows_scope)
                 in_database: set[str] = set()
                 state.models = ((in_database.add(k), (k, r))[1] for k, r in state.models)
-                result = diff(desired, state, moves=settings.detect_moves)
+                media = read_media_frame(conn, rows_scope)
+                result = diff_frames(desired, state, media, moves=settings.detect_moves)
                 state_digest = digest.result().digest
                 database_id = database_identity(conn)
         except psycopg2.Error as e:

@@ -157,8 +157,11 @@ def _encoded_batches(changes: list[Change]) -> Iterator[tuple[str, int]]:
     (a '"' in a string is escaped): the file splits a batch into lines there.
     """
     for i in range(0, len(changes), BATCH):
-        batch = [c.to_dict() for c in changes[i : i + BATCH]]
-        yield canonical(batch)[1:-1], len(batch)
+        batch = changes[i : i + BATCH]
+        if any(hasattr(c, "line") for c in batch):  # made by the columnar diff: already canonical
+            yield ",".join(getattr(c, "line", None) or canonical(c.to_dict()) for c in batch), len(batch)
+        else:
+            yield canonical([c.to_dict() for c in batch])[1:-1], len(batch)
 
 
 def _hash_body(plan: Plan, signing_key: str | None) -> tuple[str, str | None]:

@@ -29,8 +29,13 @@ MAX_SHARDS = 10_000
 
 def shard_index(name: str, count: int) -> int:
     """The 0-based shard of a model folder name among ``count`` shards."""
-    # surrogateescape: a folder source's undecodable file name still hashes (and stays put).
-    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()
+    # surrogateescape: a folder source's undecodable file name still hashes (and stays
+    # put); any other lone surrogate is hashed as its code point's bytes.
+    try:
+        data = name.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        data = name.encode("utf-8", "surrogatepass")
+    digest = hashlib.sha256(data).digest()
     return int.from_bytes(digest[:8], "big") % count
 
 

@@ -1,0 +1,257 @@
+"""The layout rules as column expressions: a listing becomes the desired media as one
+Polars frame, and the few posts and models as rows. Pure: no I/O, no database.
+
+A million objects cost a million Python objects and dict operations per key in the
+per-key builder (:func:`reconciler.desired.build_desired`); here each rule is one
+expression over the whole listing, and only posts (tens of thousands) and models
+(hundreds) become Python rows. The result equals the per-key builder's, field for
+field (a property test holds the two together).
+
+Keys that are not valid UTF-8 (a folder source's undecodable file names) cannot enter
+a frame: they are classified one by one, as before, and are always skipped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable
+from urllib.parse import quote
+
+import polars as pl
+
+from . import layout as L
+from .desired import SKIPPED_EXAMPLES, DesiredState, MediaRow, ModelRow, PostRow, _url_maker
+from .shards import Shard
+
+INVALID_UTF8 = "invalid_utf8_key"
+INVALID_KEY = "invalid_key"
+
+# Item kinds, as small integers in the frame.
+SKIP, MODEL_IMAGE, ICON, BANNER, MEDIA = 0, 1, 2, 3, 4
+
+MEDIA_SCHEMA = {"s3_key": pl.String, "post": pl.String, "url": pl.String, "type": pl.String,
+                "size_bytes": pl.Int64, "etag": pl.String}
+
+
+@dataclass
+class DesiredFrames:
+    """The desired state with its media as a frame (columns as the database's)."""
+
+    models: dict[str, ModelRow] = field(default_factory=dict)
+    posts: dict[str, PostRow] = field(default_factory=dict)
+    media: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=MEDIA_SCHEMA))
+    object_count: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    skipped_examples: dict[str, list[str]] = field(default_factory=dict)
+
+    def to_state(self) -> DesiredState:
+        """The per-key form (dicts of rows), for the per-key diff and for tests."""
+        rows = self.media.iter_rows()
+        return DesiredState(
+            models=dict(self.models),
+            posts=dict(self.posts),
+            media={k: MediaRow(p, u, t, s, e) for k, p, u, t, s, e in rows},
+            object_count=self.object_count,
+            skipped=Counter(self.skipped),
+            skipped_examples={k: list(v) for k, v in self.skipped_examples.items()},
+        )
+
+
+def _columns(objects: Iterable[L.ObjectInfo]) -> tuple[list, list, list, list[tuple[int, str]]]:
+    """Keys, sizes and etags as lists; keys that are not valid UTF-8 set apart, with
+    their place in the listing."""
+    keys: list[str] = []
+    sizes: list = []
+    etags: list = []
+    bad: list[tuple[int, str]] = []
+    for o in objects:
+        key = o.key
+        if not key.isascii():
+            try:
+                key.encode("utf-8")
+            except UnicodeEncodeError:
+                bad.append((len(keys) + len(bad), key))
+                continue
+        keys.append(key)
+        sizes.append(o.size)
+        etags.append(o.etag)
+    return keys, sizes, etags, bad
+
+
+def classify_frame(frame: pl.DataFrame, layout: L.Layout) -> pl.DataFrame:
+    """The layout rules (:func:`reconciler.layout.classify`) over a ``rel`` column of
+    keys below the root: adds ``kind`` (SKIP, MODEL_IMAGE, ICON, BANNER, MEDIA),
+    ``reason``, ``model``, ``post_folder`` and ``type``.
+
+    What a key means depends only on its folder and its extension — except in a
+    model's profile folder, where the file's stem matters, and for keys without a
+    folder — so each distinct (folder, extension) is classified once, by the same
+    ``classify`` the rules are written in, and joined back: a million keys in twenty
+    thousand folders cost twenty thousand classifications.
+    """
+    rel = pl.col("rel")
+    folder = pl.when(rel.str.contains("/", literal=True)).then(rel.str.replace(r"/[^/]*$", ""))
+    ext = rel.str.extract(r"\.([^./]*)$", 1).str.to_lowercase()
+    # Only the extension's type matters: image, video, or neither.
+    ext_type = (
+        pl.when(ext.is_in(sorted(layout._images))).then(pl.lit("i"))
+        .when(ext.is_in(sorted(layout._videos))).then(pl.lit("v"))
+        .otherwise(pl.lit("n"))
+    )
+    in_profile = rel.str.split("/").list.get(1, null_on_oob=True) == layout.profile_folder
+    by_key = folder.is_null() | rel.str.ends_with("/") | in_profile
+    ident = pl.when(by_key).then(pl.lit("k\x00") + rel).otherwise(pl.lit("f\x00") + folder + pl.lit("\x00") + ext_type)
+    frame = frame.with_columns(ident.alias("ident"))
+    kinds = {L.ModelImage: MODEL_IMAGE, L.Icon: ICON, L.Banner: BANNER, L.Media: MEDIA}
+    rows = []
+    for ident_value, example in frame.group_by("ident").agg(pl.col("rel").first()).iter_rows():
+        item = L.classify(example, layout)
+        if type(item) is L.Skip:
+            rows.append((ident_value, SKIP, item.reason, None, None, None))
+        else:
+            post, kind = (item.post, item.type) if type(item) is L.Media else (None, None)
+            rows.append((ident_value, kinds[type(item)], None, item.model, post, kind))
+    meaning = pl.DataFrame(
+        rows, orient="row",
+        schema={"ident": pl.String, "kind": pl.Int8, "reason": pl.String, "model": pl.String,
+                "post_folder": pl.String, "type": pl.String},
+    )
+    return frame.join(meaning, on="ident", how="left", maintain_order="left").drop("ident")
+
+
+def build_desired_frames(
+    objects: Iterable[L.ObjectInfo],
+    *,
+    cdn_base_url: str,
+    root: str = "",
+    layout: L.Layout | None = None,
+    models: Iterable[str] | None = None,
+) -> DesiredFrames:
+    """Derive the desired state from a listing, the media as a frame. Reads nothing
+    but ``objects``; the same rows as :func:`reconciler.desired.build_desired`."""
+    layout = layout or L.Layout()
+    scope = models if models is None or isinstance(models, Shard) else frozenset(models)
+    keys, sizes, etags, bad = _columns(objects)
+    state = DesiredFrames()
+    examples: dict[str, list[tuple[int, str]]] = {}
+
+    frame = pl.DataFrame(
+        {"key": keys, "size_bytes": sizes, "etag": etags},
+        schema={"key": pl.String, "size_bytes": pl.Int64, "etag": pl.String},
+    ).with_row_index("i")
+    del keys, sizes, etags
+    if bad:  # "i" is the place in the listing, for the order of skipped examples
+        places = [i for i in range(frame.height + len(bad)) if i not in {p for p, _ in bad}]
+        frame = frame.with_columns(pl.Series("i", places, dtype=pl.UInt32))
+    inside = pl.col("key").str.starts_with(root) if root else pl.lit(True)
+    frame = frame.with_columns(inside.alias("inside"), pl.col("key").str.slice(len(root)).alias("rel"))
+    if scope is not None:
+        # Objects of other models are not in the plan at all (not counted either).
+        first = pl.col("rel").str.split("/").list.get(0)
+        names = frame.filter(pl.col("inside")).select(first.unique()).to_series().to_list()
+        frame = frame.filter(~pl.col("inside") | first.is_in([n for n in names if n in scope]))
+    frame = classify_frame(frame, layout).with_columns(
+        pl.when(pl.col("inside")).then(pl.col("kind")).otherwise(pl.lit(SKIP, pl.Int8)).alias("kind"),
+        pl.when(pl.col("inside")).then(pl.col("reason")).otherwise(pl.lit(L.OUTSIDE_ROOT)).alias("reason"),
+    )
+    # "PostgreSQL text cannot hold NUL": a recognised key with one is skipped.
+    nul = (pl.col("kind") != SKIP) & pl.col("key").str.contains("\x00", literal=True)
+    frame = frame.with_columns(
+        pl.when(nul).then(pl.lit(SKIP, pl.Int8)).otherwise(pl.col("kind")).alias("kind"),
+        pl.when(nul).then(pl.lit(INVALID_KEY)).otherwise(pl.col("reason")).alias("reason"),
+    )
+    state.object_count = frame.height + len(bad)
+
+    skipped = frame.filter(pl.col("kind") == SKIP).select("i", "key", "reason")
+    for reason_name, count in skipped.group_by("reason").len().iter_rows():
+        state.skipped[reason_name] += count
+    firsts = skipped.group_by("reason").agg(pl.col("i").head(SKIPPED_EXAMPLES), pl.col("key").head(SKIPPED_EXAMPLES))
+    for reason_name, idx, ks in firsts.iter_rows():
+        shown = [k.replace("\x00", "\\0") if reason_name == INVALID_KEY else k for k in ks]
+        examples[reason_name] = list(zip(idx, shown))
+    _skip_undecodable(bad, root, scope, layout, state, examples)
+    state.skipped_examples = {
+        r: [k for _, k in sorted(found)[:SKIPPED_EXAMPLES]] for r, found in examples.items()
+    }
+
+    items = frame.filter(pl.col("kind") != SKIP).drop("i", "inside", "reason")
+    url_of = _url_maker(cdn_base_url)
+    items = items.with_columns(_urls(items["key"], url_of("")))
+    media = items.filter(pl.col("kind") == MEDIA).with_columns(
+        (pl.col("model") + "/" + pl.col("post_folder")).alias("post")
+    )
+    state.media = media.select(pl.col("key").alias("s3_key"), "post", "url", "type", "size_bytes", "etag")
+
+    # Posts: title is the folder's name; media_cdns the URLs by key, images and videos.
+    posts = (
+        media.sort("key")
+        .group_by("post", maintain_order=True)
+        .agg(
+            pl.col("post_folder").first(),
+            pl.col("url").filter(pl.col("type") == "image").alias("images"),
+            pl.col("url").filter(pl.col("type") == "video").alias("videos"),
+        )
+    )
+    for pkey, folder, images, videos in posts.iter_rows():
+        state.posts[pkey] = PostRow(title=folder, media_cdns={"images": images, "videos": videos})
+
+    # Models: "the first such key (sorted) wins"; the thumbnail falls back to the first
+    # post image; post_count counts the posts.
+    def first_key(kind_code: int, name: str, extra: pl.Expr = pl.lit(True)) -> pl.Expr:
+        return pl.col("key").filter((pl.col("kind") == kind_code) & extra).min().alias(name)
+
+    per_model = items.group_by("model").agg(
+        first_key(MODEL_IMAGE, "image"),
+        first_key(MEDIA, "post_image", pl.col("type") == "image"),
+        first_key(ICON, "icon"),
+        first_key(BANNER, "banner"),
+        pl.col("post_folder").filter(pl.col("kind") == MEDIA).n_unique().alias("post_count"),
+    )
+
+    def url(key: str | None) -> str | None:
+        return None if key is None else url_of(key)
+
+    for name, image, post_image, icon, banner, post_count in sorted(per_model.iter_rows()):
+        state.models[name] = ModelRow(
+            thumbnail_url=url(image if image is not None else post_image),
+            icon_url=url(icon),
+            banner_url=url(banner),
+            post_count=post_count,
+        )
+    return state
+
+
+# Characters urllib.parse.quote(key, safe="/") leaves alone.
+_PLAIN = r"^[A-Za-z0-9_.~/-]*$"
+
+
+def _urls(keys: pl.Series, base: str) -> pl.Series:
+    """``base + quote(key, safe="/")``, exactly: every character ``quote`` would
+    escape (found among the keys) is replaced by its escape in one pass."""
+    odd = keys.filter(~keys.str.contains(_PLAIN))
+    if odd.is_empty():
+        return (base + keys).alias("url")
+    chars = sorted(set("".join(odd.to_list())) - _SAFE)
+    escaped = keys.str.replace_many(chars, [quote(c, safe="") for c in chars])
+    return (base + escaped).alias("url")
+
+
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
+
+
+def _skip_undecodable(bad, root, scope, layout, state, examples) -> None:
+    """Keys that are not valid UTF-8: counted as their layout rule says, else as
+    ``invalid_utf8_key``; examples keep the listing's order."""
+    for place, key in bad:
+        if not key.startswith(root):
+            reason = L.OUTSIDE_ROOT
+        else:
+            rel = key[len(root):]
+            if scope is not None and rel.partition("/")[0] not in scope:
+                state.object_count -= 1
+                continue
+            item = L.classify(rel, layout)
+            reason = item.reason if type(item) is L.Skip else INVALID_UTF8
+        state.skipped[reason] += 1
+        examples.setdefault(reason, []).append((place, key.encode("utf-8", "replace").decode("utf-8")))
