@@ -9,14 +9,13 @@
   var bar = document.getElementById("bar");
   var count = document.getElementById("count");
   var phase = document.getElementById("phase");
-  var first = null;
+  var shown = box.getAttribute("data-status");
   function tick() {
     fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (r) { return r.ok ? r.json() : null; })
       .then(function (run) {
         if (!run) { setTimeout(tick, 2000); return; }
-        if (first === null) first = run.status;
-        if (run.status !== first) { window.location.reload(); return; }
+        if (run.status !== shown) { window.location.reload(); return; }
         var p = run.progress || {};
         var n = run.status === "planning" ? p.objects_listed : p.changes_staged;
         if (phase && run.phase) phase.textContent = run.phase;
