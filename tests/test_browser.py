@@ -82,7 +82,7 @@ def test_operator_path(browser, serve, tmp_path, sql, javascript):
         callout = page.locator(".deletions")
         expect(callout).to_contain_text("This plan deletes 2 row(s): 1 model, 1 post.")
         expect(page.locator(".group h3", has_text="Gone")).to_be_visible()
-        expect(page.locator(".change-delete").first).to_contain_text("delete model Gone")
+        expect(page.locator(".change-delete").first).to_contain_text("model Gone")
         assert "rgb(179, 38, 30)" in callout.locator("h2").evaluate("e => getComputedStyle(e).color")
 
         # approve → the run's page with the result

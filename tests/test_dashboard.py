@@ -81,9 +81,9 @@ def test_every_page_every_state_loopback(serve, tmp_path, sql):
     assert page.text.index("This plan deletes") < page.text.index("Changes")
     assert all(b in page.text for b in BUTTONS) and "download the plan file" in page.text
     assert "media_cdns" in page.text or "image(s)" in page.text
-    assert "- delete model Gone" not in page.text and "delete model Gone" in page.text
+    assert "- delete model Gone" not in page.text and "<code>model Gone</code>" in page.text
     only = c.get(f"/runs/{run['id']}", params={"action": "delete"}).text
-    assert "delete model Gone" in only and "create media" not in only
+    assert "model Gone" in only and "pill-create" not in only
     assert c.get(f"/runs/{run['id']}/plan").json()["plan_id"] == run["plan_id"]
 
     # CSRF: a form without its token, or with another's, is refused

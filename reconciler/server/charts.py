@@ -60,12 +60,11 @@ def chart(title: str, series: list[Series], *, unit: str = "", dots: bool = Fals
     out.append(f'<line class="grid" x1="{LEFT}" y1="{TOP}" x2="{W - RIGHT}" y2="{TOP}"/>')
     out.append(f'<text class="label" x="{LEFT - 4}" y="{TOP + 4}" text-anchor="end">{escape(_fmt(top, unit))}</text>')
     out.append(f'<text class="label" x="{LEFT - 4}" y="{TOP + ph + 4}" text-anchor="end">0</text>')
-    for week in range(0, days + 1, 7):
-        t = now - (days - week) * 86400
-        label = "now" if week == days else time.strftime("%d %b", time.gmtime(t))
-        anchor = "end" if week == days else "middle"
-        if week == days or (days - week) >= 4:
-            out.append(f'<text class="label" x="{x(t):.1f}" y="{H - 6}" text-anchor="{anchor}">{label}</text>')
+    for back in range(days, 3, -7):  # a date a week, the last one some days before "now"
+        t = now - back * 86400
+        out.append(f'<text class="label" x="{x(t):.1f}" y="{H - 6}" text-anchor="middle">'
+                   f'{time.strftime("%d %b", time.gmtime(t))}</text>')
+    out.append(f'<text class="label" x="{W - RIGHT}" y="{H - 6}" text-anchor="end">now</text>')
     if not values:
         out.append(f'<text class="label empty" x="{LEFT + pw / 2}" y="{TOP + ph / 2}" text-anchor="middle">'
                    f"nothing in the last {days} days</text>")

@@ -365,7 +365,8 @@ async def run_page(request: Request):
                 if not groups or groups[-1]["model"] != model:
                     groups.append({"model": model, "changes": []})
                 groups[-1]["changes"].append({
-                    "action": ch.action, "kind": ch.kind, "head": render.change_head(ch),
+                    "action": ch.action, "kind": ch.kind,
+                    "head": render.change_head(ch).split(" ", 2)[2],  # "kind key" (the pill says the action)
                     "lines": [line.strip() for line in render.change_lines(ch, width=None)],
                 })
         estimate = None
