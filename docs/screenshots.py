@@ -74,9 +74,14 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            for path, name in (("/", "overview"), (f"/runs/{pending['id']}", "run"), ("/history", "history")):
+            for path, name in (("/", "overview"), (f"/runs/{pending['id']}", "run")):
                 page.goto(url + path)
                 page.screenshot(path=str(ROOT / "docs" / f"dashboard-{name}.png"), full_page=True)
+            # the history: that plan applied, and a rollback of it waiting for review
+            applied = c.post(f"/api/runs/{pending['id']}/apply").json()
+            c.post(f"/api/applies/{applied['apply_id']}/rollback").raise_for_status()
+            page.goto(url + "/history")
+            page.screenshot(path=str(ROOT / "docs" / "dashboard-history.png"), full_page=True)
             browser.close()
     finally:
         proc.send_signal(signal.SIGTERM)
