@@ -230,6 +230,16 @@ def model_of(c: Change, root: str = "") -> str:
     return key.partition("/")[0]
 
 
+def changes_by_model(plan: Plan) -> dict[str, list[Change]]:
+    """The plan's changes grouped by model (as the markdown view groups them), models
+    sorted by name, each group in the plan's order."""
+    root = _root(plan)
+    groups: dict[str, list[Change]] = defaultdict(list)
+    for c in plan.changes:
+        groups[model_of(c, root)].append(c)
+    return {name: groups[name] for name in sorted(groups)}
+
+
 MD_DETAIL_LINES = 20  # per change; a post's hundred URLs would crowd out every other change
 
 

@@ -321,6 +321,114 @@ class Runs:
             "last_full_run": base.id if base else None,
         }
 
+    def load_plan(self, run_id: int):
+        """The run's plan as a :class:`reconciler.planfile.Plan`, verified as ``show`` does."""
+        from .planfile import load_plan
+
+        with self.plan_path(run_id) as path:
+            return load_plan(path)
+
+    def drift_runs(self) -> list[int]:
+        """The runs whose plans make up :meth:`status`'s drift: the newest full-scope
+        run while its plan is open, else the open scoped runs made since (the same
+        rule as ``status``). Their changes, grouped by model, are the per-model drift."""
+        made = Run.status.not_in(["planning", "errored", "refused"]) & (Run.trigger != "rollback")
+        with self.session():
+            base = (Run.select(Run.id, Run.status, Run.summary).where(made & Run.scope.is_null())
+                    .order_by(Run.id.desc()).first())
+            since = base.id if base else 0
+            if base is not None and base.status not in ("no_changes", "applied") and total(base.summary):
+                return [base.id]
+            newer = Run.select(Run.id, Run.summary).where(
+                (Run.id > since) & made & Run.scope.is_null(False) & Run.status.in_(OPEN)).order_by(Run.id)
+            return [r.id for r in newer if total(r.summary)]
+
+    def models_page(self, search: str = "", names: list[str] | None = None, only: bool = False,
+                    offset: int = 0, limit: int = 50) -> tuple[list[dict], int]:
+        """A page of models, by name: those in the database and those in ``names``
+        (models a plan would create), with their posts, media and status, filtered by
+        a case-insensitive substring ``search``; ``only`` keeps just ``names``. One SQL
+        statement however many models there are. Returns the rows and the total."""
+        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        names = sorted(set(names or ()))
+        universe = "SELECT unnest(%s::text[])" if only else \
+            "SELECT folder_name FROM whitelabel_models UNION SELECT unnest(%s::text[])"
+        sql = f"""
+            WITH names(name) AS ({universe}),
+                 page AS (SELECT name, count(*) OVER () AS total FROM names
+                          WHERE name ILIKE %s ESCAPE '\\' ORDER BY name LIMIT %s OFFSET %s)
+            SELECT page.name, page.total, m.id, m.status, m.post_count,
+                   (SELECT count(*) FROM whitelabel_posts p WHERE p.whitelabel_model_id = m.id),
+                   (SELECT count(*) FROM whitelabel_media x JOIN whitelabel_posts p ON p.id = x.whitelabel_post_id
+                     WHERE p.whitelabel_model_id = m.id)
+            FROM page LEFT JOIN whitelabel_models m ON m.folder_name = page.name ORDER BY page.name"""
+        with self.session("cannot read the models"):
+            rows = self.db.execute_sql(sql, (names, pattern, limit, offset)).fetchall()
+            count = rows[0][1] if rows else self.db.execute_sql(
+                f"WITH names(name) AS ({universe}) SELECT count(*) FROM names WHERE name ILIKE %s ESCAPE '\\'",
+                (names, pattern)).fetchone()[0]
+        return [dict(name=r[0], in_database=r[2] is not None, status=r[3], posts=r[5] or 0, media=r[6] or 0)
+                for r in rows], count
+
+    def timeline(self, days: int = 30, limit: int = 500) -> list[dict]:
+        """Runs of the last ``days`` days that made a plan or applied one, oldest first
+        (for the dashboard's charts): when, trigger, status, change count, durations."""
+        with self.session():
+            q = (Run.select(Run.id, Run.status, Run.trigger, Run.created_at, Run.planned_at, Run.finished_at,
+                            Run.change_count, Run.plan_seconds, Run.apply_seconds, Run.scope)
+                 .where((Run.created_at > pw.SQL(f"now() - interval '{int(days)} days'"))
+                        & Run.status.not_in(["planning"]))
+                 .order_by(Run.id.desc()).limit(limit))
+            rows = list(q)
+        return [dict(id=r.id, status=r.status, trigger=r.trigger, scope=r.scope, at=_utc(r.planned_at or r.created_at),
+                     finished_at=_utc(r.finished_at), change_count=r.change_count or 0,
+                     plan_seconds=r.plan_seconds, apply_seconds=r.apply_seconds) for r in reversed(rows)]
+
+    def get_apply(self, apply_id: int) -> dict:
+        """One apply of the audit log: the history entry, the run that applied it (None
+        when it came from the command line) and the runs that roll it back."""
+        entry = self._apply_entry(apply_id)
+        with self.session():
+            run = Run.select(Run.id).where(Run.apply_id == apply_id).first()
+            rollbacks = [r.id for r in Run.select(Run.id).where(Run.rolls_back == apply_id).order_by(Run.id)]
+        entry.update(run_id=run.id if run else None, rollback_runs=rollbacks)
+        return entry
+
+    def apply_runs(self, apply_ids: list[int]) -> dict[int, dict]:
+        """For each apply: the run that applied it and who approved it (none for an
+        apply made on the command line), and the rollback runs made of it."""
+        out: dict[int, dict] = {a: {"run_id": None, "decided_by": None, "rollbacks": []} for a in apply_ids}
+        if not apply_ids:
+            return out
+        with self.session():
+            for r in Run.select(Run.id, Run.apply_id, Run.decided_by).where(Run.apply_id << apply_ids):
+                out[r.apply_id].update(run_id=r.id, decided_by=r.decided_by)
+            for r in Run.select(Run.id, Run.rolls_back, Run.status).where(Run.rolls_back << apply_ids).order_by(Run.id):
+                out[r.rolls_back]["rollbacks"].append({"id": r.id, "status": r.status})
+        return out
+
+    def _apply_entry(self, apply_id: int) -> dict:
+        with self.session():
+            row = self.db.execute_sql(
+                """SELECT id, plan_id, to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                          db_user, os_user, source, scope, summary, rolls_back
+                   FROM reconciler_applies WHERE id = %s""", (apply_id,)).fetchone()
+        if row is None:
+            raise RunNotFound(f"there is no apply {apply_id}")
+        return dict(apply_id=row[0], plan_id=row[1], applied_at=row[2], db_user=row[3], os_user=row[4],
+                    applied_by=f"{row[4]} (db: {row[3]})" if row[4] else row[3], source=row[5], scope=row[6],
+                    summary=row[7], rolls_back=row[8])
+
+    def apply_changes(self, apply_id: int, offset: int = 0, limit: int = 100) -> tuple[list[dict], int]:
+        """A page of an apply's audited changes (kind, action, key, row id) and their count."""
+        with self.session():
+            n = self.db.execute_sql("SELECT count(*) FROM reconciler_changes WHERE apply_id = %s",
+                                    (apply_id,)).fetchone()[0]
+            rows = self.db.execute_sql(
+                "SELECT kind, action, key, row_id FROM reconciler_changes WHERE apply_id = %s ORDER BY key, kind "
+                "LIMIT %s OFFSET %s", (apply_id, limit, offset)).fetchall()
+        return [dict(kind=r[0], action=r[1], key=r[2], row_id=r[3]) for r in rows], n
+
     # ------------------------------------------------------------------ writing
 
     def create_run(self, trigger: str, scope: list[str] | None = None) -> int:

@@ -2,8 +2,8 @@
 
 ``app.py`` builds the application; ``api.py`` is the JSON API, ``hooks.py`` the S3
 event webhook, ``metrics.py`` the Prometheus metrics, ``auth.py`` the tokens. The
-dashboard's pages will sit next to them (``pages.py``, ``templates/``, ``static/``)
-and call the same library functions (:mod:`reconciler.runs`,
+dashboard's pages sit next to them (``pages.py``, ``sessions.py``, ``charts.py``,
+``templates/``, ``static/``) and call the same library functions (:mod:`reconciler.runs`,
 :mod:`reconciler.controller`). Nothing in the library imports this package.
 """
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -24,10 +25,12 @@ from starlette.routing import Route
 
 from ..errors import DatabaseError, ReconcilerError
 from ..runs import RunError
-from . import api, hooks
-from .auth import LOCAL_USER, Tokens
+from ..db import redact_url, scrub
+from . import api, hooks, pages
+from .auth import API_TOKENS_ENV, LOCAL_USER, WEBHOOK_TOKEN_ENV, Tokens
 from .http import JSONResponse, error
 from .metrics import Metrics
+from .sessions import Sessions
 
 log = logging.getLogger("reconciler.server")
 
@@ -39,7 +42,8 @@ PUBLIC = ("/healthz", "/readyz", "/metrics", "/hooks/")
 class TokenAuth:
     """Pure ASGI middleware: with API tokens, every path but the public ones needs
     ``Authorization: Bearer <token>``; the token's name becomes ``request.state.user``.
-    Without tokens (loopback only) the user is ``local``."""
+    Without tokens (loopback only) the user is ``local``. The dashboard's pages check
+    their session cookie (or a bearer header) themselves: see :mod:`.pages`."""
 
     def __init__(self, app, tokens: Tokens) -> None:
         self.app, self.tokens = app, tokens
@@ -49,6 +53,8 @@ class TokenAuth:
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
         user = LOCAL_USER
+        if pages.is_page(path):
+            return await self.app(scope, receive, send)
         if self.tokens.required and not path.startswith(PUBLIC):
             header = None
             for k, v in scope.get("headers") or ():
@@ -101,6 +107,52 @@ async def _unexpected(request: Request, exc: Exception):
     return error(500, "internal error; see the server's log")
 
 
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RECONCILER_SIGNING_KEY")
+
+
+def effective_config(controller, tokens: Tokens) -> list[tuple[str, str, str]]:
+    """The configuration the server runs with, as (section, key, value) rows for the
+    settings page. Secrets are never shown: tokens by name only, keys as set or not,
+    URLs without passwords; every value is scrubbed of every secret besides."""
+    s, o = controller.settings, controller.options
+    hidden = "set (hidden)"
+
+    def url(v):
+        return redact_url(v) if v else "–"
+
+    rows = [
+        ("source", "url", s.source or "–"),
+        ("source", "endpoint_url", url(s.endpoint_url)),
+        ("source", "region", s.region or "–"),
+        ("source", "addressing_style", s.addressing_style or "–"),
+        ("source", "credentials", "boto3's credential chain (never shown)"),
+        ("database", "database", controller.display or "–"),
+        ("", "cdn_base_url", url(s.cdn_base_url)),
+        ("layout", "images", ", ".join(s.layout.images)),
+        ("layout", "videos", ", ".join(s.layout.videos)),
+        ("layout", "profile_folder", s.layout.profile_folder),
+        ("safety", "allow_empty_source", str(s.allow_empty_source).lower()),
+        ("safety", "max_delete", "–" if s.max_delete is None else str(s.max_delete)),
+        ("safety", "max_delete_percent", "–" if s.max_delete_percent is None else f"{s.max_delete_percent:g}"),
+        ("apply", "require_signature", str(s.require_signature).lower()),
+        ("apply", "lock_timeout", f"{s.lock_timeout:g} s"),
+        ("apply", "RECONCILER_SIGNING_KEY", hidden if s.signing_key else "not set"),
+        ("plan", "detect_moves", str(s.detect_moves).lower()),
+        ("serve", "listen", o.listen),
+        ("serve", "interval", f"{o.interval:g} s"),
+        ("serve", "auto_apply", o.auto_apply),
+        ("serve", "debounce", f"{o.debounce:g} s"),
+        ("serve", "sqs_queue_url", url(o.sqs_queue_url)),
+        ("serve", "leader_retry", f"{o.leader_retry:g} s"),
+        ("serve", API_TOKENS_ENV, ", ".join(f"{n} (hidden)" for n, _ in tokens.api) or "not set: loopback only, no login"),
+        ("serve", WEBHOOK_TOKEN_ENV, hidden if tokens.webhook else "not set"),
+        ("serve", "replica", controller.name),
+    ]
+    secrets = sorted({x for x in (*tokens.secrets, *(os.environ.get(n) for n in SECRET_ENV)) if x},
+                     key=len, reverse=True)
+    return [(a, b, scrub(str(c), *secrets)) for a, b, c in rows]
+
+
 def create_app(controller, tokens: Tokens, *, manage_controller: bool = True) -> Starlette:
     """The ASGI app over ``controller``; with ``manage_controller`` its lifespan starts
     and stops the controller."""
@@ -124,6 +176,7 @@ def create_app(controller, tokens: Tokens, *, manage_controller: bool = True) ->
         Route("/metrics", metrics, methods=["GET"]),
         *api.routes,
         *hooks.routes,
+        *pages.routes,
     ]
     app = Starlette(
         routes=routes,
@@ -138,5 +191,8 @@ def create_app(controller, tokens: Tokens, *, manage_controller: bool = True) ->
     app.state.controller = controller
     app.state.tokens = tokens
     app.state.metrics = m
+    app.state.sessions = Sessions(tokens)
+    app.state.plan_cache = pages.Cache()
+    app.state.effective_config = lambda: effective_config(controller, tokens)
     app.add_middleware(TokenAuth, tokens=tokens)
     return app

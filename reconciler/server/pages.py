@@ -1,0 +1,518 @@
+"""The web dashboard: server-rendered pages over the library (:mod:`reconciler.runs`,
+:mod:`reconciler.render`), Jinja2 templates in ``templates/``, one stylesheet in
+``static/``. Usable without JavaScript; ``static/app.js`` only polls a run in progress.
+
+Every view gathers its data through the library in the thread pool and renders a
+template; no SQL here or in the templates. Every form posts, then redirects
+(Post/Redirect/Get). Authentication: with API tokens, a login form takes a token and
+sets a signed session cookie (:mod:`.sessions`); a bearer header works too (then no
+CSRF token is needed: nothing ambient is sent). Every form carries a CSRF token; a
+POST without the right one is refused with 403.
+"""
+
+from __future__ import annotations
+
+import calendar
+import collections
+import functools
+import threading
+import time
+from importlib import resources
+from typing import Any
+from urllib.parse import parse_qs, quote, urlencode
+
+import jinja2
+from markupsafe import Markup
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .. import render
+from ..diff import ACTIONS, KINDS
+from ..errors import DatabaseError, ReconcilerError
+from ..runs import STATUSES, RunError, RunNotFound, total
+from ..version import __version__
+from . import charts
+from .http import path_id, read_body
+from .sessions import COOKIE, MAX_AGE
+
+# Paths the dashboard answers; TokenAuth leaves them to the session checks here.
+PAGE_PATHS = ("/", "/login", "/logout", "/runs", "/history", "/settings", "/static/")
+PER_PAGE = 50  # models on the overview, runs in the list
+CHANGES_PER_PAGE = 100
+IN_PROGRESS = ("planning", "applying")
+
+_templates = jinja2.Environment(
+    loader=jinja2.PackageLoader("reconciler.server", "templates"),
+    autoescape=True,
+    trim_blocks=True,
+    lstrip_blocks=True,
+    undefined=jinja2.StrictUndefined,
+)
+
+
+def is_page(path: str) -> bool:
+    return path == "/" or any(path == p.rstrip("/") or path.startswith(p.rstrip("/") + "/") for p in PAGE_PATHS[1:])
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _epoch(iso: str) -> float:
+    return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def ago(iso: str | None, now: float | None = None) -> str:
+    if not iso:
+        return "never"
+    d = (now or time.time()) - _epoch(iso)
+    future, d = d < 0, abs(d)
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute")):
+        if d >= size:
+            n = int(d // size)
+            text = f"{n} {unit}{'s' if n != 1 else ''}"
+            break
+    else:
+        return "just now" if d < 10 else ("in a few seconds" if future else "seconds ago")
+    return f"in {text}" if future else f"{text} ago"
+
+
+def time_tag(iso: str | None) -> Markup:
+    """``<time>`` showing the time relative to now, the exact UTC time on hover."""
+    if not iso:
+        return Markup('<span class="muted">never</span>')
+    exact = iso.replace("T", " ").replace("Z", " UTC")
+    return Markup('<time datetime="{0}" title="{1}">{2}</time>').format(iso, exact, ago(iso))
+
+
+def number(n: Any) -> str:
+    return "–" if n is None else f"{n:,}" if isinstance(n, int) else str(n)
+
+
+def seconds(v: float | None) -> str:
+    if v is None:
+        return "–"
+    return f"{v * 1000:.0f} ms" if v < 1 else f"{v:.1f} s" if v < 120 else f"{v / 60:.1f} min"
+
+
+_templates.filters.update(ago=time_tag, num=number, secs=seconds, total=total)
+_templates.globals.update(KINDS=KINDS, ACTIONS=ACTIONS, SYMBOL=render.SYMBOL, version=__version__)
+
+
+# --------------------------------------------------------------------------- plumbing
+
+
+class Cache:
+    """A few plans' derived views, by run id (a run's plan never changes)."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size, self.items, self.lock = size, collections.OrderedDict(), threading.Lock()
+
+    def get(self, key, make):
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        value = make()
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return value
+
+
+def _html(request: Request, template: str, status: int = 200, **ctx) -> HTMLResponse:
+    page = request.state.page
+    ctx.setdefault("title", "")
+    body = _templates.get_template(template).render(
+        request=request, user=page["user"], csrf=page["csrf"], login=request.app.state.tokens.required,
+        path=request.url.path, **ctx)
+    return HTMLResponse(body, status_code=status)
+
+
+def _error(request: Request, status: int, message: str) -> HTMLResponse:
+    return _html(request, "error.html", status, title=f"Error {status}", message=message)
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+def _safe_next(value: str | None) -> str:
+    """Only a path on this site (no ``//host``): the login form is not an open redirect."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    return value
+
+
+async def _read_form(request: Request) -> dict[str, str]:
+    body = await read_body(request, limit=64 * 1024)
+    try:
+        parsed = parse_qs(body.decode("utf-8"), keep_blank_values=True, max_num_fields=200)
+    except (UnicodeDecodeError, ValueError):
+        raise HTTPException(400, "the form is not valid") from None
+    return {k: v[-1] for k, v in parsed.items()}
+
+
+SECURITY_HEADERS = {
+    # No inline script or style anywhere: the charts are SVG with classes, not style attributes.
+    "Content-Security-Policy": "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
+                               "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def page(public: bool = False):
+    """A dashboard view: the session (a new one when there is none), who is logged in,
+    the CSRF check of a POST, errors as HTML pages, the security headers."""
+
+    def wrap(handler):
+        @functools.wraps(handler)
+        async def view(request: Request) -> Response:
+            app = request.app
+            sessions, tokens = app.state.sessions, app.state.tokens
+            session = sessions.load(request.cookies.get(COOKIE))
+            fresh = session is None
+            if fresh:
+                session = sessions.new(None)
+            user = session.user
+            by_bearer = False
+            if user is None and tokens.required and request.headers.get("authorization"):
+                user = tokens.who(request.headers.get("authorization"))
+                by_bearer = user is not None
+            request.state.page = {"session": session, "user": user, "csrf": sessions.csrf(session)}
+            request.state.user = user
+            try:
+                if user is None and not public:
+                    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                    response: Response = _redirect("/login?" + urlencode({"next": target}))
+                elif request.method == "POST" and not by_bearer:
+                    form = await _read_form(request)
+                    if fresh or not sessions.csrf_ok(session, form.get("csrf")):
+                        response = _error(request, 403, "This form has expired or did not come from this dashboard "
+                                                        "(its CSRF token is missing or wrong). Go back, reload the "
+                                                        "page and try again.")
+                    else:
+                        request.state.form = form
+                        response = await handler(request)
+                else:
+                    request.state.form = {}
+                    response = await handler(request)
+            except RunError as e:
+                response = _error(request, e.status, str(e))
+            except DatabaseError as e:
+                response = _error(request, 503, str(e))
+            except ReconcilerError as e:
+                response = _error(request, 409, str(e))
+            except HTTPException as e:
+                response = _error(request, e.status_code, str(e.detail))
+            if fresh or getattr(request.state, "new_session", None):
+                s = getattr(request.state, "new_session", None) or session
+                response.set_cookie(COOKIE, sessions.dump(s), max_age=MAX_AGE, path="/", httponly=True,
+                                    samesite="strict", secure=request.url.scheme == "https")
+            for k, v in SECURITY_HEADERS.items():
+                response.headers.setdefault(k, v)
+            return response
+
+        return view
+
+    return wrap
+
+
+def _int(request: Request, name: str, default: int = 1, low: int = 1, high: int = 10**7) -> int:
+    raw = request.query_params.get(name, "")
+    if not raw.isdigit():
+        return default
+    return max(low, min(high, int(raw)))
+
+
+def _pages(page_no: int, count: int, per: int) -> dict:
+    last = max(1, -(-count // per))
+    return {"page": min(page_no, last), "last": last, "count": count, "per": per}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _model_drift(app, run_ids: list[int]) -> dict[str, dict[str, int]]:
+    """Per model, the pending changes by action, from the runs that make up the drift."""
+    runs = app.state.controller.runs
+    merged: dict[str, dict[str, int]] = {}
+    for run_id in run_ids:
+        def make(run_id=run_id):
+            counts: dict[str, dict[str, int]] = {}
+            for model, changes in render.changes_by_model(runs.load_plan(run_id)).items():
+                c = counts.setdefault(model, {a: 0 for a in ACTIONS})
+                for ch in changes:
+                    c[ch.action] += 1
+            return counts
+        for model, counts in app.state.plan_cache.get(("drift", run_id), make).items():
+            m = merged.setdefault(model, {a: 0 for a in ACTIONS})
+            for a, n in counts.items():
+                m[a] += n
+    return merged
+
+
+def _charts(timeline: list[dict]) -> dict[str, Markup]:
+    checks = [r for r in timeline if r["trigger"] != "rollback" and r["status"] not in ("errored", "refused")]
+    drift = charts.Series("changes found", [(r["at"], r["change_count"], f"run {r['id']}, {r['at']}")
+                                            for r in checks])
+    applied = charts.Series("changes applied", [(r["finished_at"] or r["at"], r["change_count"],
+                                                 f"run {r['id']}, {r['finished_at'] or r['at']}")
+                                                for r in timeline if r["status"] == "applied"])
+    plan_s = charts.Series("plan", [(r["at"], r["plan_seconds"], f"run {r['id']}") for r in timeline
+                                    if r["plan_seconds"] is not None and r["trigger"] != "rollback"])
+    apply_s = charts.Series("apply", [(r["finished_at"] or r["at"], r["apply_seconds"], f"run {r['id']}")
+                                      for r in timeline if r["apply_seconds"] is not None])
+    return {
+        "drift": charts.chart("Drift found per check", [drift]),
+        "applied": charts.chart("Changes applied per apply", [applied]),
+        "durations": charts.chart("Plan and apply durations", [plan_s, apply_s], unit="s", dots=True),
+    }
+
+
+def _last_apply(runs) -> dict | None:
+    last = runs.history(1)
+    if not last:
+        return None
+    entry = last[0]
+    made = runs.apply_runs([entry["apply_id"]])[entry["apply_id"]]
+    entry.update(made, who=made["decided_by"] or entry["applied_by"])
+    return entry
+
+
+# --------------------------------------------------------------------------- views
+
+
+@page()
+async def overview(request: Request):
+    app = request.app
+    c = app.state.controller
+    q = request.query_params.get("q", "").strip()[:200]
+    only = request.query_params.get("drift") == "1"
+    page_no = _int(request, "page")
+
+    def gather():
+        st = c.status()
+        drift = _model_drift(app, c.runs.drift_runs())
+        models, count = c.runs.models_page(q, list(drift), only, (page_no - 1) * PER_PAGE, PER_PAGE)
+        for m in models:
+            m["drift"] = drift.get(m["name"])
+        pending = c.runs.get_run(st["pending_run"]) if st["pending_run"] else None
+        return st, models, count, pending, _last_apply(c.runs), c.runs.timeline(30)
+
+    st, models, count, pending, last, timeline = await run_in_threadpool(gather)
+    return _html(request, "overview.html", title="Overview", st=st, models=models, q=q, only=only,
+                 pages=_pages(page_no, count, PER_PAGE), pending=pending, last=last, charts=_charts(timeline))
+
+
+@page()
+async def plan_now(request: Request):
+    c = request.app.state.controller
+    model = request.state.form.get("model", "").strip()
+    if model and ("/" in model or "\0" in model or len(model) > 1024):
+        raise HTTPException(400, "a model is a folder name, without '/'")
+    run_id = await run_in_threadpool(c.start_run, [model] if model else None, "manual")
+    return _redirect(f"/runs/{run_id}")
+
+
+@page()
+async def runs_list(request: Request):
+    c = request.app.state.controller
+    wanted = request.query_params.get("status", "")
+    if wanted and wanted not in STATUSES:
+        raise HTTPException(400, f"status must be one of {', '.join(STATUSES)}")
+    page_no = _int(request, "page")
+    rows = await run_in_threadpool(c.runs.list_runs, wanted or None, PER_PAGE + 1, (page_no - 1) * PER_PAGE)
+    more = len(rows) > PER_PAGE
+    return _html(request, "runs.html", title="Runs", runs=rows[:PER_PAGE], wanted=wanted, statuses=STATUSES,
+                 page_no=page_no, more=more)
+
+
+def _run_changes(app, run_id: int, action: str) -> list[tuple[str, Any]]:
+    """The run's changes as (model, change), grouped by model, deletions first in each."""
+    def make():
+        groups = render.changes_by_model(app.state.controller.runs.load_plan(run_id))
+        return [(m, ch) for m, chs in groups.items()
+                for ch in sorted(chs, key=lambda ch: ch.action != "delete")]
+    flat = app.state.plan_cache.get(("changes", run_id), make)
+    return [x for x in flat if x[1].action == action] if action else flat
+
+
+@page()
+async def run_page(request: Request):
+    app = request.app
+    c = app.state.controller
+    run_id = path_id(request)
+    action = request.query_params.get("action", "")
+    if action and action not in ACTIONS:
+        action = ""
+    page_no = _int(request, "page")
+
+    def gather():
+        run = c.runs.get_run(run_id)
+        groups, count = [], 0
+        if run["plan_id"] and run["change_count"]:
+            flat = _run_changes(app, run_id, action)
+            count = len(flat)
+            start = (min(page_no, max(1, -(-count // CHANGES_PER_PAGE))) - 1) * CHANGES_PER_PAGE
+            for model, ch in flat[start:start + CHANGES_PER_PAGE]:
+                if not groups or groups[-1]["model"] != model:
+                    groups.append({"model": model, "changes": []})
+                groups[-1]["changes"].append({
+                    "action": ch.action, "kind": ch.kind,
+                    "head": render.change_head(ch).split(" ", 2)[2],  # "kind key" (the pill says the action)
+                    "lines": [line.strip() for line in render.change_lines(ch, width=None)],
+                })
+        estimate = None
+        if run["status"] == "planning":
+            previous = c.runs.list_runs("planned,no_changes,applied,discarded,superseded,stale", limit=1)
+            estimate = previous[0]["object_count"] if previous and not run["scope"] else None
+        return run, groups, count, estimate
+
+    run, groups, count, estimate = await run_in_threadpool(gather)
+    notice = {"conflict": "The run could not be applied; see its state and error below."}.get(
+        request.query_params.get("notice", ""))
+    return _html(request, "run.html", title=f"Run {run_id}", run=run, groups=groups, action=action,
+                 pages=_pages(page_no, count, CHANGES_PER_PAGE), estimate=estimate, notice=notice,
+                 deletion_note=render.deletion_note(run["summary"]) if run["summary"] else None,
+                 deletes={k: (run["summary"] or {}).get(k, {}).get("delete", 0) for k in KINDS},
+                 action_counts={a: sum(v.get(a, 0) for v in (run["summary"] or {}).values()) for a in ACTIONS},
+                 in_progress=run["status"] in IN_PROGRESS)
+
+
+@page()
+async def run_progress(request: Request):
+    """The run's state and counts, for ``app.js`` polling a run in progress."""
+    run = await run_in_threadpool(request.app.state.controller.runs.get_run, path_id(request))
+    return JSONResponse({k: run[k] for k in ("id", "status", "phase", "progress", "change_count")})
+
+
+@page()
+async def run_plan(request: Request):
+    run_id = path_id(request)
+    data = await run_in_threadpool(request.app.state.controller.runs.plan_file, run_id)
+    return Response(data, media_type="application/json",
+                    headers={"Content-Disposition": f'attachment; filename="run-{run_id}.json"'})
+
+
+@page()
+async def run_apply(request: Request):
+    c = request.app.state.controller
+    run_id = path_id(request)
+    try:
+        await run_in_threadpool(c.runs.apply, run_id, request.state.user)
+    except RunNotFound:
+        raise
+    except ReconcilerError:  # stale, over a limit, the lock busy: the run page says why
+        return _redirect(f"/runs/{run_id}?notice=conflict")
+    return _redirect(f"/runs/{run_id}")
+
+
+@page()
+async def run_discard(request: Request):
+    c = request.app.state.controller
+    run_id = path_id(request)
+    try:
+        await run_in_threadpool(c.runs.discard, run_id, request.state.user)
+    except RunNotFound:
+        raise
+    except RunError:
+        pass  # no longer planned: the page shows what it is now
+    return _redirect(f"/runs/{run_id}")
+
+
+@page()
+async def history(request: Request):
+    c = request.app.state.controller
+
+    def gather():
+        entries = c.runs.history(100)
+        made = c.runs.apply_runs([e["apply_id"] for e in entries])
+        for e in entries:
+            e.update(made[e["apply_id"]])
+            e["who"] = e["decided_by"] or e["applied_by"]
+        return entries, c.runs.timeline(30)
+
+    entries, timeline = await run_in_threadpool(gather)
+    return _html(request, "history.html", title="History", entries=entries, charts=_charts(timeline))
+
+
+@page()
+async def apply_page(request: Request):
+    c = request.app.state.controller
+    apply_id = path_id(request)
+    page_no = _int(request, "page")
+
+    def gather():
+        entry = c.runs.get_apply(apply_id)
+        made = c.runs.apply_runs([apply_id])[apply_id]
+        entry.update(made, who=made["decided_by"] or entry["applied_by"])
+        changes, count = c.runs.apply_changes(apply_id, (page_no - 1) * CHANGES_PER_PAGE, CHANGES_PER_PAGE)
+        return entry, changes, count
+
+    entry, changes, count = await run_in_threadpool(gather)
+    return _html(request, "apply.html", title=f"Apply {apply_id}", e=entry, changes=changes,
+                 pages=_pages(page_no, count, CHANGES_PER_PAGE))
+
+
+@page()
+async def rollback(request: Request):
+    c = request.app.state.controller
+    run = await run_in_threadpool(c.runs.rollback, path_id(request), request.state.user)
+    return _redirect(f"/runs/{run['id']}")
+
+
+@page()
+async def settings_page(request: Request):
+    return _html(request, "settings.html", title="Settings", rows=request.app.state.effective_config())
+
+
+@page(public=True)
+async def login(request: Request):
+    tokens = request.app.state.tokens
+    target = _safe_next(request.query_params.get("next"))
+    if not tokens.required:
+        return _redirect(target)
+    if request.method == "GET":
+        return _html(request, "login.html", title="Log in", next=target, failed=False)
+    sessions = request.app.state.sessions
+    name = sessions.login(request.state.form.get("token", ""))
+    if name is None:
+        return _html(request, "login.html", 401, title="Log in", next=target, failed=True)
+    request.state.new_session = sessions.new(name)  # a new sid: no session fixation
+    return _redirect(_safe_next(request.state.form.get("next")))
+
+
+@page()
+async def logout(request: Request):
+    request.state.new_session = request.app.state.sessions.new(None)
+    return _redirect("/login" if request.app.state.tokens.required else "/")
+
+
+def _static() -> StaticFiles:
+    return StaticFiles(directory=str(resources.files("reconciler.server").joinpath("static")))
+
+
+routes = [
+    Route("/", overview, methods=["GET"]),
+    Route("/login", login, methods=["GET", "POST"]),
+    Route("/logout", logout, methods=["POST"]),
+    Route("/runs", runs_list, methods=["GET"]),
+    Route("/runs", plan_now, methods=["POST"]),
+    Route("/runs/{id}", run_page, methods=["GET"]),
+    Route("/runs/{id}/progress", run_progress, methods=["GET"]),
+    Route("/runs/{id}/plan", run_plan, methods=["GET"]),
+    Route("/runs/{id}/apply", run_apply, methods=["POST"]),
+    Route("/runs/{id}/discard", run_discard, methods=["POST"]),
+    Route("/history", history, methods=["GET"]),
+    Route("/history/{id}", apply_page, methods=["GET"]),
+    Route("/history/{id}/rollback", rollback, methods=["POST"]),
+    Route("/settings", settings_page, methods=["GET"]),
+    Mount("/static", app=_static(), name="static"),
+]
