@@ -19,7 +19,7 @@ from .config import Settings
 from .current import database_identity, read_media_frame, read_state
 from .db import check_schema, migrate, open_database, redact_url
 from .frames import build_desired_frames
-from .diff import diff_frames
+from .diff import diff_frames, summarize
 from .errors import ConfigError
 from .layout import ObjectInfo
 from .planfile import Plan, verify_plan, write_plan
@@ -118,7 +118,7 @@ def make_plan(
     # models are there: only a source with no model at all is refused.
     recognised = len(desired.models) or int(shard is not None and shard.saw_others)
     check_empty_source(recognised, current_rows, scope, settings.allow_empty_source)
-    deletes = sum(1 for c in result.changes if c.action == "delete")
+    deletes = sum(counts["delete"] for counts in summarize(result.changes).values())
     check_delete_limits(deletes, current_rows, settings.limits)
     extra = {}
     source_extra = {"inventory": inventory.to_dict()} if inventory is not None else {}

@@ -10,9 +10,11 @@ and carries the key columns, the parent and the fields that change.
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from .current import CurrentState
 from .desired import MEDIA_FIELDS, MODEL_FIELDS, POST_FIELDS, DesiredState, split_post_key
@@ -167,49 +169,136 @@ def diff(desired: DesiredState, current: CurrentState, *, moves: bool = True) ->
     return Diff(changes, counts)
 
 
+class ChangeList(Sequence):
+    """The changes of a plan in plan order, where the media creates — a million of
+    them in a first plan — stay canonical JSON lines in one Polars column until they
+    are written: no Python object per create. Reads like a list of :class:`Change`
+    (a create comes out as an :class:`EncodedChange` when asked for)."""
+
+    def __init__(self, head: list[Change], creates, tail: list[Change]) -> None:
+        self.head, self.creates, self.tail = head, creates, tail  # creates: frame of (s3_key, line)
+
+    def __len__(self) -> int:
+        return len(self.head) + self.creates.height + len(self.tail)
+
+    def _encoded(self, start: int = 0, stop: int | None = None) -> Iterator[Change]:
+        frame = self.creates.slice(start, None if stop is None else stop - start)
+        for key, line in frame.iter_rows():
+            yield EncodedChange("create", "media", key, line)
+
+    def __iter__(self) -> Iterator[Change]:
+        yield from self.head
+        yield from self._encoded()
+        yield from self.tail
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return list(itertools.islice(iter(self), *index.indices(len(self))))
+        n = len(self)
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(index)
+        if index < len(self.head):
+            return self.head[index]
+        index -= len(self.head)
+        if index < self.creates.height:
+            return next(self._encoded(index, index + 1))
+        return self.tail[index - self.creates.height]
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, (list, ChangeList)) and len(self) == len(other) and all(
+            a == b for a, b in zip(self, other)
+        )
+
+    def __repr__(self) -> str:
+        return f"ChangeList({len(self.head)} + {self.creates.height} media creates + {len(self.tail)})"
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        counts = summarize(itertools.chain(self.head, self.tail))
+        counts["media"]["create"] += self.creates.height
+        return counts
+
+    def text_batches(self, size: int) -> Iterator[tuple[str, int]]:
+        """The canonical changes, ``size`` at a time, joined by commas (as
+        :func:`reconciler.planfile.canonical` of each batch would give them)."""
+        from .planfile import canonical
+
+        for part in (self.head, None, self.tail):
+            if part is None:
+                lines = self.creates["line"]
+                for i in range(0, len(lines), size):
+                    batch = lines.slice(i, size)
+                    yield ",".join(batch.to_list()), len(batch)
+                continue
+            for i in range(0, len(part), size):
+                batch = part[i : i + size]
+                yield canonical([c.to_dict() for c in batch])[1:-1], len(batch)
+
+
 def diff_frames(desired, current: CurrentState, media, *, moves: bool = True) -> Diff:
     """:func:`diff` with the media side in columns: ``desired`` is a
     :class:`~reconciler.frames.DesiredFrames`, ``media`` the current media frame
     (:func:`~reconciler.current.read_media_frame`); models and posts, a few thousand
-    rows, are compared as rows. The same changes as :func:`diff`, in the same order."""
+    rows, are compared as rows. The same changes as :func:`diff`, in the same order,
+    as a :class:`ChangeList`."""
+    import polars as pl
+
     changes: list[Change] = []
     counts = {
         "model": _compare("model", MODEL_FIELDS, dict(desired.models), current.models, changes),
         "post": _compare("post", POST_FIELDS, dict(desired.posts), current.posts, changes),
         "media": media.height,
     }
-    changes += media_changes(desired.media, media)
+    creates, others = media_changes(desired.media, media)
+    changes += others
     if moves:
         from .moves import find_moves
 
-        changes = find_moves(changes)
+        # Only creates holding the content of a deleted medium can be moves: those few
+        # become objects for the move finder; the rest stay lines.
+        gone = [(c.before["etag"], c.before["size_bytes"]) for c in others if c.action == "delete" and c.before["etag"]]
+        if gone:
+            ids = pl.DataFrame(gone, orient="row", schema={"etag": pl.String, "size_bytes": pl.Int64}).unique()
+            candidates = creates.join(ids, on=["etag", "size_bytes"], how="semi", nulls_equal=True)
+            found = find_moves(changes + [EncodedChange("create", "media", k, t) for k, t in
+                                          candidates.select("s3_key", "line").iter_rows()])
+            moved = [c.key for c in found if c.action == "move" and c.kind == "media"]
+            creates = creates.filter(~pl.col("s3_key").is_in(moved))
+            changes = [c for c in found if not isinstance(c, EncodedChange)]
     changes.sort(key=lambda c: c.sort_key)
-    return Diff(changes, counts)
+    head = [c for c in changes if c.kind != "media"]
+    tail = [c for c in changes if c.kind == "media"]
+    return Diff(ChangeList(head, creates.select("s3_key", "line"), tail), counts)
 
 
-def media_changes(want, have) -> list[Change]:
+def media_changes(want, have) -> tuple:
     """The media changes between two frames of (s3_key, post, url, type, size_bytes,
-    etag): one full join, presence flags, and a comparison per column. Creates come
-    as their canonical text (:class:`EncodedChange`), made by Polars in one pass."""
+    etag): one full join, presence flags, and a comparison per column. Returns the
+    creates as a frame of their canonical text (``s3_key``, ``line``, ``etag``,
+    ``size_bytes``; made by Polars in one pass, in key order) and the updates and
+    deletes as changes."""
     import polars as pl
 
     fields = list(MEDIA_FIELDS)
     joined = want.with_columns(pl.lit(True).alias("_want")).join(
         have.with_columns(pl.lit(True).alias("_have")), on="s3_key", how="full", suffix="_db", coalesce=True
     )
-    created = joined.filter(pl.col("_have").is_null()).sort("s3_key")
     deleted = joined.filter(pl.col("_want").is_null()).sort("s3_key")
     differs = pl.any_horizontal(pl.col(f).ne_missing(pl.col(f + "_db")) for f in fields)
     updated = joined.filter(pl.col("_want") & pl.col("_have") & differs).sort("s3_key")
 
-    out: list[Change] = []
     after = pl.struct(*sorted(["s3_key", *fields])).alias("after")
     line = pl.struct(
         pl.lit("create").alias("action"), after, pl.lit(None).alias("before"),
         pl.col("s3_key").alias("key"), pl.lit("media").alias("kind"),
     ).struct.json_encode()
-    texts = created.select(pl.col("s3_key"), line.alias("line"))
-    out += [EncodedChange("create", "media", k, t) for k, t in texts.iter_rows()]
+    creates = (
+        joined.filter(pl.col("_have").is_null()).sort("s3_key")
+        .select("s3_key", line.alias("line"), "etag", "size_bytes")
+    )
+    del joined
+    out: list[Change] = []
     db = [f + "_db" for f in fields]
     for row in updated.select("s3_key", *fields, *db).iter_rows():
         key, want_row, have_row = row[0], row[1 : len(fields) + 1], row[len(fields) + 1 :]
@@ -219,10 +308,12 @@ def media_changes(want, have) -> list[Change]:
                 before[name], after_[name] = h, w
         out.append(Change("update", "media", key, before, after_))
     out += [Change("delete", "media", r[0], r[1:], None) for r in deleted.select("s3_key", *db).iter_rows()]
-    return out
+    return creates, out
 
 
 def summarize(changes: Iterable[Change]) -> dict[str, dict[str, int]]:
+    if isinstance(changes, ChangeList):
+        return changes.summary()
     summary = {k: {a: 0 for a in ACTIONS} for k in KINDS}
     for c in changes:
         summary[c.kind][c.action] += 1

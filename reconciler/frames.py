@@ -79,7 +79,7 @@ def _columns(objects: Iterable[L.ObjectInfo]) -> tuple[list, list, list, list[tu
     return keys, sizes, etags, bad
 
 
-def classify_frame(frame: pl.DataFrame, layout: L.Layout) -> pl.DataFrame:
+def classify_frame(frame: pl.DataFrame, layout: L.Layout, meanings: dict | None = None) -> pl.DataFrame:
     """The layout rules (:func:`reconciler.layout.classify`) over a ``rel`` column of
     keys below the root: adds ``kind`` (SKIP, MODEL_IMAGE, ICON, BANNER, MEDIA),
     ``reason``, ``model``, ``post_folder`` and ``type``.
@@ -104,20 +104,41 @@ def classify_frame(frame: pl.DataFrame, layout: L.Layout) -> pl.DataFrame:
     ident = pl.when(by_key).then(pl.lit("k\x00") + rel).otherwise(pl.lit("f\x00") + folder + pl.lit("\x00") + ext_type)
     frame = frame.with_columns(ident.alias("ident"))
     kinds = {L.ModelImage: MODEL_IMAGE, L.Icon: ICON, L.Banner: BANNER, L.Media: MEDIA}
+    meanings = {} if meanings is None else meanings
     rows = []
     for ident_value, example in frame.group_by("ident").agg(pl.col("rel").first()).iter_rows():
-        item = L.classify(example, layout)
-        if type(item) is L.Skip:
-            rows.append((ident_value, SKIP, item.reason, None, None, None))
-        else:
-            post, kind = (item.post, item.type) if type(item) is L.Media else (None, None)
-            rows.append((ident_value, kinds[type(item)], None, item.model, post, kind))
+        row = meanings.get(ident_value)
+        if row is None:
+            item = L.classify(example, layout)
+            if type(item) is L.Skip:
+                row = (ident_value, SKIP, item.reason, None, None, None)
+            else:
+                post, kind = (item.post, item.type) if type(item) is L.Media else (None, None)
+                row = (ident_value, kinds[type(item)], None, item.model, post, kind)
+            if ident_value.startswith("f"):  # keyed by folder: the same for every chunk
+                meanings[ident_value] = row
+        rows.append(row)
     meaning = pl.DataFrame(
         rows, orient="row",
         schema={"ident": pl.String, "kind": pl.Int8, "reason": pl.String, "model": pl.String,
                 "post_folder": pl.String, "type": pl.String},
     )
     return frame.join(meaning, on="ident", how="left", maintain_order="left").drop("ident")
+
+
+CHUNK = 200_000  # objects classified at a time: memory follows the chunk, not the listing
+
+
+def _chunks(objects: Iterable[L.ObjectInfo]):
+    batch: list[L.ObjectInfo] = []
+    size = CHUNK
+    for o in objects:
+        batch.append(o)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def build_desired_frames(
@@ -132,69 +153,22 @@ def build_desired_frames(
     but ``objects``; the same rows as :func:`reconciler.desired.build_desired`."""
     layout = layout or L.Layout()
     scope = models if models is None or isinstance(models, Shard) else frozenset(models)
-    keys, sizes, etags, bad = _columns(objects)
     state = DesiredFrames()
     examples: dict[str, list[tuple[int, str]]] = {}
-
-    frame = pl.DataFrame(
-        {"key": keys, "size_bytes": sizes, "etag": etags},
-        schema={"key": pl.String, "size_bytes": pl.Int64, "etag": pl.String},
-    ).with_row_index("i")
-    del keys, sizes, etags
-    if bad:  # "i" is the place in the listing, for the order of skipped examples
-        places = [i for i in range(frame.height + len(bad)) if i not in {p for p, _ in bad}]
-        frame = frame.with_columns(pl.Series("i", places, dtype=pl.UInt32))
-    inside = pl.col("key").str.starts_with(root) if root else pl.lit(True)
-    frame = frame.with_columns(inside.alias("inside"), pl.col("key").str.slice(len(root)).alias("rel"))
-    if scope is not None:
-        # Objects of other models are not in the plan at all (not counted either).
-        first = pl.col("rel").str.split("/").list.get(0)
-        names = frame.filter(pl.col("inside")).select(first.unique()).to_series().to_list()
-        frame = frame.filter(~pl.col("inside") | first.is_in([n for n in names if n in scope]))
-    frame = classify_frame(frame, layout).with_columns(
-        pl.when(pl.col("inside")).then(pl.col("kind")).otherwise(pl.lit(SKIP, pl.Int8)).alias("kind"),
-        pl.when(pl.col("inside")).then(pl.col("reason")).otherwise(pl.lit(L.OUTSIDE_ROOT)).alias("reason"),
-    )
-    # "PostgreSQL text cannot hold NUL": a recognised key with one is skipped.
-    nul = (pl.col("kind") != SKIP) & pl.col("key").str.contains("\x00", literal=True)
-    frame = frame.with_columns(
-        pl.when(nul).then(pl.lit(SKIP, pl.Int8)).otherwise(pl.col("kind")).alias("kind"),
-        pl.when(nul).then(pl.lit(INVALID_KEY)).otherwise(pl.col("reason")).alias("reason"),
-    )
-    state.object_count = frame.height + len(bad)
-
-    skipped = frame.filter(pl.col("kind") == SKIP).select("i", "key", "reason")
-    for reason_name, count in skipped.group_by("reason").len().iter_rows():
-        state.skipped[reason_name] += count
-    firsts = skipped.group_by("reason").agg(pl.col("i").head(SKIPPED_EXAMPLES), pl.col("key").head(SKIPPED_EXAMPLES))
-    for reason_name, idx, ks in firsts.iter_rows():
-        shown = [k.replace("\x00", "\\0") if reason_name == INVALID_KEY else k for k in ks]
-        examples[reason_name] = list(zip(idx, shown))
-    _skip_undecodable(bad, root, scope, layout, state, examples)
+    meanings: dict[str, tuple] = {}  # (folder, extension type) → what it means, across chunks
+    parts: list[pl.DataFrame] = []
+    place = 0
+    for chunk in _chunks(objects):
+        items = _classify_chunk(chunk, place, root, scope, layout, meanings, state, examples)
+        if items.height:
+            parts.append(items)
+        place += len(chunk)
     state.skipped_examples = {
         r: [k for _, k in sorted(found)[:SKIPPED_EXAMPLES]] for r, found in examples.items()
     }
-
-    items = frame.filter(pl.col("kind") != SKIP).drop("i", "inside", "reason")
+    items = pl.concat(parts) if parts else _ITEMS_EMPTY
+    del parts
     url_of = _url_maker(cdn_base_url)
-    items = items.with_columns(_urls(items["key"], url_of("")))
-    media = items.filter(pl.col("kind") == MEDIA).with_columns(
-        (pl.col("model") + "/" + pl.col("post_folder")).alias("post")
-    )
-    state.media = media.select(pl.col("key").alias("s3_key"), "post", "url", "type", "size_bytes", "etag")
-
-    # Posts: title is the folder's name; media_cdns the URLs by key, images and videos.
-    posts = (
-        media.sort("key")
-        .group_by("post", maintain_order=True)
-        .agg(
-            pl.col("post_folder").first(),
-            pl.col("url").filter(pl.col("type") == "image").alias("images"),
-            pl.col("url").filter(pl.col("type") == "video").alias("videos"),
-        )
-    )
-    for pkey, folder, images, videos in posts.iter_rows():
-        state.posts[pkey] = PostRow(title=folder, media_cdns={"images": images, "videos": videos})
 
     # Models: "the first such key (sorted) wins"; the thumbnail falls back to the first
     # post image; post_count counts the posts.
@@ -219,7 +193,78 @@ def build_desired_frames(
             banner_url=url(banner),
             post_count=post_count,
         )
+
+    media = items.filter(pl.col("kind") == MEDIA)
+    del items
+    state.media = media.select(
+        pl.col("key").alias("s3_key"),
+        (pl.col("model") + "/" + pl.col("post_folder")).alias("post"),
+        _urls(media["key"], url_of("")),
+        "type", "size_bytes", "etag",
+    )
+    del media
+    # Posts: title is the folder's name; media_cdns the URLs by key, images and videos.
+    image, video = pl.col("type") == "image", pl.col("type") == "video"
+    posts = state.media.group_by("post").agg(
+        pl.col("url").filter(image).sort_by(pl.col("s3_key").filter(image)).alias("images"),
+        pl.col("url").filter(video).sort_by(pl.col("s3_key").filter(video)).alias("videos"),
+    )
+    for pkey, images, videos in posts.iter_rows():
+        state.posts[pkey] = PostRow(title=pkey.partition("/")[2], media_cdns={"images": images, "videos": videos})
     return state
+
+
+_ITEMS_EMPTY = pl.DataFrame(schema={
+    "key": pl.String, "size_bytes": pl.Int64, "etag": pl.String, "kind": pl.Int8, "model": pl.String,
+    "post_folder": pl.String, "type": pl.String,
+})
+
+
+def _classify_chunk(chunk, place, root, scope, layout, meanings, state, examples) -> pl.DataFrame:
+    """One chunk of the listing: skips counted (with examples by their place in the
+    listing), the recognised items returned as (key, size_bytes, etag, kind, model,
+    post_folder, type)."""
+    keys, sizes, etags, bad = _columns(chunk)
+    frame = pl.DataFrame(
+        {"key": keys, "size_bytes": sizes, "etag": etags},
+        schema={"key": pl.String, "size_bytes": pl.Int64, "etag": pl.String},
+    ).with_row_index("i", offset=place)
+    del keys, sizes, etags
+    bad = [(place + p, k) for p, k in bad]
+    if bad:  # "i" is the place in the listing, for the order of skipped examples
+        taken = {p for p, _ in bad}
+        places = [i for i in range(place, place + frame.height + len(bad)) if i not in taken]
+        frame = frame.with_columns(pl.Series("i", places, dtype=pl.UInt32))
+    inside = pl.col("key").str.starts_with(root) if root else pl.lit(True)
+    frame = frame.with_columns(inside.alias("inside"), pl.col("key").str.slice(len(root)).alias("rel"))
+    if scope is not None:
+        # Objects of other models are not in the plan at all (not counted either).
+        first = pl.col("rel").str.split("/").list.get(0)
+        names = frame.filter(pl.col("inside")).select(first.unique()).to_series().to_list()
+        frame = frame.filter(~pl.col("inside") | first.is_in([n for n in names if n in scope]))
+    frame = classify_frame(frame, layout, meanings).with_columns(
+        pl.when(pl.col("inside")).then(pl.col("kind")).otherwise(pl.lit(SKIP, pl.Int8)).alias("kind"),
+        pl.when(pl.col("inside")).then(pl.col("reason")).otherwise(pl.lit(L.OUTSIDE_ROOT)).alias("reason"),
+    )
+    # "PostgreSQL text cannot hold NUL": a recognised key with one is skipped.
+    nul = (pl.col("kind") != SKIP) & pl.col("key").str.contains("\x00", literal=True)
+    frame = frame.with_columns(
+        pl.when(nul).then(pl.lit(SKIP, pl.Int8)).otherwise(pl.col("kind")).alias("kind"),
+        pl.when(nul).then(pl.lit(INVALID_KEY)).otherwise(pl.col("reason")).alias("reason"),
+    )
+    state.object_count += frame.height + len(bad)
+
+    skipped = frame.filter(pl.col("kind") == SKIP).select("i", "key", "reason")
+    for reason_name, count in skipped.group_by("reason").len().iter_rows():
+        state.skipped[reason_name] += count
+    firsts = skipped.group_by("reason").agg(pl.col("i").head(SKIPPED_EXAMPLES), pl.col("key").head(SKIPPED_EXAMPLES))
+    for reason_name, idx, ks in firsts.iter_rows():
+        shown = [k.replace("\x00", "\\0") if reason_name == INVALID_KEY else k for k in ks]
+        found = examples.setdefault(reason_name, [])
+        if len(found) < SKIPPED_EXAMPLES:
+            found.extend(zip(idx, shown))
+    _skip_undecodable(bad, root, scope, layout, state, examples)
+    return frame.filter(pl.col("kind") != SKIP).select(_ITEMS_EMPTY.columns)
 
 
 # Characters urllib.parse.quote(key, safe="/") leaves alone.

@@ -38,7 +38,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import IO, Callable, Iterable, Iterator, Protocol
 
-from .diff import ACTION_ORDER, ACTIONS, FIELDS, KIND_ORDER, KINDS, Change, summarize
+from .diff import ACTION_ORDER, ACTIONS, FIELDS, KIND_ORDER, KINDS, Change, ChangeList, summarize
 from .errors import PlanFileError, SignatureError
 
 FORMAT_VERSION = 1
@@ -156,12 +156,12 @@ def _encoded_batches(changes: list[Change]) -> Iterator[tuple[str, int]]:
     Between two changes the text reads '},{"action":', which no change holds inside
     (a '"' in a string is escaped): the file splits a batch into lines there.
     """
+    if isinstance(changes, ChangeList):  # media creates already canonical, in a column
+        yield from changes.text_batches(BATCH)
+        return
     for i in range(0, len(changes), BATCH):
-        batch = changes[i : i + BATCH]
-        if any(hasattr(c, "line") for c in batch):  # made by the columnar diff: already canonical
-            yield ",".join(getattr(c, "line", None) or canonical(c.to_dict()) for c in batch), len(batch)
-        else:
-            yield canonical([c.to_dict() for c in batch])[1:-1], len(batch)
+        batch = [c.to_dict() for c in changes[i : i + BATCH]]
+        yield canonical(batch)[1:-1], len(batch)
 
 
 def _hash_body(plan: Plan, signing_key: str | None) -> tuple[str, str | None]:

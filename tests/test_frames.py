@@ -86,3 +86,17 @@ def test_the_columnar_diff_makes_the_same_plan_file_byte_for_byte(tmp_path_facto
                     created_at="2026-11-21T10:00:00Z")
         files.append(open(write_plan(plan, str(folder / name)), "rb").read())
     assert files[0] == files[1]
+
+
+@settings(max_examples=100)
+@given(listings, _roots, _scopes, st.integers(1, 4))
+def test_chunks_of_the_listing_give_the_same_state(objects, root, scope, chunk):
+    from reconciler import frames
+
+    whole = build_desired_frames(objects, cdn_base_url=CDN, root=root, models=scope).to_state()
+    saved, frames.CHUNK = frames.CHUNK, chunk
+    try:
+        chunked = build_desired_frames(objects, cdn_base_url=CDN, root=root, models=scope).to_state()
+    finally:
+        frames.CHUNK = saved
+    assert chunked == whole
