@@ -60,7 +60,8 @@ def phase_plan(args) -> dict:
 
     steps: dict[str, float] = {}
     # Step timings: wrap the module attributes make_plan calls (in this process only).
-    for attr, label in (("build_desired", "build_desired"), ("diff", "read_state+diff")):
+    for attr, label in (("build_desired_frames", "build_desired"), ("read_media_frame", "read_media"),
+                        ("diff_frames", "diff")):
         if hasattr(commands, attr):
             setattr(commands, attr, _timed(steps, label, getattr(commands, attr)))
     settings = _settings(args)
@@ -198,13 +199,13 @@ def phase_copy(args) -> dict:
 
 
 def phase_desired(args) -> dict:
-    from reconciler.desired import build_desired
+    from reconciler.frames import build_desired_frames
     from synth import synthetic_bucket
 
     t = time.perf_counter()
-    d = build_desired(synthetic_bucket(args.objects, args.seed, args.delta), cdn_base_url=CDN)
+    d = build_desired_frames(synthetic_bucket(args.objects, args.seed, args.delta), cdn_base_url=CDN)
     return {
-        "rows": {"model": len(d.models), "post": len(d.posts), "media": len(d.media)},
+        "rows": {"model": len(d.models), "post": len(d.posts), "media": d.media.height},
         "steps": {"build_desired": round(time.perf_counter() - t, 3)},
     }
 

@@ -69,10 +69,10 @@ from tabulate import tabulate  # noqa: E402
 PHASE = os.path.join(HERE, "phase.py")
 
 TARGETS = {
-    "noop_plan_s": 5.0,
-    "cold_plan_plus_apply_s": 60.0,
-    "apply_over_copy": 2.0,
-    "peak_rss_mb": 1024.0,
+    "noop_plan_s": 3.0,
+    "cold_plan_plus_apply_s": 30.0,
+    "apply_over_copy": 1.5,
+    "peak_rss_mb": 600.0,
     "parallel_over_sequential_listing": 0.2,
 }
 

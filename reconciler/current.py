@@ -144,23 +144,25 @@ def read_media_frame(conn, models: Sequence[str] | None = None):
     """The current media in scope as a Polars frame (``s3_key``, ``post``, ``url``,
     ``type``, ``size_bytes``, ``etag``), through ``COPY … TO STDOUT`` in ``conn``'s
     transaction: no Python object per row."""
-    import io
+    import tempfile
 
     import polars as pl
 
     from .frames import MEDIA_SCHEMA
 
     where, params = scope_clause(models)
-    buf = io.BytesIO()
-    with conn.cursor() as cur:
-        query = cur.mogrify(_MEDIA.format(where=where), params).decode("utf-8")
-        cur.copy_expert(f"COPY ({query}) TO STDOUT", buf)
-    if buf.tell() == 0:
-        return pl.DataFrame(schema=MEDIA_SCHEMA)
-    frame = pl.read_csv(
-        buf.getvalue(), separator="\t", has_header=False, quote_char=None, null_values=["\\N"],
-        new_columns=list(MEDIA_SCHEMA), schema_overrides=MEDIA_SCHEMA,
-    )
+    # Through a temporary file, which Polars maps: the rows are never held twice.
+    with tempfile.NamedTemporaryFile(prefix="reconciler-media-", suffix=".tsv") as f:
+        with conn.cursor() as cur:
+            query = cur.mogrify(_MEDIA.format(where=where), params).decode("utf-8")
+            cur.copy_expert(f"COPY ({query}) TO STDOUT", f)
+        f.flush()
+        if f.tell() == 0:
+            return pl.DataFrame(schema=MEDIA_SCHEMA)
+        frame = pl.read_csv(
+            f.name, separator="\t", has_header=False, quote_char=None, null_values=["\\N"],
+            new_columns=list(MEDIA_SCHEMA), schema_overrides=MEDIA_SCHEMA,
+        )
     text = [c for c, t in MEDIA_SCHEMA.items() if t == pl.String]
     escaped = pl.any_horizontal(pl.col(c).str.contains("\\", literal=True) for c in text)
     odd = frame.with_row_index("_i").filter(escaped)

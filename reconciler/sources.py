@@ -123,10 +123,15 @@ class S3Source:
                 max_pool_connections=max(10, self.max_workers + 2),
                 s3={"addressing_style": self.addressing_style or "auto"},
             )
+            from .s3pages import ListingParserFactory
+
             core = botocore.session.get_session()
-            # botocore parses every LastModified with dateutil: most of a listing's CPU.
-            # The text is ISO 8601 already, and that is all a plan needs.
-            core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
+            # ListObjectsV2 pages are read by our parser (reconciler.s3pages), every
+            # other answer by botocore's. Timestamps stay text: ISO 8601 already, and
+            # all a plan needs (botocore would parse each with dateutil).
+            factory = ListingParserFactory()
+            factory.set_parser_defaults(timestamp_parser=str)
+            core.register_component("response_parser_factory", factory)
             session = boto3.session.Session(botocore_session=core)
             self._client = session.client(
                 "s3",
