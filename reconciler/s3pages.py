@@ -29,6 +29,10 @@ _KEY, _ETAG, _SIZE, _MODIFIED = (_field(n) for n in (b"Key", b"ETag", b"Size", b
 _TRUNCATED, _NEXT, _ENCODING, _COUNT = (
     _field(n) for n in (b"IsTruncated", b"NextContinuationToken", b"EncodingType", b"KeyCount")
 )
+_AWS_ORDER = re.compile(
+    rb"<Contents><Key>([^<]*)</Key><LastModified>([^<]*)</LastModified><ETag>([^<]*)</ETag>"
+    rb"(?:<Checksum[A-Za-z]*>[^<]*</Checksum[A-Za-z]*>)*<Size>([0-9]+)</Size>"
+)
 _ENTITY = re.compile(r"&(#x[0-9a-fA-F]+|#[0-9]+|amp|lt|gt|quot|apos);")
 _NAMED = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
 
@@ -46,6 +50,12 @@ def _text(raw: bytes) -> str:
     return _ENTITY.sub(_entity, text) if "&" in text else text
 
 
+def _block(block: bytes) -> tuple:
+    """(key, last modified, etag, size) of one ``<Contents>`` block, in any order."""
+    found = [p.search(block) for p in (_KEY, _MODIFIED, _ETAG, _SIZE)]
+    return tuple(None if m is None else m.group(1) for m in found)
+
+
 class _NotAListing(Exception):
     pass
 
@@ -61,19 +71,20 @@ def parse_list_page(body: bytes) -> dict:
     encoding = _ENCODING.search(head) or _ENCODING.search(tail)
     encoded = encoding is not None and encoding.group(1) == b"url"
     decode = unquote_plus if encoded else None
+    # AWS's own element order, in one pass; any other order is read block by block.
+    rows = _AWS_ORDER.findall(body)
+    if len(rows) != body.count(b"<Contents>"):
+        rows = [_block(b) for b in _CONTENTS.findall(body)]
     contents = []
-    for block in _CONTENTS.findall(body):
-        key = _text(_KEY.search(block).group(1))
+    for key, modified, etag, size in rows:
+        key = _text(key)
         if decode is not None and ("%" in key or "+" in key):
             key = decode(key)
-        etag = _ETAG.search(block)
-        size = _SIZE.search(block)
-        modified = _MODIFIED.search(block)
         contents.append({
             "Key": key,
-            "ETag": _text(etag.group(1)) if etag else None,
-            "Size": int(size.group(1)) if size else None,
-            "LastModified": modified.group(1).decode("ascii") if modified else None,
+            "ETag": None if etag is None else _text(etag),
+            "Size": None if size is None else int(size),
+            "LastModified": None if modified is None else modified.decode("ascii"),
         })
     parsed: dict = {"Contents": contents} if contents else {}
     prefixes = [_text(p) for p in _PREFIXES.findall(tail)]

@@ -64,3 +64,11 @@ def test_keys_of_every_kind_list_through_the_fast_parser(bucket):
     client = source.client()
     assert isinstance(client._endpoint._response_parser_factory, ListingParserFactory)
     assert sorted(o.key for o in source.list()) == sorted(odd)
+
+
+def test_pages_in_another_element_order_read_the_same():
+    body = page(["a b/P/1.jpg", "x&y/P/2.jpg"])
+    # MinIO-like: Size before ETag, an Owner block inside
+    other = body.replace(b"<ETag>", b"<Owner><ID>o</ID></Owner><ETag>")
+    assert parse_list_page(other)["Contents"] == parse_list_page(body)["Contents"]
+    assert [o["Key"] for o in parse_list_page(other)["Contents"]] == ["a b/P/1.jpg", "x&y/P/2.jpg"]
