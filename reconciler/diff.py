@@ -281,12 +281,23 @@ def media_changes(want, have) -> tuple:
     import polars as pl
 
     fields = list(MEDIA_FIELDS)
-    joined = want.with_columns(pl.lit(True).alias("_want")).join(
-        have.with_columns(pl.lit(True).alias("_have")), on="s3_key", how="full", suffix="_db", coalesce=True
+    # Rows are compared by two 64-bit hashes of their fields; only the rows that
+    # differ are then joined whole. Memory follows the changes, not the two tables.
+    row = pl.struct(fields)
+    marks = [pl.col("s3_key"), row.hash(seed=1).alias("h1"), row.hash(seed=2).alias("h2")]
+    joined = want.select(marks).join(have.select(marks), on="s3_key", how="full", suffix="_db", coalesce=True)
+    created = joined.filter(pl.col("h1_db").is_null()).select("s3_key")
+    deleted = joined.filter(pl.col("h1").is_null()).select("s3_key")
+    changed = joined.filter(
+        pl.col("h1").is_not_null() & pl.col("h1_db").is_not_null()
+        & ((pl.col("h1") != pl.col("h1_db")) | (pl.col("h2") != pl.col("h2_db")))
+    ).select("s3_key")
+    del joined
+    old = have.rename({f: f + "_db" for f in fields})
+    updated = (
+        want.join(changed, on="s3_key", how="semi").join(old, on="s3_key", how="inner").sort("s3_key")
     )
-    deleted = joined.filter(pl.col("_want").is_null()).sort("s3_key")
-    differs = pl.any_horizontal(pl.col(f).ne_missing(pl.col(f + "_db")) for f in fields)
-    updated = joined.filter(pl.col("_want") & pl.col("_have") & differs).sort("s3_key")
+    deleted = old.join(deleted, on="s3_key", how="semi").sort("s3_key")
 
     after = pl.struct(*sorted(["s3_key", *fields])).alias("after")
     line = pl.struct(
@@ -294,10 +305,9 @@ def media_changes(want, have) -> tuple:
         pl.col("s3_key").alias("key"), pl.lit("media").alias("kind"),
     ).struct.json_encode()
     creates = (
-        joined.filter(pl.col("_have").is_null()).sort("s3_key")
+        want.join(created, on="s3_key", how="semi").sort("s3_key")
         .select("s3_key", line.alias("line"), "etag", "size_bytes")
     )
-    del joined
     out: list[Change] = []
     db = [f + "_db" for f in fields]
     for row in updated.select("s3_key", *fields, *db).iter_rows():
@@ -306,7 +316,8 @@ def media_changes(want, have) -> tuple:
         for name, w, h in zip(fields, want_row, have_row):
             if w != h:
                 before[name], after_[name] = h, w
-        out.append(Change("update", "media", key, before, after_))
+        if before:
+            out.append(Change("update", "media", key, before, after_))
     out += [Change("delete", "media", r[0], r[1:], None) for r in deleted.select("s3_key", *db).iter_rows()]
     return creates, out
 
