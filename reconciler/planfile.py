@@ -693,26 +693,18 @@ def check_change(c) -> str | None:
         if after is not None or before is None:
             return "a delete has 'before' an object and 'after' null"
         images = [before]
-    elif action == "move":
-        if type(c["from"]) is not str or not c["from"]:
+    else:  # an update names the fields that change; a move also its key columns and parent
+        if action == "move" and (type(c["from"]) is not str or not c["from"]):
             return "'from' must be a non-empty string"
         if before is None or after is None:
-            return "a move has 'before' and 'after' objects"
+            return f"{'a move' if action == 'move' else 'an update'} has 'before' and 'after' objects"
+        required, allowed = (_MOVE_KEYS[kind], _MOVABLE[kind]) if action == "move" else ((), _UPDATABLE[kind])
         for image in (before, after):
-            missing = set(_MOVE_KEYS[kind]) - set(image)
+            if not image and action == "update":
+                return "an update changes at least one field"
+            missing = set(required) - set(image)
             if missing:
                 return f"{sorted(missing)[0]!r} is a required property"
-            problem = _check_fields(kind, image, _MOVABLE[kind])
-            if problem:
-                return problem
-        return None
-    else:
-        if before is None or after is None:
-            return "an update has 'before' and 'after' objects"
-        allowed = _UPDATABLE[kind]
-        for image in (before, after):
-            if not image:
-                return "an update changes at least one field"
             problem = _check_fields(kind, image, allowed)
             if problem:
                 return problem
