@@ -11,7 +11,7 @@ Execution is set-based: the changes are ``COPY``-ed into temporary staging table
 applied with one ``INSERT … SELECT`` / ``UPDATE … FROM`` / ``DELETE … USING`` per kind
 and action. The ids of the rows to update, move or delete are resolved from their
 natural keys first, before anything changes (a moved model's posts are found by the
-model's old name); then creates, moves and updates run parents first, and deletes
+model's old name); then moves, creates and updates run parents first, and deletes
 children first (a post is deleted after its media moved out). The audit is written in
 the same transaction, so the change and its record commit together or not at all: the
 plan file itself, compressed, on the ``reconciler_applies`` row, plus full before images
@@ -314,6 +314,22 @@ def _audit_before(cur, apply_id: int, kind: str) -> None:
     )
 
 
+def _delete_early(cur, kind: str) -> None:
+    """Delete, before any move or create, the rows that have no children left: a
+    deleted row may free the key that a move or a create takes (a rollback moves a
+    post back onto the name of a post it deletes). The rest go after the moves, and
+    give up their keys here."""
+    child = {"post": "whitelabel_media x WHERE x.whitelabel_post_id", "model": "whitelabel_posts x WHERE x.whitelabel_model_id"}
+    free = f"AND NOT EXISTS (SELECT 1 FROM {child[kind]} = t.id)" if kind in child else ""
+    cur.execute(f"DELETE FROM {_TABLE[kind]} t USING rc_stage_{kind} s WHERE s.action = 'delete' AND t.id = s.row_id {free}")
+    if kind in child:
+        # Those that wait for their children to move out give up their name now.
+        cur.execute(
+            f"""UPDATE {_TABLE[kind]} t SET folder_name = chr(1) || 'reconciler-delete-' || t.id
+                FROM rc_stage_{kind} s WHERE s.action = 'delete' AND t.id = s.row_id"""
+        )
+
+
 def _delete(cur, kind: str) -> None:
     table = _TABLE[kind]
     # A post's media (a model's posts) must be deleted or moved by the plan itself, or
@@ -411,6 +427,14 @@ def _move(cur, kind: str, expected: int) -> None:
     parent's new key (which parents' creates and moves have made by now)."""
     if expected == 0:
         return
+    # Two steps: first every moving row to a name of its own, so that moves that swap
+    # or chain names (a post moving onto the name another moving post leaves) never
+    # meet the unique keys half done, which PostgreSQL checks row by row.
+    column = {"model": "folder_name", "post": "folder_name", "media": "s3_key"}[kind]
+    cur.execute(
+        f"""UPDATE {_TABLE[kind]} t SET {column} = chr(1) || 'reconciler-move-' || t.id
+            FROM rc_stage_{kind} s WHERE s.action = 'move' AND t.id = s.row_id"""
+    )
     if kind == "model":
         cur.execute(
             f"""UPDATE whitelabel_models t SET folder_name = s.key, {_sets(kind)}
@@ -544,10 +568,15 @@ def apply_plan(
                 counts = summary[kind]
                 _resolve(cur, kind, counts["update"] + counts.get("move", 0) + counts["delete"])
                 _audit_before(cur, apply_id, kind)
+            for kind in ("media", "post", "model"):
+                if summary[kind]["delete"]:
+                    _delete_early(cur, kind)
             progress("creating, moving and updating")
             for kind in ("model", "post", "media"):
-                _insert(cur, kind, summary[kind]["create"])
+                # Moves before creates: a move may free the key a create takes (a
+                # model's rename leaves its post's old name to a new post).
                 _move(cur, kind, summary[kind].get("move", 0))
+                _insert(cur, kind, summary[kind]["create"])
                 if summary[kind]["update"]:
                     _update(cur, kind)
             progress("deleting")
