@@ -4,6 +4,8 @@
 -- ids are found by key. Older applies (plan_file null) keep their per-row create rows,
 -- and roll back as before.
 ALTER TABLE reconciler_applies ADD COLUMN IF NOT EXISTS plan_file bytea;
+-- Compressed already: stored out of line without another compression attempt.
+ALTER TABLE reconciler_applies ALTER COLUMN plan_file SET STORAGE EXTERNAL;
 
 -- The state digest, kept per model so that a plan's staleness check costs what its scope
 -- holds, not what the tables hold. Per model and kind: the count of managed rows and the
