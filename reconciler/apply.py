@@ -11,11 +11,14 @@ Execution is set-based: the changes are ``COPY``-ed into temporary staging table
 applied with one ``INSERT … SELECT`` / ``UPDATE … FROM`` / ``DELETE … USING`` per kind
 and action. The ids of the rows to update, move or delete are resolved from their
 natural keys first, before anything changes (a moved model's posts are found by the
-model's old name); then creates, moves and updates run parents first, and deletes
-children first (a post is deleted after its media moved out). The audit rows (full
-before and after images, ids included) are written the same way, in the same
-transaction (created rows by the very statement that inserts them), so the change and
-its record commit together or not at all.
+model's old name); then moves, creates and updates run parents first, and deletes
+children first (a post is deleted after its media moved out). The audit is written in
+the same transaction, so the change and its record commit together or not at all: the
+plan file itself, compressed, on the ``reconciler_applies`` row, plus full before images
+(ids included) of the rows updated, moved or deleted and after images of those updated
+or moved. Created rows get no audit row: their images are in the stored plan and their
+ids are found by key (see :mod:`reconciler.audit`), so a first apply of a million rows
+does not write them twice.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import stat
 import tempfile
+import threading
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -37,6 +43,7 @@ from .errors import (
     AlreadyAppliedError,
     DatabaseError,
     LockTimeoutError,
+    PlanFileError,
     ReconcilerError,
     StalePlanError,
     WrongDatabaseError,
@@ -169,6 +176,67 @@ class Stage:
             f.close()
 
 
+class PlanFileCopy:
+    """The plan file, zlib-compressed for the audit entry, made in a thread while the
+    file is verified (zlib releases the GIL, so it costs the apply almost no time).
+
+    :meth:`result` refuses a file that changed while it was read: the bytes stored are
+    then the bytes verified. A path that is not a regular file is left to
+    ``verify_plan`` to refuse.
+    """
+
+    def __init__(self, path: str, level: int = 1) -> None:
+        self.path = path
+        self._data: bytes | None = None
+        self._error: BaseException | None = None
+        self._seen = None
+        self._thread = None
+        try:
+            st = os.stat(path)
+        except OSError:
+            return
+        if stat.S_ISREG(st.st_mode):
+            self._thread = threading.Thread(target=self._run, args=(level,), name="plan-file-copy", daemon=True)
+            self._thread.start()
+
+    @staticmethod
+    def _identity(st) -> tuple:
+        return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _run(self, level: int) -> None:
+        try:
+            z = zlib.compressobj(level)
+            parts = []
+            with open(self.path, "rb") as f:
+                self._seen = self._identity(os.fstat(f.fileno()))
+                while chunk := f.read(4 << 20):
+                    parts.append(z.compress(chunk))
+            parts.append(z.flush())
+            self._data = b"".join(parts)
+        except BaseException as e:  # reported by result()
+            self._error = e
+
+    def result(self) -> bytes:
+        if self._thread is None:
+            raise PlanFileError(f"cannot read plan file {self.path}")
+        self._thread.join()
+        if self._error is not None:
+            raise PlanFileError(f"cannot read plan file {self.path}: {self._error}")
+        try:
+            now = self._identity(os.stat(self.path))
+        except OSError:
+            now = None
+        if now != self._seen:
+            raise PlanFileError(f"plan file {self.path} changed while it was being applied; apply it again")
+        assert self._data is not None
+        return self._data
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        self._data = None
+
+
 # --------------------------------------------------------------------------- SQL
 
 # How each kind's staging rows find their live row by natural key (a move's by its old
@@ -246,6 +314,22 @@ def _audit_before(cur, apply_id: int, kind: str) -> None:
     )
 
 
+def _delete_early(cur, kind: str) -> None:
+    """Delete, before any move or create, the rows that have no children left: a
+    deleted row may free the key that a move or a create takes (a rollback moves a
+    post back onto the name of a post it deletes). The rest go after the moves, and
+    give up their keys here."""
+    child = {"post": "whitelabel_media x WHERE x.whitelabel_post_id", "model": "whitelabel_posts x WHERE x.whitelabel_model_id"}
+    free = f"AND NOT EXISTS (SELECT 1 FROM {child[kind]} = t.id)" if kind in child else ""
+    cur.execute(f"DELETE FROM {_TABLE[kind]} t USING rc_stage_{kind} s WHERE s.action = 'delete' AND t.id = s.row_id {free}")
+    if kind in child:
+        # Those that wait for their children to move out give up their name now.
+        cur.execute(
+            f"""UPDATE {_TABLE[kind]} t SET folder_name = chr(1) || 'reconciler-delete-' || t.id
+                FROM rc_stage_{kind} s WHERE s.action = 'delete' AND t.id = s.row_id"""
+        )
+
+
 def _delete(cur, kind: str) -> None:
     table = _TABLE[kind]
     # A post's media (a model's posts) must be deleted or moved by the plan itself, or
@@ -263,8 +347,9 @@ def _delete(cur, kind: str) -> None:
     cur.execute(f"DELETE FROM {table} t USING rc_stage_{kind} s WHERE s.action = 'delete' AND t.id = s.row_id")
 
 
-def _insert(cur, apply_id: int, kind: str, expected: int) -> None:
-    """Create rows and audit them in the same statement (``RETURNING``).
+def _insert(cur, kind: str, expected: int) -> None:
+    """Create rows. They get no audit rows of their own: their images are in the plan
+    file, which the apply stores (see :mod:`reconciler.audit`).
 
     Rows restored by a rollback keep their original id (and created_at, status); new
     rows take the columns' own defaults. New ids follow the plan's key order, so the
@@ -276,7 +361,7 @@ def _insert(cur, apply_id: int, kind: str, expected: int) -> None:
     cols = ", ".join(managed)
     vals = ", ".join(f"s.{c}" for c in managed).replace("s.media_cdns", "s.media_cdns::json")
     if kind == "model":
-        # last_synced_at is set here, so that the audited image is the final row.
+        # last_synced_at is stamped as the rows are inserted (one write per row).
         parent_col, parent_val, source = "folder_name, last_synced_at", f"s.key, {_SYNCED}", "rc_stage_model s"
         restore_cols, restore_vals = "id, status, created_at", "s.row_id, s.status, coalesce(s.created_at, now())"
     elif kind == "post":
@@ -291,30 +376,14 @@ def _insert(cur, apply_id: int, kind: str, expected: int) -> None:
         )
         restore_cols, restore_vals = "id, created_at", "s.row_id, coalesce(s.created_at, now())"
     table = _TABLE[kind]
-    # The audit's key and parent key come from the new row's (few) parents, not from a
-    # join of a million new rows back to the staging table.
-    if kind == "model":
-        audit = "ins.folder_name, NULL, row_to_json(ins) FROM ins"
-    elif kind == "post":
-        audit = ("bm.folder_name || '/' || ins.folder_name, bm.folder_name, row_to_json(ins) "
-                 "FROM ins JOIN whitelabel_models bm ON bm.id = ins.whitelabel_model_id")
-    else:
-        audit = ("ins.s3_key, bm.folder_name || '/' || bp.folder_name, row_to_json(ins) "
-                 "FROM ins JOIN whitelabel_posts bp ON bp.id = ins.whitelabel_post_id "
-                 "JOIN whitelabel_models bm ON bm.id = bp.whitelabel_model_id")
     inserted = 0
     for restore in (False, True):
         insert_cols = f"{restore_cols}, {parent_col}, {cols}" if restore else f"{parent_col}, {cols}"
         select = f"{restore_vals}, {parent_val}, {vals}" if restore else f"{parent_val}, {vals}"
         cur.execute(
-            f"""WITH ins AS (
-                  INSERT INTO {table} ({insert_cols})
-                  SELECT {select} FROM {source}
-                  WHERE s.action = 'create' AND s.row_id IS {'NOT ' if restore else ''}NULL ORDER BY s.seq
-                  RETURNING *)
-                INSERT INTO reconciler_changes (apply_id, kind, action, row_id, key, after_parent, after)
-                SELECT %s, %s, 'create', ins.id, {audit}""",
-            (apply_id, kind),
+            f"""INSERT INTO {table} ({insert_cols})
+                SELECT {select} FROM {source}
+                WHERE s.action = 'create' AND s.row_id IS {'NOT ' if restore else ''}NULL ORDER BY s.seq"""
         )
         inserted += cur.rowcount
         if restore and cur.rowcount > 0:
@@ -358,6 +427,14 @@ def _move(cur, kind: str, expected: int) -> None:
     parent's new key (which parents' creates and moves have made by now)."""
     if expected == 0:
         return
+    # Two steps: first every moving row to a name of its own, so that moves that swap
+    # or chain names (a post moving onto the name another moving post leaves) never
+    # meet the unique keys half done, which PostgreSQL checks row by row.
+    column = {"model": "folder_name", "post": "folder_name", "media": "s3_key"}[kind]
+    cur.execute(
+        f"""UPDATE {_TABLE[kind]} t SET {column} = chr(1) || 'reconciler-move-' || t.id
+            FROM rc_stage_{kind} s WHERE s.action = 'move' AND t.id = s.row_id"""
+    )
     if kind == "model":
         cur.execute(
             f"""UPDATE whitelabel_models t SET folder_name = s.key, {_sets(kind)}
@@ -419,10 +496,12 @@ def apply_plan(
     limits: Limits = Limits(),
     progress: Progress = lambda msg: None,
     actor: str | None = None,
+    plan_file: bytes,
 ) -> ApplyResult:
     """Execute a verified plan exactly: ``plan`` and its changes in ``stage`` come from
     ``verify_plan(path, keep_changes=False, sink=stage)``, which checked the schema,
-    plan_id and signature.
+    plan_id and signature; ``plan_file`` is that file, zlib-compressed, stored with the
+    audit entry (:class:`PlanFileCopy` makes it while the file is verified).
 
     Raises a :class:`ReconcilerError` and changes nothing when any check or
     statement fails.
@@ -468,8 +547,8 @@ def apply_plan(
             check_delete_limits(deletes, current_rows, limits, when="plan being applied")
             cur.execute(
                 """INSERT INTO reconciler_applies
-                     (plan_id, os_user, tool_version, source, scope, summary, plan_created_at, rolls_back)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s) RETURNING id""",
+                     (plan_id, os_user, tool_version, source, scope, summary, plan_created_at, rolls_back, plan_file)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, decode(%s, 'hex')) RETURNING id""",
                 (
                     plan.plan_id,
                     _os_user(actor),
@@ -479,6 +558,8 @@ def apply_plan(
                     json.dumps(summary),
                     plan.created_at,
                     plan.extra.get("rolls_back"),
+                    # As hex: psycopg2 would quote bytes as an escaped literal ~3.5 times their size.
+                    plan_file.hex(),
                 ),
             )
             apply_id = cur.fetchone()[0]
@@ -488,10 +569,15 @@ def apply_plan(
                 counts = summary[kind]
                 _resolve(cur, kind, counts["update"] + counts.get("move", 0) + counts["delete"])
                 _audit_before(cur, apply_id, kind)
+            for kind in ("media", "post", "model"):
+                if summary[kind]["delete"]:
+                    _delete_early(cur, kind)
             progress("creating, moving and updating")
             for kind in ("model", "post", "media"):
-                _insert(cur, apply_id, kind, summary[kind]["create"])
+                # Moves before creates: a move may free the key a create takes (a
+                # model's rename leaves its post's old name to a new post).
                 _move(cur, kind, summary[kind].get("move", 0))
+                _insert(cur, kind, summary[kind]["create"])
                 if summary[kind]["update"]:
                     _update(cur, kind)
             progress("deleting")

@@ -1,13 +1,20 @@
 """The audit log: history of applies, and rollback plans built from it.
 
-Every apply records, in its own transaction, one ``reconciler_applies`` row and one
-``reconciler_changes`` row per change with the full before and after images of the
-row (ids included, and the parent's natural key). A rollback turns those images into
-an inverse plan, which is reviewed and applied like any other plan.
+Every apply records, in its own transaction, one ``reconciler_applies`` row holding the
+plan file itself (zlib-compressed, ``plan_file``) and one ``reconciler_changes`` row per
+updated, moved or deleted row with its full before image (ids included, and the
+parent's natural key) and, for updates and moves, its after image. A created row needs
+no row of its own: its image is the plan's ``after``, and the inverse of a create is a
+delete by key. Applies made before the plan was stored (``plan_file`` null) have a
+``reconciler_changes`` row per create too; both shapes roll back. A rollback turns the
+images into an inverse plan, which is reviewed and applied like any other plan.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
+import zlib
 from dataclasses import dataclass
 
 import psycopg2
@@ -17,7 +24,7 @@ from .db import Database
 from .diff import FIELDS, Change
 from .errors import ReconcilerError, StalePlanError
 from .moves import make_move
-from .planfile import Plan
+from .planfile import Plan, verify_plan
 from .version import __version__
 
 
@@ -124,6 +131,49 @@ def inverse_changes(rows: list[tuple]) -> list[Change]:
     return out
 
 
+_RESTORE_ONLY = ("id", "created_at", "status")
+
+
+class _Creates:
+    """A :class:`~reconciler.planfile.ChangeSink` that keeps a stored plan's creates as
+    audit rows ``(kind, action, key, before, after, before_parent, after_parent)``."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple] = []
+
+    def add_batch(self, changes: list[dict]) -> None:
+        for c in changes:
+            if c["action"] == "create":
+                after = {k: v for k, v in c["after"].items() if k not in _RESTORE_ONLY}
+                kind = c["kind"]
+                parent = after.get("model") if kind == "post" else after.get("post")
+                self.rows.append((kind, "create", c["key"], None, after, None, parent))
+
+    def reset(self) -> None:
+        self.rows = []
+
+
+def stored_creates(plan_file: bytes, plan_id: str, apply_id: int) -> list[tuple]:
+    """The creates of an apply's stored plan file, as audit rows. The file is verified
+    again (schema, rules, ``plan_id``) and must be the plan that apply recorded."""
+    fd, path = tempfile.mkstemp(prefix=".rollback-", suffix=".json")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            z = zlib.decompressobj()
+            for i in range(0, len(plan_file), 4 << 20):
+                f.write(z.decompress(plan_file[i : i + (4 << 20)]))
+            f.write(z.flush())
+        sink = _Creates()
+        stored = verify_plan(path, keep_changes=False, sink=sink)
+    except (ReconcilerError, zlib.error) as e:
+        raise ReconcilerError(f"cannot roll back apply {apply_id}: its stored plan file is damaged ({e})") from None
+    finally:
+        os.unlink(path)
+    if stored.plan_id != plan_id:
+        raise ReconcilerError(f"cannot roll back apply {apply_id}: its stored plan file is not plan {plan_id[:12]}")
+    return sink.rows
+
+
 def rollback_plan(db: Database, apply_id: int) -> Plan:
     """The inverse plan of apply ``apply_id``. Reads only.
 
@@ -133,11 +183,11 @@ def rollback_plan(db: Database, apply_id: int) -> Plan:
     """
     try:
         with db.transaction() as conn, conn.cursor() as cur:
-            cur.execute("SELECT plan_id, source, scope FROM reconciler_applies WHERE id = %s", (apply_id,))
+            cur.execute("SELECT plan_id, source, scope, plan_file FROM reconciler_applies WHERE id = %s", (apply_id,))
             head = cur.fetchone()
             if head is None:
                 raise ReconcilerError(f"there is no apply {apply_id}; see `reconciler history`")
-            _, source, scope = head
+            plan_id, source, scope, plan_file = head
             cur.execute("SELECT id FROM reconciler_applies WHERE rolls_back = %s ORDER BY id LIMIT 1", (apply_id,))
             undone = cur.fetchone()
             if undone:
@@ -148,6 +198,9 @@ def rollback_plan(db: Database, apply_id: int) -> Plan:
                 (apply_id,),
             )
             rows = cur.fetchall()
+            if plan_file is not None:
+                # Audited since the plan file is stored: its creates have no rows here.
+                rows += stored_creates(bytes(plan_file), plan_id, apply_id)
             changes = inverse_changes(rows)
             state = read_state(conn, scope)
             touched = {(c.kind, c.key) for c in changes} | {(c.kind, c.from_key) for c in changes if c.from_key}

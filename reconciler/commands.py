@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import psycopg2
 
 from . import audit
-from .apply import ApplyResult, Stage, apply_plan
+from .apply import ApplyResult, PlanFileCopy, Stage, apply_plan
 from .config import Settings
 from .current import database_identity, read_media_frame, read_state
 from .db import check_schema, migrate, open_database, redact_url
@@ -254,6 +254,7 @@ def apply(
     audit log's ``os_user``)."""
     progress("verifying the plan file")
     stage = Stage()
+    copy = PlanFileCopy(path)  # the audit keeps the file itself, compressed
     try:
         p = verify_plan(
             path,
@@ -262,10 +263,15 @@ def apply(
             signing_key=settings.signing_key,
             require_signature=require_signature or settings.require_signature,
         )
+        plan_file = copy.result()
         with open_database(settings.database, settings.state_dir) as db:
             check_schema(db)
-            return apply_plan(db, p, stage, lock_timeout=settings.lock_timeout, limits=settings.limits, progress=progress, actor=actor)
+            return apply_plan(
+                db, p, stage, lock_timeout=settings.lock_timeout, limits=settings.limits, progress=progress,
+                actor=actor, plan_file=plan_file,
+            )
     finally:
+        copy.close()
         stage.close()
 
 

@@ -71,8 +71,33 @@ class StateDigest:
         return sum(self.counts.values())
 
 
+# The same terms, kept per model by triggers on the content tables (migration 0004, in
+# the transaction of every write, reconciler's or the platform's): a scope's digest is a
+# sum over its models' rows in reconciler_digest, whatever the tables hold.
+_KEPT = """SELECT d.kind, sum(d.n)::bigint, sum(d.a), sum(d.b)
+FROM reconciler_digest d JOIN whitelabel_models m ON m.id = d.model_id {where} GROUP BY d.kind"""
+
+
 def state_digest(conn, models: Sequence[str] | None = None) -> StateDigest:
-    """The digest and row counts of the managed state in scope (one query per kind)."""
+    """The digest and row counts of the managed state in scope, from the per-model terms
+    the triggers keep (``reconciler_digest``): the same value as :func:`scan_digest`,
+    without reading the rows."""
+    where, params = scope_clause(models)
+    with conn.cursor() as cur:
+        cur.execute(_KEPT.format(where=where), params)
+        terms = {kind: (n, a, b) for kind, n, a, b in cur.fetchall()}
+    h = hashlib.sha256()
+    counts = {}
+    for kind in ("model", "post", "media"):
+        n, a, b = terms.get(kind, (0, 0, 0))
+        counts[kind] = n
+        h.update(f"{kind}:{n}:{a}:{b}\n".encode())
+    return StateDigest(h.hexdigest(), counts)
+
+
+def scan_digest(conn, models: Sequence[str] | None = None) -> StateDigest:
+    """:func:`state_digest` computed from every row in scope (one query per kind): what
+    the kept terms must always equal."""
     where, params = scope_clause(models)
     h = hashlib.sha256()
     counts = {}

@@ -38,6 +38,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import IO, Callable, Iterable, Iterator, Protocol
 
+import orjson
+
 from .diff import ACTION_ORDER, ACTIONS, FIELDS, KIND_ORDER, KINDS, Change, ChangeList, summarize
 from .errors import PlanFileError, SignatureError
 
@@ -53,6 +55,17 @@ _CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=Fa
 def canonical(obj) -> str:
     """``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``."""
     return _CANON.encode(obj)
+
+
+def canonical_checked(obj) -> str:
+    """:func:`canonical` of values without floats (changes that passed
+    :func:`check_change`), by orjson: the same text, several times faster. Anything
+    orjson will not encode as ``json`` does (a lone surrogate, an integer beyond 64
+    bits, a key that is not a string) goes to :func:`canonical`."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode("utf-8")
+    except TypeError:
+        return canonical(obj)
 
 
 @dataclass
@@ -352,6 +365,18 @@ def _loads(text: str, path: str):
         raise PlanFileError(f"plan file {path} is not valid JSON: {_short(str(e))}") from None
 
 
+def _fast_loads(text: str, path: str):
+    """``_loads`` by orjson (several times faster), falling back to ``json`` for anything
+    orjson refuses (lone surrogates, huge numbers, NaN, deep nesting), so that what is
+    accepted and every error message stay ``json``'s. Where the two parse the same text
+    differently (orjson reads integers beyond 64 bits as floats), the change fails a
+    check, and the checks then re-read its line with ``json`` (see _verify_changes)."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return _loads(text, path)
+
+
 def _open(path: str) -> IO[str]:
     if os.path.isdir(path):
         raise PlanFileError(f"{path} is a folder, not a plan file")
@@ -423,7 +448,7 @@ def _line_batches(path: str, n: int) -> Iterator[tuple[list, list[str]]]:
                     raise PlanFileError(f"plan file {path} is not valid JSON (change {i} is not one complete line)")
                 bodies.append(line[4:-1] if last else line[4:-2])
                 if len(bodies) >= BATCH or last:
-                    objs = _loads("[" + ",".join(bodies) + "]", path)
+                    objs = _fast_loads("[" + ",".join(bodies) + "]", path)
                     if len(objs) != len(bodies):  # a line holding two changes
                         raise PlanFileError(f"plan file {path} is not valid JSON (a line holds more than one change)")
                     yield objs, bodies
@@ -555,9 +580,15 @@ def _verify_changes(plan, top, path, batches, raw_hash, keep_changes, sink, sign
     last = None
     i = -1
     for objs, raws in batches:
+        first = i + 1
         for c in objs:
             i += 1
             problem = check_change(c) or check_identity(c) or check_values(c)
+            if problem and raws is not None:
+                # Parsed by orjson: judge the line as json reads it (the same but for
+                # integers beyond 64 bits), for json's verdict and message.
+                c = objs[i - first] = _loads(raws[i - first], path)
+                problem = check_change(c) or check_identity(c) or check_values(c)
             if problem:
                 raise PlanFileError(f"{path} does not match the plan schema at changes/{i}: {problem}")
             kind, action, ckey = c["kind"], c["action"], c["key"]
@@ -586,7 +617,7 @@ def _verify_changes(plan, top, path, batches, raw_hash, keep_changes, sink, sign
             hasher.joined(",".join(raws), len(objs))
         else:
             # One C call encodes the batch: "[a,b,…]" is exactly the canonical changes, joined.
-            hasher.joined(canonical(objs)[1:-1], len(objs))
+            hasher.joined(canonical_checked(objs)[1:-1], len(objs))
         if sink is not None:
             sink.add_batch(objs)
     # Plans made before moves existed have no "move" counts: read as 0.
@@ -773,9 +804,18 @@ _INT_LIMITS = {"post_count": 2**31 - 1, "id": 2**31 - 1, "size_bytes": 2**63 - 1
 
 
 def _bad_media_cdns(value) -> bool:
-    return bool(set(value) - {"images", "videos"}) or not all(
-        isinstance(v, list) and all(isinstance(u, str) and "\x00" not in u for u in v) for v in value.values()
-    )
+    if set(value) - {"images", "videos"}:
+        return True
+    for urls in value.values():
+        if not isinstance(urls, list):
+            return True
+        try:  # one C call checks every URL is a string; then one search for NUL
+            joined = "".join(urls)
+        except TypeError:
+            return True
+        if "\x00" in joined:
+            return True
+    return False
 
 
 def check_values(c: dict) -> str | None:
