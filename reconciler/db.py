@@ -1,8 +1,10 @@
 """Database: connection (a given URL or the embedded default), migrations, models.
 
-Peewee models describe the tables; bulk work (reading the state, applying a plan)
-goes through the raw psycopg2 connection inside :meth:`Database.transaction`, because
-server-side cursors and ``COPY`` are what make a million rows cheap.
+Peewee models describe the tool's small, row-at-a-time tables (applies, the
+controller's runs and events); bulk work on the content tables (reading the state,
+applying a plan) goes through the raw psycopg2 connection inside
+:meth:`Database.transaction`, because ``COPY`` and set-based statements are what make a
+million rows cheap.
 """
 
 from __future__ import annotations
@@ -38,54 +40,6 @@ class _Base(pw.Model):
         database = proxy
 
 
-class WhitelabelModel(_Base):
-    folder_name = pw.TextField(unique=True)
-    thumbnail_url = pw.TextField(null=True)
-    icon_url = pw.TextField(null=True)
-    banner_url = pw.TextField(null=True)
-    post_count = pw.IntegerField(null=True, default=0)
-    status = pw.TextField(null=True, default="pending")
-    last_synced_at = pw.DateTimeField(null=True)
-    created_at = pw.DateTimeField(null=True)
-
-    class Meta:
-        table_name = "whitelabel_models"
-
-
-class WhitelabelPost(_Base):
-    model = pw.ForeignKeyField(WhitelabelModel, column_name="whitelabel_model_id", on_delete="CASCADE")
-    folder_name = pw.TextField()
-    title = pw.TextField(null=True)
-    media_cdns = pw.TextField(null=True)  # json in the platform's schema
-    created_at = pw.DateTimeField(null=True)
-
-    class Meta:
-        table_name = "whitelabel_posts"
-
-
-class WhitelabelMedia(_Base):
-    post = pw.ForeignKeyField(WhitelabelPost, column_name="whitelabel_post_id", on_delete="CASCADE")
-    s3_key = pw.TextField(unique=True)
-    url = pw.TextField()
-    type = pw.TextField()
-    size_bytes = pw.BigIntegerField(null=True)
-    etag = pw.TextField(null=True)
-    created_at = pw.DateTimeField(null=True)
-
-    class Meta:
-        table_name = "whitelabel_media"
-
-
-class Migration(_Base):
-    version = pw.IntegerField(primary_key=True)
-    name = pw.TextField()
-    checksum = pw.TextField()
-    applied_at = pw.DateTimeField(null=True)
-
-    class Meta:
-        table_name = "reconciler_migrations"
-
-
 class Apply(_Base):
     id = pw.BigAutoField()
     plan_id = pw.TextField(unique=True)
@@ -101,22 +55,6 @@ class Apply(_Base):
 
     class Meta:
         table_name = "reconciler_applies"
-
-
-class AuditChange(_Base):
-    apply_id = pw.BigIntegerField()
-    kind = pw.TextField()
-    action = pw.TextField()
-    key = pw.TextField()
-    row_id = pw.IntegerField(null=True)
-    before = pw.TextField(null=True)  # json
-    after = pw.TextField(null=True)  # json
-    before_parent = pw.TextField(null=True)
-    after_parent = pw.TextField(null=True)
-
-    class Meta:
-        table_name = "reconciler_changes"
-        primary_key = False
 
 
 class JSONField(pw.Field):
