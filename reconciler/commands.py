@@ -16,7 +16,7 @@ import psycopg2
 from . import audit
 from .apply import ApplyResult, PlanFileCopy, Stage, apply_plan
 from .config import Settings
-from .current import database_identity, read_media_frame, read_state
+from .current import database_identity, read_state
 from .db import check_schema, migrate, open_database, redact_url
 from .frames import build_desired_frames
 from .diff import diff_frames, summarize
@@ -87,9 +87,10 @@ def make_plan(
         check_schema(db)
         try:
             digest_scope = shard_scope if shard is not None else scope
-            with db.transaction() as conn, db.snapshot_digest(conn, digest_scope) as digest, _gc_paused():
-                # The server computes the digest of this snapshot on its own core while
-                # the listing is read; the rows are then read from the same snapshot.
+            with db.transaction() as conn, db.snapshot_digest(conn, digest_scope, media=True) as reads, _gc_paused():
+                # The digest and the current media of this snapshot are read on a second
+                # connection while the listing is read; models and posts are then read
+                # here, from the same snapshot.
                 progress("listing the source")
                 if progress is not _quiet:
                     objects = _counting(objects, progress)
@@ -102,9 +103,9 @@ def make_plan(
                 state = read_state(conn, rows_scope)
                 in_database: set[str] = set()
                 state.models = ((in_database.add(k), (k, r))[1] for k, r in state.models)
-                media = read_media_frame(conn, rows_scope)
+                digest, media = reads.result()
                 result = diff_frames(desired, state, media, moves=settings.detect_moves)
-                state_digest = digest.result().digest
+                state_digest = digest.digest
                 database_id = database_identity(conn)
         except psycopg2.Error as e:
             raise db.error(e, "cannot read the current state") from None

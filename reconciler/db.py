@@ -258,14 +258,17 @@ class Database:
             self.peewee.close()
 
     @contextlib.contextmanager
-    def snapshot_digest(self, conn, models) -> Iterator[Future]:
+    def snapshot_digest(self, conn, models, *, media: bool = False) -> Iterator[Future]:
         """Start a read-only snapshot on ``conn`` (inside :meth:`transaction`) and compute
-        the state digest of that same snapshot on a second connection, in a thread.
+        the state digest of that same snapshot on a second connection, in a thread —
+        with ``media``, also read the current media of the scope as a frame there, while
+        the caller lists the source.
 
-        Yields a future of :class:`reconciler.current.StateDigest`. ``models`` may be a
-        function of ``conn`` that returns the scope, read in the snapshot first.
+        Yields a future of :class:`reconciler.current.StateDigest` (with ``media``, of
+        ``(StateDigest, frame)``). ``models`` may be a function of ``conn`` that returns
+        the scope, read in the snapshot first.
         """
-        from .current import state_digest
+        from .current import read_media_frame, state_digest
 
         with conn.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -280,7 +283,8 @@ class Database:
                 with other.cursor() as cur:
                     cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
-                    return state_digest(other, models)
+                digest = state_digest(other, models)
+                return (digest, read_media_frame(other, models)) if media else digest
             finally:
                 other.close()
 
