@@ -139,7 +139,8 @@ def scope_text(plan: Plan) -> str:
     """``all models``, ``models A, B``, or ``shard 2/4 (3 models)`` (a shard's list is long)."""
     shard = plan.target.get("shard")
     if shard:
-        return f"shard {shard} ({len(plan.scope or ())} models)"
+        n = len(plan.scope or ())
+        return f"shard {shard} ({n} model{'' if n == 1 else 's'})"
     return _scope(plan)
 
 
