@@ -108,6 +108,8 @@ def test_every_page_every_state_loopback(serve, tmp_path, sql):
     assert "Roll back apply 1" in hist and f"run {run['id']}" in hist and "local" in hist
     one = c.get("/history/1")
     assert one.status_code == 200 and "Gone" in one.text and "delete" in one.text
+    created = sum(v["create"] for v in run["summary"].values())
+    assert created and f"{created} row(s) created: their images are in the plan file" in one.text
     r = c.post("/history/1/rollback", data={"csrf": token})
     assert r.status_code == 303
     back = c.get(r.headers["location"]).text

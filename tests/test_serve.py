@@ -45,6 +45,7 @@ def test_plan_approve_in_sync(serve, tmp_path, sql):
     assert run["phase"] == "done" and run["progress"] == {"objects_listed": 5, "rows_read": 0}
     st = c.get("/api/status").json()
     assert st["in_sync"] is False and st["leader"] is True and st["pending_run"] == run["id"]
+    assert st["rows_in_database"] == 0
     assert st["drift"]["model"] == {"create": 2, "update": 0, "move": 0, "delete": 0}
     assert st["source"] == str(src) and "password" not in json.dumps(st) and st["version"]
     metrics = c.get("/metrics").text
@@ -71,7 +72,7 @@ def test_plan_approve_in_sync(serve, tmp_path, sql):
     assert sql("SELECT count(*) FROM whitelabel_media")[0][0] == 3
     st = c.get("/api/status").json()
     assert st["in_sync"] is True and st["pending_run"] is None and total(st["drift"]) == 0
-    assert st["last_apply_at"]
+    assert st["last_apply_at"] and st["rows_in_database"] == 7  # live, not the count the plan saw
     history = c.get("/api/history").json()
     assert history[0]["apply_id"] == a["apply_id"] and history[0]["plan_id"] == run["plan_id"]
     assert history[0]["os_user"].startswith("local")
