@@ -186,6 +186,7 @@ def read_media_frame(conn, models: Sequence[str] | None = None):
             return pl.DataFrame(schema=MEDIA_SCHEMA)
         frame = pl.read_csv(
             f.name, separator="\t", has_header=False, quote_char=None, null_values=["\\N"],
+            empty_string_is_null=False,  # COPY writes NULL as \N; an empty field is ''
             new_columns=list(MEDIA_SCHEMA), schema_overrides=MEDIA_SCHEMA,
         )
     text = [c for c, t in MEDIA_SCHEMA.items() if t == pl.String]

@@ -100,3 +100,33 @@ def test_chunks_of_the_listing_give_the_same_state(objects, root, scope, chunk):
     finally:
         frames.CHUNK = saved
     assert chunked == whole
+
+
+def test_the_current_media_read_back_exactly_as_stored(settings, sql, tmp_path):
+    """Values COPY escapes (backslash, tab, line breaks, a literal \\N) and the empty
+    string come back from the frame as they are, NULL as None: the oracle agrees."""
+    import psycopg2
+
+    from reconciler import commands
+    from reconciler.current import read_media_frame, read_state
+
+    keys = ["A/P/back\\slash.jpg", "A/P/tab\there.jpg", "A/P/nl\nx.jpg", "A/P/cr\rx.jpg", "A/P/\\N.jpg",
+            "A/P/plain.jpg"]
+    objects = [ObjectInfo(k, i, f"e{i}", None) for i, k in enumerate(keys)]
+    settings.allow_empty_source = True
+    commands.apply(settings, write_plan(commands.make_plan(settings, objects=objects), str(tmp_path / "p.json")))
+    sql("UPDATE whitelabel_media SET etag = '' WHERE s3_key = 'A/P/plain.jpg'")
+    sql("UPDATE whitelabel_media SET etag = NULL WHERE s3_key = 'A/P/nl\nx.jpg'")
+    conn = psycopg2.connect(settings.database)
+    try:
+        with conn:
+            frame = read_media_frame(conn)
+            rows = dict(read_state(conn).media)
+    finally:
+        conn.close()
+    assert {k: tuple(r) for k, *r in frame.iter_rows()} == {k: tuple(r) for k, r in rows.items()}
+    got = dict((k, e) for k, e in frame.select("s3_key", "etag").iter_rows())
+    assert got["A/P/plain.jpg"] == "" and got["A/P/nl\nx.jpg"] is None and set(got) == set(keys)
+    # The planner sees the edited ETags as drift, as the per-key diff does.
+    changes = commands.make_plan(settings, objects=objects).changes
+    assert sorted(c.key for c in changes if c.kind == "media") == ["A/P/nl\nx.jpg", "A/P/plain.jpg"]
