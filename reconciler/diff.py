@@ -219,21 +219,12 @@ class ChangeList(Sequence):
         counts["media"]["create"] += self.creates.height
         return counts
 
-    def text_batches(self, size: int) -> Iterator[tuple[str, int]]:
-        """The canonical changes, ``size`` at a time, joined by commas (as
-        :func:`reconciler.planfile.canonical` of each batch would give them)."""
-        from .planfile import canonical
-
-        for part in (self.head, None, self.tail):
-            if part is None:
-                lines = self.creates["line"]
-                for i in range(0, len(lines), size):
-                    batch = lines.slice(i, size)
-                    yield ",".join(batch.to_list()), len(batch)
-                continue
-            for i in range(0, len(part), size):
-                batch = part[i : i + size]
-                yield canonical([c.to_dict() for c in batch])[1:-1], len(batch)
+    def create_batches(self, size: int) -> Iterator[tuple[str, int]]:
+        """The media creates' canonical lines, ``size`` at a time, joined by commas."""
+        lines = self.creates["line"]
+        for i in range(0, len(lines), size):
+            batch = lines.slice(i, size)
+            yield ",".join(batch.to_list()), len(batch)
 
 
 def diff_frames(desired, current: CurrentState, media, *, moves: bool = True) -> Diff:

@@ -170,7 +170,9 @@ def _encoded_batches(changes: list[Change]) -> Iterator[tuple[str, int]]:
     (a '"' in a string is escaped): the file splits a batch into lines there.
     """
     if isinstance(changes, ChangeList):  # media creates already canonical, in a column
-        yield from changes.text_batches(BATCH)
+        yield from _encoded_batches(changes.head)
+        yield from changes.create_batches(BATCH)
+        yield from _encoded_batches(changes.tail)
         return
     for i in range(0, len(changes), BATCH):
         batch = [c.to_dict() for c in changes[i : i + BATCH]]
