@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import os
 import re
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -16,16 +17,18 @@ import psycopg2
 from . import audit
 from .apply import ApplyResult, PlanFileCopy, Stage, apply_plan
 from .config import Settings
-from .current import database_identity, read_state
+from .current import CopiedMedia, database_identity, decode_copied, media_counts, read_posts, read_state
 from .db import check_schema, migrate, open_database, redact_url
-from .frames import build_desired_frames
-from .diff import diff_frames, summarize
+from .diff import summarize
+from .engine import BATCH_ROWS, Current, plan_changes
+from .frames import classify_listing
 from .errors import ConfigError
 from .layout import ObjectInfo
 from .planfile import Plan, verify_plan, write_plan
 from .safety import check_delete_limits, check_empty_source
 from .shards import Shard
 from .sources import Source, open_source
+from .spill import Spill
 from .version import __version__
 
 Progress = Callable[[str], None]
@@ -51,6 +54,7 @@ def make_plan(
     sign: bool = False,
     seal: bool = True,
     progress: Progress = _quiet,
+    batch_rows: int = BATCH_ROWS,
 ) -> Plan:
     """Compute a plan. Planning never writes: not to the bucket, not to the database.
 
@@ -83,41 +87,58 @@ def make_plan(
     cdn_base_url = settings.cdn_base_url or default_cdn_base_url(settings, source)
     if sign and not settings.signing_key:
         raise ConfigError("--sign needs the signing key in RECONCILER_SIGNING_KEY")
+    spill = Spill(batch_rows)
     with open_database(settings.database, settings.state_dir) as db:
         check_schema(db)
         try:
             digest_scope = shard_scope if shard is not None else scope
-            with db.transaction() as conn, db.snapshot_digest(conn, digest_scope, media=True) as reads, _gc_paused():
+            media_path = spill.path(".tsv")
+            with db.transaction() as conn, db.snapshot_digest(conn, digest_scope, media_path=media_path) as reads, \
+                    _gc_paused():
                 # The digest and the current media of this snapshot are read on a second
-                # connection while the listing is read; models and posts are then read
-                # here, from the same snapshot.
+                # connection while the listing is read; the rest is then read here, from
+                # the same snapshot, a batch of models at a time.
                 progress("listing the source")
                 if progress is not _quiet:
                     objects = _counting(objects, progress)
-                desired = build_desired_frames(
-                    objects, cdn_base_url=cdn_base_url, root=root, layout=settings.layout,
-                    models=shard if shard is not None else scope,
+                listing = classify_listing(
+                    objects, root=root, layout=settings.layout, models=shard if shard is not None else scope,
+                    spill=spill,
                 )
-                progress(f"listed {desired.object_count} objects; reading the database")
+                progress(f"listed {listing.object_count} objects; reading the database")
                 rows_scope = in_shard if shard is not None else scope
-                state = read_state(conn, rows_scope)
-                in_database: set[str] = set()
-                state.models = ((in_database.add(k), (k, r))[1] for k, r in state.models)
-                digest, media = reads.result()
-                result = diff_frames(desired, state, media, moves=settings.detect_moves)
-                state_digest = digest.digest
+                current_models = list(read_state(conn, rows_scope).models)
+                in_database = {name for name, _ in current_models}
+                state_digest = reads.result().digest
+                current = Current(
+                    models=current_models,
+                    posts=functools.partial(read_posts, conn),
+                    media=CopiedMedia(media_path, spill),
+                    media_counts=media_counts(conn, rows_scope),
+                    decode=decode_copied,
+                )
+                result = plan_changes(
+                    listing, current, cdn_base_url=cdn_base_url, root=root, moves=settings.detect_moves,
+                    batch_rows=batch_rows, spill=spill,
+                )
+                os.unlink(media_path)  # read for good; the plan's own lines stay in the spill
                 database_id = database_identity(conn)
         except psycopg2.Error as e:
+            spill.close()
             raise db.error(e, "cannot read the current state") from None
+        except BaseException:
+            spill.close()
+            raise
         display = db.display
+    desired_models = listing.counts
     if shard is not None:
         # A shard's scope: its models in the database (their rows were read and digested;
         # a model only in the source has no rows, so the digest is the same) and in the source.
-        scope = sorted(set(in_shard) | set(desired.models))
+        scope = sorted(set(in_shard) | set(desired_models))
     current_rows = sum(result.current_counts.values())
     # A shard whose models all left the bucket is not an empty source when other shards'
     # models are there: only a source with no model at all is refused.
-    recognised = len(desired.models) or int(shard is not None and shard.saw_others)
+    recognised = len(desired_models) or int(shard is not None and shard.saw_others)
     check_empty_source(recognised, current_rows, scope, settings.allow_empty_source)
     deletes = sum(counts["delete"] for counts in summarize(result.changes).values())
     check_delete_limits(deletes, current_rows, settings.limits)
@@ -130,9 +151,9 @@ def make_plan(
         changes=result.changes,
         source={
             "url": source_url,
-            "object_count": desired.object_count,
-            "skipped": dict(sorted(desired.skipped.items())),
-            "skipped_examples": {k: v for k, v in sorted(desired.skipped_examples.items())},
+            "object_count": listing.object_count,
+            "skipped": dict(sorted(listing.skipped.items())),
+            "skipped_examples": {k: v for k, v in sorted(listing.skipped_examples.items())},
             **source_extra,
         },
         target={
@@ -149,7 +170,7 @@ def make_plan(
     # A typo'd --model lists nothing and changes nothing: a drift check would read that as
     # "in sync", so it is an error, not a note.
     named = scope if shard is None else None  # a shard's scope is found, not named
-    unknown = [name for name in named or () if name not in desired.models and name not in in_database]
+    unknown = [name for name in named or () if name not in desired_models and name not in in_database]
     if unknown:
         names = ", ".join(repr(n) for n in unknown)
         what = f"model {names} is" if len(unknown) == 1 else f"models {names} are"

@@ -165,37 +165,93 @@ def _unescape(text: str | None) -> str | None:
     return "".join(out)
 
 
-def read_media_frame(conn, models: Sequence[str] | None = None):
-    """The current media in scope as a Polars frame (``s3_key``, ``post``, ``url``,
-    ``type``, ``size_bytes``, ``etag``), through ``COPY … TO STDOUT`` in ``conn``'s
-    transaction: no Python object per row."""
-    import tempfile
+def copy_media(conn, models: Sequence[str] | None, path: str) -> None:
+    """Write the current media in scope to ``path`` with ``COPY … TO STDOUT`` (text
+    format), in ``conn``'s transaction: no Python object per row."""
+    where, params = scope_clause(models)
+    with open(path, "wb") as f, conn.cursor() as cur:
+        query = cur.mogrify(_MEDIA.format(where=where), params).decode("utf-8")
+        cur.copy_expert(f"COPY ({query}) TO STDOUT", f)
 
+
+class CopiedMedia:
+    """The current media as :func:`copy_media` wrote them, read by Polars (the file is
+    mapped, never held twice). Frames read from it still hold COPY's escapes:
+    :func:`decode_copied` them."""
+
+    def __init__(self, path: str, spill=None) -> None:
+        self.path, self.spill = path, spill
+
+    @property
+    def schema(self) -> dict:
+        from .frames import MEDIA_SCHEMA
+
+        return MEDIA_SCHEMA
+
+    def lazy(self):
+        import os
+
+        import polars as pl
+
+        if os.path.getsize(self.path) == 0:
+            return pl.LazyFrame(schema=self.schema)
+        return pl.scan_csv(
+            self.path, separator="\t", has_header=False, quote_char=None, null_values=["\\N"],
+            empty_string_is_null=False,  # COPY writes NULL as \N; an empty field is ''
+            new_columns=list(self.schema), schema_overrides=self.schema,
+        )
+
+    def frame(self):
+        return self.lazy().collect()
+
+    def split(self, batch, n: int) -> list:
+        from .spill import split
+
+        return split(self.lazy(), self.schema, batch, n, self.spill)
+
+
+def decode_copied(frame):
+    """Rows of :class:`CopiedMedia` as they are stored: values with a backslash, tab or
+    line break (escaped by COPY) are decoded one by one."""
     import polars as pl
 
-    from .frames import MEDIA_SCHEMA
-
-    where, params = scope_clause(models)
-    # Through a temporary file, which Polars maps: the rows are never held twice.
-    with tempfile.NamedTemporaryFile(prefix="reconciler-media-", suffix=".tsv") as f:
-        with conn.cursor() as cur:
-            query = cur.mogrify(_MEDIA.format(where=where), params).decode("utf-8")
-            cur.copy_expert(f"COPY ({query}) TO STDOUT", f)
-        f.flush()
-        if f.tell() == 0:
-            return pl.DataFrame(schema=MEDIA_SCHEMA)
-        frame = pl.read_csv(
-            f.name, separator="\t", has_header=False, quote_char=None, null_values=["\\N"],
-            empty_string_is_null=False,  # COPY writes NULL as \N; an empty field is ''
-            new_columns=list(MEDIA_SCHEMA), schema_overrides=MEDIA_SCHEMA,
-        )
-    text = [c for c, t in MEDIA_SCHEMA.items() if t == pl.String]
+    text = [c for c, t in frame.schema.items() if t == pl.String]
     escaped = pl.any_horizontal(pl.col(c).str.contains("\\", literal=True) for c in text)
     odd = frame.with_row_index("_i").filter(escaped)
-    if odd.height:  # a backslash, tab or line break in a value: decode those rows here
+    if odd.height:
         fixed = odd.with_columns(pl.col(c).map_elements(_unescape, return_dtype=pl.String) for c in text)
         frame = frame.with_row_index("_i").update(fixed, on="_i").drop("_i")
     return frame
+
+
+def read_media_frame(conn, models: Sequence[str] | None = None):
+    """The current media in scope as a Polars frame (``s3_key``, ``post``, ``url``,
+    ``type``, ``size_bytes``, ``etag``), through ``COPY`` and a temporary file."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="reconciler-media-") as folder:
+        path = folder + "/media.tsv"
+        copy_media(conn, models, path)
+        return decode_copied(CopiedMedia(path).frame())
+
+
+def read_posts(conn, models: Sequence[str] | None) -> Iterator[tuple[str, tuple]]:
+    """The current posts of ``models`` (all in the database when None), streamed."""
+    where, params = scope_clause(models)
+    return _rows(conn, _POSTS, where, params, "rc_posts")
+
+
+def media_counts(conn, models: Sequence[str] | None = None) -> dict[str, int]:
+    """The media rows per model in scope, from the digest terms the triggers keep."""
+    where, params = scope_clause(models)
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT m.folder_name, sum(d.n)::bigint FROM reconciler_digest d "
+            f"JOIN whitelabel_models m ON m.id = d.model_id {where}{' AND' if where else ' WHERE'} d.kind = 'media' "
+            "GROUP BY m.folder_name",
+            params,
+        )
+        return dict(cur.fetchall())
 
 
 def read_state(conn, models: Sequence[str] | None = None) -> CurrentState:

@@ -258,17 +258,16 @@ class Database:
             self.peewee.close()
 
     @contextlib.contextmanager
-    def snapshot_digest(self, conn, models, *, media: bool = False) -> Iterator[Future]:
+    def snapshot_digest(self, conn, models, *, media_path: str | None = None) -> Iterator[Future]:
         """Start a read-only snapshot on ``conn`` (inside :meth:`transaction`) and compute
         the state digest of that same snapshot on a second connection, in a thread —
-        with ``media``, also read the current media of the scope as a frame there, while
-        the caller lists the source.
+        with ``media_path``, also copy the current media of the scope to that file there
+        (:func:`reconciler.current.copy_media`), while the caller lists the source.
 
-        Yields a future of :class:`reconciler.current.StateDigest` (with ``media``, of
-        ``(StateDigest, frame)``). ``models`` may be a function of ``conn`` that returns
-        the scope, read in the snapshot first.
+        Yields a future of :class:`reconciler.current.StateDigest`. ``models`` may be a
+        function of ``conn`` that returns the scope, read in the snapshot first.
         """
-        from .current import read_media_frame, state_digest
+        from .current import copy_media, state_digest
 
         with conn.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -284,7 +283,9 @@ class Database:
                     cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
                 digest = state_digest(other, models)
-                return (digest, read_media_frame(other, models)) if media else digest
+                if media_path is not None:
+                    copy_media(other, models, media_path)
+                return digest
             finally:
                 other.close()
 

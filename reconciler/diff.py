@@ -169,27 +169,53 @@ def diff(desired: DesiredState, current: CurrentState, *, moves: bool = True) ->
     return Diff(changes, counts)
 
 
-class ChangeList(Sequence):
-    """The changes of a plan in plan order, where the media creates — a million of
-    them in a first plan — stay canonical JSON lines in one Polars column until they
-    are written: no Python object per create. Reads like a list of :class:`Change`
-    (a create comes out as an :class:`EncodedChange` when asked for)."""
+class CreateLines:
+    """The creates of one kind as canonical JSON lines, in key order, in parts of
+    (``key``, ``line``, …) frames (see :class:`reconciler.spill.Parts`), less the keys
+    in ``skip`` (creates that became moves): no Python object per create until one is
+    asked for."""
 
-    def __init__(self, head: list[Change], creates, tail: list[Change]) -> None:
-        self.head, self.creates, self.tail = head, creates, tail  # creates: frame of (s3_key, line)
+    def __init__(self, kind: str, parts, skip: set[str] | frozenset = frozenset()) -> None:
+        self.kind, self.parts, self.skip = kind, parts, skip
 
     def __len__(self) -> int:
-        return len(self.head) + self.creates.height + len(self.tail)
+        return self.parts.rows - len(self.skip)
 
-    def _encoded(self, start: int = 0, stop: int | None = None) -> Iterator[Change]:
-        frame = self.creates.slice(start, None if stop is None else stop - start)
-        for key, line in frame.iter_rows():
-            yield EncodedChange("create", "media", key, line)
+    def batches(self, size: int) -> Iterator[tuple[str, int]]:
+        """The lines, ``size`` at a time, joined by commas."""
+        import polars as pl
+
+        skip = sorted(self.skip)
+        for frame in self.parts.slices(size):
+            if skip:
+                frame = frame.filter(~pl.col("key").is_in(skip))
+            if frame.height:
+                yield ",".join(frame["line"].to_list()), frame.height
 
     def __iter__(self) -> Iterator[Change]:
-        yield from self.head
-        yield from self._encoded()
-        yield from self.tail
+        for frame in self.parts.slices(4096):
+            for key, line in frame.select("key", "line").iter_rows():
+                if key not in self.skip:
+                    yield EncodedChange("create", self.kind, key, line)
+
+
+class ChangeList(Sequence):
+    """The changes of a plan in plan order, as segments: lists of :class:`Change` and
+    :class:`CreateLines` (the creates of posts and media — a million of them in a first
+    plan — stay canonical lines, spilled to disk when large, until they are written).
+    Reads like a list of :class:`Change` (a create comes out as an
+    :class:`EncodedChange` when asked for)."""
+
+    def __init__(self, segments: list, spill=None) -> None:
+        self.segments = [s for s in segments if len(s)]
+        self.spill = spill  # the folder the lines are in lives as long as the plan
+
+    def __len__(self) -> int:
+        return sum(len(s) for s in self.segments)
+
+    def __iter__(self) -> Iterator[Change]:
+        for segment in self.segments:
+            yield from segment
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -199,12 +225,7 @@ class ChangeList(Sequence):
             index += n
         if not 0 <= index < n:
             raise IndexError(index)
-        if index < len(self.head):
-            return self.head[index]
-        index -= len(self.head)
-        if index < self.creates.height:
-            return next(self._encoded(index, index + 1))
-        return self.tail[index - self.creates.height]
+        return next(itertools.islice(iter(self), index, None))
 
     def __eq__(self, other) -> bool:
         return isinstance(other, (list, ChangeList)) and len(self) == len(other) and all(
@@ -212,55 +233,17 @@ class ChangeList(Sequence):
         )
 
     def __repr__(self) -> str:
-        return f"ChangeList({len(self.head)} + {self.creates.height} media creates + {len(self.tail)})"
+        return f"ChangeList({len(self)} changes)"
 
     def summary(self) -> dict[str, dict[str, int]]:
-        counts = summarize(itertools.chain(self.head, self.tail))
-        counts["media"]["create"] += self.creates.height
+        counts = summarize([])
+        for segment in self.segments:
+            if isinstance(segment, CreateLines):
+                counts[segment.kind]["create"] += len(segment)
+            else:
+                for c in segment:
+                    counts[c.kind][c.action] += 1
         return counts
-
-    def create_batches(self, size: int) -> Iterator[tuple[str, int]]:
-        """The media creates' canonical lines, ``size`` at a time, joined by commas."""
-        lines = self.creates["line"]
-        for i in range(0, len(lines), size):
-            batch = lines.slice(i, size)
-            yield ",".join(batch.to_list()), len(batch)
-
-
-def diff_frames(desired, current: CurrentState, media, *, moves: bool = True) -> Diff:
-    """:func:`diff` with the media side in columns: ``desired`` is a
-    :class:`~reconciler.frames.DesiredFrames`, ``media`` the current media frame
-    (:func:`~reconciler.current.read_media_frame`); models and posts, a few thousand
-    rows, are compared as rows. The same changes as :func:`diff`, in the same order,
-    as a :class:`ChangeList`."""
-    import polars as pl
-
-    changes: list[Change] = []
-    counts = {
-        "model": _compare("model", MODEL_FIELDS, dict(desired.models), current.models, changes),
-        "post": _compare("post", POST_FIELDS, dict(desired.posts), current.posts, changes),
-        "media": media.height,
-    }
-    creates, others = media_changes(desired.media, media)
-    changes += others
-    if moves:
-        from .moves import find_moves
-
-        # Only creates holding the content of a deleted medium can be moves: those few
-        # become objects for the move finder; the rest stay lines.
-        gone = [(c.before["etag"], c.before["size_bytes"]) for c in others if c.action == "delete" and c.before["etag"]]
-        if gone:
-            ids = pl.DataFrame(gone, orient="row", schema={"etag": pl.String, "size_bytes": pl.Int64}).unique()
-            candidates = creates.join(ids, on=["etag", "size_bytes"], how="semi", nulls_equal=True)
-            found = find_moves(changes + [EncodedChange("create", "media", k, t) for k, t in
-                                          candidates.select("s3_key", "line").iter_rows()])
-            moved = [c.key for c in found if c.action == "move" and c.kind == "media"]
-            creates = creates.filter(~pl.col("s3_key").is_in(moved))
-            changes = [c for c in found if not isinstance(c, EncodedChange)]
-    changes.sort(key=lambda c: c.sort_key)
-    head = [c for c in changes if c.kind != "media"]
-    tail = [c for c in changes if c.kind == "media"]
-    return Diff(ChangeList(head, creates.select("s3_key", "line"), tail), counts)
 
 
 def media_changes(want, have) -> tuple:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 from urllib.parse import quote
 
 import polars as pl
@@ -23,6 +23,9 @@ import polars as pl
 from . import layout as L
 from .desired import SKIPPED_EXAMPLES, DesiredState, MediaRow, ModelRow, PostRow, _url_maker
 from .shards import Shard
+
+if TYPE_CHECKING:
+    from .spill import Parts, Spill
 
 INVALID_UTF8 = "invalid_utf8_key"
 INVALID_KEY = "invalid_key"
@@ -141,6 +144,49 @@ def _chunks(objects: Iterable[L.ObjectInfo]):
         yield batch
 
 
+@dataclass
+class Listing:
+    """A listing, classified: the recognised items (``ITEMS_SCHEMA``) in parts — in
+    memory or spilled — with their count per model, and the skipped objects counted."""
+
+    items: "Parts"
+    counts: dict[str, int] = field(default_factory=dict)  # recognised items per model
+    object_count: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    skipped_examples: dict[str, list[str]] = field(default_factory=dict)
+
+
+def classify_listing(
+    objects: Iterable[L.ObjectInfo],
+    *,
+    root: str = "",
+    layout: L.Layout | None = None,
+    models: Iterable[str] | None = None,
+    spill: "Spill | None" = None,
+) -> Listing:
+    """Classify a listing a chunk at a time; the items go to ``spill`` once they
+    outgrow it. Reads nothing but ``objects``."""
+    from .spill import Parts
+
+    layout = layout or L.Layout()
+    scope = models if models is None or isinstance(models, Shard) else frozenset(models)
+    listing = Listing(Parts(ITEMS_SCHEMA, spill))
+    examples: dict[str, list[tuple[int, str]]] = {}
+    meanings: dict[str, tuple] = {}  # (folder, extension type) → what it means, across chunks
+    place = 0
+    for chunk in _chunks(objects):
+        items = _classify_chunk(chunk, place, root, scope, layout, meanings, listing, examples)
+        if items.height:
+            for model, n in items.group_by("model").len().iter_rows():
+                listing.counts[model] = listing.counts.get(model, 0) + n
+            listing.items.add(items)
+        place += len(chunk)
+    listing.skipped_examples = {
+        r: [k for _, k in sorted(found)[:SKIPPED_EXAMPLES]] for r, found in examples.items()
+    }
+    return listing
+
+
 def build_desired_frames(
     objects: Iterable[L.ObjectInfo],
     *,
@@ -149,25 +195,19 @@ def build_desired_frames(
     layout: L.Layout | None = None,
     models: Iterable[str] | None = None,
 ) -> DesiredFrames:
-    """Derive the desired state from a listing, the media as a frame. Reads nothing
-    but ``objects``; the same rows as :func:`reconciler.desired.build_desired`."""
-    layout = layout or L.Layout()
-    scope = models if models is None or isinstance(models, Shard) else frozenset(models)
+    """Derive the whole desired state from a listing, in memory, the media as a frame."""
+    listing = classify_listing(objects, root=root, layout=layout, models=models)
+    state = desired_of(listing.items.frame(), cdn_base_url)
+    state.object_count = listing.object_count
+    state.skipped = listing.skipped
+    state.skipped_examples = listing.skipped_examples
+    return state
+
+
+def desired_of(items: pl.DataFrame, cdn_base_url: str) -> DesiredFrames:
+    """The desired rows of classified items (``ITEMS_SCHEMA``): whole models, as a
+    batch holds them."""
     state = DesiredFrames()
-    examples: dict[str, list[tuple[int, str]]] = {}
-    meanings: dict[str, tuple] = {}  # (folder, extension type) → what it means, across chunks
-    parts: list[pl.DataFrame] = []
-    place = 0
-    for chunk in _chunks(objects):
-        items = _classify_chunk(chunk, place, root, scope, layout, meanings, state, examples)
-        if items.height:
-            parts.append(items)
-        place += len(chunk)
-    state.skipped_examples = {
-        r: [k for _, k in sorted(found)[:SKIPPED_EXAMPLES]] for r, found in examples.items()
-    }
-    items = pl.concat(parts) if parts else _ITEMS_EMPTY
-    del parts
     url_of = _url_maker(cdn_base_url)
 
     # Models: "the first such key (sorted) wins"; the thumbnail falls back to the first
@@ -195,7 +235,6 @@ def build_desired_frames(
         )
 
     media = items.filter(pl.col("kind") == MEDIA)
-    del items
     state.media = media.select(
         pl.col("key").alias("s3_key"),
         (pl.col("model") + "/" + pl.col("post_folder")).alias("post"),
@@ -214,10 +253,10 @@ def build_desired_frames(
     return state
 
 
-_ITEMS_EMPTY = pl.DataFrame(schema={
+ITEMS_SCHEMA = {
     "key": pl.String, "size_bytes": pl.Int64, "etag": pl.String, "kind": pl.Int8, "model": pl.String,
     "post_folder": pl.String, "type": pl.String,
-})
+}
 
 
 def _classify_chunk(chunk, place, root, scope, layout, meanings, state, examples) -> pl.DataFrame:
@@ -264,7 +303,7 @@ def _classify_chunk(chunk, place, root, scope, layout, meanings, state, examples
         if len(found) < SKIPPED_EXAMPLES:
             found.extend(zip(idx, shown))
     _skip_undecodable(bad, root, scope, layout, state, examples)
-    return frame.filter(pl.col("kind") != SKIP).select(_ITEMS_EMPTY.columns)
+    return frame.filter(pl.col("kind") != SKIP).select(list(ITEMS_SCHEMA))
 
 
 # Characters urllib.parse.quote(key, safe="/") leaves alone.

@@ -40,7 +40,7 @@ from typing import IO, Callable, Iterable, Iterator, Protocol
 
 import orjson
 
-from .diff import ACTION_ORDER, ACTIONS, FIELDS, KIND_ORDER, KINDS, Change, ChangeList, summarize
+from .diff import ACTION_ORDER, ACTIONS, FIELDS, KIND_ORDER, KINDS, Change, ChangeList, CreateLines, summarize
 from .errors import PlanFileError, SignatureError
 
 FORMAT_VERSION = 1
@@ -169,10 +169,12 @@ def _encoded_batches(changes: list[Change]) -> Iterator[tuple[str, int]]:
     Between two changes the text reads '},{"action":', which no change holds inside
     (a '"' in a string is escaped): the file splits a batch into lines there.
     """
-    if isinstance(changes, ChangeList):  # media creates already canonical, in a column
-        yield from _encoded_batches(changes.head)
-        yield from changes.create_batches(BATCH)
-        yield from _encoded_batches(changes.tail)
+    if isinstance(changes, ChangeList):  # creates already canonical, in columns
+        for segment in changes.segments:
+            if isinstance(segment, CreateLines):
+                yield from segment.batches(BATCH)
+            else:
+                yield from _encoded_batches(segment)
         return
     for i in range(0, len(changes), BATCH):
         batch = [c.to_dict() for c in changes[i : i + BATCH]]

@@ -1,4 +1,4 @@
-"""The columnar planner (reconciler.frames, diff.diff_frames) against the per-key one,
+"""The columnar planner (reconciler.frames, reconciler.engine) against the per-key one,
 which is the oracle until it is gone: the same rows, the same changes, the same bytes."""
 
 from __future__ import annotations
@@ -8,11 +8,13 @@ from hypothesis import given, settings, strategies as st
 
 from reconciler.current import CurrentState
 from reconciler.desired import build_desired
-from reconciler.diff import diff, diff_frames
-from reconciler.frames import MEDIA_SCHEMA, build_desired_frames
+from reconciler.diff import diff, summarize
+from reconciler.engine import Current, batch_bounds, plan_changes
+from reconciler.frames import MEDIA_SCHEMA, build_desired_frames, classify_listing
 from reconciler.layout import Layout, ObjectInfo
 from reconciler.planfile import Plan, write_plan
 from reconciler.shards import Shard
+from reconciler.spill import Parts, Spill
 
 CDN = "https://cdn.example.test/"
 
@@ -60,32 +62,58 @@ def test_a_shard_scope_is_the_same_in_both(objects, n):
     assert (new.models, new.posts, new.media, new.object_count) == (old.models, old.posts, old.media, old.object_count)
 
 
-def _current(state) -> tuple[CurrentState, pl.DataFrame]:
-    """A database holding ``state`` exactly, as rows and as a media frame."""
+def _current(state, spill=None) -> Current:
+    """A database holding ``state`` exactly, as the engine reads one."""
     media = pl.DataFrame([(k, *row) for k, row in state.media.items()], orient="row", schema=MEDIA_SCHEMA)
-    rows = CurrentState(models=list(state.models.items()), posts=list(state.posts.items()),
+    return Current(
+        models=list(state.models.items()),
+        posts=lambda names: [(k, r) for k, r in state.posts.items() if k.partition("/")[0] in names],
+        media=Parts.of(media, spill),
+        media_counts={},
+    )
+
+
+def _rows(state) -> CurrentState:
+    return CurrentState(models=list(state.models.items()), posts=list(state.posts.items()),
                         media=list(state.media.items()))
-    return rows, media
+
+
+def _plan_bytes(changes, path) -> bytes:
+    plan = Plan(changes=changes, source={"url": "s3://b/", "object_count": 0, "skipped": {}},
+                target={"database": "db", "scope": None, "state_digest": "0" * 64}, tool_version="t",
+                created_at="2026-11-21T10:00:00Z")
+    with open(write_plan(plan, str(path)), "rb") as f:
+        return f.read()
 
 
 @settings(max_examples=200)
-@given(listings, listings, st.booleans())
-def test_the_columnar_diff_makes_the_same_plan_file_byte_for_byte(tmp_path_factory, before, after, moves):
-    old_db = build_desired(before, cdn_base_url=CDN)
-    rows, media = _current(old_db)
-    expected = diff(build_desired(after, cdn_base_url=CDN), rows, moves=moves)
-    rows, media = _current(old_db)
-    got = diff_frames(build_desired_frames(after, cdn_base_url=CDN), rows, media, moves=moves)
+@given(listings, listings, st.booleans(), _roots, st.sampled_from([1, 3, 1000]), st.booleans())
+def test_the_engine_makes_the_same_plan_file_byte_for_byte(tmp_path_factory, before, after, moves, root,
+                                                             batch_rows, spilled):
+    """In one batch or in many, in memory or spilled to files, the engine's plan is the
+    per-key diff's, byte for byte."""
+    old_db = build_desired(before, cdn_base_url=CDN, root=root)
+    expected = diff(build_desired(after, cdn_base_url=CDN, root=root), _rows(old_db), moves=moves)
+    spill = Spill(rows=2) if spilled else None
+    listing = classify_listing(after, root=root, spill=spill)
+    got = plan_changes(listing, _current(old_db, spill), cdn_base_url=CDN, root=root, moves=moves,
+                       batch_rows=batch_rows, spill=spill)
     assert [c.to_dict() for c in got.changes] == [c.to_dict() for c in expected.changes]
+    assert got.changes.summary() == summarize(expected.changes)
     assert got.current_counts == expected.current_counts
     folder = tmp_path_factory.mktemp("plans")
-    files = []
-    for result, name in ((expected, "old.json"), (got, "new.json")):
-        plan = Plan(changes=result.changes, source={"url": "s3://b/", "object_count": 0, "skipped": {}},
-                    target={"database": "db", "scope": None, "state_digest": "0" * 64}, tool_version="t",
-                    created_at="2026-11-21T10:00:00Z")
-        files.append(open(write_plan(plan, str(folder / name)), "rb").read())
-    assert files[0] == files[1]
+    assert _plan_bytes(got.changes, folder / "new.json") == _plan_bytes(expected.changes, folder / "old.json")
+    if spill is not None:
+        spill.close()
+
+
+def test_batches_are_ranges_of_models_in_key_order():
+    counts = {"Alice": 2, "Alice Smith": 2, "Bob": 5, "Carol": 1}
+    # In key order "Alice Smith/" sorts before "Alice/".
+    assert batch_bounds(counts, 4) == ["Bob/", "Carol/"]
+    assert batch_bounds(counts, 3) == ["Alice/", "Bob/", "Carol/"]
+    assert batch_bounds(counts, 100) == []
+    assert batch_bounds({"Huge": 10, "Small": 1}, 2) == ["Small/"]
 
 
 @settings(max_examples=100)

@@ -1,0 +1,82 @@
+"""The engine against a real database: a plan made a batch of models at a time (the
+listing and the current media spilled to files) is the plan made in one batch, byte for
+byte, whatever the database holds — renames across batches, rows filed under another
+model than their key names, keys outside the root, values COPY escapes."""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import given, settings as hsettings, strategies as st
+
+from reconciler import commands
+from reconciler.layout import ObjectInfo
+from reconciler.planfile import write_plan
+
+from .conftest import reset_content
+from .test_apply import bucket_strategy, listing, renamed
+
+ODD_ROWS = [
+    # A row whose key names another model than the one it is filed under.
+    "INSERT INTO whitelabel_media (whitelabel_post_id, s3_key, url, type) "
+    "SELECT min(id), 'Zoë/Trip 2/a.jpg', 'u', 'image' FROM whitelabel_posts HAVING count(*) > 0 "
+    "ON CONFLICT DO NOTHING",
+    # A key outside the root, and one with characters COPY escapes.
+    "INSERT INTO whitelabel_media (whitelabel_post_id, s3_key, url, type, etag) "
+    "SELECT max(id), 'elsewhere\\tx.jpg', 'u\\\\v', 'image', '' FROM whitelabel_posts HAVING count(*) > 0 "
+    "ON CONFLICT DO NOTHING",
+]
+
+
+def changes_text(settings, tmp_path, objects, name, **kwargs) -> str:
+    """The plan file's changes (its envelope holds the time, so the whole file differs)."""
+    path = write_plan(commands.make_plan(settings, objects=objects, **kwargs), str(tmp_path / name))
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return text[: text.index("\n  ],\n") if "\n  ],\n" in text else text.index('"changes": []')]
+
+
+@hsettings(max_examples=25)
+@given(first=bucket_strategy(), second=bucket_strategy(), odd=st.booleans(), batch_rows=st.sampled_from([1, 4]))
+def test_a_plan_in_batches_is_the_plan_in_one(settings, database_url, sql, tmp_path, first, second, odd, batch_rows):
+    reset_content(database_url)
+    settings.allow_empty_source = True
+    commands.apply(settings, write_plan(commands.make_plan(settings, objects=listing(first)), str(tmp_path / "1.json")))
+    if odd:
+        for statement in ODD_ROWS:
+            sql(statement)
+    whole = changes_text(settings, tmp_path, listing(second), "whole.json")
+    batched = changes_text(settings, tmp_path, listing(second), "batched.json", batch_rows=batch_rows)
+    assert batched == whole
+
+
+def test_a_model_renamed_into_another_batch_is_still_a_move(settings, sql, tmp_path):
+    files = {f"{m}/Set {p}/{i}.jpg": f"{m}{p}{i}" for m in ("Ann", "Bob", "Cid", "Dee") for p in (1, 2) for i in (1, 2)}
+
+    def objects(bucket):
+        return [ObjectInfo(k, len(v), f'"{v}"', None) for k, v in bucket.items()]
+
+    commands.apply(settings, write_plan(commands.make_plan(settings, objects=objects(files)), str(tmp_path / "1.json")))
+    after = renamed(files, "Ann", "Zed")  # "Ann/" opens the first batch, "Zed/" is in the last
+    plan = commands.make_plan(settings, objects=objects(after), batch_rows=4)
+    assert plan.summary["model"]["move"] == 1 and plan.summary["media"]["move"] == 4
+    assert plan.summary["model"]["create"] == plan.summary["media"]["create"] == 0
+    assert changes_text(settings, tmp_path, objects(after), "b.json", batch_rows=4) == changes_text(
+        settings, tmp_path, objects(after), "w.json"
+    )
+
+
+def test_the_spill_folder_is_gone_with_the_plan(settings, tmp_path, monkeypatch):
+    import gc
+    import tempfile
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    os.makedirs(tmp_path / "tmp")
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    objects = [ObjectInfo(f"M{i % 3}/P{i % 5}/{i}.jpg", i, f"e{i}", None) for i in range(60)]
+    plan = commands.make_plan(settings, objects=objects, batch_rows=10)
+    assert os.listdir(tmp_path / "tmp")  # the plan's lines wait there until written
+    write_plan(plan, str(tmp_path / "p.json"))
+    del plan
+    gc.collect()
+    assert os.listdir(tmp_path / "tmp") == []
