@@ -188,26 +188,37 @@ class CopiedMedia:
 
         return MEDIA_SCHEMA
 
-    def lazy(self):
-        import os
-
+    def _read(self, source):
         import polars as pl
 
-        if os.path.getsize(self.path) == 0:
-            return pl.LazyFrame(schema=self.schema)
-        return pl.scan_csv(
-            self.path, separator="\t", has_header=False, quote_char=None, null_values=["\\N"],
+        return pl.read_csv(
+            source, separator="\t", has_header=False, quote_char=None, null_values=["\\N"],
             empty_string_is_null=False,  # COPY writes NULL as \N; an empty field is ''
             new_columns=list(self.schema), schema_overrides=self.schema,
         )
 
     def frame(self):
-        return self.lazy().collect()
+        """Every row at once (a scope that fits one batch)."""
+        import os
+
+        import polars as pl
+
+        if os.path.getsize(self.path) == 0:
+            return pl.DataFrame(schema=self.schema)
+        return self._read(self.path)
+
+    def blocks(self, size: int = 32 * 1024 * 1024):
+        """The rows, about ``size`` bytes of the file at a time: read, not mapped, so
+        memory follows the block rather than the file."""
+        with open(self.path, "rb") as f:
+            while data := f.read(size):
+                # A row ends at a line break (COPY escapes those inside values): finish it.
+                yield self._read(data + f.readline())
 
     def split(self, batch, n: int) -> list:
         from .spill import split
 
-        return split(self.lazy(), self.schema, batch, n, self.spill)
+        return split(self.blocks(), self.schema, batch, n, self.spill)
 
 
 def decode_copied(frame):

@@ -30,7 +30,7 @@ from .frames import Listing, desired_of
 from .planfile import canonical
 from .spill import Parts, Spill
 
-BATCH_ROWS = 250_000  # items (or current media rows) per batch, unless one model has more
+BATCH_ROWS = 100_000  # items (or current media rows) per batch, unless one model has more: ~400-500 MB at peak
 
 LINES_SCHEMA = {"key": pl.String, "line": pl.String}
 MEDIA_LINES_SCHEMA = {"key": pl.String, "line": pl.String, "etag": pl.String, "size_bytes": pl.Int64}
@@ -194,3 +194,30 @@ def _find_moves(changes: list[Change], post_creates: Parts, media_creates: Parts
         if c.action == "move" and c.kind in moved:
             moved[c.kind].add(c.key)
     return [c for c in result if not isinstance(c, EncodedChange)]
+
+
+def plan_from_rows(
+    objects,
+    current,
+    *,
+    cdn_base_url: str,
+    root: str = "",
+    layout=None,
+    models=None,
+    moves: bool = True,
+    batch_rows: int = BATCH_ROWS,
+) -> Result:
+    """The changes from a listing to a database given as rows — a
+    :class:`reconciler.current.CurrentState` of lists of ``(key, row)`` — in memory: the
+    engine without a database, for tests and for use from Python."""
+    from .frames import MEDIA_SCHEMA, classify_listing
+
+    listing = classify_listing(objects, root=root, layout=layout, models=models)
+    posts = list(current.posts)
+    media = pl.DataFrame([(k, *row) for k, row in current.media], orient="row", schema=MEDIA_SCHEMA)
+    state = Current(
+        models=list(current.models),
+        posts=lambda names: [(k, r) for k, r in posts if k.partition("/")[0] in set(names)],
+        media=Parts.of(media),
+    )
+    return plan_changes(listing, state, cdn_base_url=cdn_base_url, root=root, moves=moves, batch_rows=batch_rows)

@@ -13,6 +13,7 @@ a frame: they are classified one by one, as before, and are always skipped.
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable
@@ -61,12 +62,18 @@ class DesiredFrames:
         )
 
 
-def _columns(objects: Iterable[L.ObjectInfo]) -> tuple[list, list, list, list[tuple[int, str]]]:
+def _columns(objects: list[L.ObjectInfo]) -> tuple[list, list, list, list[tuple[int, str]]]:
     """Keys, sizes and etags as lists; keys that are not valid UTF-8 set apart, with
     their place in the listing."""
-    keys: list[str] = []
-    sizes: list = []
-    etags: list = []
+    if not objects:
+        return [], [], [], []
+    keys, sizes, etags, _ = map(list, zip(*objects))  # ObjectInfo is a tuple: transposed in C
+    try:
+        "\n".join(keys).encode("utf-8")
+        return keys, sizes, etags, []
+    except UnicodeEncodeError:
+        pass
+    keys, sizes, etags = [], [], []
     bad: list[tuple[int, str]] = []
     for o in objects:
         key = o.key
@@ -133,14 +140,8 @@ CHUNK = 200_000  # objects classified at a time: memory follows the chunk, not t
 
 
 def _chunks(objects: Iterable[L.ObjectInfo]):
-    batch: list[L.ObjectInfo] = []
-    size = CHUNK
-    for o in objects:
-        batch.append(o)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
+    it = iter(objects)
+    while batch := list(itertools.islice(it, CHUNK)):
         yield batch
 
 

@@ -12,11 +12,11 @@ removed when the plan is done with it (or at exit). Where ``$TMPDIR`` is a RAM-b
 
 from __future__ import annotations
 
-import glob
 import itertools
 import os
 import tempfile
-from typing import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterable, Iterator
 
 import polars as pl
 
@@ -28,6 +28,7 @@ class Spill:
         self.rows = rows
         self._dir: tempfile.TemporaryDirectory | None = None
         self._names = itertools.count()
+        self._remover: ThreadPoolExecutor | None = None
 
     @property
     def folder(self) -> str:
@@ -38,10 +39,28 @@ class Spill:
     def path(self, suffix: str = ".ipc") -> str:
         return os.path.join(self.folder, f"{next(self._names):06d}{suffix}")
 
+    def remove(self, files: list[str]) -> None:
+        """Remove files that have been read for good, in the background (freeing a
+        big file's pages takes the kernel a while)."""
+        if self._remover is None:
+            self._remover = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spill-remove")
+        self._remover.submit(_unlink, list(files))
+
     def close(self) -> None:
+        if self._remover is not None:
+            self._remover.shutdown(wait=True)
+            self._remover = None
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None
+
+
+def _unlink(files: list[str]) -> None:
+    for f in files:
+        try:
+            os.unlink(f)
+        except OSError:
+            pass
 
 
 class Parts:
@@ -59,13 +78,6 @@ class Parts:
     def of(cls, frame: pl.DataFrame, spill: Spill | None = None) -> "Parts":
         parts = cls(dict(frame.schema), spill)
         parts.add(frame)
-        return parts
-
-    @classmethod
-    def from_files(cls, schema: dict, files: list[str], spill: Spill | None) -> "Parts":
-        parts = cls(schema, spill)
-        parts.files = files
-        parts.rows = sum(pl.scan_ipc(f).select(pl.len()).collect().item() for f in files)
         return parts
 
     def add(self, frame: pl.DataFrame) -> None:
@@ -95,11 +107,8 @@ class Parts:
 
     def discard(self) -> None:
         """Forget the rows (and remove their files): they have been read for good."""
-        for f in self.files:
-            try:
-                os.unlink(f)
-            except OSError:
-                pass
+        if self.files:
+            self.spill.remove(self.files)
         self.frames, self.files, self.rows = [], [], 0
 
     def lazy(self) -> pl.LazyFrame:
@@ -109,35 +118,39 @@ class Parts:
 
     def slices(self, size: int) -> Iterator[pl.DataFrame]:
         """The rows in order, ``size`` at a time (a file is read a slice at a time)."""
-        for f in self.files:
-            lazy = pl.scan_ipc(f)
-            n = lazy.select(pl.len()).collect().item()
-            for start in range(0, n, size):
-                yield lazy.slice(start, size).collect()
+        for f in self.files:  # a file holds at most a batch: read at once
+            frame = pl.read_ipc(f)
+            for start in range(0, frame.height, size):
+                yield frame.slice(start, size)
+            del frame
         for frame in self.frames:
             for start in range(0, frame.height, size):
                 yield frame.slice(start, size)
 
+    def blocks(self) -> Iterator[pl.DataFrame]:
+        """The rows in order, a part at a time."""
+        for f in self.files:
+            yield pl.read_ipc(f)
+        yield from self.frames
+
     def split(self, batch: pl.Expr, n: int) -> list["Parts"]:
         """The rows divided into ``n`` parts by ``batch`` (an integer expression from 0
-        to n - 1), each part in the original order."""
-        return split(self.lazy(), self.schema, batch, n, self.spill if self.files else None)
+        to n - 1), each part in the original order; spilled rows stay spilled."""
+        return split(self.blocks(), self.schema, batch, n, self.spill if self.files else None)
 
 
-def split(lazy: pl.LazyFrame, schema: dict, batch: pl.Expr, n: int, spill: Spill | None) -> list[Parts]:
-    """``lazy`` divided into ``n`` parts by ``batch``; streamed to files in one pass when
-    ``spill`` is given, else in memory."""
-    if spill is None:
-        frame = lazy.with_columns(batch.alias("_batch")).collect()
-        out = [Parts(schema, None) for _ in range(n)]
-        for (b,), part in frame.partition_by("_batch", as_dict=True, maintain_order=True).items():
-            out[b].add(part.drop("_batch"))
-        return out
-    folder = spill.path(suffix="")
-    lazy.with_columns(batch.alias("_batch")).sink_ipc(
-        pl.PartitionBy(folder, key="_batch", include_key=False), mkdir=True
-    )
-    return [
-        Parts.from_files(schema, sorted(glob.glob(os.path.join(folder, f"_batch={b}", "*.ipc"))), spill)
-        for b in range(n)
-    ]
+def split(blocks: Iterable[pl.DataFrame], schema: dict, batch: pl.Expr, n: int, spill: Spill | None) -> list[Parts]:
+    """Frames divided into ``n`` parts by ``batch``, a block at a time: with ``spill``,
+    every piece goes straight to a file (nothing waits in memory for its batch)."""
+    out = [Parts(schema, spill) for _ in range(n)]
+    for block in blocks:
+        pieces = block.with_columns(batch.alias("_batch")).partition_by("_batch", as_dict=True, maintain_order=True)
+        del block
+        for (b,), piece in pieces.items():
+            piece = piece.drop("_batch")
+            if spill is None:
+                out[b].add(piece)
+            else:
+                out[b].rows += piece.height
+                out[b]._write(piece)
+    return out
