@@ -60,7 +60,7 @@ def phase_plan(args) -> dict:
 
     steps: dict[str, float] = {}
     # Step timings: wrap the module attributes make_plan calls (in this process only).
-    for attr, label in (("build_desired_frames", "build_desired"), ("diff_frames", "diff")):
+    for attr, label in (("classify_listing", "list+classify"), ("plan_changes", "batches+diff")):
         if hasattr(commands, attr):
             setattr(commands, attr, _timed(steps, label, getattr(commands, attr)))
     settings = _settings(args)

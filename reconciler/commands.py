@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
-import os
 import re
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -17,7 +16,7 @@ import psycopg2
 from . import audit
 from .apply import ApplyResult, PlanFileCopy, Stage, apply_plan
 from .config import Settings
-from .current import CopiedMedia, database_identity, decode_copied, media_counts, read_posts, read_state
+from .current import copy_media_ranges, database_identity, decode_copied, media_counts, read_posts, read_state
 from .db import check_schema, migrate, open_database, redact_url
 from .diff import summarize
 from .engine import BATCH_ROWS, Current, plan_changes
@@ -92,9 +91,10 @@ def make_plan(
         check_schema(db)
         try:
             digest_scope = shard_scope if shard is not None else scope
-            media_path = spill.path(".tsv")
-            with db.transaction() as conn, db.snapshot_digest(conn, digest_scope, media_path=media_path) as reads, \
-                    _gc_paused():
+            copy = functools.partial(
+                copy_media_ranges, batch_rows=batch_rows, path=functools.partial(spill.path, ".tsv")
+            )
+            with db.transaction() as conn, db.snapshot_digest(conn, digest_scope, also=copy) as reads, _gc_paused():
                 # The digest and the current media of this snapshot are read on a second
                 # connection while the listing is read; the rest is then read here, from
                 # the same snapshot, a batch of models at a time.
@@ -109,11 +109,12 @@ def make_plan(
                 rows_scope = in_shard if shard is not None else scope
                 current_models = list(read_state(conn, rows_scope).models)
                 in_database = {name for name, _ in current_models}
-                state_digest = reads.result().digest
+                digest, media = reads.result()
+                state_digest = digest.digest
                 current = Current(
                     models=current_models,
                     posts=functools.partial(read_posts, conn),
-                    media=CopiedMedia(media_path, spill),
+                    media=media,
                     media_counts=media_counts(conn, rows_scope),
                     decode=decode_copied,
                 )
@@ -121,7 +122,6 @@ def make_plan(
                     listing, current, cdn_base_url=cdn_base_url, root=root, moves=settings.detect_moves,
                     batch_rows=batch_rows, spill=spill,
                 )
-                os.unlink(media_path)  # read for good; the plan's own lines stay in the spill
                 database_id = database_identity(conn)
         except psycopg2.Error as e:
             spill.close()

@@ -165,22 +165,50 @@ def _unescape(text: str | None) -> str | None:
     return "".join(out)
 
 
-def copy_media(conn, models: Sequence[str] | None, path: str) -> None:
+def copy_media(conn, models: Sequence[str] | None, path: str, lo: str | None = None, hi: str | None = None) -> None:
     """Write the current media in scope to ``path`` with ``COPY … TO STDOUT`` (text
-    format), in ``conn``'s transaction: no Python object per row."""
+    format), in ``conn``'s transaction: no Python object per row. With ``lo`` / ``hi``,
+    only the rows of the models whose ``name + "/"`` sorts (by code point, as Python
+    does: ``COLLATE "C"`` on UTF-8) from ``lo`` and before ``hi``."""
     where, params = scope_clause(models)
+    conditions = [where[len("WHERE "):]] if where else []
+    order = "(m.folder_name || '/') COLLATE \"C\""
+    if lo:
+        conditions.append(f"{order} >= %s")
+        params += (lo,)
+    if hi is not None:
+        conditions.append(f"{order} < %s")
+        params += (hi,)
+    where = "WHERE " + " AND ".join(conditions) if conditions else ""
     with open(path, "wb") as f, conn.cursor() as cur:
         query = cur.mogrify(_MEDIA.format(where=where), params).decode("utf-8")
         cur.copy_expert(f"COPY ({query}) TO STDOUT", f)
 
 
+def copy_media_ranges(conn, models: Sequence[str] | None, batch_rows: int, path) -> list[tuple[str, "CopiedMedia"]]:
+    """The current media in scope, copied a range of models (of about ``batch_rows``
+    rows, by the counts the triggers keep) to a file each: ``[(lo, media), …]`` where
+    each range runs from its ``lo`` to the next one's. ``path()`` names a new file.
+    Every row is in exactly one range, whatever the counts say."""
+    from .engine import batch_bounds
+
+    bounds = batch_bounds(media_counts(conn, models), batch_rows)
+    los = ["", *bounds]
+    out = []
+    for i, lo in enumerate(los):
+        file = path()
+        copy_media(conn, models, file, lo, los[i + 1] if i + 1 < len(los) else None)
+        out.append((lo, CopiedMedia(file)))
+    return out
+
+
 class CopiedMedia:
-    """The current media as :func:`copy_media` wrote them, read by Polars (the file is
-    mapped, never held twice). Frames read from it still hold COPY's escapes:
+    """The current media as :func:`copy_media` wrote them (a range of models: a batch's
+    worth), read by Polars. Frames read from it still hold COPY's escapes:
     :func:`decode_copied` them."""
 
-    def __init__(self, path: str, spill=None) -> None:
-        self.path, self.spill = path, spill
+    def __init__(self, path: str) -> None:
+        self.path = path
 
     @property
     def schema(self) -> dict:
@@ -207,18 +235,13 @@ class CopiedMedia:
             return pl.DataFrame(schema=self.schema)
         return self._read(self.path)
 
-    def blocks(self, size: int = 32 * 1024 * 1024):
-        """The rows, about ``size`` bytes of the file at a time: read, not mapped, so
-        memory follows the block rather than the file."""
-        with open(self.path, "rb") as f:
-            while data := f.read(size):
-                # A row ends at a line break (COPY escapes those inside values): finish it.
-                yield self._read(data + f.readline())
+    def discard(self) -> None:
+        import os
 
-    def split(self, batch, n: int) -> list:
-        from .spill import split
-
-        return split(self.blocks(), self.schema, batch, n, self.spill)
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
 
 
 def decode_copied(frame):

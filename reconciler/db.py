@@ -19,7 +19,7 @@ import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Iterator
+from typing import Callable, Iterator
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import peewee as pw
@@ -258,16 +258,17 @@ class Database:
             self.peewee.close()
 
     @contextlib.contextmanager
-    def snapshot_digest(self, conn, models, *, media_path: str | None = None) -> Iterator[Future]:
+    def snapshot_digest(self, conn, models, *, also: Callable | None = None) -> Iterator[Future]:
         """Start a read-only snapshot on ``conn`` (inside :meth:`transaction`) and compute
         the state digest of that same snapshot on a second connection, in a thread —
-        with ``media_path``, also copy the current media of the scope to that file there
-        (:func:`reconciler.current.copy_media`), while the caller lists the source.
+        then ``also(connection, models)`` there (the planner copies the current media),
+        while the caller lists the source.
 
-        Yields a future of :class:`reconciler.current.StateDigest`. ``models`` may be a
-        function of ``conn`` that returns the scope, read in the snapshot first.
+        Yields a future of :class:`reconciler.current.StateDigest` (with ``also``, of
+        ``(StateDigest, what also returned)``). ``models`` may be a function of ``conn``
+        that returns the scope, read in the snapshot first.
         """
-        from .current import copy_media, state_digest
+        from .current import state_digest
 
         with conn.cursor() as cur:
             cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -283,9 +284,7 @@ class Database:
                     cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
                 digest = state_digest(other, models)
-                if media_path is not None:
-                    copy_media(other, models, media_path)
-                return digest
+                return digest if also is None else (digest, also(other, models))
             finally:
                 other.close()
 

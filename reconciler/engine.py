@@ -11,14 +11,16 @@ are the batches' runs one after the other: no merge. Updates and deletes (few) s
 memory; moves are found once every batch is done, over those deletes and the creates
 that hold the same content, read back from the runs.
 
-A current row is put in the batch of the model its key names (its ``s3_key`` below the
-root), so a key in both listing and database is compared in one batch even when the
-database files it under another model; a key outside the root goes with its row's model.
+The current media come in ranges of models (copied a range at a time, while the
+listing is read) and a current row goes to the batch of the model it is filed under: a
+key that the database files under another model than the one its key names is then
+deleted in one batch and created in another, and made one update again at the end.
 """
 
 from __future__ import annotations
 
 import bisect
+import json
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -26,7 +28,7 @@ import polars as pl
 
 from .desired import MEDIA_FIELDS, MODEL_FIELDS, POST_FIELDS, ModelRow, PostRow
 from .diff import KINDS, Change, ChangeList, CreateLines, EncodedChange, _compare, media_changes
-from .frames import Listing, desired_of
+from .frames import MEDIA_SCHEMA, Listing, desired_of
 from .planfile import canonical
 from .spill import Parts, Spill
 
@@ -41,13 +43,16 @@ class Current:
     """The current state in scope, as the engine reads it.
 
     ``models`` are the model rows; ``posts(names)`` gives the post rows of those models;
-    ``media`` the media rows (``MEDIA_SCHEMA``, ``decode``-d after reading);
-    ``media_counts`` the rows per model (to size batches; need not be exact).
+    ``media`` the media rows (``MEDIA_SCHEMA``, ``decode``-d after reading) in ranges of
+    models: ``[(lo, rows), …]``, the first ``lo`` being ``""``, each range holding the
+    rows whose model's key order (``name + "/"``) is from its ``lo`` to the next one's;
+    ``rows`` has ``.frame()`` (and ``.discard()``, called once it is read).
+    ``media_counts`` are the rows per model (to size batches; need not be exact).
     """
 
     models: list[tuple[str, ModelRow]]
     posts: Callable[[list[str]], Iterable[tuple[str, PostRow]]]
-    media: object  # Parts, or anything with .lazy(), .frame(), .split(batch, n)
+    media: list[tuple[str, object]]
     media_counts: dict[str, int] = field(default_factory=dict)
     decode: Callable[[pl.DataFrame], pl.DataFrame] = lambda frame: frame
 
@@ -77,16 +82,6 @@ def batch_bounds(counts: dict[str, int], size: int) -> list[str]:
     return bounds
 
 
-def key_model(root: str) -> pl.Expr:
-    """The model a current media row's key names; its row's model when the key is
-    outside the root or names none."""
-    rel = pl.col("s3_key").str.slice(len(root))
-    named = pl.col("s3_key").str.starts_with(root) & rel.str.contains("/", literal=True)
-    return pl.when(named).then(rel.str.split("/").list.first()).otherwise(
-        pl.col("post").str.split("/").list.first()
-    )
-
-
 def plan_changes(
     listing: Listing,
     current: Current,
@@ -103,23 +98,24 @@ def plan_changes(
         counts[name] = max(counts.get(name, 0), n)
     for name, _ in current.models:
         counts.setdefault(name, 0)
-    bounds = batch_bounds(counts, batch_rows)
+    ranges = [lo for lo, _ in current.media]
+    bounds = sorted(set(batch_bounds(counts, batch_rows)) | set(ranges[1:]))
     n = len(bounds) + 1
 
     def batch_of(name: str) -> int:
         return bisect.bisect_right(bounds, _order(name))
 
     if n == 1:
-        desired_parts, media_parts = [listing.items], [current.media]
+        desired_parts = [listing.items]
     else:
         mapping = {name: batch_of(name) for name in counts}
-        to_batch = {"default": 0, "return_dtype": pl.Int32}
-        desired_parts = listing.items.split(pl.col("model").replace_strict(mapping, **to_batch), n)
-        media_parts = current.media.split(key_model(root).replace_strict(mapping, **to_batch), n)
+        by_model = pl.col("model").replace_strict(mapping, default=0, return_dtype=pl.Int32)
+        desired_parts = listing.items.split(by_model, n)
         listing.items.discard()
     in_database: list[list[str]] = [[] for _ in range(n)]
     for name, _ in current.models:
         in_database[batch_of(name)].append(name)
+    media_of = _MediaByBatch(current, bounds, batch_of)
 
     want_models: dict[str, ModelRow] = {}
     post_creates = Parts(LINES_SCHEMA, spill)
@@ -138,9 +134,7 @@ def plan_changes(
         post_creates.add(pl.DataFrame(lines, orient="row", schema=LINES_SCHEMA))
         others += [c for c in posts if c.action != "create"]
         del posts, lines
-        have_media = current.decode(media_parts[b].frame())
-        if isinstance(media_parts[b], Parts):
-            media_parts[b].discard()
+        have_media = media_of(b)
         media_rows += have_media.height
         creates, rest = media_changes(desired.media, have_media)
         del desired, have_media
@@ -153,6 +147,7 @@ def plan_changes(
     changes += others
     del others
     moved: dict[str, set[str]] = {"post": set(), "media": set()}
+    changes = _same_key(changes, media_creates, moved["media"])
     if moves:
         changes = _find_moves(changes, post_creates, media_creates, moved)
     changes.sort(key=lambda c: c.sort_key)
@@ -168,6 +163,62 @@ def plan_changes(
     ]
     counts_now = {"model": len(current.models), "post": post_rows, "media": media_rows}
     return Result(ChangeList(segments, spill=spill), counts_now, n)
+
+
+class _MediaByBatch:
+    """The current media of batch ``b``, batches asked for in order: each range of
+    ``current.media`` is read once, and split among the batches within it by the
+    model each row is filed under."""
+
+    def __init__(self, current: Current, bounds: list[str], batch_of: Callable[[str], int]) -> None:
+        self.current, self.bounds, self.batch_of = current, bounds, batch_of
+        self.ranges = [lo for lo, _ in current.media]
+        self.read = -1
+        self.held: dict[int, pl.DataFrame] = {}
+
+    def __call__(self, b: int) -> pl.DataFrame:
+        i = bisect.bisect_right(self.ranges, self.bounds[b - 1] if b else "") - 1
+        if i != self.read:
+            self.read = i
+            rows = self.current.media[i][1]
+            frame = self.current.decode(rows.frame())
+            if hasattr(rows, "discard"):
+                rows.discard()
+            model = pl.col("post").str.extract(r"^([^/]*)", 1)
+            names = frame.select(model.unique()).to_series().to_list()
+            mapping = {name: self.batch_of(name) for name in names}
+            self.held = {}
+            if len(set(mapping.values())) <= 1:
+                self.held = {mapping.popitem()[1] if mapping else b: frame}
+            else:
+                parts = frame.with_columns(model.replace_strict(mapping, return_dtype=pl.Int32).alias("_batch"))
+                for (batch,), part in parts.partition_by("_batch", as_dict=True).items():
+                    self.held[batch] = part.drop("_batch")
+        frame = self.held.pop(b, None)
+        return frame if frame is not None else pl.DataFrame(schema=MEDIA_SCHEMA)
+
+
+def _same_key(changes: list[Change], media_creates: Parts, skip: set[str]) -> list[Change]:
+    """A key deleted in one batch and created in another — a row the database files
+    under another model than the one its key names — is one update, as it is when both
+    meet in one batch. Adds the keys of those creates to ``skip``."""
+    deleted = {c.key: c for c in changes if c.kind == "media" and c.action == "delete"}
+    if not deleted:
+        return changes
+    found = media_creates.lazy().filter(pl.col("key").is_in(sorted(deleted))).select("key", "line").collect()
+    if not found.height:
+        return changes
+    updates: dict[str, Change] = {}
+    for key, line in found.iter_rows():
+        want, have = json.loads(line)["after"], deleted[key].before
+        before, after = {}, {}
+        for name in MEDIA_FIELDS:
+            w, h = want[name], have[name]
+            if w != h or type(w) is not type(h):
+                before[name], after[name] = h, w
+        updates[key] = Change("update", "media", key, before, after)
+        skip.add(key)
+    return [updates.get(c.key, c) if c.kind == "media" and c.action == "delete" else c for c in changes]
 
 
 def _find_moves(changes: list[Change], post_creates: Parts, media_creates: Parts, moved: dict) -> list[Change]:
@@ -210,7 +261,7 @@ def plan_from_rows(
     """The changes from a listing to a database given as rows — a
     :class:`reconciler.current.CurrentState` of lists of ``(key, row)`` — in memory: the
     engine without a database, for tests and for use from Python."""
-    from .frames import MEDIA_SCHEMA, classify_listing
+    from .frames import classify_listing
 
     listing = classify_listing(objects, root=root, layout=layout, models=models)
     posts = list(current.posts)
@@ -218,6 +269,6 @@ def plan_from_rows(
     state = Current(
         models=list(current.models),
         posts=lambda names: [(k, r) for k, r in posts if k.partition("/")[0] in set(names)],
-        media=Parts.of(media),
+        media=[("", Parts.of(media))],
     )
     return plan_changes(listing, state, cdn_base_url=cdn_base_url, root=root, moves=moves, batch_rows=batch_rows)

@@ -80,3 +80,77 @@ def test_the_spill_folder_is_gone_with_the_plan(settings, tmp_path, monkeypatch)
     del plan
     gc.collect()
     assert os.listdir(tmp_path / "tmp") == []
+
+
+# --------------------------------------------------------------------------- without a database
+
+from hypothesis import strategies as st  # noqa: E402
+import polars as pl  # noqa: E402
+
+from reconciler.current import CurrentState  # noqa: E402
+from reconciler.engine import Current, batch_bounds, plan_changes  # noqa: E402
+from reconciler.frames import MEDIA_SCHEMA, build_desired_frames, classify_listing  # noqa: E402
+from reconciler.planfile import Plan  # noqa: E402
+from reconciler.spill import Parts, Spill  # noqa: E402
+
+from .test_frames import listings  # noqa: E402
+
+CDN = "https://cdn.example.test/"
+
+
+def database_of(objects, misfiled: int) -> CurrentState:
+    """The rows a database would hold after applying ``objects`` — with every
+    ``misfiled``-th medium filed under another post (another model's, often)."""
+    state = build_desired_frames(objects, cdn_base_url=CDN).to_state()
+    posts = sorted(state.posts)
+    media = list(state.media.items())
+    if misfiled and len(posts) > 1:
+        media = [(k, r._replace(post=posts[(posts.index(r.post) + 1) % len(posts)]) if i % misfiled == 0 else r)
+                 for i, (k, r) in enumerate(media)]
+    return CurrentState(models=list(state.models.items()), posts=list(state.posts.items()), media=media)
+
+
+def in_ranges(db: CurrentState, batch_rows: int, spill) -> Current:
+    """``db`` as the planner reads a database: media copied a range of models at a time."""
+    frame = pl.DataFrame([(k, *r) for k, r in db.media], orient="row", schema=MEDIA_SCHEMA)
+    model = pl.col("post").str.extract(r"^([^/]*)", 1)
+    counts = dict(frame.group_by(model).len().iter_rows())
+    los = ["", *batch_bounds(counts, batch_rows)]
+    order = model + "/"
+    ranges = []
+    for i, lo in enumerate(los):
+        keep = order >= lo
+        if i + 1 < len(los):
+            keep &= order < los[i + 1]
+        ranges.append((lo, Parts.of(frame.filter(keep), spill)))
+    return Current(
+        models=list(db.models),
+        posts=lambda names: [(k, r) for k, r in db.posts if k.partition("/")[0] in names],
+        media=ranges,
+        media_counts=counts,
+    )
+
+
+def plan_text(changes, path) -> bytes:
+    plan = Plan(changes=changes, source={"url": "s3://b/", "object_count": 0, "skipped": {}},
+                target={"database": "db", "scope": None, "state_digest": "0" * 64}, tool_version="t",
+                created_at="2026-11-21T10:00:00Z")
+    with open(write_plan(plan, str(path)), "rb") as f:
+        return f.read()
+
+
+@hsettings(max_examples=150)
+@given(listings, listings, st.sampled_from([0, 1, 2, 3]), st.booleans(), st.sampled_from([1, 2, 5]), st.booleans())
+def test_batches_and_ranges_never_change_the_plan(tmp_path_factory, before, after, misfiled, moves, batch_rows, spilled):
+    db = database_of(before, misfiled)
+    whole = plan_changes(classify_listing(after), in_ranges(db, 10**9, None), cdn_base_url=CDN, moves=moves)
+    spill = Spill(rows=2) if spilled else None
+    parts = plan_changes(classify_listing(after, spill=spill), in_ranges(db, batch_rows, spill), cdn_base_url=CDN,
+                         moves=moves, batch_rows=batch_rows, spill=spill)
+    assert whole.batches == 1
+    assert parts.current_counts == whole.current_counts
+    assert parts.changes.summary() == whole.changes.summary()
+    folder = tmp_path_factory.mktemp("plans")
+    assert plan_text(parts.changes, folder / "parts.json") == plan_text(whole.changes, folder / "whole.json")
+    if spill is not None:
+        spill.close()

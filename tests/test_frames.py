@@ -68,7 +68,7 @@ def _current(state, spill=None) -> Current:
     return Current(
         models=list(state.models.items()),
         posts=lambda names: [(k, r) for k, r in state.posts.items() if k.partition("/")[0] in names],
-        media=Parts.of(media, spill),
+        media=[("", Parts.of(media, spill))],
         media_counts={},
     )
 
