@@ -223,11 +223,12 @@ def phase_list(args) -> dict:
     kwargs = {"max_workers": args.workers} if args.workers else {}
     source = S3Source(args.bucket, args.prefix, **kwargs)
     source.client()  # boto3's import and client set-up are not part of the listing
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     n = sum(1 for _ in source.list())
-    took = time.perf_counter() - t
+    took, cpu = time.perf_counter() - t, time.process_time() - cpu
     return {"objects": n, "max_workers": source.max_workers, "steps": {"list": round(took, 3)},
-            "objects_per_s": round(n / took) if took else None}
+            "objects_per_s": round(n / took) if took else None,
+            "cpu_us_per_key": round(cpu / n * 1e6, 2) if n else None}
 
 
 def phase_import(args) -> dict:

@@ -1,6 +1,6 @@
 """Benchmark of plan / apply at scale, against a synthetic bucket.
 
-    python bench/run.py --objects 100000            # or --objects 100000,1000000
+    python bench/run.py --objects 200000            # or --objects 200000,1000000,10000000
     python bench/run.py --objects 1000000 --database postgresql://user@host/postgres
     python bench/run.py --skip-list                 # no S3 listing benchmark
 
@@ -68,13 +68,20 @@ from tabulate import tabulate  # noqa: E402
 
 PHASE = os.path.join(HERE, "phase.py")
 
-TARGETS = {
+TARGETS = {  # issue 11's, for 1M objects on 2 cores unless said otherwise
     "noop_plan_s": 3.0,
     "cold_plan_plus_apply_s": 30.0,
     "apply_over_copy": 1.5,
     "peak_rss_mb": 600.0,
+    "peak_rss_10m_mb": 1500.0,  # at 10M
+    "delta_apply_s": 2.0,
+    "list_cpu_us_per_key": 8.0,
     "parallel_over_sequential_listing": 0.2,
+    "peer_noop_ratio": 0.15,  # at 200k, from a folder
+    "peer_cold_ratio": 0.6,
 }
+BIG = 5_000_000  # from here on, only the plan and apply phases (the references would take most of an hour)
+PEER_N = 200_000
 
 
 def log(msg: str) -> None:
@@ -183,6 +190,8 @@ def bench_n(n: int, admin_url: str, workdir: str, seed: int, keep: bool) -> dict
         log(f"N={n}: delta plan {P['delta_plan']['wall_s']} s, {P['delta_plan']['changes']} changes; apply")
         P["delta_apply"] = phase("apply", *db, *common, "--plan", plans["delta"])
         log(f"N={n}: delta apply {P['delta_apply']['wall_s']} s; references")
+        if n >= BIG:
+            return res
 
         R["read_state"] = phase("read-state", *db, *common)
         log(f"N={n}: read state {R['read_state']['wall_s']} s; raw COPY into {copy_name}")
@@ -272,7 +281,7 @@ def plan_table(results: list[dict]) -> str:
     )
 
 
-def evaluate(results: list[dict], listing: dict | None) -> list[dict]:
+def evaluate(results: list[dict], listing: dict | None, peer: dict | None = None) -> list[dict]:
     out = []
 
     def add(name, n, value, limit, note=""):
@@ -282,21 +291,34 @@ def evaluate(results: list[dict], listing: dict | None) -> list[dict]:
 
     for res in results:
         P, R, n = res["phases"], res["reference"], res["n"]
-        if "noop_plan" in P:
+        big = n >= BIG
+        if "noop_plan" in P and not big:
             add("no-op plan wall s", n, P["noop_plan"]["wall_s"], TARGETS["noop_plan_s"])
-        if "cold_plan" in P and "cold_apply" in P:
+        if "cold_plan" in P and "cold_apply" in P and not big:
             add("cold plan + apply wall s", n, P["cold_plan"]["wall_s"] + P["cold_apply"]["wall_s"],
                 TARGETS["cold_plan_plus_apply_s"])
         if "cold_apply" in P and "raw_copy" in R:
             copy_s = R["raw_copy"]["steps"]["copy+commit"]
             add("apply ÷ raw COPY", n, P["cold_apply"]["wall_s"] / copy_s, TARGETS["apply_over_copy"],
                 f"apply process {P['cold_apply']['wall_s']} s / COPY {copy_s} s")
+        if "delta_apply" in P and not big:
+            add("delta apply wall s", n, P["delta_apply"]["wall_s"], TARGETS["delta_apply_s"],
+                f"{P['delta_apply']['changes']} changes")
         if P:
             worst = max(P, key=lambda k: P[k]["peak_rss_mb"])
-            add("peak RSS MB (plan/apply phases)", n, P[worst]["peak_rss_mb"], TARGETS["peak_rss_mb"], f"max at {worst}")
+            limit = TARGETS["peak_rss_10m_mb"] if big else TARGETS["peak_rss_mb"]
+            add("peak RSS MB (plan/apply phases)", n, P[worst]["peak_rss_mb"], limit, f"max at {worst}")
     if listing and listing.get("ratio") is not None:
         add(f"parallel ÷ sequential listing @ {listing['latency_ms']:g} ms", listing["objects"], listing["ratio"],
             TARGETS["parallel_over_sequential_listing"], "replayed endpoint, fixed latency per request")
+    if listing and listing.get("cpu_us_per_key") is not None:
+        add("client CPU µs per listed key", listing["objects"], listing["cpu_us_per_key"],
+            TARGETS["list_cpu_us_per_key"], "sequential, replayed moto pages, 0 ms: parse + HTTP + signing")
+    if peer:
+        add("no-op plan ÷ peer re-sync", peer["objects"], peer["noop_ratio"], TARGETS["peer_noop_ratio"],
+            f"{peer['rc_noop']} s / {peer['peer_resync']} s")
+        add("(plan + apply) ÷ peer cold sync", peer["objects"], peer["cold_ratio"], TARGETS["peer_cold_ratio"],
+            f"{peer['rc_cold']} s / {peer['peer_cold']} s")
     return out
 
 
@@ -369,6 +391,7 @@ def bench_listing(n_objects: int, latency_ms: float, seed: int, live: bool, work
         proxy.record, proxy.replay = False, True
         listing("replay", 0.0, True)
         listing("replay", 0.0, False)
+        cpu = listing("replay", 0.0, True)  # the client's own work per key: nothing to wait for
         seq = listing("replay", latency_ms / 1000, True)
         par = listing("replay", latency_ms / 1000, False)
         if live:
@@ -382,6 +405,7 @@ def bench_listing(n_objects: int, latency_ms: float, seed: int, live: bool, work
             "parallel_s": par["steps"]["list"],
             "parallel_workers": par["max_workers"],
             "ratio": round(par["steps"]["list"] / seq["steps"]["list"], 3),
+            "cpu_us_per_key": cpu["cpu_us_per_key"],
             "runs": runs,
         }
     finally:
@@ -427,7 +451,7 @@ def parse_objects(values: list[str]) -> list[int]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--objects", action="append", metavar="N",
-                    help="bucket size; repeatable or a comma list, 100k / 1m accepted (default 100000,1000000)")
+                    help="bucket size; repeatable or a comma list, 100k / 1m accepted (default 200000,1000000)")
     ap.add_argument("--database", metavar="URL",
                     help="a PostgreSQL server to use (its user creates and drops databases); default: an embedded one")
     ap.add_argument("--skip-list", action="store_true", help="skip the S3 listing benchmark")
@@ -437,12 +461,14 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-ms", type=float, default=20.0, help="added per S3 request (default 20)")
     ap.add_argument("--list-workers", type=int, default=None, help="max_workers of the parallel listing (default: the library's)")
     ap.add_argument("--list-live", action="store_true", help="also list through to moto itself (slow: moto is the bottleneck)")
+    ap.add_argument("--skip-peer", action="store_true",
+                    help=f"skip the side-by-side with the ad-hoc sync script (run when {PEER_N:,} is among the sizes)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--workdir", metavar="DIR", help="where plan files go (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the databases and plan files")
     ap.add_argument("--json-out", metavar="FILE", help="also write the JSON result to FILE")
     args = ap.parse_args(argv)
-    sizes = parse_objects(args.objects or ["100000,1000000"])
+    sizes = parse_objects(args.objects or ["200000,1000000"])
 
     workdir = args.workdir or tempfile.mkdtemp(prefix="reconciler-bench-")
     os.makedirs(workdir, exist_ok=True)
@@ -453,7 +479,7 @@ def main(argv=None) -> int:
         "targets_for": "N=1,000,000 on 2 cores",
     }
     try:
-        results, listing = [], None
+        results, listing, peer = [], None, None
         if not args.skip_plan and sizes:
             if args.database:
                 admin_url = args.database
@@ -478,6 +504,11 @@ def main(argv=None) -> int:
             report["postgres"]["embedded"] = server is not None
             for n in sizes:
                 results.append(bench_n(n, admin_url, workdir, args.seed, args.keep))
+            if PEER_N in sizes and not args.skip_peer:
+                import peer as peer_bench
+
+                log(f"side by side with the ad-hoc sync script: {PEER_N} objects from a folder, best of two")
+                peer = {"objects": PEER_N, **peer_bench.compare(admin_url, PEER_N, workdir, 2)}
         if not args.skip_list:
             log(f"listing benchmark: {args.list_objects} objects, {args.latency_ms:g} ms per request")
             try:
@@ -493,8 +524,8 @@ def main(argv=None) -> int:
         if not args.keep and not args.workdir:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    targets = evaluate(results, listing)
-    report.update(results=results, listing=listing, targets=targets)
+    targets = evaluate(results, listing, peer)
+    report.update(results=results, listing=listing, peer=peer, targets=targets)
     if "postgres" in report:
         pg = report["postgres"]
         print(f"PostgreSQL {pg['server_version']} ({'embedded' if pg['embedded'] else 'given'}): shared_buffers "
@@ -512,6 +543,11 @@ def main(argv=None) -> int:
         print(listing_table(listing))
     elif listing:
         print(f"\nS3 listing: ERROR {listing['error']}")
+    if peer:
+        print()
+        print(f"Side by side with the ad-hoc sync script ({PEER_N:,} objects from a folder, best of two, wall s): "
+              f"peer cold sync {peer['peer_cold']}, re-sync {peer['peer_resync']}; reconciler plan + apply "
+              f"{peer['rc_cold']}, no-op plan {peer['rc_noop']}")
     if targets:
         print()
         print(targets_table(targets))
