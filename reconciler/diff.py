@@ -248,30 +248,21 @@ class ChangeList(Sequence):
 
 def media_changes(want, have) -> tuple:
     """The media changes between two frames of (s3_key, post, url, type, size_bytes,
-    etag): one full join, presence flags, and a comparison per column. Returns the
-    creates as a frame of their canonical text (``s3_key``, ``line``, ``etag``,
-    ``size_bytes``; made by Polars in one pass, in key order) and the updates and
-    deletes as changes."""
+    etag) — a batch's — by one full join on the key, presence flags, and a comparison
+    per column. Returns the creates as a frame of their canonical text (``s3_key``,
+    ``line``, ``etag``, ``size_bytes``; made by Polars in one pass, in key order) and the
+    updates and deletes as changes."""
     import polars as pl
 
     fields = list(MEDIA_FIELDS)
-    # Rows are compared by two 64-bit hashes of their fields; only the rows that
-    # differ are then joined whole. Memory follows the changes, not the two tables.
-    row = pl.struct(fields)
-    marks = [pl.col("s3_key"), row.hash(seed=1).alias("h1"), row.hash(seed=2).alias("h2")]
-    joined = want.select(marks).join(have.select(marks), on="s3_key", how="full", suffix="_db", coalesce=True)
-    created = joined.filter(pl.col("h1_db").is_null()).select("s3_key")
-    deleted = joined.filter(pl.col("h1").is_null()).select("s3_key")
-    changed = joined.filter(
-        pl.col("h1").is_not_null() & pl.col("h1_db").is_not_null()
-        & ((pl.col("h1") != pl.col("h1_db")) | (pl.col("h2") != pl.col("h2_db")))
-    ).select("s3_key")
-    del joined
-    old = have.rename({f: f + "_db" for f in fields})
-    updated = (
-        want.join(changed, on="s3_key", how="semi").join(old, on="s3_key", how="inner").sort("s3_key")
+    db = [f + "_db" for f in fields]
+    joined = want.with_columns(pl.lit(True).alias("_want")).join(
+        have.with_columns(pl.lit(True).alias("_have")), on="s3_key", how="full", suffix="_db", coalesce=True
     )
-    deleted = old.join(deleted, on="s3_key", how="semi").sort("s3_key")
+    both = pl.col("_want").is_not_null() & pl.col("_have").is_not_null()
+    differs = pl.any_horizontal([pl.col(f).ne_missing(pl.col(f + "_db")) for f in fields])
+    updated = joined.filter(both & differs).sort("s3_key")
+    deleted = joined.filter(pl.col("_want").is_null()).sort("s3_key")
 
     after = pl.struct(*sorted(["s3_key", *fields])).alias("after")
     line = pl.struct(
@@ -279,11 +270,11 @@ def media_changes(want, have) -> tuple:
         pl.col("s3_key").alias("key"), pl.lit("media").alias("kind"),
     ).struct.json_encode()
     creates = (
-        want.join(created, on="s3_key", how="semi").sort("s3_key")
+        joined.filter(pl.col("_have").is_null()).sort("s3_key")
         .select("s3_key", line.alias("line"), "etag", "size_bytes")
     )
+    del joined
     out: list[Change] = []
-    db = [f + "_db" for f in fields]
     for row in updated.select("s3_key", *fields, *db).iter_rows():
         key, want_row, have_row = row[0], row[1 : len(fields) + 1], row[len(fields) + 1 :]
         before, after_ = {}, {}

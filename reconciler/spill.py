@@ -15,6 +15,7 @@ from __future__ import annotations
 import itertools
 import os
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Iterator
 
@@ -29,12 +30,14 @@ class Spill:
         self._dir: tempfile.TemporaryDirectory | None = None
         self._names = itertools.count()
         self._remover: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
 
     @property
     def folder(self) -> str:
-        if self._dir is None:
-            self._dir = tempfile.TemporaryDirectory(prefix="reconciler-plan-")
-        return self._dir.name
+        with self._lock:  # the planner's second connection writes here too, from its thread
+            if self._dir is None:
+                self._dir = tempfile.TemporaryDirectory(prefix="reconciler-plan-")
+            return self._dir.name
 
     def path(self, suffix: str = ".ipc") -> str:
         return os.path.join(self.folder, f"{next(self._names):06d}{suffix}")
