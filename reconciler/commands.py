@@ -16,7 +16,7 @@ import psycopg2
 from . import audit
 from .apply import ApplyResult, PlanFileCopy, Stage, apply_plan
 from .config import Settings
-from .current import copy_media_ranges, database_identity, decode_copied, media_counts, read_posts, read_state
+from .current import copy_ranges, database_identity, decode_copied, media_counts, read_state
 from .db import check_schema, migrate, open_database, redact_url
 from .diff import summarize
 from .engine import BATCH_ROWS, Current, plan_changes
@@ -91,9 +91,7 @@ def make_plan(
         check_schema(db)
         try:
             digest_scope = shard_scope if shard is not None else scope
-            copy = functools.partial(
-                copy_media_ranges, batch_rows=batch_rows, path=functools.partial(spill.path, ".tsv")
-            )
+            copy = functools.partial(copy_ranges, batch_rows=batch_rows, path=spill.path)
             with db.transaction() as conn, db.snapshot_digest(conn, digest_scope, also=copy) as reads, _gc_paused():
                 # The digest and the current media of this snapshot are read on a second
                 # connection while the listing is read; the rest is then read here, from
@@ -109,13 +107,10 @@ def make_plan(
                 rows_scope = in_shard if shard is not None else scope
                 current_models = list(read_state(conn, rows_scope).models)
                 in_database = {name for name, _ in current_models}
-                digest, media = reads.result()
+                digest, ranges = reads.result()
                 state_digest = digest.digest
                 current = Current(
-                    models=current_models,
-                    posts=functools.partial(read_posts, conn),
-                    media=media,
-                    media_counts=media_counts(conn, rows_scope),
+                    models=current_models, ranges=ranges, media_counts=media_counts(conn, rows_scope),
                     decode=decode_copied,
                 )
                 result = plan_changes(

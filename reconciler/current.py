@@ -25,6 +25,12 @@ _POSTS = """
 SELECT m.folder_name || '/' || p.folder_name, p.title, p.media_cdns
 FROM whitelabel_posts p JOIN whitelabel_models m ON m.id = p.whitelabel_model_id {where}"""
 
+# The posts as the engine compares them: media_cdns (a json column, kept as written) as
+# jsonb's text, which is the same for equal values.
+_POSTS_TEXT = """
+SELECT m.folder_name || '/' || p.folder_name, p.title, p.media_cdns::jsonb::text
+FROM whitelabel_posts p JOIN whitelabel_models m ON m.id = p.whitelabel_model_id {where}"""
+
 _MEDIA = """
 SELECT x.s3_key, m.folder_name || '/' || p.folder_name, x.url, x.type, x.size_bytes, x.etag
 FROM whitelabel_media x
@@ -165,11 +171,9 @@ def _unescape(text: str | None) -> str | None:
     return "".join(out)
 
 
-def copy_media(conn, models: Sequence[str] | None, path: str, lo: str | None = None, hi: str | None = None) -> None:
-    """Write the current media in scope to ``path`` with ``COPY … TO STDOUT`` (text
-    format), in ``conn``'s transaction: no Python object per row. With ``lo`` / ``hi``,
-    only the rows of the models whose ``name + "/"`` sorts (by code point, as Python
-    does: ``COLLATE "C"`` on UTF-8) from ``lo`` and before ``hi``."""
+def _range_clause(models: Sequence[str] | None, lo: str | None, hi: str | None) -> tuple[str, tuple]:
+    """The scope and the range of models whose ``name + "/"`` sorts (by code point, as
+    Python does: ``COLLATE "C"`` on UTF-8) from ``lo`` and before ``hi``."""
     where, params = scope_clause(models)
     conditions = [where[len("WHERE "):]] if where else []
     order = "(m.folder_name || '/') COLLATE \"C\""
@@ -179,69 +183,82 @@ def copy_media(conn, models: Sequence[str] | None, path: str, lo: str | None = N
     if hi is not None:
         conditions.append(f"{order} < %s")
         params += (hi,)
-    where = "WHERE " + " AND ".join(conditions) if conditions else ""
+    return ("WHERE " + " AND ".join(conditions) if conditions else ""), params
+
+
+def _copy(conn, sql: str, where: str, params: tuple, path: str) -> None:
     with open(path, "wb") as f, conn.cursor() as cur:
-        query = cur.mogrify(_MEDIA.format(where=where), params).decode("utf-8")
+        query = cur.mogrify(sql.format(where=where), params).decode("utf-8")
         cur.copy_expert(f"COPY ({query}) TO STDOUT", f)
 
 
-def copy_media_ranges(conn, models: Sequence[str] | None, batch_rows: int, path) -> list[tuple[str, "CopiedMedia"]]:
-    """The current media in scope, copied a range of models (of about ``batch_rows``
-    rows, by the counts the triggers keep) to a file each: ``[(lo, media), …]`` where
-    each range runs from its ``lo`` to the next one's. ``path()`` names a new file.
-    Every row is in exactly one range, whatever the counts say."""
+def copy_media(conn, models: Sequence[str] | None, path: str, lo: str | None = None, hi: str | None = None) -> None:
+    """Write the current media in scope (with ``lo`` / ``hi``, of a range of models) to
+    ``path`` with ``COPY … TO STDOUT`` (text format), in ``conn``'s transaction: no
+    Python object per row."""
+    _copy(conn, _MEDIA, *_range_clause(models, lo, hi), path)
+
+
+def copy_ranges(conn, models: Sequence[str] | None, batch_rows: int, path) -> list[tuple[str, "CopiedRange"]]:
+    """The current posts and media in scope, copied a range of models (of about
+    ``batch_rows`` media rows, by the counts the triggers keep) at a time, each to files
+    of its own: ``[(lo, rows), …]`` where each range runs from its ``lo`` to the next
+    one's. ``path(suffix)`` names a new file. Every row is in exactly one range,
+    whatever the counts say."""
     from .engine import batch_bounds
 
-    bounds = batch_bounds(media_counts(conn, models), batch_rows)
-    los = ["", *bounds]
+    los = ["", *batch_bounds(media_counts(conn, models), batch_rows)]
     out = []
     for i, lo in enumerate(los):
-        file = path()
-        copy_media(conn, models, file, lo, los[i + 1] if i + 1 < len(los) else None)
-        out.append((lo, CopiedMedia(file)))
+        where, params = _range_clause(models, lo, los[i + 1] if i + 1 < len(los) else None)
+        rows = CopiedRange(path(".posts.tsv"), path(".media.tsv"))
+        _copy(conn, _POSTS_TEXT, where, params, rows.posts_path)
+        _copy(conn, _MEDIA, where, params, rows.media_path)
+        out.append((lo, rows))
     return out
 
 
-class CopiedMedia:
-    """The current media as :func:`copy_media` wrote them (a range of models: a batch's
-    worth), read by Polars. Frames read from it still hold COPY's escapes:
+def _read_copied(path: str, schema: dict):
+    import os
+
+    import polars as pl
+
+    if os.path.getsize(path) == 0:
+        return pl.DataFrame(schema=schema)
+    return pl.read_csv(
+        path, separator="\t", has_header=False, quote_char=None, null_values=["\\N"],
+        empty_string_is_null=False,  # COPY writes NULL as \N; an empty field is ''
+        new_columns=list(schema), schema_overrides=schema,
+    )
+
+
+class CopiedRange:
+    """The current posts and media of a range of models as :func:`copy_ranges` wrote
+    them, read by Polars. Frames read from it still hold COPY's escapes:
     :func:`decode_copied` them."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
+    def __init__(self, posts_path: str, media_path: str) -> None:
+        self.posts_path, self.media_path = posts_path, media_path
 
-    @property
-    def schema(self) -> dict:
+    def posts(self):
+        """``key``, ``title``, ``media_cdns`` (as ``jsonb::text``)."""
+        from .engine import POSTS_TEXT_SCHEMA
+
+        return _read_copied(self.posts_path, POSTS_TEXT_SCHEMA)
+
+    def media(self):
         from .frames import MEDIA_SCHEMA
 
-        return MEDIA_SCHEMA
-
-    def _read(self, source):
-        import polars as pl
-
-        return pl.read_csv(
-            source, separator="\t", has_header=False, quote_char=None, null_values=["\\N"],
-            empty_string_is_null=False,  # COPY writes NULL as \N; an empty field is ''
-            new_columns=list(self.schema), schema_overrides=self.schema,
-        )
-
-    def frame(self):
-        """Every row at once (a scope that fits one batch)."""
-        import os
-
-        import polars as pl
-
-        if os.path.getsize(self.path) == 0:
-            return pl.DataFrame(schema=self.schema)
-        return self._read(self.path)
+        return _read_copied(self.media_path, MEDIA_SCHEMA)
 
     def discard(self) -> None:
         import os
 
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
+        for path in (self.posts_path, self.media_path):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
 
 
 def decode_copied(frame):
@@ -263,16 +280,12 @@ def read_media_frame(conn, models: Sequence[str] | None = None):
     ``type``, ``size_bytes``, ``etag``), through ``COPY`` and a temporary file."""
     import tempfile
 
+    from .frames import MEDIA_SCHEMA
+
     with tempfile.TemporaryDirectory(prefix="reconciler-media-") as folder:
         path = folder + "/media.tsv"
         copy_media(conn, models, path)
-        return decode_copied(CopiedMedia(path).frame())
-
-
-def read_posts(conn, models: Sequence[str] | None) -> Iterator[tuple[str, tuple]]:
-    """The current posts of ``models`` (all in the database when None), streamed."""
-    where, params = scope_clause(models)
-    return _rows(conn, _POSTS, where, params, "rc_posts")
+        return decode_copied(_read_copied(path, MEDIA_SCHEMA))
 
 
 def media_counts(conn, models: Sequence[str] | None = None) -> dict[str, int]:

@@ -287,6 +287,72 @@ def media_changes(want, have) -> tuple:
     return creates, out
 
 
+def _json_list(column: str):
+    """A list of strings that need no escaping as JSON text, as PostgreSQL writes it."""
+    import polars as pl
+
+    items = pl.col(column)
+    return pl.when(items.list.len() == 0).then(pl.lit("[]")).otherwise(
+        pl.lit('["') + items.list.join('", "') + pl.lit('"]')
+    )
+
+
+def cdns_text(want):
+    """``media_cdns`` of desired posts as ``jsonb::text`` writes it — ``{"images": […],
+    "videos": […]}`` with ``", "`` and ``": "`` — so that two values are equal exactly
+    when their texts are (what ``json.dumps(value, ensure_ascii=False)`` writes too)."""
+    import polars as pl
+
+    urls = want.select(pl.concat_list("images", "videos").explode().drop_nulls())
+    if urls.select(pl.first().str.contains(r'["\\\x00-\x1f]').any()).item():  # a CDN base that needs escaping
+        return pl.struct("images", "videos").map_elements(
+            lambda v: json.dumps({"images": v["images"], "videos": v["videos"]}, ensure_ascii=False),
+            return_dtype=pl.String,
+        )
+    return pl.lit('{"images": ') + _json_list("images") + pl.lit(', "videos": ') + _json_list("videos") + pl.lit("}")
+
+
+def post_changes(want, have) -> tuple:
+    """The post changes between the desired posts (``key``, ``title``, ``images``,
+    ``videos``) and the current ones (``key``, ``title``, ``media_cdns`` as
+    ``jsonb::text``), by one full join: media_cdns compared as text. Returns the
+    creates as a frame of their canonical text (``key``, ``line``, in key order) and the
+    updates and deletes as changes."""
+    import polars as pl
+
+    joined = want.with_columns(cdns_text(want).alias("_text"), pl.lit(True).alias("_want")).join(
+        have.with_columns(pl.lit(True).alias("_have")), on="key", how="full", suffix="_db", coalesce=True
+    )
+    both = pl.col("_want").is_not_null() & pl.col("_have").is_not_null()
+    differs = pl.col("title").ne_missing(pl.col("title_db")) | pl.col("_text").ne_missing(pl.col("media_cdns"))
+    after = pl.struct(
+        pl.col("title").alias("folder_name"),
+        pl.struct("images", "videos").alias("media_cdns"),
+        pl.col("key").str.splitn("/", 2).struct.field("field_0").alias("model"),
+        "title",
+    ).alias("after")
+    line = pl.struct(
+        pl.lit("create").alias("action"), after, pl.lit(None).alias("before"), "key", pl.lit("post").alias("kind"),
+    ).struct.json_encode()
+    creates = joined.filter(pl.col("_have").is_null()).sort("key").select("key", line.alias("line"))
+
+    def loads(text):
+        return None if text is None else json.loads(text)
+
+    out: list[Change] = []
+    changed = joined.filter(both & differs).select("key", "title", "images", "videos", "_text", "title_db", "media_cdns")
+    for key, title, images, videos, text, title_db, text_db in changed.iter_rows():
+        before, after_ = {}, {}
+        if title != title_db:
+            before["title"], after_["title"] = title_db, title
+        if text != text_db:
+            before["media_cdns"], after_["media_cdns"] = loads(text_db), {"images": images, "videos": videos}
+        out.append(Change("update", "post", key, before, after_))
+    gone = joined.filter(pl.col("_want").is_null()).select("key", "title_db", "media_cdns")
+    out += [Change("delete", "post", key, (title, loads(text)), None) for key, title, text in gone.iter_rows()]
+    return creates, out
+
+
 def summarize(changes: Iterable[Change]) -> dict[str, dict[str, int]]:
     if isinstance(changes, ChangeList):
         return changes.summary()

@@ -26,10 +26,9 @@ from typing import Callable, Iterable
 
 import polars as pl
 
-from .desired import MEDIA_FIELDS, MODEL_FIELDS, POST_FIELDS, ModelRow, PostRow
-from .diff import KINDS, Change, ChangeList, CreateLines, EncodedChange, _compare, media_changes
+from .desired import MEDIA_FIELDS, MODEL_FIELDS, ModelRow, PostRow
+from .diff import KINDS, Change, ChangeList, CreateLines, EncodedChange, _compare, media_changes, post_changes
 from .frames import MEDIA_SCHEMA, Listing, desired_of
-from .planfile import canonical
 from .spill import Parts, Spill
 
 BATCH_ROWS = 100_000  # items (or current media rows) per batch, unless one model has more: ~400-500 MB at peak
@@ -38,23 +37,50 @@ LINES_SCHEMA = {"key": pl.String, "line": pl.String}
 MEDIA_LINES_SCHEMA = {"key": pl.String, "line": pl.String, "etag": pl.String, "size_bytes": pl.Int64}
 
 
+# The current posts as the engine compares them: media_cdns as ``jsonb::text``.
+POSTS_TEXT_SCHEMA = {"key": pl.String, "title": pl.String, "media_cdns": pl.String}
+
+
 @dataclass
 class Current:
     """The current state in scope, as the engine reads it.
 
-    ``models`` are the model rows; ``posts(names)`` gives the post rows of those models;
-    ``media`` the media rows (``MEDIA_SCHEMA``, ``decode``-d after reading) in ranges of
+    ``models`` are the model rows. ``ranges`` hold the posts and media rows in ranges of
     models: ``[(lo, rows), …]``, the first ``lo`` being ``""``, each range holding the
-    rows whose model's key order (``name + "/"``) is from its ``lo`` to the next one's;
-    ``rows`` has ``.frame()`` (and ``.discard()``, called once it is read).
-    ``media_counts`` are the rows per model (to size batches; need not be exact).
+    rows of the models whose key order (``name + "/"``) is from its ``lo`` to the next
+    one's; ``rows.posts()`` (``POSTS_TEXT_SCHEMA``) and ``rows.media()``
+    (``MEDIA_SCHEMA``) are ``decode``-d after reading, and ``rows.discard()`` is called
+    once they are read. ``media_counts`` are the media rows per model (to size batches;
+    need not be exact).
     """
 
     models: list[tuple[str, ModelRow]]
-    posts: Callable[[list[str]], Iterable[tuple[str, PostRow]]]
-    media: list[tuple[str, object]]
+    ranges: list[tuple[str, object]]
     media_counts: dict[str, int] = field(default_factory=dict)
     decode: Callable[[pl.DataFrame], pl.DataFrame] = lambda frame: frame
+
+
+@dataclass
+class Rows:
+    """A range of current rows held in memory."""
+
+    post_frame: pl.DataFrame
+    media_frame: pl.DataFrame
+
+    @classmethod
+    def of(cls, posts: Iterable[tuple[str, PostRow]], media: Iterable[tuple[str, tuple]]) -> "Rows":
+        """From rows as :class:`reconciler.current.CurrentState` holds them."""
+        post_rows = [(k, r[0], None if r[1] is None else json.dumps(r[1], ensure_ascii=False)) for k, r in posts]
+        return cls(
+            pl.DataFrame(post_rows, orient="row", schema=POSTS_TEXT_SCHEMA),
+            pl.DataFrame([(k, *r) for k, r in media], orient="row", schema=MEDIA_SCHEMA),
+        )
+
+    def posts(self) -> pl.DataFrame:
+        return self.post_frame
+
+    def media(self) -> pl.DataFrame:
+        return self.media_frame
 
 
 @dataclass
@@ -98,7 +124,7 @@ def plan_changes(
         counts[name] = max(counts.get(name, 0), n)
     for name, _ in current.models:
         counts.setdefault(name, 0)
-    ranges = [lo for lo, _ in current.media]
+    ranges = [lo for lo, _ in current.ranges]
     bounds = sorted(set(batch_bounds(counts, batch_rows)) | set(ranges[1:]))
     n = len(bounds) + 1
 
@@ -112,10 +138,7 @@ def plan_changes(
         by_model = pl.col("model").replace_strict(mapping, default=0, return_dtype=pl.Int32)
         desired_parts = listing.items.split(by_model, n)
         listing.items.discard()
-    in_database: list[list[str]] = [[] for _ in range(n)]
-    for name, _ in current.models:
-        in_database[batch_of(name)].append(name)
-    media_of = _MediaByBatch(current, bounds, batch_of)
+    current_of = _ByBatch(current, bounds, batch_of)
 
     want_models: dict[str, ModelRow] = {}
     post_creates = Parts(LINES_SCHEMA, spill)
@@ -126,15 +149,12 @@ def plan_changes(
         desired = desired_of(desired_parts[b].frame(), cdn_base_url)
         desired_parts[b].discard()
         want_models.update(desired.models)
-        posts: list[Change] = []
-        if in_database[b] or desired.posts:
-            have = current.posts(in_database[b]) if in_database[b] else ()
-            post_rows += _compare("post", POST_FIELDS, dict(desired.posts), have, posts)
-        lines = sorted((c.key, canonical(c.to_dict())) for c in posts if c.action == "create")
-        post_creates.add(pl.DataFrame(lines, orient="row", schema=LINES_SCHEMA))
-        others += [c for c in posts if c.action != "create"]
-        del posts, lines
-        have_media = media_of(b)
+        have_posts, have_media = current_of(b)
+        post_rows += have_posts.height
+        creates, rest = post_changes(desired.post_frame, have_posts)
+        post_creates.add(creates)
+        others += rest
+        del have_posts, creates, rest
         media_rows += have_media.height
         creates, rest = media_changes(desired.media, have_media)
         del desired, have_media
@@ -165,37 +185,41 @@ def plan_changes(
     return Result(ChangeList(segments, spill=spill), counts_now, n)
 
 
-class _MediaByBatch:
-    """The current media of batch ``b``, batches asked for in order: each range of
-    ``current.media`` is read once, and split among the batches within it by the
-    model each row is filed under."""
+class _ByBatch:
+    """The current posts and media of batch ``b``, batches asked for in order: each
+    range of ``current.ranges`` is read once, and split among the batches within it by
+    the model each row is filed under."""
 
     def __init__(self, current: Current, bounds: list[str], batch_of: Callable[[str], int]) -> None:
         self.current, self.bounds, self.batch_of = current, bounds, batch_of
-        self.ranges = [lo for lo, _ in current.media]
+        self.ranges = [lo for lo, _ in current.ranges]
         self.read = -1
-        self.held: dict[int, pl.DataFrame] = {}
+        self.held: dict[int, tuple[pl.DataFrame, pl.DataFrame]] = {}
 
-    def __call__(self, b: int) -> pl.DataFrame:
+    def __call__(self, b: int) -> tuple[pl.DataFrame, pl.DataFrame]:
         i = bisect.bisect_right(self.ranges, self.bounds[b - 1] if b else "") - 1
         if i != self.read:
             self.read = i
-            rows = self.current.media[i][1]
-            frame = self.current.decode(rows.frame())
+            rows = self.current.ranges[i][1]
+            posts = self._split(self.current.decode(rows.posts()), "key")
+            media = self._split(self.current.decode(rows.media()), "post")
             if hasattr(rows, "discard"):
                 rows.discard()
-            model = pl.col("post").str.extract(r"^([^/]*)", 1)
-            names = frame.select(model.unique()).to_series().to_list()
-            mapping = {name: self.batch_of(name) for name in names}
-            self.held = {}
-            if len(set(mapping.values())) <= 1:
-                self.held = {mapping.popitem()[1] if mapping else b: frame}
-            else:
-                parts = frame.with_columns(model.replace_strict(mapping, return_dtype=pl.Int32).alias("_batch"))
-                for (batch,), part in parts.partition_by("_batch", as_dict=True).items():
-                    self.held[batch] = part.drop("_batch")
-        frame = self.held.pop(b, None)
-        return frame if frame is not None else pl.DataFrame(schema=MEDIA_SCHEMA)
+            self.held = {k: (posts.get(k), media.get(k)) for k in posts.keys() | media.keys()}
+        posts, media = self.held.pop(b, (None, None))
+        return (
+            posts if posts is not None else pl.DataFrame(schema=POSTS_TEXT_SCHEMA),
+            media if media is not None else pl.DataFrame(schema=MEDIA_SCHEMA),
+        )
+
+    def _split(self, frame: pl.DataFrame, column: str) -> dict[int, pl.DataFrame]:
+        """``frame`` by the batch of the model in ``column`` (a post's key, ``M/P``)."""
+        model = pl.col(column).str.splitn("/", 2).struct.field("field_0")
+        mapping = {name: self.batch_of(name) for name in frame.select(model.unique()).to_series().to_list()}
+        if len(set(mapping.values())) <= 1:
+            return {mapping.popitem()[1]: frame} if mapping else {}
+        parts = frame.with_columns(model.replace_strict(mapping, return_dtype=pl.Int32).alias("_batch"))
+        return {batch: part.drop("_batch") for (batch,), part in parts.partition_by("_batch", as_dict=True).items()}
 
 
 def _same_key(changes: list[Change], media_creates: Parts, skip: set[str]) -> list[Change]:
@@ -264,11 +288,5 @@ def plan_from_rows(
     from .frames import classify_listing
 
     listing = classify_listing(objects, root=root, layout=layout, models=models)
-    posts = list(current.posts)
-    media = pl.DataFrame([(k, *row) for k, row in current.media], orient="row", schema=MEDIA_SCHEMA)
-    state = Current(
-        models=list(current.models),
-        posts=lambda names: [(k, r) for k, r in posts if k.partition("/")[0] in set(names)],
-        media=[("", Parts.of(media))],
-    )
+    state = Current(models=list(current.models), ranges=[("", Rows.of(current.posts, current.media))])
     return plan_changes(listing, state, cdn_base_url=cdn_base_url, root=root, moves=moves, batch_rows=batch_rows)

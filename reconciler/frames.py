@@ -36,6 +36,8 @@ SKIP, MODEL_IMAGE, ICON, BANNER, MEDIA = 0, 1, 2, 3, 4
 
 MEDIA_SCHEMA = {"s3_key": pl.String, "post": pl.String, "url": pl.String, "type": pl.String,
                 "size_bytes": pl.Int64, "etag": pl.String}
+# Desired posts: media_cdns as its two lists of URLs.
+POSTS_SCHEMA = {"key": pl.String, "title": pl.String, "images": pl.List(pl.String), "videos": pl.List(pl.String)}
 
 
 @dataclass
@@ -43,11 +45,19 @@ class DesiredFrames:
     """The desired state with its media as a frame (columns as the database's)."""
 
     models: dict[str, ModelRow] = field(default_factory=dict)
-    posts: dict[str, PostRow] = field(default_factory=dict)
+    post_frame: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=POSTS_SCHEMA))
     media: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=MEDIA_SCHEMA))
     object_count: int = 0
     skipped: Counter = field(default_factory=Counter)
     skipped_examples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def posts(self) -> dict[str, PostRow]:
+        """The posts as rows (Python lists of URLs: for tests and small scopes)."""
+        return {
+            key: PostRow(title=title, media_cdns={"images": images, "videos": videos})
+            for key, title, images, videos in self.post_frame.iter_rows()
+        }
 
     def to_state(self) -> DesiredState:
         """The per-key form (dicts of rows), for the per-key diff and for tests."""
@@ -245,12 +255,12 @@ def desired_of(items: pl.DataFrame, cdn_base_url: str) -> DesiredFrames:
     del media
     # Posts: title is the folder's name; media_cdns the URLs by key, images and videos.
     image, video = pl.col("type") == "image", pl.col("type") == "video"
-    posts = state.media.group_by("post").agg(
+    state.post_frame = state.media.group_by("post").agg(
         pl.col("url").filter(image).sort_by(pl.col("s3_key").filter(image)).alias("images"),
         pl.col("url").filter(video).sort_by(pl.col("s3_key").filter(video)).alias("videos"),
-    )
-    for pkey, images, videos in posts.iter_rows():
-        state.posts[pkey] = PostRow(title=pkey.partition("/")[2], media_cdns={"images": images, "videos": videos})
+    ).select(
+        pl.col("post").alias("key"), pl.col("post").str.splitn("/", 2).struct.field("field_1").alias("title"), "images", "videos",
+    ).sort("key")
     return state
 
 

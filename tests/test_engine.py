@@ -88,10 +88,10 @@ from hypothesis import strategies as st  # noqa: E402
 import polars as pl  # noqa: E402
 
 from reconciler.current import CurrentState  # noqa: E402
-from reconciler.engine import Current, batch_bounds, plan_changes  # noqa: E402
-from reconciler.frames import MEDIA_SCHEMA, build_desired_frames, classify_listing  # noqa: E402
+from reconciler.engine import Current, Rows, batch_bounds, plan_changes  # noqa: E402
+from reconciler.frames import build_desired_frames, classify_listing  # noqa: E402
 from reconciler.planfile import Plan  # noqa: E402
-from reconciler.spill import Parts, Spill  # noqa: E402
+from reconciler.spill import Spill  # noqa: E402
 
 from .test_frames import listings  # noqa: E402
 
@@ -110,25 +110,20 @@ def database_of(objects, misfiled: int) -> CurrentState:
     return CurrentState(models=list(state.models.items()), posts=list(state.posts.items()), media=media)
 
 
-def in_ranges(db: CurrentState, batch_rows: int, spill) -> Current:
-    """``db`` as the planner reads a database: media copied a range of models at a time."""
-    frame = pl.DataFrame([(k, *r) for k, r in db.media], orient="row", schema=MEDIA_SCHEMA)
+def in_ranges(db: CurrentState, batch_rows: int) -> Current:
+    """``db`` as the planner reads a database: copied a range of models at a time."""
+    rows = Rows.of(db.posts, db.media)
     model = pl.col("post").str.extract(r"^([^/]*)", 1)
-    counts = dict(frame.group_by(model).len().iter_rows())
+    counts = dict(rows.media_frame.group_by(model).len().iter_rows())
     los = ["", *batch_bounds(counts, batch_rows)]
-    order = model + "/"
     ranges = []
     for i, lo in enumerate(los):
-        keep = order >= lo
-        if i + 1 < len(los):
-            keep &= order < los[i + 1]
-        ranges.append((lo, Parts.of(frame.filter(keep), spill)))
-    return Current(
-        models=list(db.models),
-        posts=lambda names: [(k, r) for k, r in db.posts if k.partition("/")[0] in names],
-        media=ranges,
-        media_counts=counts,
-    )
+        def within(column):
+            order = pl.col(column).str.extract(r"^([^/]*)", 1) + "/"
+            keep = order >= lo
+            return keep & (order < los[i + 1]) if i + 1 < len(los) else keep
+        ranges.append((lo, Rows(rows.post_frame.filter(within("key")), rows.media_frame.filter(within("post")))))
+    return Current(models=list(db.models), ranges=ranges, media_counts=counts)
 
 
 def plan_text(changes, path) -> bytes:
@@ -143,9 +138,9 @@ def plan_text(changes, path) -> bytes:
 @given(listings, listings, st.sampled_from([0, 1, 2, 3]), st.booleans(), st.sampled_from([1, 2, 5]), st.booleans())
 def test_batches_and_ranges_never_change_the_plan(tmp_path_factory, before, after, misfiled, moves, batch_rows, spilled):
     db = database_of(before, misfiled)
-    whole = plan_changes(classify_listing(after), in_ranges(db, 10**9, None), cdn_base_url=CDN, moves=moves)
+    whole = plan_changes(classify_listing(after), in_ranges(db, 10**9), cdn_base_url=CDN, moves=moves)
     spill = Spill(rows=2) if spilled else None
-    parts = plan_changes(classify_listing(after, spill=spill), in_ranges(db, batch_rows, spill), cdn_base_url=CDN,
+    parts = plan_changes(classify_listing(after, spill=spill), in_ranges(db, batch_rows), cdn_base_url=CDN,
                          moves=moves, batch_rows=batch_rows, spill=spill)
     assert whole.batches == 1
     assert parts.current_counts == whole.current_counts
@@ -154,3 +149,22 @@ def test_batches_and_ranges_never_change_the_plan(tmp_path_factory, before, afte
     assert plan_text(parts.changes, folder / "parts.json") == plan_text(whole.changes, folder / "whole.json")
     if spill is not None:
         spill.close()
+
+
+def test_media_cdns_are_compared_as_values_not_as_the_text_someone_wrote(settings, sql, tmp_path):
+    """media_cdns is a json column, kept as written: key order, spacing and escapes
+    another writer chose are no drift; a value that differs is."""
+    objects = [ObjectInfo("Zoë/Été/1.jpg", 1, "e1", None), ObjectInfo("Zoë/Été/2.mp4", 2, "e2", None),
+               ObjectInfo("Ann/P/1.jpg", 3, "e3", None)]
+    commands.apply(settings, write_plan(commands.make_plan(settings, objects=objects), str(tmp_path / "1.json")))
+    ((images, videos),) = sql("SELECT media_cdns->>'images', media_cdns->>'videos' FROM whitelabel_posts "
+                              "WHERE folder_name = 'Été'")
+    rewritten = '{ "videos" : %s,"images":%s }' % (videos, images.replace("/", "\\/").replace("h", "\\u0068"))
+    sql(f"UPDATE whitelabel_posts SET media_cdns = '{rewritten}' WHERE folder_name = 'Été'")
+    assert commands.make_plan(settings, objects=objects).changes == []
+    sql("""UPDATE whitelabel_posts SET media_cdns = '{"images": [], "videos": [], "extra": 1}', title = NULL
+           WHERE folder_name = 'P'""")
+    (change,) = commands.make_plan(settings, objects=objects).changes
+    assert (change.action, change.key) == ("update", "Ann/P")
+    assert change.before == {"title": None, "media_cdns": {"images": [], "videos": [], "extra": 1}}
+    assert change.after == {"title": "P", "media_cdns": {"images": [f"{settings.cdn_base_url}/Ann/P/1.jpg"], "videos": []}}

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 from reconciler.current import CurrentState
 from reconciler.desired import build_desired
 from reconciler.diff import diff, summarize
-from reconciler.engine import Current, batch_bounds, plan_changes
+from reconciler.engine import Current, Rows, batch_bounds, plan_changes
 from reconciler.frames import MEDIA_SCHEMA, build_desired_frames, classify_listing
 from reconciler.layout import Layout, ObjectInfo
 from reconciler.planfile import Plan, write_plan
@@ -64,13 +64,8 @@ def test_a_shard_scope_is_the_same_in_both(objects, n):
 
 def _current(state, spill=None) -> Current:
     """A database holding ``state`` exactly, as the engine reads one."""
-    media = pl.DataFrame([(k, *row) for k, row in state.media.items()], orient="row", schema=MEDIA_SCHEMA)
-    return Current(
-        models=list(state.models.items()),
-        posts=lambda names: [(k, r) for k, r in state.posts.items() if k.partition("/")[0] in names],
-        media=[("", Parts.of(media, spill))],
-        media_counts={},
-    )
+    return Current(models=list(state.models.items()),
+                   ranges=[("", Rows.of(list(state.posts.items()), list(state.media.items())))])
 
 
 def _rows(state) -> CurrentState:
