@@ -143,7 +143,7 @@ class Stage:
             head = f"{action},{t(key)}"
             if kind == "media":
                 rows[kind].append(
-                    f"{row_id},{fields},{created_at},{t(source)},{action},{t(g('etag'))},{t(g('post'))},{t(key)},"
+                    f"{row_id},{fields},{created_at},{t(source)},{t(action)},{t(g('etag'))},{t(g('post'))},{t(key)},"
                     f"{t(g('size_bytes'))},{t(g('type'))},{t(g('url'))}"
                 )
             elif kind == "post":
