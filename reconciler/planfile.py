@@ -499,8 +499,8 @@ def _chunk_lines(block: bytes, final: bool, path: str) -> tuple[list[str], bytes
     """A chunk's lines as text (the file's last line given the comma the others end
     with), and the canonical changes they hold joined by commas, as bytes: each line
     less its indent, line break, and the comma after the file's last change. Whether
-    each line is one whole change is checked as the lines are (by the fast path's
-    patterns, or line by line)."""
+    each line ends its change is checked as the lines are (by the fast path's patterns,
+    or line by line)."""
     try:
         text = block.decode("utf-8")
     except UnicodeDecodeError:
@@ -508,6 +508,8 @@ def _chunk_lines(block: bytes, final: bool, path: str) -> tuple[list[str], bytes
     lines = text.split("\n")
     lines.pop()  # the chunk ends with a line break
     body = block[4:-1].replace(b"\n    {", b"{")
+    if not block.startswith(b"    {") or len(block) - 5 - len(body) != 5 * (len(lines) - 1):
+        raise _NotLines()  # a line that does not open a change: not this layout after all
     if final:
         lines[-1] += ","
     elif body.endswith(b","):
