@@ -115,7 +115,7 @@ class Stage:
     :class:`~reconciler.planfile.ChangeSink`: ``verify_plan(path, sink=Stage())``."""
 
     def __init__(self) -> None:
-        self.files = {k: tempfile.TemporaryFile("w+", encoding="utf-8") for k in _STAGE}
+        self.files = {k: tempfile.TemporaryFile("w+", encoding="utf-8", newline="") for k in _STAGE}  # "\r" as it is
 
     def reset(self) -> None:
         for f in self.files.values():
