@@ -24,18 +24,22 @@ reformatted by ``jq``) is read too, and has the same ``plan_id``.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import hashlib
 import hmac
 import itertools
 import json
+import mmap
 import os
+import re
 import stat
 import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
+from itertools import repeat
 from typing import IO, Callable, Iterable, Iterator, Protocol
 
 import orjson
@@ -144,6 +148,15 @@ class BodyHasher:
         if count:
             self._update(("" if self._first else ",") + text)
             self._first = False
+
+    def joined_bytes(self, data: bytes, count: int) -> None:
+        """:meth:`joined` of UTF-8 text that is bytes already (read from a file)."""
+        if count:
+            data = data if self._first else b"," + data
+            self._first = False
+            self.sha.update(data)
+            if self.mac:
+                self.mac.update(data)
 
     def _update(self, text: str) -> None:
         try:
@@ -381,7 +394,7 @@ def _fast_loads(text: str, path: str):
         return _loads(text, path)
 
 
-def _open(path: str) -> IO[str]:
+def _open(path: str, binary: bool = False) -> IO:
     if os.path.isdir(path):
         raise PlanFileError(f"{path} is a folder, not a plan file")
     try:
@@ -391,7 +404,7 @@ def _open(path: str) -> IO[str]:
         if not stat.S_ISREG(st.st_mode):
             raise PlanFileError(f"{path} is not a regular file (a device, pipe or socket?); give the path of a plan file")
         size = st.st_size
-        f = open(path, "r", encoding="utf-8", newline="\n")
+        f = open(path, "rb") if binary else open(path, "r", encoding="utf-8", newline="\n")
     except FileNotFoundError:
         raise PlanFileError(f"plan file {path} does not exist") from None
     except OSError as e:
@@ -406,64 +419,104 @@ def _decode_errors(path: str):
     return PlanFileError(f"plan file {path} is not UTF-8 text (a binary file?)")
 
 
-def _line_layout(path: str) -> tuple[dict, int] | None:
-    """The file's top (everything but ``changes``) and its change count, when the file
-    has the one-change-per-line layout this tool writes; else None."""
-    with _open(path) as f:
-        try:
-            if f.readline() != "{\n":
-                return None
-            opening = f.readline()
-            if opening == '  "changes": [],\n':
-                n = 0
-            elif opening == '  "changes": [\n':
-                n = 0
-                for line in f:
-                    if line == "  ],\n":
-                        break
-                    if not line.startswith("    {"):
-                        return None
-                    n += 1
-                else:
+_OPENING = b'{\n  "changes": [\n'
+_OPENING_EMPTY = b'{\n  "changes": [],\n'
+_CLOSING = b"\n  ],\n"
+
+
+@dataclass
+class _Layout:
+    """Where a one-change-per-line file keeps its changes: the byte offsets of the
+    first change line and of the line ``  ],`` after the last (equal when there are
+    none), and the file's top (everything but ``changes``)."""
+
+    top: dict
+    start: int
+    end: int
+
+
+def _line_layout(path: str) -> _Layout | None:
+    """The file's layout when it opens as this tool writes it (``{``, then
+    ``"changes": [`` on a line of its own); else None. The end of the changes is found
+    by one search for the line ``  ],`` (a change line holds no line break, so the first
+    such line closes the list); whether every line between is one change is checked
+    as the lines are read (:func:`_line_chunks`)."""
+    with _open(path, binary=True) as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return None
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            if m[: len(_OPENING)] == _OPENING:
+                start = len(_OPENING)
+                end = m.find(_CLOSING, start - 1)
+                if end < 0:
                     return None
+                end += 1
+                rest = m[end + len(_CLOSING) - 1 :]
+            elif m[: len(_OPENING_EMPTY)] == _OPENING_EMPTY:
+                start = end = len(_OPENING_EMPTY)
+                rest = m[start:]
             else:
                 return None
-            rest = f.read()
-        except UnicodeDecodeError:
-            raise _decode_errors(path) from None
-    top = _loads("{\n" + rest, path)
+    try:
+        text = rest.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _decode_errors(path) from None
+    top = _loads("{\n" + text, path)
     if not isinstance(top, dict) or "changes" in top:
         return None
-    return top, n
+    return _Layout(top, start, end)
 
 
-def _line_batches(path: str, n: int) -> Iterator[tuple[list, list[str]]]:
-    """The changes of a one-per-line file, parsed a batch of lines per C call; with
-    each batch its lines as written (hashed as they are when they are canonical)."""
-    with _open(path) as f:
-        try:
-            f.readline()
-            f.readline()
-            bodies: list[str] = []
-            for i in range(n):
-                line = f.readline()
-                last = i == n - 1
-                if not line.endswith("}\n" if last else "},\n"):
-                    raise PlanFileError(f"plan file {path} is not valid JSON (change {i} is not one complete line)")
-                bodies.append(line[4:-1] if last else line[4:-2])
-                if len(bodies) >= BATCH or last:
-                    objs = _fast_loads("[" + ",".join(bodies) + "]", path)
-                    if len(objs) != len(bodies):  # a line holding two changes
-                        raise PlanFileError(f"plan file {path} is not valid JSON (a line holds more than one change)")
-                    yield objs, bodies
-                    bodies = []
-        except UnicodeDecodeError:
-            raise _decode_errors(path) from None
+class _NotLines(Exception):
+    """The file opens as this tool writes it, but its changes are not one per line:
+    it is read as a whole instead."""
 
 
-def _list_batches(changes: list) -> Iterator[tuple[list, None]]:
-    for i in range(0, len(changes), BATCH):
-        yield changes[i : i + BATCH], None
+_CHUNK = 4 << 20
+
+
+def _line_chunks(path: str, layout: _Layout) -> Iterator[bytes]:
+    """The change lines of a one-per-line file, a few MB of whole lines at a time."""
+    with _open(path, binary=True) as f:
+        f.seek(layout.start)
+        left = layout.end - layout.start
+        carry = b""
+        while left > 0:
+            block = f.read(min(_CHUNK, left))
+            if not block:
+                raise PlanFileError(f"plan file {path} changed while it was being read")
+            left -= len(block)
+            if carry:
+                block = carry + block
+                carry = b""
+            if left > 0:
+                cut = block.rfind(b"\n") + 1
+                carry, block = block[cut:], block[:cut]
+                if not block:
+                    continue
+            yield block
+
+
+def _chunk_lines(block: bytes, final: bool, path: str) -> tuple[list[str], bytes]:
+    """A chunk's lines as text (the file's last line given the comma the others end
+    with), and the canonical changes they hold joined by commas, as bytes: each line
+    less its indent, line break, and the comma after the file's last change. Whether
+    each line ends its change is checked as the lines are (by the fast path's patterns,
+    or line by line)."""
+    try:
+        text = block.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _decode_errors(path) from None
+    lines = text.split("\n")
+    lines.pop()  # the chunk ends with a line break
+    body = block[4:-1].replace(b"\n    {", b"{")
+    if not block.startswith(b"    {") or len(block) - 5 - len(body) != 5 * (len(lines) - 1):
+        raise _NotLines()  # a line that does not open a change: not this layout after all
+    if final:
+        lines[-1] += ","
+    elif body.endswith(b","):
+        body = body[:-1]
+    return lines, body
 
 
 def _read_whole(path: str) -> dict:
@@ -499,11 +552,64 @@ def _check_top(top: dict, path: str) -> None:
 
 
 class ChangeSink(Protocol):
-    """Receives the verified changes in batches (apply stages them for the database)."""
+    """Receives the verified changes in batches (apply stages them for the database).
+
+    A sink may also take runs of lines of the common shapes without their being parsed
+    into dicts: if it has ``add_rows(kind, rows)``, that receives, in plan order with
+    the batches, a list of tuples for a run of lines of one of the shapes of
+    :data:`FAST_SHAPES`, each tuple the JSON text of the line's values (a string with
+    its quotes, a number, or ``null``) in the order :data:`FAST_COLUMNS` names them.
+    """
 
     def add_batch(self, changes: list[dict]) -> None: ...
 
     def reset(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- the fast path
+#
+# Most lines of a large plan are media creates and deletes in the canonical form this
+# tool writes. A run of lines of such a shape is checked by one regular expression in
+# one C call, instead of each line being parsed into a dict and checked field by field:
+# the expression admits only lines that check_change, check_identity and check_values
+# accept. It admits no escape sequence and no control character in strings, so the JSON
+# text of a string is its value in quotes (and also its CSV text); integers are short
+# enough to be in range; the order of the fields is the canonical one. Anything else
+# (an escape, an id or created_at in an image, a line out of order, a duplicate) makes
+# the run's match fall short, and the run is checked by the general path, which gives
+# the verdict and the error message. A property test holds the two paths together.
+
+_S = r'[^"\\\x00-\x1f]'  # a character a string holds as itself
+_STR = rf'"{_S}*"'
+# The image of a media create or delete; s3_key is named for the key to repeat it.
+_MEDIA_IMAGE = (
+    rf'\{{"etag":({_STR}|null),"post":("[^"\\/\x00-\x1f]+/{_S}+"),"s3_key":(?P<key>"{_S}+"),'
+    rf'"size_bytes":(0|[1-9][0-9]{{0,17}}|null),"type":("image"|"video"),"url":({_STR})\}}'
+)
+FAST_COLUMNS = {"media": ("action", "etag", "post", "s3_key", "size_bytes", "type", "url")}
+FAST_SHAPES: dict[tuple[str, str], re.Pattern] = {
+    ("media", "create"): re.compile(
+        rf'^    \{{"action":("create"),"after":{_MEDIA_IMAGE},"before":null,"key":(?P=key),"kind":"media"\}},$', re.M
+    ),
+    ("media", "delete"): re.compile(
+        rf'^    \{{"action":("delete"),"after":null,"before":{_MEDIA_IMAGE},"key":(?P=key),"kind":"media"\}},$', re.M
+    ),
+}
+_NO_SHAPE = (len(KINDS), len(ACTIONS))
+
+
+def _shape(line: str) -> tuple[int, int]:
+    """(kind, action) order of a line as this tool writes it; only a guide to where a
+    run of one shape ends (each line of a run is matched in full)."""
+    end = line.find('"', 15)
+    at = line.rfind(',"kind":"')
+    if end < 0 or at < 0:
+        return _NO_SHAPE
+    kind = line[at + 9 : line.find('"', at + 9)]
+    action = line[15:end]
+    if kind not in KIND_ORDER or action not in ACTION_ORDER:
+        return _NO_SHAPE
+    return KIND_ORDER[kind], ACTION_ORDER[action]
 
 
 class _Mismatch(Exception):
@@ -528,27 +634,18 @@ def verify_plan(
     discard them if this raises).
 
     A file in this tool's one-change-per-line layout is hashed from its lines as they
-    are (they are the canonical text itself); only when that does not give
-    ``plan_id`` (a re-formatted file, say) are the changes re-encoded and hashed again.
+    are (they are the canonical text itself), and runs of lines of the common shapes
+    are checked without parsing them (see :data:`FAST_SHAPES`); only when that does
+    not give ``plan_id`` (a re-formatted file, say) are the changes re-encoded and
+    hashed again.
     """
     layout = _line_layout(path)
+    data = None
     if layout is not None:
-        top, n = layout
-
-        def batches() -> Iterable:
-            return _line_batches(path, n)
+        top = layout.top
     else:
         data = _read_whole(path)
-        top = {k: v for k, v in data.items() if k != "changes"}
-        if "changes" not in data:
-            _check_top(top, path)
-            raise PlanFileError(f"{path} does not match the plan schema at (top level): 'changes' is a required property")
-        if not isinstance(data["changes"], list):
-            _check_top(top, path)
-            raise PlanFileError(f"{path} does not match the plan schema at changes: it is not of type 'array'")
-
-        def batches() -> Iterable:
-            return _list_batches(data["changes"])
+        top = _whole_top(data, path)
     _check_top(top, path)
     plan = Plan(
         changes=[],
@@ -560,13 +657,27 @@ def verify_plan(
         plan_id=top["plan_id"],
         signature=top.get("signature"),
     )
-    try:
-        mac = _verify_changes(plan, top, path, batches(), layout is not None, keep_changes, sink, signing_key)
-    except _Mismatch:
+
+    def run(raw: bool) -> str | None:
         plan.changes = []
         if sink is not None:
             sink.reset()
-        mac = _verify_changes(plan, top, path, batches(), False, keep_changes, sink, signing_key)
+        v = _Verifier(plan, path, sink, keep_changes, signing_key, fast=raw)
+        if data is not None:
+            v.whole(data["changes"])
+        else:
+            v.lines(layout, raw)
+        return v.finish(top, raw)
+
+    try:
+        mac = run(layout is not None)
+    except _NotLines:
+        layout, data = None, _read_whole(path)
+        if _whole_top(data, path) != top:
+            raise PlanFileError(f"plan file {path} changed while it was being read") from None
+        mac = run(False)
+    except _Mismatch:
+        mac = run(False)
     problem = _signature_problem(plan.signature, mac, signing_key, require_signature)
     if problem:
         raise SignatureError(problem)
@@ -575,18 +686,113 @@ def verify_plan(
     return plan
 
 
-def _verify_changes(plan, top, path, batches, raw_hash, keep_changes, sink, signing_key) -> str | None:
-    hasher = BodyHasher(signing_key if plan.signature else None)
-    summary = {k: {a: 0 for a in ACTIONS} for k in KINDS}
-    # Same-action duplicates break the strict order; across actions a set of key
-    # hashes finds them in a fraction of the memory of the keys themselves.
-    seen: set[int] = set()
-    last = None
-    i = -1
-    for objs, raws in batches:
-        first = i + 1
+def _whole_top(data: dict, path: str) -> dict:
+    top = {k: v for k, v in data.items() if k != "changes"}
+    if "changes" not in data:
+        _check_top(top, path)
+        raise PlanFileError(f"{path} does not match the plan schema at (top level): 'changes' is a required property")
+    if not isinstance(data["changes"], list):
+        _check_top(top, path)
+        raise PlanFileError(f"{path} does not match the plan schema at changes: it is not of type 'array'")
+    return top
+
+
+class _Verifier:
+    """The checks of the changes, fed in plan order: parsed changes (:meth:`changes`)
+    or lines of the file (:meth:`lines`), which take the fast path where they can."""
+
+    def __init__(self, plan: Plan, path: str, sink, keep_changes: bool, signing_key: str | None, fast: bool) -> None:
+        self.plan, self.path, self.sink, self.keep_changes = plan, path, sink, keep_changes
+        self.hasher = BodyHasher(signing_key if plan.signature else None)
+        self.summary = {k: {a: 0 for a in ACTIONS} for k in KINDS}
+        # Same-action duplicates break the strict order; across actions a set of key
+        # hashes finds them in a fraction of the memory of the keys themselves.
+        self.seen: set[int] = set()
+        self.last: tuple | None = None
+        self.count = 0  # changes checked so far
+        # The fast path hands the sink rows, not dicts: with changes kept, or a sink
+        # that takes only dicts, every change is parsed.
+        self.fast = fast and not keep_changes and (sink is None or hasattr(sink, "add_rows"))
+
+    # ---- input
+
+    def whole(self, changes: list) -> None:
+        for i in range(0, len(changes), BATCH):
+            objs = changes[i : i + BATCH]
+            self.changes(objs, None)
+            self.hasher.joined(canonical_checked(objs)[1:-1], len(objs))
+
+    def lines(self, layout: _Layout, raw: bool) -> None:
+        """The file's change lines; hashed as they are with ``raw``, else re-encoded."""
+        chunks = _line_chunks(self.path, layout)
+        chunk = next(chunks, None)
+        while chunk is not None:
+            following = next(chunks, None)
+            lines, body = _chunk_lines(chunk, following is None, self.path)
+            i, n = 0, len(lines)
+            while i < n:
+                j = min(n, i + BATCH)
+                shape = _shape(lines[i])
+                if self.fast:
+                    # The run of lines of this shape (the file is ordered by kind and action).
+                    j = bisect.bisect_right(lines, shape, i, j, key=_shape)
+                if not (raw and self._fast(shape, lines[i:j])):
+                    self._slow(lines[i:j], raw)
+                i = j
+            if raw:
+                self.hasher.joined_bytes(body, n)
+            chunk = following
+
+    def _slow(self, lines: list[str], raw: bool) -> None:
+        for k, line in enumerate(lines):
+            if not line.startswith("    {"):
+                raise _NotLines()
+            if not line.endswith("},"):
+                raise PlanFileError(f"plan file {self.path} is not valid JSON (change {self.count + k} is not one complete line)")
+        bodies = [line[4:-1] for line in lines]
+        objs = _fast_loads("[" + ",".join(bodies) + "]", self.path)
+        if len(objs) != len(bodies):  # a line holding two changes
+            raise PlanFileError(f"plan file {self.path} is not valid JSON (a line holds more than one change)")
+        self.changes(objs, bodies)
+        if not raw:
+            # One C call encodes the batch: "[a,b,…]" is exactly the canonical changes, joined.
+            self.hasher.joined(canonical_checked(objs)[1:-1], len(objs))
+
+    def _fast(self, shape: tuple[int, int], lines: list[str]) -> bool:
+        """Check a run of lines of one shape by its pattern; False (and nothing
+        recorded) when any line needs the general path."""
+        if shape == _NO_SHAPE or not self.fast:
+            return False
+        kind, action = KINDS[shape[0]], ACTIONS[shape[1]]
+        pattern = FAST_SHAPES.get((kind, action))
+        if pattern is None:
+            return False
+        rows = pattern.findall("\n".join(lines))
+        n = len(rows)
+        if n != len(lines):
+            return False
+        keys = [row[3][1:-1] for row in rows]
+        if self.last is not None and (*shape, keys[0]) <= self.last:
+            return False
+        if not all(map(str.__lt__, keys, keys[1:])):
+            return False
+        new = set(map(hash, zip(repeat(kind), keys)))
+        if len(new) != n or not self.seen.isdisjoint(new):
+            return False
+        self.seen |= new
+        self.last = (*shape, keys[-1])
+        self.count += n
+        self.summary[kind][action] += n
+        if self.sink is not None:
+            self.sink.add_rows(kind, rows)
+        return True
+
+    def changes(self, objs: list, raws: list[str] | None) -> None:
+        """Parsed changes (with their lines as written, or None): every rule, one by one."""
+        path, seen, summary = self.path, self.seen, self.summary
+        last = self.last
+        i = first = self.count
         for c in objs:
-            i += 1
             problem = check_change(c) or check_identity(c) or check_values(c)
             if problem and raws is not None:
                 # Parsed by orjson: judge the line as json reads it (the same but for
@@ -615,25 +821,27 @@ def _verify_changes(plan, top, path, batches, raw_hash, keep_changes, sink, sign
                 )
             last = order
             summary[kind][action] += 1
-            if keep_changes:
-                plan.changes.append(Change.from_dict(c))
-        if raw_hash:
-            hasher.joined(",".join(raws), len(objs))
-        else:
-            # One C call encodes the batch: "[a,b,…]" is exactly the canonical changes, joined.
-            hasher.joined(canonical_checked(objs)[1:-1], len(objs))
-        if sink is not None:
-            sink.add_batch(objs)
-    # Plans made before moves existed have no "move" counts: read as 0.
-    if summary != {k: {"move": 0, **v} for k, v in top["summary"].items()}:
-        raise PlanFileError(f"{path}: the summary does not count the changes it lists (edited by hand?); make a new plan")
-    plan.summary_override = top["summary"]
-    plan_id, mac = hasher.finish(plan.envelope())
-    if plan_id != plan.plan_id:
-        if raw_hash:
-            raise _Mismatch()
-        raise PlanFileError(f"{path}: plan_id does not match the content; the plan was edited after it was made. Make a new plan")
-    return mac
+            if self.keep_changes:
+                self.plan.changes.append(Change.from_dict(c))
+            i += 1
+        self.last, self.count = last, i
+        if self.sink is not None:
+            self.sink.add_batch(objs)
+
+    # ---- end
+
+    def finish(self, top: dict, raw: bool) -> str | None:
+        path, plan = self.path, self.plan
+        # Plans made before moves existed have no "move" counts: read as 0.
+        if self.summary != {k: {"move": 0, **v} for k, v in top["summary"].items()}:
+            raise PlanFileError(f"{path}: the summary does not count the changes it lists (edited by hand?); make a new plan")
+        plan.summary_override = top["summary"]
+        plan_id, mac = self.hasher.finish(plan.envelope())
+        if plan_id != plan.plan_id:
+            if raw:
+                raise _Mismatch()
+            raise PlanFileError(f"{path}: plan_id does not match the content; the plan was edited after it was made. Make a new plan")
+        return mac
 
 
 def load_plan(path: str) -> Plan:
