@@ -111,18 +111,22 @@ def classify_frame(frame: pl.DataFrame, layout: L.Layout, meanings: dict | None 
     thousand folders cost twenty thousand classifications.
     """
     rel = pl.col("rel")
-    folder = pl.when(rel.str.contains("/", literal=True)).then(rel.str.replace(r"/[^/]*$", ""))
-    ext = rel.str.extract(r"\.([^./]*)$", 1).str.to_lowercase()
+    # Folder and extension once each (an expression used twice is computed twice).
+    frame = frame.with_columns(
+        pl.when(rel.str.contains("/", literal=True)).then(rel.str.replace(r"/[^/]*$", "")).alias("_folder"),
+        rel.str.extract(r"\.([^./]*)$", 1).str.to_lowercase().alias("_ext"),
+    )
+    folder, ext = pl.col("_folder"), pl.col("_ext")
     # Only the extension's type matters: image, video, or neither.
     ext_type = (
         pl.when(ext.is_in(sorted(layout._images))).then(pl.lit("i"))
         .when(ext.is_in(sorted(layout._videos))).then(pl.lit("v"))
         .otherwise(pl.lit("n"))
     )
-    in_profile = rel.str.split("/").list.get(1, null_on_oob=True) == layout.profile_folder
+    in_profile = rel.str.contains("^[^/]*/" + _literal(layout.profile_folder) + "(?:/|$)")
     by_key = folder.is_null() | rel.str.ends_with("/") | in_profile
     ident = pl.when(by_key).then(pl.lit("k\x00") + rel).otherwise(pl.lit("f\x00") + folder + pl.lit("\x00") + ext_type)
-    frame = frame.with_columns(ident.alias("ident"))
+    frame = frame.with_columns(ident.alias("ident")).drop("_folder", "_ext")
     kinds = {L.ModelImage: MODEL_IMAGE, L.Icon: ICON, L.Banner: BANNER, L.Media: MEDIA}
     meanings = {} if meanings is None else meanings
     rows = []
@@ -144,6 +148,12 @@ def classify_frame(frame: pl.DataFrame, layout: L.Layout, meanings: dict | None 
                 "post_folder": pl.String, "type": pl.String},
     )
     return frame.join(meaning, on="ident", how="left", maintain_order="left").drop("ident")
+
+
+def _literal(text: str) -> str:
+    """``text`` as a Polars (Rust) regex that matches it literally: every character by
+    its code point, so no character is special."""
+    return "".join(f"\\x{{{ord(c):X}}}" for c in text)
 
 
 CHUNK = 200_000  # objects classified at a time: memory follows the chunk, not the listing
