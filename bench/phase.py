@@ -15,8 +15,8 @@ timings of its steps.
 
 ``plan`` and ``apply`` go through the library's own entry points
 (``reconciler.commands.make_plan`` + ``write_plan``, ``reconciler.commands.apply``);
-plan step timings come from wrapping ``commands.build_desired`` / ``commands.diff`` in
-this process only, apply step timings from apply's own progress messages.
+plan step timings come from wrapping ``commands.classify_listing`` /
+``commands.plan_changes`` in this process only, apply step timings from apply's own progress messages.
 Profile a phase with ``python -m cProfile -s cumtime bench/phase.py …``.
 """
 
@@ -152,12 +152,12 @@ def phase_copy(args) -> dict:
     """
     import psycopg2
 
-    from reconciler.desired import build_desired
+    from reconciler.frames import build_desired_frames
     from synth import synthetic_bucket
 
     steps: dict[str, float] = {}
     t = time.perf_counter()
-    d = build_desired(synthetic_bucket(args.objects, args.seed), cdn_base_url=CDN)
+    d = build_desired_frames(synthetic_bucket(args.objects, args.seed), cdn_base_url=CDN)
     model_id = {name: i for i, name in enumerate(sorted(d.models), 1)}
     models = io.StringIO()
     for name, i in model_id.items():
@@ -165,18 +165,19 @@ def phase_copy(args) -> dict:
         models.write("\t".join(map(_esc, (i, name, r.thumbnail_url, r.icon_url, r.banner_url, r.post_count))) + "\n")
     post_id = {}
     posts = io.StringIO()
-    for i, key in enumerate(sorted(d.posts), 1):
+    post_rows = d.posts  # made from the frame once
+    for i, key in enumerate(sorted(post_rows), 1):
         post_id[key] = i
-        r = d.posts[key]
+        r = post_rows[key]
         model, _, folder = key.partition("/")
         cdns = json.dumps(r.media_cdns, sort_keys=True, ensure_ascii=False)
         posts.write("\t".join(map(_esc, (i, model_id[model], folder, r.title, cdns))) + "\n")
     media = io.StringIO()
-    for i, key in enumerate(sorted(d.media), 1):
-        r = d.media[key]
-        media.write("\t".join(map(_esc, (i, post_id[r.post], key, r.url, r.type, r.size_bytes, r.etag))) + "\n")
+    rows = d.media.sort("s3_key").select("s3_key", "post", "url", "type", "size_bytes", "etag").iter_rows()
+    for i, (key, post, url, kind, size, etag) in enumerate(rows, 1):
+        media.write("\t".join(map(_esc, (i, post_id[post], key, url, kind, size, etag))) + "\n")
     steps["prepare_rows"] = round(time.perf_counter() - t, 3)
-    rows = {"model": len(model_id), "post": len(post_id), "media": len(d.media)}
+    rows = {"model": len(model_id), "post": len(post_id), "media": d.media.height}
     del d
     conn = psycopg2.connect(args.database)
     try:
@@ -198,14 +199,20 @@ def phase_copy(args) -> dict:
 
 
 def phase_desired(args) -> dict:
-    from reconciler.frames import build_desired_frames
+    """The engine's pure part, as make_plan runs it: the listing classified
+    (``classify_listing``), then the desired rows of its items (``desired_of``)."""
+    from reconciler.frames import classify_listing, desired_of
     from synth import synthetic_bucket
 
     t = time.perf_counter()
-    d = build_desired_frames(synthetic_bucket(args.objects, args.seed, args.delta), cdn_base_url=CDN)
+    listing = classify_listing(synthetic_bucket(args.objects, args.seed, args.delta))
+    classified = time.perf_counter()
+    d = desired_of(listing.items.frame(), CDN)
+    done = time.perf_counter()
     return {
-        "rows": {"model": len(d.models), "post": len(d.posts), "media": d.media.height},
-        "steps": {"build_desired": round(time.perf_counter() - t, 3)},
+        "rows": {"model": len(d.models), "post": d.post_frame.height, "media": d.media.height},
+        "steps": {"classify_listing": round(classified - t, 3), "desired_of": round(done - classified, 3),
+                  "total": round(done - t, 3)},
     }
 
 

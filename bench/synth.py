@@ -183,11 +183,11 @@ def main(argv=None) -> int:
         print(write_folder(objects, args.write_folder), "objects written to", args.write_folder)
         return 0
     if args.count:
-        from reconciler.desired import build_desired
+        from reconciler.frames import build_desired_frames
 
-        d = build_desired(objects, cdn_base_url="https://cdn.example.test")
+        d = build_desired_frames(objects, cdn_base_url="https://cdn.example.test")
         print(
-            f"objects={d.object_count} models={len(d.models)} posts={len(d.posts)} media={len(d.media)} "
+            f"objects={d.object_count} models={len(d.models)} posts={d.post_frame.height} media={d.media.height} "
             f"skipped={dict(d.skipped)}"
         )
         return 0

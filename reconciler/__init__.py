@@ -9,13 +9,23 @@ Library use::
                         database="postgresql://app@db/prod")
     plan = make_plan(settings)           # reads only
     write_plan(plan, "plans/today.json")
+
+Without a database or a bucket, from rows in memory::
+
+    from reconciler import ObjectInfo, build_desired_frames, plan_from_rows
+    from reconciler.current import CurrentState
+    objects = [ObjectInfo("Alice/Beach/1.jpg", 10, "e1")]
+    desired = build_desired_frames(objects, cdn_base_url="https://cdn.example.com").to_state()
+    result = plan_from_rows(objects, CurrentState(), cdn_base_url="https://cdn.example.com")
+    result.changes                       # creates of Alice, Alice/Beach and its image
 """
 
 from .version import __version__
 from .config import Settings, load_settings
 from .errors import ReconcilerError
 from .layout import Layout, ObjectInfo
-from .desired import build_desired
+from .frames import build_desired_frames
+from .engine import plan_from_rows
 from .planfile import Plan, load_plan, write_plan
 from .commands import apply, history, init, make_plan, plan, rollback
 
@@ -26,7 +36,8 @@ __all__ = [
     "ReconcilerError",
     "Layout",
     "ObjectInfo",
-    "build_desired",
+    "build_desired_frames",
+    "plan_from_rows",
     "Plan",
     "load_plan",
     "write_plan",

@@ -1,4 +1,7 @@
-"""The typed diff between desired and current state. Pure: no I/O.
+"""The typed changes between desired and current state, and the comparisons that make
+them (:func:`_compare` for models, :func:`post_changes` and :func:`media_changes` for
+frames of posts and media), which :mod:`reconciler.engine` runs a batch of models at a
+time. Pure: no I/O.
 
 A change is plain data (create / update / move / delete of a model, post or media
 item, named by its natural key); the plan file is a list of them. ``create`` and
@@ -13,11 +16,9 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from .current import CurrentState
-from .desired import MEDIA_FIELDS, MODEL_FIELDS, POST_FIELDS, DesiredState, split_post_key
+from .desired import MEDIA_FIELDS, MODEL_FIELDS, POST_FIELDS, split_post_key
 
 KINDS = ("model", "post", "media")
 # Moves sort between updates and deletes: apply runs creates, moves and updates
@@ -140,33 +141,6 @@ def _compare(kind: str, fields: tuple[str, ...], desired: dict, current: Iterabl
     for key, want in desired.items():
         out.append(Change("create", kind, key, None, want))
     return n
-
-
-@dataclass
-class Diff:
-    changes: list[Change]
-    current_counts: dict[str, int]
-
-
-def diff(desired: DesiredState, current: CurrentState, *, moves: bool = True) -> Diff:
-    """Compare; the changes come out ordered by (kind, action, key).
-
-    With ``moves`` (the default), renamed folders become moves instead of a delete
-    and a create (:func:`reconciler.moves.find_moves`). ``desired`` is left
-    untouched; ``current`` is consumed once.
-    """
-    changes: list[Change] = []
-    counts = {
-        "model": _compare("model", MODEL_FIELDS, dict(desired.models), current.models, changes),
-        "post": _compare("post", POST_FIELDS, dict(desired.posts), current.posts, changes),
-        "media": _compare("media", MEDIA_FIELDS, dict(desired.media), current.media, changes),
-    }
-    if moves:
-        from .moves import find_moves
-
-        changes = find_moves(changes)
-    changes.sort(key=lambda c: c.sort_key)
-    return Diff(changes, counts)
 
 
 class CreateLines:

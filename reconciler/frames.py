@@ -1,11 +1,12 @@
 """The layout rules as column expressions: a listing becomes the desired media as one
 Polars frame, and the few posts and models as rows. Pure: no I/O, no database.
 
-A million objects cost a million Python objects and dict operations per key in the
-per-key builder (:func:`reconciler.desired.build_desired`); here each rule is one
-expression over the whole listing, and only posts (tens of thousands) and models
-(hundreds) become Python rows. The result equals the per-key builder's, field for
-field (a property test holds the two together).
+Each rule is one expression over the whole listing, not a Python object and a few
+dict operations per key: only posts (tens of thousands) and models (hundreds) become
+Python rows. The rules themselves are :func:`reconciler.layout.classify`, run once per
+distinct (folder, extension type), so they stay readable as one module. The listing
+may come in any order: every "first by key order" rule is a minimum over keys, so a
+parallel listing gives the same rows as a sequential one.
 
 Keys that are not valid UTF-8 (a folder source's undecodable file names) cannot enter
 a frame: they are classified one by one, as before, and are always skipped.
@@ -60,7 +61,7 @@ class DesiredFrames:
         }
 
     def to_state(self) -> DesiredState:
-        """The per-key form (dicts of rows), for the per-key diff and for tests."""
+        """The plain form: dicts of rows keyed by natural key (for reading, and for tests)."""
         rows = self.media.iter_rows()
         return DesiredState(
             models=dict(self.models),

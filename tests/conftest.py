@@ -20,9 +20,12 @@ import psycopg2
 import pytest
 from hypothesis import HealthCheck, settings as hsettings
 
-from reconciler import Settings
+from reconciler import Settings, build_desired_frames
 from reconciler.cli import main
+from reconciler.current import CurrentState
 from reconciler.db import migrate, open_database
+from reconciler.desired import DesiredState
+from reconciler.diff import full_image
 
 hsettings.register_profile(
     "default",
@@ -33,6 +36,62 @@ hsettings.register_profile(
 hsettings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 CDN = "https://cdn.example.test"
+
+
+# --------------------------------------------------------------------------- rows in memory
+
+
+def desired_state(objects, *, cdn_base_url: str = CDN, **kwargs) -> DesiredState:
+    """The desired rows of a listing (``root``, ``layout``, ``models`` as the planner
+    takes them), read back from the engine's frames as dicts of rows."""
+    return build_desired_frames(objects, cdn_base_url=cdn_base_url, **kwargs).to_state()
+
+
+def database_holding(state: DesiredState, models=None) -> CurrentState:
+    """A database holding exactly the rows of ``state`` — of the ``models`` named (a list
+    or a :class:`~reconciler.shards.Shard`), as a scope's SQL reads them — as (key, row)
+    pairs in key order, for :func:`reconciler.plan_from_rows`."""
+    keep = (lambda model: True) if models is None else (lambda model: model in models)
+    return CurrentState(
+        models=sorted((k, r) for k, r in state.models.items() if keep(k)),
+        posts=sorted((k, r) for k, r in state.posts.items() if keep(k.partition("/")[0])),
+        media=sorted((k, r) for k, r in state.media.items() if keep(r.post.partition("/")[0])),
+    )
+
+
+def images(state: DesiredState | CurrentState) -> dict:
+    """Every row of a desired or current state as its full image (what a create carries),
+    by kind and key."""
+
+    def rows(name):
+        found = getattr(state, name)
+        return found.items() if isinstance(found, dict) else found
+
+    return {kind: {k: full_image(kind, k, row) for k, row in rows(name)}
+            for kind, name in (("model", "models"), ("post", "posts"), ("media", "media"))}
+
+
+def patch(tables: dict, changes) -> dict:
+    """Apply changes to in-memory tables of full images (:func:`images`), as apply does
+    to the database, checking each change's ``before`` against the row it finds."""
+    tables = {kind: dict(rows) for kind, rows in tables.items()}
+    for c in changes:
+        rows = tables[c.kind]
+        if c.action == "create":
+            assert c.key not in rows
+            rows[c.key] = c.after
+        elif c.action == "delete":
+            assert rows.pop(c.key) == c.before
+        elif c.action == "move":
+            assert c.key not in rows
+            row = rows.pop(c.from_key)
+            assert {name: row[name] for name in c.before} == c.before
+            rows[c.key] = {**row, **c.after}
+        else:
+            row = rows[c.key]
+            assert {name: row[name] for name in c.before} == c.before
+            rows[c.key] = {**row, **c.after}
+    return tables
 
 
 # --------------------------------------------------------------------------- PostgreSQL

@@ -1,5 +1,6 @@
 """Case files as data: each ``tests/cases/*.json`` is a small bucket listing with the
-desired rows it must give. Add a case by adding a file; no code.
+desired rows it must give, through the planner's engine (``build_desired_frames``, and
+``plan_from_rows`` for the plans). Add a case by adding a file; no code.
 
 A case file holds::
 
@@ -27,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import ObjectInfo, plan_from_rows
 from reconciler.current import CurrentState
-from reconciler.desired import build_desired
-from reconciler.diff import diff
-from reconciler.layout import ObjectInfo
+
+from .conftest import database_holding, desired_state
 
 CASES = sorted((Path(__file__).parent / "cases").glob("*.json"))
 
@@ -54,10 +55,13 @@ def rows_of(state) -> dict:
     }
 
 
+def options(case: dict) -> dict:
+    """The planner's options a case file sets."""
+    return {"cdn_base_url": case["cdn_base_url"], "root": case.get("root", ""), "models": case.get("models")}
+
+
 def build(case: dict, objects: list[ObjectInfo]):
-    return build_desired(
-        objects, cdn_base_url=case["cdn_base_url"], root=case.get("root", ""), models=case.get("models")
-    )
+    return desired_state(objects, **options(case))
 
 
 def test_there_are_case_files():
@@ -89,10 +93,27 @@ def test_case_does_not_depend_on_listing_order(path):
 def test_case_against_an_empty_database_creates_every_row(path):
     case = load_case(path)
     expected = case["expected"]
-    changes = diff(build(case, objects_of(case)), CurrentState()).changes
+    changes = plan_from_rows(objects_of(case), CurrentState(), **options(case)).changes
     assert {(c.kind, c.key) for c in changes} == (
         {("model", k) for k in expected["models"]}
         | {("post", k) for k in expected["posts"]}
         | {("media", k) for k in expected["media"]}
     )
     assert all(c.action == "create" for c in changes)
+    created = {(c.kind, c.key): c.after for c in changes}
+    for key, row in expected["media"].items():
+        assert created["media", key] == {"s3_key": key, **row}
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_case_against_a_database_that_holds_it_plans_nothing(path):
+    case = load_case(path)
+    objects = objects_of(case)
+    current = database_holding(build(case, objects))
+    expected = case["expected"]
+    for batch_rows in (1, 100_000):  # a model at a time, or all at once
+        result = plan_from_rows(objects, current, **options(case), batch_rows=batch_rows)
+        assert list(result.changes) == []
+        assert result.current_counts == {
+            "model": len(expected["models"]), "post": len(expected["posts"]), "media": len(expected["media"]),
+        }

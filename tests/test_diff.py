@@ -1,23 +1,23 @@
-"""The typed diff between desired and current state. Pure: in-memory rows, no database."""
+"""The changes between a listing and a database, as the planner makes them
+(``plan_from_rows``: the engine over rows in memory), and a change as data. Pure: no
+database."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings, strategies as st
 
+from reconciler import ObjectInfo, plan_from_rows
 from reconciler.current import CurrentState
-from reconciler.desired import DesiredState, MediaRow, ModelRow, PostRow, build_desired
-from reconciler.diff import Change, diff, full_image, summarize
-from reconciler.layout import ObjectInfo
+from reconciler.desired import MediaRow, ModelRow, PostRow
+from reconciler.diff import Change, full_image, summarize
 
-CDN = "https://cdn.example.test"
+from .conftest import CDN, database_holding, desired_state, images, patch
 
 ALICE = ModelRow(thumbnail_url=f"{CDN}/Alice/a.jpg", icon_url=None, banner_url=None, post_count=1)
 BEACH = PostRow(title="Beach", media_cdns={"images": [f"{CDN}/Alice/Beach/1.jpg"], "videos": []})
 ONE = MediaRow(post="Alice/Beach", url=f"{CDN}/Alice/Beach/1.jpg", type="image", size_bytes=10, etag="e1")
-
-
-def desired_of(models=None, posts=None, media=None) -> DesiredState:
-    return DesiredState(models=dict(models or {}), posts=dict(posts or {}), media=dict(media or {}))
+# The listing that gives exactly those three rows.
+ALICE_LISTING = [ObjectInfo("Alice/a.jpg"), ObjectInfo("Alice/Beach/1.jpg", 10, "e1")]
 
 
 def current_of(models=(), posts=(), media=()) -> CurrentState:
@@ -26,22 +26,27 @@ def current_of(models=(), posts=(), media=()) -> CurrentState:
                         media=sorted(dict(media).items()))
 
 
-def current_equal_to(state: DesiredState) -> CurrentState:
-    return current_of(state.models, state.posts, state.media)
+def plan(objects, current: CurrentState | None = None, **kwargs):
+    """The changes from ``current`` (an empty database by default) to ``objects``."""
+    return plan_from_rows(objects, current or CurrentState(), cdn_base_url=CDN, **kwargs)
 
 
 # --------------------------------------------------------------------------- create / update / delete
 
 
 def test_nothing_to_do():
-    assert diff(desired_of(), current_of()).changes == []
+    result = plan([])
+    assert result.changes == [] and result.current_counts == {"model": 0, "post": 0, "media": 0}
+
+
+def test_the_listing_gives_the_rows_the_examples_use():
+    state = desired_state(ALICE_LISTING)
+    assert (state.models, state.posts, state.media) == (
+        {"Alice": ALICE}, {"Alice/Beach": BEACH}, {"Alice/Beach/1.jpg": ONE})
 
 
 def test_create_carries_every_managed_field_and_the_parent_key():
-    result = diff(
-        desired_of({"Alice": ALICE}, {"Alice/Beach": BEACH}, {"Alice/Beach/1.jpg": ONE}),
-        current_of(),
-    )
+    result = plan(ALICE_LISTING)
     assert result.changes == [
         Change("create", "model", "Alice", None, {
             "folder_name": "Alice",
@@ -69,37 +74,35 @@ def test_create_carries_every_managed_field_and_the_parent_key():
 
 
 def test_delete_carries_the_full_before_image():
-    result = diff(
-        desired_of(),
-        current_of({"Alice": ALICE}, {"Alice/Beach": BEACH}, {"Alice/Beach/1.jpg": ONE}),
-    )
-    assert [(c.action, c.kind, c.key) for c in result.changes] == [
+    result = plan([], current_of({"Alice": ALICE}, {"Alice/Beach": BEACH}, {"Alice/Beach/1.jpg": ONE}))
+    changes = list(result.changes)
+    assert [(c.action, c.kind, c.key) for c in changes] == [
         ("delete", "model", "Alice"),
         ("delete", "post", "Alice/Beach"),
         ("delete", "media", "Alice/Beach/1.jpg"),
     ]
-    assert result.changes[0].before == full_image("model", "Alice", ALICE)
-    assert result.changes[1].before == {"model": "Alice", "folder_name": "Beach", **BEACH._asdict()}
-    assert result.changes[2].before == {"s3_key": "Alice/Beach/1.jpg", **ONE._asdict()}
-    assert all(c.after is None for c in result.changes)
+    assert changes[0].before == full_image("model", "Alice", ALICE)
+    assert changes[1].before == {"model": "Alice", "folder_name": "Beach", **BEACH._asdict()}
+    assert changes[2].before == {"s3_key": "Alice/Beach/1.jpg", **ONE._asdict()}
+    assert all(c.after is None for c in changes)
     assert result.current_counts == {"model": 1, "post": 1, "media": 1}
 
 
 def test_update_carries_only_the_changed_fields():
-    new_alice = ALICE._replace(icon_url=f"{CDN}/Alice/profile/icon.png", post_count=2)
-    new_beach = BEACH._replace(media_cdns={"images": [], "videos": []})
-    new_one = ONE._replace(etag="e2", size_bytes=11)
-    result = diff(
-        desired_of({"Alice": new_alice}, {"Alice/Beach": new_beach}, {"Alice/Beach/1.jpg": new_one}),
-        current_of({"Alice": ALICE}, {"Alice/Beach": BEACH}, {"Alice/Beach/1.jpg": ONE}),
-    )
+    # The database's rows: Alice with a second post counted, Beach without its image.
+    old_alice = ALICE._replace(post_count=2)
+    old_beach = BEACH._replace(media_cdns={"images": [], "videos": []})
+    # The bucket: an icon added, the image re-sized and edited.
+    listing = [ObjectInfo("Alice/a.jpg"), ObjectInfo("Alice/profile/icon.png"),
+               ObjectInfo("Alice/Beach/1.jpg", 11, "e2")]
+    result = plan(listing, current_of({"Alice": old_alice}, {"Alice/Beach": old_beach}, {"Alice/Beach/1.jpg": ONE}))
     assert result.changes == [
         Change("update", "model", "Alice",
-               {"icon_url": None, "post_count": 1},
-               {"icon_url": f"{CDN}/Alice/profile/icon.png", "post_count": 2}),
+               {"icon_url": None, "post_count": 2},
+               {"icon_url": f"{CDN}/Alice/profile/icon.png", "post_count": 1}),
         Change("update", "post", "Alice/Beach",
-               {"media_cdns": {"images": [f"{CDN}/Alice/Beach/1.jpg"], "videos": []}},
-               {"media_cdns": {"images": [], "videos": []}}),
+               {"media_cdns": {"images": [], "videos": []}},
+               {"media_cdns": {"images": [f"{CDN}/Alice/Beach/1.jpg"], "videos": []}}),
         Change("update", "media", "Alice/Beach/1.jpg",
                {"size_bytes": 10, "etag": "e1"},
                {"size_bytes": 11, "etag": "e2"}),
@@ -108,34 +111,34 @@ def test_update_carries_only_the_changed_fields():
 
 def test_equal_rows_make_no_change_even_as_plain_tuples():
     # The database hands back plain tuples; equal values are no change.
-    result = diff(
-        desired_of({"Alice": ALICE}, {"Alice/Beach": BEACH}, {"Alice/Beach/1.jpg": ONE}),
+    result = plan(
+        ALICE_LISTING,
         current_of({"Alice": tuple(ALICE)}, {"Alice/Beach": tuple(BEACH)}, {"Alice/Beach/1.jpg": tuple(ONE)}),
     )
     assert result.changes == []
 
 
-def test_diff_leaves_the_desired_state_untouched():
-    state = desired_of({"Alice": ALICE}, {"Alice/Beach": BEACH}, {"Alice/Beach/1.jpg": ONE})
-    diff(state, current_of({"Bob": ALICE}))
-    assert list(state.models) == ["Alice"] and list(state.posts) == ["Alice/Beach"]
-    assert list(state.media) == ["Alice/Beach/1.jpg"]
+def test_planning_leaves_its_inputs_untouched():
+    # The same listing and rows planned twice give the same changes: nothing is consumed.
+    listing = ALICE_LISTING + [ObjectInfo("Alice/Trip/2.jpg", 1, "e9")]
+    current = current_of({"Bob": ALICE}, {"Bob/Beach": BEACH}, {"Bob/Beach/1.jpg": ONE._replace(post="Bob/Beach")})
+    first = [c.to_dict() for c in plan(listing, current).changes]
+    assert [c.to_dict() for c in plan(listing, current).changes] == first
+    assert [k for k, _ in current.models] == ["Bob"] and [k for k, _ in current.media] == ["Bob/Beach/1.jpg"]
+    assert [o.key for o in listing] == ["Alice/a.jpg", "Alice/Beach/1.jpg", "Alice/Trip/2.jpg"]
 
 
 def test_changes_are_ordered_by_kind_then_action_then_key():
     # Alphabetically "media" < "model" < "post" and "create" < "delete" < "update":
     # the order is the design's instead (parents first; create, update, delete).
-    desired = desired_of(
-        {"b": ALICE, "c": ALICE._replace(post_count=9)},
-        {"b/x": BEACH},
-        {"b/x/2.jpg": ONE, "b/x/1.jpg": ONE._replace(etag="new")},
-    )
+    listing = [ObjectInfo("b/x/2.jpg", 10, "e1"), ObjectInfo("b/x/1.jpg", 10, "new"), ObjectInfo("c/y.jpg")]
     current = current_of(
         {"a": ALICE, "c": ALICE},
         {"a/x": BEACH},
-        {"a/x/1.jpg": ONE, "b/x/1.jpg": ONE},
+        {"a/x/1.jpg": ONE._replace(post="a/x", url=f"{CDN}/a/x/1.jpg"),
+         "b/x/1.jpg": ONE._replace(post="b/x", url=f"{CDN}/b/x/1.jpg")},
     )
-    assert [(c.kind, c.action, c.key) for c in diff(desired, current, moves=False).changes] == [
+    assert [(c.kind, c.action, c.key) for c in plan(listing, current, moves=False).changes] == [
         ("model", "create", "b"),
         ("model", "update", "c"),
         ("model", "delete", "a"),
@@ -148,9 +151,13 @@ def test_changes_are_ordered_by_kind_then_action_then_key():
 
 
 def test_keys_order_as_python_strings():
-    desired = desired_of({"b": ALICE, "B": ALICE, "é": ALICE, "a": ALICE, "Zoe\u0308": ALICE, "Zo\u00eb": ALICE})
-    keys = [c.key for c in diff(desired, current_of()).changes]
-    assert keys == sorted(keys) == ["B", "Zoe\u0308", "Zo\u00eb", "a", "b", "é"]
+    names = ["b", "B", "é", "a", "Zoe\u0308", "Zo\u00eb", "\U0001f600", "\uffff"]
+    changes = plan([ObjectInfo(f"{m}/P/1.jpg") for m in names]).changes
+    for kind in ("model", "post", "media"):
+        keys = [c.key for c in changes if c.kind == kind]
+        assert keys == sorted(keys) and len(keys) == len(names)
+    assert [c.key for c in changes if c.kind == "model"] == [
+        "B", "Zoe\u0308", "Zo\u00eb", "a", "b", "é", "\uffff", "\U0001f600"]
 
 
 # --------------------------------------------------------------------------- Change as data
@@ -209,49 +216,11 @@ listings = st.lists(
 )
 
 
-def build(objects) -> DesiredState:
-    return build_desired(objects, cdn_base_url=CDN)
-
-
-def as_tables(models, posts, media) -> dict:
-    return {"model": dict(models), "post": dict(posts), "media": dict(media)}
-
-
-def patch(tables: dict, changes: list[Change]) -> dict:
-    """Apply changes to in-memory tables of full images, as apply does to the database."""
-    tables = {kind: dict(rows) for kind, rows in tables.items()}
-    for c in changes:
-        rows = tables[c.kind]
-        if c.action == "create":
-            assert c.key not in rows
-            rows[c.key] = c.after
-        elif c.action == "delete":
-            assert rows.pop(c.key) == c.before
-        elif c.action == "move":
-            assert c.key not in rows
-            row = rows.pop(c.from_key)
-            assert {name: row[name] for name in c.before} == c.before
-            rows[c.key] = {**row, **c.after}
-        else:
-            row = rows[c.key]
-            assert {name: row[name] for name in c.before} == c.before
-            rows[c.key] = {**row, **c.after}
-    return tables
-
-
-def images(state: DesiredState) -> dict:
-    return {
-        "model": {k: full_image("model", k, r) for k, r in state.models.items()},
-        "post": {k: full_image("post", k, r) for k, r in state.posts.items()},
-        "media": {k: full_image("media", k, r) for k, r in state.media.items()},
-    }
-
-
 @settings(max_examples=100)
 @given(listings)
-def test_against_an_empty_database_diff_creates_exactly_the_desired_rows(objects):
-    state = build(objects)
-    changes = diff(state, CurrentState()).changes
+def test_against_an_empty_database_the_plan_creates_exactly_the_desired_rows(objects):
+    state = desired_state(objects)
+    changes = list(plan(objects).changes)
     assert all(c.action == "create" and c.before is None for c in changes)
     created = {(c.kind, c.key): c.after for c in changes}
     expected = {(kind, key): image for kind, rows in images(state).items() for key, image in rows.items()}
@@ -260,21 +229,24 @@ def test_against_an_empty_database_diff_creates_exactly_the_desired_rows(objects
 
 
 @settings(max_examples=100)
-@given(listings)
-def test_against_a_database_equal_to_desired_diff_is_empty(objects):
-    state = build(objects)
-    result = diff(state, current_equal_to(state))
+@given(listings, st.sampled_from([1, 3, 100_000]))
+def test_against_a_database_equal_to_desired_the_plan_is_empty(objects, batch_rows):
+    state = desired_state(objects)
+    result = plan(objects, database_holding(state), batch_rows=batch_rows)
     assert result.changes == []
     assert result.current_counts == {"model": len(state.models), "post": len(state.posts), "media": len(state.media)}
 
 
 @settings(max_examples=100)
-@given(listings, listings)
-def test_diff_is_a_patch_from_current_to_desired(old_objects, new_objects):
-    old, new = build(old_objects), build(new_objects)
-    changes = diff(new, current_equal_to(old)).changes
+@given(listings, listings, st.booleans())
+def test_the_plan_is_a_patch_from_current_to_desired(old_objects, new_objects, moves):
+    old, new = desired_state(old_objects), desired_state(new_objects)
+    result = plan(new_objects, database_holding(old), moves=moves)
+    changes = list(result.changes)
     assert patch(images(old), changes) == images(new)
     # ... and the inverse changes, in reverse, take it back.
     assert patch(images(new), [c.inverse() for c in reversed(changes)]) == images(old)
     assert len({(c.kind, c.key) for c in changes}) == len(changes)
     assert [c.sort_key for c in changes] == sorted(c.sort_key for c in changes)
+    assert result.changes.summary() == summarize(changes)
+    assert result.current_counts == {"model": len(old.models), "post": len(old.posts), "media": len(old.media)}

@@ -1,4 +1,5 @@
-"""The layout rules (DESIGN.md, "Layout rules"): key → item, listing → desired rows.
+"""The layout rules (DESIGN.md, "Layout rules"): key → item, listing → desired rows
+(``build_desired_frames``, the planner's own).
 
 Pure: no database, no network. Every row of the design's layout table has a test here.
 """
@@ -10,7 +11,7 @@ from urllib.parse import quote
 
 import pytest
 
-from reconciler.desired import SKIPPED_EXAMPLES, MediaRow, ModelRow, PostRow, build_desired, media_url
+from reconciler.desired import SKIPPED_EXAMPLES, MediaRow, ModelRow, PostRow, media_url
 from reconciler.layout import (
     DEFAULT_IMAGES,
     DEFAULT_VIDEOS,
@@ -24,14 +25,14 @@ from reconciler.layout import (
     classify,
 )
 
-CDN = "https://cdn.example.test"
+from .conftest import CDN, desired_state
+
 LAYOUT = Layout()
 
 
 def desired(*keys: str, **kwargs):
     """The desired state of a listing made of ``keys`` (no sizes or etags)."""
-    kwargs.setdefault("cdn_base_url", CDN)
-    return build_desired([ObjectInfo(k) for k in keys], **kwargs)
+    return desired_state([ObjectInfo(k) for k in keys], **kwargs)
 
 
 def url(key: str) -> str:
@@ -247,7 +248,7 @@ def test_full_rows_of_a_small_bucket():
         ObjectInfo("Alice/Beach/1.jpg", 12, "e3"),
         ObjectInfo("Alice/Beach/2.mp4", 13, "e4"),
     ]
-    state = build_desired(objects, cdn_base_url=CDN)
+    state = desired_state(objects)
     assert state.models == {
         "Alice": ModelRow(url("Alice/a.jpg"), url("Alice/profile/icon.png"), None, 1),
     }

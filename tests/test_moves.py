@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-from reconciler.current import CurrentState
-from reconciler.desired import build_desired
-from reconciler.diff import Change, diff
-from reconciler.layout import ObjectInfo
+from reconciler import ObjectInfo, plan_from_rows
+from reconciler.diff import Change
 from reconciler.moves import find_moves, natural_key
 
-CDN = "https://cdn.example.test"
+from .conftest import CDN, database_holding, desired_state
 
 
 def obj(key: str, etag: str | None = None, size: int = 10) -> ObjectInfo:
     return ObjectInfo(key, size, etag if etag is not None else "etag-" + key.rsplit("/", 1)[-1], None)
 
 
-def plan_between(old: list[ObjectInfo], new: list[ObjectInfo], moves: bool = True) -> list[Change]:
+def plan_between(old: list[ObjectInfo], new: list[ObjectInfo], moves: bool = True):
     """The changes that take a database holding ``old`` to ``new``."""
-    before = build_desired(old, cdn_base_url=CDN)
-    current = CurrentState(models=list(before.models.items()), posts=list(before.posts.items()),
-                           media=list(before.media.items()))
-    return diff(build_desired(new, cdn_base_url=CDN), current, moves=moves).changes
+    current = database_holding(desired_state(old))
+    return plan_from_rows(new, current, cdn_base_url=CDN, moves=moves).changes
 
 
-def actions(changes: list[Change]) -> list[tuple]:
+def actions(changes) -> list[tuple]:
     return [(c.kind, c.action, c.from_key, c.key) if c.action == "move" else (c.kind, c.action, c.key)
             for c in changes]
 
@@ -72,6 +68,23 @@ def test_a_renamed_model_folder_moves_the_model_its_posts_and_media():
     post = changes[1]
     assert post.before["model"] == "Alice" and post.after["model"] == "Alicia"
     assert "title" not in post.after  # the post folder kept its name
+
+
+def test_a_model_renamed_into_another_batch_is_still_a_move():
+    # Planned a few rows at a time, models in key order: "Alice" and "Bob" in the first
+    # batch, "Zed" in the next. The moves are found over every batch.
+    old = BEACH + [obj("Bob/Trip/1.jpg"), obj("Bob/Trip/2.jpg")]
+    new = [obj("Zed/" + o.key.partition("/")[2], o.etag) for o in BEACH] + old[3:]
+    current = database_holding(desired_state(old))
+    batched = plan_from_rows(new, current, cdn_base_url=CDN, batch_rows=2)
+    assert batched.batches == 2
+    assert actions(batched.changes) == [
+        ("model", "move", "Alice", "Zed"),
+        ("post", "move", "Alice/Beach Dya", "Zed/Beach Dya"),
+        ("media", "move", "Alice/Beach Dya/1.jpg", "Zed/Beach Dya/1.jpg"),
+        ("media", "move", "Alice/Beach Dya/2.mp4", "Zed/Beach Dya/2.mp4"),
+    ]
+    assert batched.changes == plan_between(old, new)
 
 
 def test_content_changed_during_the_rename_is_not_a_move():

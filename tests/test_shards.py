@@ -10,15 +10,13 @@ import uuid
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from reconciler import commands
+from reconciler import commands, plan_from_rows
 from reconciler.current import CurrentState
-from reconciler.desired import build_desired
-from reconciler.diff import diff
 from reconciler.errors import ConfigError
 from reconciler.layout import ObjectInfo
 from reconciler.shards import Shard, parse_shard, shard_index
 
-from .conftest import CDN, folder_bucket
+from .conftest import CDN, database_holding, desired_state, folder_bucket
 from .inventory_reports import put_report, rows_from_listing
 
 # --------------------------------------------------------------------------- the hash
@@ -74,13 +72,7 @@ def objects_of(bucket: dict) -> list[ObjectInfo]:
 
 def current_from(bucket: dict, shard: Shard | None = None) -> CurrentState:
     """The database after applying ``bucket``, restricted to ``shard`` as the SQL scope is."""
-    d = build_desired(objects_of(bucket), cdn_base_url=CDN)
-    keep = (lambda model: True) if shard is None else (lambda model: model in shard)
-    return CurrentState(
-        models=[(k, r) for k, r in d.models.items() if keep(k)],
-        posts=[(k, r) for k, r in d.posts.items() if keep(k.partition("/")[0])],
-        media=[(k, r) for k, r in d.media.items() if keep(r.post.partition("/")[0])],
-    )
+    return database_holding(desired_state(objects_of(bucket)), shard)
 
 
 def model_of(change) -> str:
@@ -92,12 +84,12 @@ def model_of(change) -> str:
 def test_shard_plans_are_disjoint_and_their_union_is_the_unsharded_plan(before, after, n):
     """Compared with moves off: with moves, a rename across shards is a move unsharded
     but a delete and a create sharded (see test_rename_across_shards below)."""
-    whole = diff(build_desired(objects_of(after), cdn_base_url=CDN), current_from(before), moves=False).changes
+    whole = plan_from_rows(objects_of(after), current_from(before), cdn_base_url=CDN, moves=False).changes
     union = []
     for k in range(1, n + 1):
         shard = Shard(k, n)
-        part = diff(build_desired(objects_of(after), cdn_base_url=CDN, models=shard), current_from(before, shard),
-                    moves=False).changes
+        part = list(plan_from_rows(objects_of(after), current_from(before, shard), cdn_base_url=CDN, models=shard,
+                                   moves=False).changes)
         assert all(model_of(c) in shard for c in part)
         union += part
     assert sorted(c.to_dict().__repr__() for c in union) == sorted(c.to_dict().__repr__() for c in whole)
