@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -288,5 +289,7 @@ def plan_from_rows(
     from .frames import classify_listing
 
     listing = classify_listing(objects, root=root, layout=layout, models=models)
-    state = Current(models=list(current.models), ranges=[("", Rows.of(current.posts, current.media))])
+    media = list(current.media)
+    counts = Counter(row[0].partition("/")[0] for _, row in media)  # rows per model, as the database's kept counts
+    state = Current(models=list(current.models), ranges=[("", Rows.of(current.posts, media))], media_counts=counts)
     return plan_changes(listing, state, cdn_base_url=cdn_base_url, root=root, moves=moves, batch_rows=batch_rows)

@@ -1,7 +1,8 @@
 """Layout rules: what a key below the source root means.
 
 Pure functions, no I/O. ``classify`` turns one relative key (``M/P/file.jpg``) into a
-typed item or a skip reason; ``desired`` aggregates items into rows.
+typed item or a skip reason; :mod:`reconciler.frames` applies it to a whole listing
+(once per folder and extension type) and builds the rows.
 
 Rules (DESIGN.md, "Layout rules"):
 
@@ -137,28 +138,3 @@ def classify(rel_key: str, layout: Layout) -> Item:
     if kind is None:
         return Skip(UNSUPPORTED_EXTENSION)
     return Media(model, post, kind)
-
-
-class Classifier:
-    """``classify`` with a memory: outside the profile folder, what a key means depends
-    only on its folder and its extension, so a million keys in twenty thousand folders
-    cost twenty thousand classifications, and items are shared objects."""
-
-    def __init__(self, layout: Layout) -> None:
-        self.layout = layout
-        self._cache: dict[tuple[str, str], Item] = {}
-
-    def __call__(self, rel_key: str) -> Item:
-        slash = rel_key.rfind("/")
-        dot = rel_key.rfind(".")
-        ext = rel_key[dot + 1 :].lower() if dot > slash else ""
-        ident = (rel_key[:slash], ext) if slash >= 0 else ("", "\x00" + rel_key)
-        item = self._cache.get(ident)
-        if item is None:
-            item = classify(rel_key, self.layout)
-            first = rel_key.find("/")
-            second = rel_key.find("/", first + 1) if first >= 0 else -1
-            in_profile = second >= 0 and rel_key[first + 1 : second] == self.layout.profile_folder
-            if slash >= 0 and not in_profile and slash != len(rel_key) - 1:
-                self._cache[ident] = item
-        return item

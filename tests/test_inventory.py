@@ -5,7 +5,6 @@ Reports are written in Amazon S3's layout by ``tests/inventory_reports.py``.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 

@@ -19,7 +19,7 @@ import threading
 import time
 from importlib import resources
 from typing import Any
-from urllib.parse import parse_qs, quote, urlencode
+from urllib.parse import parse_qs, urlencode
 
 import jinja2
 from markupsafe import Markup
