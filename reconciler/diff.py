@@ -163,8 +163,8 @@ class CreateLines:
         for frame in self.parts.slices(size):
             if skip:
                 frame = frame.filter(~pl.col("key").is_in(skip))
-            if frame.height:
-                yield ",".join(frame["line"].to_list()), frame.height
+            if frame.height:  # joined by Polars: no Python string per line
+                yield frame["line"].str.join(",").item(), frame.height
 
     def __iter__(self) -> Iterator[Change]:
         for frame in self.parts.slices(4096):

@@ -174,6 +174,7 @@ class BodyHasher:
 
 
 BATCH = 4096
+LINES_BATCH = 65_536  # creates already canonical: joined a frame slice at a time (~25 MB)
 
 
 def _encoded_batches(changes: list[Change]) -> Iterator[tuple[str, int]]:
@@ -185,7 +186,7 @@ def _encoded_batches(changes: list[Change]) -> Iterator[tuple[str, int]]:
     if isinstance(changes, ChangeList):  # creates already canonical, in columns
         for segment in changes.segments:
             if isinstance(segment, CreateLines):
-                yield from segment.batches(BATCH)
+                yield from segment.batches(LINES_BATCH)
             else:
                 yield from _encoded_batches(segment)
         return
