@@ -174,7 +174,7 @@ class BodyHasher:
 
 
 BATCH = 4096
-LINES_BATCH = 65_536  # creates already canonical: joined a frame slice at a time (~25 MB)
+LINES_BATCH = 16_384  # creates already canonical: joined a frame slice at a time (~6 MB)
 
 
 def _encoded_batches(changes: list[Change]) -> Iterator[tuple[str, int]]:
