@@ -16,7 +16,7 @@ import psycopg2
 from . import audit
 from .apply import ApplyResult, PlanFileCopy, Stage, apply_plan
 from .config import Settings
-from .current import copy_ranges, database_identity, decode_copied, media_counts, read_state
+from .current import copy_ranges, database_identity, media_counts, read_state
 from .db import check_schema, migrate, open_database, redact_url
 from .diff import summarize
 from .engine import BATCH_ROWS, Current, plan_changes
@@ -109,10 +109,7 @@ def make_plan(
                 in_database = {name for name, _ in current_models}
                 digest, ranges = reads.result()
                 state_digest = digest.digest
-                current = Current(
-                    models=current_models, ranges=ranges, media_counts=media_counts(conn, rows_scope),
-                    decode=decode_copied,
-                )
+                current = Current(models=current_models, ranges=ranges, media_counts=media_counts(conn, rows_scope))
                 result = plan_changes(
                     listing, current, cdn_base_url=cdn_base_url, root=root, moves=settings.detect_moves,
                     batch_rows=batch_rows, spill=spill,

@@ -171,9 +171,21 @@ def _unescape(text: str | None) -> str | None:
     return "".join(out)
 
 
-def _range_clause(models: Sequence[str] | None, lo: str | None, hi: str | None) -> tuple[str, tuple]:
-    """The scope and the range of models whose ``name + "/"`` sorts (by code point, as
-    Python does: ``COLLATE "C"`` on UTF-8) from ``lo`` and before ``hi``."""
+def _copy(conn, sql: str, where: str, params: tuple, path: str) -> None:
+    with open(path, "wb") as f, conn.cursor() as cur:
+        query = cur.mogrify(sql.format(where=where), params).decode("utf-8")
+        cur.copy_expert(f"COPY ({query}) TO STDOUT", f)
+
+
+def copy_media(conn, models: Sequence[str] | None, path: str) -> None:
+    """Write the current media in scope to ``path`` with ``COPY … TO STDOUT`` (text
+    format), in ``conn``'s transaction: no Python object per row."""
+    _copy(conn, _MEDIA, *scope_clause(models), path)
+
+
+def _range_clause(models: Sequence[str] | None, lo: str, hi: str | None) -> tuple[str, tuple]:
+    """The scope, and the range of models whose ``name + "/"`` sorts (by code point, as
+    Python compares: ``COLLATE "C"`` on UTF-8) from ``lo`` and before ``hi``."""
     where, params = scope_clause(models)
     conditions = [where[len("WHERE "):]] if where else []
     order = "(m.folder_name || '/') COLLATE \"C\""
@@ -186,47 +198,39 @@ def _range_clause(models: Sequence[str] | None, lo: str | None, hi: str | None) 
     return ("WHERE " + " AND ".join(conditions) if conditions else ""), params
 
 
-def _copy(conn, sql: str, where: str, params: tuple, path: str) -> None:
-    with open(path, "wb") as f, conn.cursor() as cur:
-        query = cur.mogrify(sql.format(where=where), params).decode("utf-8")
-        cur.copy_expert(f"COPY ({query}) TO STDOUT", f)
-
-
-def copy_media(conn, models: Sequence[str] | None, path: str, lo: str | None = None, hi: str | None = None) -> None:
-    """Write the current media in scope (with ``lo`` / ``hi``, of a range of models) to
-    ``path`` with ``COPY … TO STDOUT`` (text format), in ``conn``'s transaction: no
-    Python object per row."""
-    _copy(conn, _MEDIA, *_range_clause(models, lo, hi), path)
-
-
 def copy_ranges(conn, models: Sequence[str] | None, batch_rows: int, path) -> list[tuple[str, "CopiedRange"]]:
     """The current posts and media in scope, copied a range of models (of about
     ``batch_rows`` media rows, by the counts the triggers keep) at a time, each to files
-    of its own: ``[(lo, rows), …]`` where each range runs from its ``lo`` to the next
+    of its own: ``[(lo, rows), …]``, each range running from its ``lo`` to the next
     one's. ``path(suffix)`` names a new file. Every row is in exactly one range,
-    whatever the counts say."""
+    whatever the counts say.
+
+    A query per range (the indexes on the models' posts and the posts' media) costs the
+    server about twice one scan, but less than one scan plus dividing it here: on two
+    cores, what the listing leaves free is what this has."""
     from .engine import batch_bounds
 
     los = ["", *batch_bounds(media_counts(conn, models), batch_rows)]
     out = []
     for i, lo in enumerate(los):
         where, params = _range_clause(models, lo, los[i + 1] if i + 1 < len(los) else None)
-        rows = CopiedRange(path(".posts.tsv"), path(".media.tsv"))
-        _copy(conn, _POSTS_TEXT, where, params, rows.posts_path)
-        _copy(conn, _MEDIA, where, params, rows.media_path)
+        rows = CopiedRange([path(".posts.tsv")], [path(".media.tsv")])
+        _copy(conn, _POSTS_TEXT, where, params, rows.post_files[0])
+        _copy(conn, _MEDIA, where, params, rows.media_files[0])
         out.append((lo, rows))
     return out
 
 
-def _read_copied(path: str, schema: dict):
+def _read_copied(source, schema: dict):
+    """COPY's text format (a file's path or bytes) as a frame, escapes not yet decoded."""
     import os
 
     import polars as pl
 
-    if os.path.getsize(path) == 0:
+    if isinstance(source, str) and os.path.getsize(source) == 0:
         return pl.DataFrame(schema=schema)
     return pl.read_csv(
-        path, separator="\t", has_header=False, quote_char=None, null_values=["\\N"],
+        source, separator="\t", has_header=False, quote_char=None, null_values=["\\N"],
         empty_string_is_null=False,  # COPY writes NULL as \N; an empty field is ''
         new_columns=list(schema), schema_overrides=schema,
     )
@@ -234,27 +238,35 @@ def _read_copied(path: str, schema: dict):
 
 class CopiedRange:
     """The current posts and media of a range of models as :func:`copy_ranges` wrote
-    them, read by Polars. Frames read from it still hold COPY's escapes:
-    :func:`decode_copied` them."""
+    them (COPY's text format), read by Polars and decoded."""
 
-    def __init__(self, posts_path: str, media_path: str) -> None:
-        self.posts_path, self.media_path = posts_path, media_path
+    def __init__(self, posts: list[str], media: list[str]) -> None:
+        self.post_files, self.media_files = posts, media
+
+    @staticmethod
+    def _read(files: list[str], schema: dict):
+        import polars as pl
+
+        frames = [decode_copied(_read_copied(f, schema)) for f in files]
+        if not frames:
+            return pl.DataFrame(schema=schema)
+        return pl.concat(frames) if len(frames) > 1 else frames[0]
 
     def posts(self):
         """``key``, ``title``, ``media_cdns`` (as ``jsonb::text``)."""
         from .engine import POSTS_TEXT_SCHEMA
 
-        return _read_copied(self.posts_path, POSTS_TEXT_SCHEMA)
+        return self._read(self.post_files, POSTS_TEXT_SCHEMA)
 
     def media(self):
         from .frames import MEDIA_SCHEMA
 
-        return _read_copied(self.media_path, MEDIA_SCHEMA)
+        return self._read(self.media_files, MEDIA_SCHEMA)
 
     def discard(self) -> None:
         import os
 
-        for path in (self.posts_path, self.media_path):
+        for path in (*self.post_files, *self.media_files):
             try:
                 os.unlink(path)
             except OSError:

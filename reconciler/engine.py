@@ -50,15 +50,14 @@ class Current:
     models: ``[(lo, rows), …]``, the first ``lo`` being ``""``, each range holding the
     rows of the models whose key order (``name + "/"``) is from its ``lo`` to the next
     one's; ``rows.posts()`` (``POSTS_TEXT_SCHEMA``) and ``rows.media()``
-    (``MEDIA_SCHEMA``) are ``decode``-d after reading, and ``rows.discard()`` is called
-    once they are read. ``media_counts`` are the media rows per model (to size batches;
+    (``MEDIA_SCHEMA``) give them as stored, and ``rows.discard()`` is called once they
+    are read. ``media_counts`` are the media rows per model (to size batches;
     need not be exact).
     """
 
     models: list[tuple[str, ModelRow]]
     ranges: list[tuple[str, object]]
     media_counts: dict[str, int] = field(default_factory=dict)
-    decode: Callable[[pl.DataFrame], pl.DataFrame] = lambda frame: frame
 
 
 @dataclass
@@ -202,8 +201,8 @@ class _ByBatch:
         if i != self.read:
             self.read = i
             rows = self.current.ranges[i][1]
-            posts = self._split(self.current.decode(rows.posts()), "key")
-            media = self._split(self.current.decode(rows.media()), "post")
+            posts = self._split(rows.posts(), "key")
+            media = self._split(rows.media(), "post")
             if hasattr(rows, "discard"):
                 rows.discard()
             self.held = {k: (posts.get(k), media.get(k)) for k in posts.keys() | media.keys()}
@@ -259,6 +258,8 @@ def _find_moves(changes: list[Change], post_creates: Parts, media_creates: Parts
         return changes
     ids = pl.LazyFrame(gone, orient="row", schema={"etag": pl.String, "size_bytes": pl.Int64}).unique()
     found = media_creates.lazy().join(ids, on=["etag", "size_bytes"], how="semi", nulls_equal=True)
+    if moved["media"]:  # creates already taken (made updates by _same_key)
+        found = found.filter(~pl.col("key").is_in(sorted(moved["media"])))
     media = [EncodedChange("create", "media", k, t) for k, t in found.select("key", "line").collect().iter_rows()]
     if not media:
         return changes

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable
 from urllib.parse import quote
@@ -195,14 +196,27 @@ def classify_listing(
     listing = Listing(Parts(ITEMS_SCHEMA, spill))
     examples: dict[str, list[tuple[int, str]]] = {}
     meanings: dict[str, tuple] = {}  # (folder, extension type) → what it means, across chunks
-    place = 0
-    for chunk in _chunks(objects):
+
+    def take(chunk: list[L.ObjectInfo], place: int) -> None:
         items = _classify_chunk(chunk, place, root, scope, layout, meanings, listing, examples)
         if items.height:
             for model, n in items.group_by("model").len().iter_rows():
                 listing.counts[model] = listing.counts.get(model, 0) + n
             listing.items.add(items)
-        place += len(chunk)
+
+    # A chunk is classified (mostly Polars, which lets go of the interpreter) while the
+    # next one is read from the source (mostly Python): two cores at work, not one.
+    # One chunk at a time in the worker, so nothing else touches what it fills.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="classify") as pool:
+        pending = None
+        place = 0
+        for chunk in _chunks(objects):
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(take, chunk, place)
+            place += len(chunk)
+        if pending is not None:
+            pending.result()
     listing.skipped_examples = {
         r: [k for _, k in sorted(found)[:SKIPPED_EXAMPLES]] for r, found in examples.items()
     }
