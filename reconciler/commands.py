@@ -19,7 +19,7 @@ from .config import Settings
 from .current import copy_ranges, database_identity, media_counts, read_state
 from .db import check_schema, migrate, open_database, redact_url
 from .diff import summarize
-from .engine import BATCH_ROWS, Current, plan_changes
+from .engine import Current, plan_changes
 from .frames import classify_listing
 from .errors import ConfigError
 from .layout import ObjectInfo
@@ -53,12 +53,15 @@ def make_plan(
     sign: bool = False,
     seal: bool = True,
     progress: Progress = _quiet,
-    batch_rows: int = BATCH_ROWS,
+    batch_rows: int | None = None,
 ) -> Plan:
     """Compute a plan. Planning never writes: not to the bucket, not to the database.
 
     ``objects`` replaces the configured source with any iterable of ``ObjectInfo``
     (whose keys start with ``root``). Raises SafetyError when a guard refuses.
+
+    ``batch_rows`` (default: ``settings.batch_rows``) is how many objects are planned
+    at a time, a batch of whole models (see :mod:`reconciler.engine`).
 
     ``shard`` (see :mod:`reconciler.shards`) scopes the plan like ``models`` does, to
     the shard's models found in the source or in the database (read in the plan's own
@@ -86,6 +89,7 @@ def make_plan(
     cdn_base_url = settings.cdn_base_url or default_cdn_base_url(settings, source)
     if sign and not settings.signing_key:
         raise ConfigError("--sign needs the signing key in RECONCILER_SIGNING_KEY")
+    batch_rows = batch_rows or settings.batch_rows
     spill = Spill(batch_rows)
     with open_database(settings.database, settings.state_dir) as db:
         check_schema(db)

@@ -32,7 +32,7 @@ from .diff import KINDS, Change, ChangeList, CreateLines, EncodedChange, _compar
 from .frames import MEDIA_SCHEMA, Listing, desired_of
 from .spill import Parts, Spill
 
-BATCH_ROWS = 100_000  # items (or current media rows) per batch, unless one model has more: ~400-500 MB at peak
+from .config import BATCH_ROWS  # items (or current media rows) per batch, unless one model has more
 
 LINES_SCHEMA = {"key": pl.String, "line": pl.String}
 MEDIA_LINES_SCHEMA = {"key": pl.String, "line": pl.String, "etag": pl.String, "size_bytes": pl.Int64}

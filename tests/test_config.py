@@ -40,6 +40,7 @@ apply:
   lock_timeout: 5
 plan:
   detect_moves: false
+  batch_rows: 5000
 plans_dir: ops/plans
 """
 
@@ -83,6 +84,7 @@ def test_every_config_file_key(config):
     # --no-moves on the command line turns moves off over a config that has them on.
     assert load_settings({"detect_moves": False}, {}, None).detect_moves is False
     assert Settings().detect_moves is True
+    assert s.batch_rows == 5000 and Settings().batch_rows == 100_000
 
 
 @pytest.mark.parametrize(
@@ -214,6 +216,8 @@ def test_unknown_keys_are_named(config, text, expected):
         ("apply: []\n", "apply must be of type object"),
         ("apply: {lock_timeout: .inf}\n", "apply.lock_timeout must be a finite number"),
         ("safety: {max_delete_percent: .nan}\n", "safety.max_delete_percent must be a finite number"),
+        ("plan: {batch_rows: 0}\n", "plan.batch_rows"),
+        ("plan: {batch_rows: many}\n", "plan.batch_rows must be of type integer"),
     ],
 )
 def test_wrong_types_and_values_name_the_key(config, text, expected):
