@@ -16,7 +16,7 @@ import psycopg2
 from . import audit
 from .apply import ApplyResult, PlanFileCopy, Stage, apply_plan
 from .config import Settings
-from .current import copy_ranges, database_identity, media_counts, read_state
+from .current import RangeCopies, database_identity, media_counts, read_state
 from .db import check_schema, migrate, open_database, redact_url
 from .diff import summarize
 from .engine import Current, plan_changes
@@ -95,8 +95,9 @@ def make_plan(
         check_schema(db)
         try:
             digest_scope = shard_scope if shard is not None else scope
-            copy = functools.partial(copy_ranges, batch_rows=batch_rows, path=spill.path)
-            with db.transaction() as conn, db.snapshot_digest(conn, digest_scope, also=copy) as reads, _gc_paused():
+            copies = RangeCopies(batch_rows, spill.path)
+            with db.transaction() as conn, db.snapshot_digest(conn, digest_scope, also=copies.run) as reads, \
+                    _gc_paused(), _stopping(copies):
                 # The digest and the current media of this snapshot are read on a second
                 # connection while the listing is read; the rest is then read here, from
                 # the same snapshot, a batch of models at a time.
@@ -111,9 +112,9 @@ def make_plan(
                 rows_scope = in_shard if shard is not None else scope
                 current_models = list(read_state(conn, rows_scope).models)
                 in_database = {name for name, _ in current_models}
-                digest, ranges = reads.result()
-                state_digest = digest.digest
-                current = Current(models=current_models, ranges=ranges, media_counts=media_counts(conn, rows_scope))
+                state_digest = reads.result().digest
+                current = Current(models=current_models, ranges=copies.ranges(),
+                                  media_counts=media_counts(conn, rows_scope))
                 result = plan_changes(
                     listing, current, cdn_base_url=cdn_base_url, root=root, moves=settings.detect_moves,
                     batch_rows=batch_rows, spill=spill,
@@ -208,6 +209,16 @@ def default_cdn_base_url(settings: Settings, source: Source | None = None) -> st
             )
         source = _open_source(settings)
     return source.public_url
+
+
+@contextlib.contextmanager
+def _stopping(copies: RangeCopies) -> Iterator[None]:
+    """Stop the second connection's copies when planning fails before using them."""
+    try:
+        yield
+    except BaseException:
+        copies.stop()
+        raise
 
 
 @contextlib.contextmanager

@@ -10,8 +10,10 @@ scope, which makes a plan stale when the database moves, is computed by the serv
 from __future__ import annotations
 
 import hashlib
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from .desired import MediaRow, ModelRow, PostRow  # the shapes of the rows, as plain tuples
 
@@ -198,27 +200,68 @@ def _range_clause(models: Sequence[str] | None, lo: str, hi: str | None) -> tupl
     return ("WHERE " + " AND ".join(conditions) if conditions else ""), params
 
 
-def copy_ranges(conn, models: Sequence[str] | None, batch_rows: int, path) -> list[tuple[str, "CopiedRange"]]:
+class RangeCopies:
     """The current posts and media in scope, copied a range of models (of about
     ``batch_rows`` media rows, by the counts the triggers keep) at a time, each to files
-    of its own: ``[(lo, rows), …]``, each range running from its ``lo`` to the next
-    one's. ``path(suffix)`` names a new file. Every row is in exactly one range,
-    whatever the counts say.
+    of its own. :meth:`run` does it on the planner's second connection while the listing
+    is read; :meth:`ranges` gives ``[(lo, rows), …]``, each range running from its ``lo``
+    to the next one's, as soon as the starts are known — a range's rows wait for their
+    copy, so the planner compares one batch while the next is copied. Every row is in
+    exactly one range, whatever the counts say.
 
     A query per range (the indexes on the models' posts and the posts' media) costs the
     server about twice one scan, but less than one scan plus dividing it here: on two
     cores, what the listing leaves free is what this has."""
-    from .engine import batch_bounds
 
-    los = ["", *batch_bounds(media_counts(conn, models), batch_rows)]
-    out = []
-    for i, lo in enumerate(los):
-        where, params = _range_clause(models, lo, los[i + 1] if i + 1 < len(los) else None)
-        rows = CopiedRange([path(".posts.tsv")], [path(".media.tsv")])
-        _copy(conn, _POSTS_TEXT, where, params, rows.post_files[0])
-        _copy(conn, _MEDIA, where, params, rows.media_files[0])
-        out.append((lo, rows))
-    return out
+    def __init__(self, batch_rows: int, path: Callable[[str], str]) -> None:
+        self.batch_rows, self.path = batch_rows, path  # path(suffix) names a new file
+        self._los: Future = Future()
+        self._rows: list[Future] = []
+        self._stop = threading.Event()
+
+    def run(self, conn, models: Sequence[str] | None) -> None:
+        from .engine import batch_bounds
+
+        try:
+            los = ["", *batch_bounds(media_counts(conn, models), self.batch_rows)]
+            self._rows = [Future() for _ in los]
+            self._los.set_result(los)
+            for i, lo in enumerate(los):
+                if self._stop.is_set():
+                    raise RuntimeError("the plan was abandoned")
+                where, params = _range_clause(models, lo, los[i + 1] if i + 1 < len(los) else None)
+                rows = CopiedRange([self.path(".posts.tsv")], [self.path(".media.tsv")])
+                _copy(conn, _POSTS_TEXT, where, params, rows.post_files[0])
+                _copy(conn, _MEDIA, where, params, rows.media_files[0])
+                self._rows[i].set_result(rows)
+        except BaseException as e:
+            for future in (self._los, *self._rows):
+                if not future.done():
+                    future.set_exception(e)
+            raise
+
+    def ranges(self) -> list[tuple[str, "_Copying"]]:
+        return [(lo, _Copying(rows)) for lo, rows in zip(self._los.result(), self._rows)]
+
+    def stop(self) -> None:
+        """Copy no further range (the plan failed elsewhere)."""
+        self._stop.set()
+
+
+class _Copying:
+    """A range's rows once its copy is done."""
+
+    def __init__(self, rows: Future) -> None:
+        self._rows = rows
+
+    def posts(self):
+        return self._rows.result().posts()
+
+    def media(self):
+        return self._rows.result().media()
+
+    def discard(self) -> None:
+        self._rows.result().discard()
 
 
 def _read_copied(source, schema: dict):

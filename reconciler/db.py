@@ -261,12 +261,12 @@ class Database:
     def snapshot_digest(self, conn, models, *, also: Callable | None = None) -> Iterator[Future]:
         """Start a read-only snapshot on ``conn`` (inside :meth:`transaction`) and compute
         the state digest of that same snapshot on a second connection, in a thread —
-        then ``also(connection, models)`` there (the planner copies the current media),
+        then ``also(connection, models)`` there (the planner copies the current rows),
         while the caller lists the source.
 
-        Yields a future of :class:`reconciler.current.StateDigest` (with ``also``, of
-        ``(StateDigest, what also returned)``). ``models`` may be a function of ``conn``
-        that returns the scope, read in the snapshot first.
+        Yields a future of :class:`reconciler.current.StateDigest`, done once the digest
+        is (``also`` may still run); leaving the block waits for both. ``models`` may be
+        a function of ``conn`` that returns the scope, read in the snapshot first.
         """
         from .current import state_digest
 
@@ -277,21 +277,32 @@ class Database:
         if callable(models):  # the scope is read from this same snapshot (a shard's models)
             models = models(conn)
 
+        digest: Future = Future()
+
         def compute():
-            other = psycopg2.connect(self.url)
+            try:
+                other = psycopg2.connect(self.url)
+            except BaseException as e:
+                digest.set_exception(e)
+                raise
             try:
                 with other.cursor() as cur:
                     cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
-                digest = state_digest(other, models)
-                return digest if also is None else (digest, also(other, models))
+                digest.set_result(state_digest(other, models))
+                if also is not None:
+                    also(other, models)
+            except BaseException as e:
+                if not digest.done():
+                    digest.set_exception(e)
+                raise
             finally:
                 other.close()
 
         with ThreadPoolExecutor(max_workers=1) as pool:
             future = pool.submit(compute)
             try:
-                yield future
+                yield digest
             finally:
                 # The exporting transaction must outlive the import: wait before leaving.
                 with contextlib.suppress(Exception):
