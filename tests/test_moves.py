@@ -77,7 +77,7 @@ def test_a_model_renamed_into_another_batch_is_still_a_move():
     new = [obj("Zed/" + o.key.partition("/")[2], o.etag) for o in BEACH] + old[3:]
     current = database_holding(desired_state(old))
     batched = plan_from_rows(new, current, cdn_base_url=CDN, batch_rows=2)
-    assert batched.batches == 2
+    assert batched.batches > 1
     assert actions(batched.changes) == [
         ("model", "move", "Alice", "Zed"),
         ("post", "move", "Alice/Beach Dya", "Zed/Beach Dya"),
