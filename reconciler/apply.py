@@ -26,6 +26,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import queue
 import stat
 import struct
 import tempfile
@@ -112,10 +113,16 @@ def _csv(v) -> str:
 class Stage:
     """Verified changes, written as typed rows to one temporary file per kind, then
     ``COPY``-ed into temporary tables inside the apply's transaction. A
-    :class:`~reconciler.planfile.ChangeSink`: ``verify_plan(path, sink=Stage())``."""
+    :class:`~reconciler.planfile.ChangeSink`: ``verify_plan(path, sink=Stage())``.
+
+    :class:`StreamStage` formats the same rows and streams them into the tables while
+    the file is verified."""
 
     def __init__(self) -> None:
         self.files = {k: tempfile.TemporaryFile("w+", encoding="utf-8", newline="") for k in _STAGE}  # "\r" as it is
+
+    def _write(self, kind: str, text: str) -> None:
+        self.files[kind].write(text)
 
     def reset(self) -> None:
         for f in self.files.values():
@@ -123,10 +130,7 @@ class Stage:
             f.truncate()
 
     def add_rows(self, kind: str, rows: list[tuple[str, ...]]) -> None:
-        f = self.files[kind]
-        f.write(_FAST_PREFIX)
-        f.write(("\n" + _FAST_PREFIX).join(map(",".join, rows)))
-        f.write("\n")
+        self._write(kind, _FAST_PREFIX + ("\n" + _FAST_PREFIX).join(map(",".join, rows)) + "\n")
 
     def add_batch(self, changes: list[dict]) -> None:
         rows: dict[str, list[str]] = {k: [] for k in _STAGE}
@@ -163,27 +167,176 @@ class Stage:
                     f"{head},{row_id},{fields},{t(g('thumbnail_url'))},{t(g('icon_url'))},"
                     f"{t(g('banner_url'))},{t(g('post_count'))},{status},{created_at},{t(source)}"
                 )
-        for kind, lines in rows.items():
+        # Kinds in plan order: a batch that spans kinds is staged in the order it lists them.
+        for kind in ("model", "post", "media"):
+            lines = rows[kind]
             if lines:
-                self.files[kind].write("\n".join(lines))
-                self.files[kind].write("\n")
+                lines.append("")
+                self._write(kind, "\n".join(lines))
 
     def load(self, cur) -> None:
         """Create the staging tables and ``COPY`` the rows in (inside the transaction)."""
         for kind, f in self.files.items():
             f.flush()
             f.seek(0)
-            cur.execute(
-                f"CREATE TEMP TABLE rc_stage_{kind} (seq int GENERATED ALWAYS AS IDENTITY, {_STAGE[kind]}"
-                f"{_GENERATED.get(kind, '')}) ON COMMIT DROP"
-            )
-            cur.copy_expert(f"COPY rc_stage_{kind} ({_COLUMNS[kind]}) FROM STDIN (FORMAT csv, NULL 'null')", f, size=1 << 20)
-            cur.execute(f"CREATE INDEX ON rc_stage_{kind} (key)")
-            cur.execute(f"ANALYZE rc_stage_{kind}")
+            _create_stage_table(cur, kind)
+            cur.copy_expert(_copy_sql(kind), f, size=1 << 20)
+        _index_stage(cur)
 
     def close(self) -> None:
         for f in self.files.values():
             f.close()
+
+
+def _create_stage_table(cur, kind: str) -> None:
+    cur.execute(
+        f"CREATE TEMP TABLE rc_stage_{kind} (seq int GENERATED ALWAYS AS IDENTITY, {_STAGE[kind]}"
+        f"{_GENERATED.get(kind, '')}) ON COMMIT DROP"
+    )
+
+
+def _copy_sql(kind: str) -> str:
+    return f"COPY rc_stage_{kind} ({_COLUMNS[kind]}) FROM STDIN (FORMAT csv, NULL 'null')"
+
+
+def _index_stage(cur) -> None:
+    """Statistics for the planner. No index: every statement joins the staging tables
+    as a whole (hash joins on the content tables' own keys)."""
+    for kind in _STAGE:
+        cur.execute(f"ANALYZE rc_stage_{kind}")
+
+
+_END = object()  # the end of a stream
+_RESET = object()  # staged rows dropped (verification starts again)
+_CHUNK_CHARS = 1 << 20
+
+
+class _Feed:
+    """What ``copy_expert`` reads for one ``COPY`` of one kind: the queued chunks of that
+    kind; the first item of anything else ends it and is kept for the next."""
+
+    def __init__(self, q: queue.Queue, kind: str, first: str) -> None:
+        self.q, self.kind, self.first = q, kind, first
+        self.next = None
+
+    def read(self, size: int = -1) -> str:
+        if self.first is not None:
+            data, self.first = self.first, None
+            return data
+        if self.next is not None:
+            return ""
+        item = self.q.get()
+        if type(item) is tuple and item[0] == self.kind:
+            return item[1]
+        self.next = item
+        return ""
+
+    readline = read
+
+
+class StreamStage(Stage):
+    """A :class:`Stage` that streams its rows into the staging tables as they come,
+    on the apply's connection (in its transaction), from a thread: the server parses
+    and stores them while the client goes on verifying the file.
+
+    The tables are created first (temporary tables take no lock another session
+    waits for, so this precedes the locks, as DESIGN.md orders it). A database error
+    is held back: :meth:`finish` raises it, which the caller does only once
+    verification passed (a plan that fails verification is refused as such).
+    :meth:`abort` ends the stream without a verdict (the transaction is then rolled
+    back)."""
+
+    def __init__(self, conn) -> None:
+        self.conn = conn
+        self.error: BaseException | None = None
+        self._buf: list[str] = []
+        self._buf_kind: str | None = None
+        self._buf_chars = 0
+        self._finished = False
+        with conn.cursor() as cur:
+            for kind in _STAGE:
+                _create_stage_table(cur, kind)
+        self._q: queue.Queue = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, name="apply-stage", daemon=True)
+        self._thread.start()
+
+    # ---- producer (the verifying thread)
+
+    def _write(self, kind: str, text: str) -> None:
+        if kind != self._buf_kind:
+            self._flush()
+            self._buf_kind = kind
+        self._buf.append(text)
+        self._buf_chars += len(text)
+        if self._buf_chars >= _CHUNK_CHARS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            self._q.put((self._buf_kind, "".join(self._buf)))
+            self._buf, self._buf_chars = [], 0
+
+    def reset(self) -> None:
+        self._buf, self._buf_chars = [], 0
+        self._q.put(_RESET)
+
+    def finish(self) -> None:
+        """Wait for every row to be stored, then analyze the tables; raise a held-back
+        database error."""
+        if not self._thread.is_alive() and self._finished:
+            return
+        self._stop()
+        if self.error is not None:
+            raise self.error
+        with self.conn.cursor() as cur:
+            _index_stage(cur)
+        self._finished = True
+
+    def abort(self) -> None:
+        self._buf = []
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._flush()
+            self._q.put(_END)
+            self._thread.join()
+
+    def load(self, cur) -> None:
+        self.finish()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self.abort()
+
+    # ---- consumer (the stream's thread)
+
+    def _run(self) -> None:
+        q = self._q
+        item = None
+        with self.conn.cursor() as cur:
+            while True:
+                if item is None:
+                    item = q.get()
+                if item is _END:
+                    return
+                if self.error is not None:  # drained, so that the producer never blocks
+                    item = None
+                    continue
+                feed = None
+                try:
+                    if item is _RESET:
+                        item = None
+                        cur.execute("TRUNCATE " + ", ".join(f"rc_stage_{k}" for k in _STAGE) + " RESTART IDENTITY")
+                        continue
+                    kind, data = item
+                    feed = _Feed(q, kind, data)
+                    item = None
+                    cur.copy_expert(_copy_sql(kind), feed, size=_CHUNK_CHARS)
+                    item = feed.next
+                except BaseException as e:  # held back for finish()
+                    self.error = e
+                    item = feed.next if feed is not None else None
 
 
 class PlanFileCopy:
@@ -534,19 +687,69 @@ def apply_plan(
     audit entry (:class:`PlanFileCopy` makes it while the file is verified).
 
     Raises a :class:`ReconcilerError` and changes nothing when any check or
-    statement fails.
+    statement fails. :func:`apply_file` verifies and stages at once.
     """
-    summary = plan.summary
-    total = sum(sum(v.values()) for v in summary.values())
-    if total == 0:
-        return ApplyResult(None, plan.plan_id, summary, db.display)
-    deletes = sum(v["delete"] for v in summary.values())
+    return _apply(
+        db, lambda conn: (plan, stage), lock_timeout=lock_timeout, limits=limits, progress=progress, actor=actor,
+        plan_file=lambda: plan_file,
+    )
+
+
+def apply_file(
+    db: Database,
+    verify: Callable[[Stage], Plan],
+    *,
+    lock_timeout: float = 60.0,
+    limits: Limits = Limits(),
+    progress: Progress = lambda msg: None,
+    actor: str | None = None,
+    plan_file: Callable[[], bytes],
+) -> ApplyResult:
+    """Verify a plan file and apply it: ``verify(sink)`` is ``verify_plan(path,
+    keep_changes=False, sink=sink, …)``; its changes stream into the staging tables of
+    the apply's transaction while it runs (:class:`StreamStage`). Only then, once the
+    file passed every check, does the apply take its locks and go on as
+    :func:`apply_plan`. A plan that fails verification is refused as such, before any
+    database error the staging met; either way nothing changes. ``plan_file()`` gives
+    the file, compressed, for the audit entry (:meth:`PlanFileCopy.result`).
+    """
+
+    def staged(conn):
+        stage = StreamStage(conn)
+        try:
+            plan = verify(stage)
+        except BaseException:
+            stage.abort()
+            raise
+        stage.finish()
+        return plan, stage
+
+    return _apply(db, staged, lock_timeout=lock_timeout, limits=limits, progress=progress, actor=actor, plan_file=plan_file)
+
+
+def _apply(
+    db: Database,
+    staged: Callable,
+    *,
+    lock_timeout: float,
+    limits: Limits,
+    progress: Progress,
+    actor: str | None,
+    plan_file: Callable[[], bytes],
+) -> ApplyResult:
     try:
         with db.transaction() as conn, conn.cursor() as cur:
             # PostgreSQL reads lock_timeout 0 as "wait forever": 0 here means "do not wait".
             cur.execute("SET LOCAL lock_timeout = %s", (f"{max(1, int(lock_timeout * 1000))}ms",))
             # Bulk statements sort and hash a million rows: let them do it in memory.
             cur.execute("SET LOCAL work_mem = '256MB'")
+            plan, stage = staged(conn)
+            summary = plan.summary
+            total = sum(sum(v.values()) for v in summary.values())
+            if total == 0:
+                return ApplyResult(None, plan.plan_id, summary, db.display)
+            deletes = sum(v["delete"] for v in summary.values())
+            plan_bytes = plan_file()
             progress("waiting for the apply lock")
             try:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
@@ -578,7 +781,7 @@ def apply_plan(
             # The file goes in as raw bytes in COPY's binary format: no hex text twice its
             # size, in the client's memory or for the server to parse.
             cur.execute("CREATE TEMP TABLE rc_plan_file (data bytea) ON COMMIT DROP")
-            cur.copy_expert("COPY rc_plan_file FROM STDIN (FORMAT binary)", _BinaryCopy(plan_file))
+            cur.copy_expert("COPY rc_plan_file FROM STDIN (FORMAT binary)", _BinaryCopy(plan_bytes))
             cur.execute(
                 """INSERT INTO reconciler_applies
                      (plan_id, os_user, tool_version, source, scope, summary, plan_created_at, rolls_back, plan_file)
