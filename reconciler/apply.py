@@ -206,6 +206,10 @@ def _index_stage(cur) -> None:
         cur.execute(f"ANALYZE rc_stage_{kind}")
 
 
+_PLAN_FILE = "plan_file"  # the compressed plan file's parts, rows of rc_plan_file
+_BINARY_HEAD = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_BINARY_TAIL = struct.pack("!h", -1)
+_PLAN_FILE_TABLE = "CREATE TEMP TABLE rc_plan_file (seq int GENERATED ALWAYS AS IDENTITY, data bytea) ON COMMIT DROP"
 _END = object()  # the end of a stream
 _RESET = object()  # staged rows dropped (verification starts again)
 _CHUNK_CHARS = 1 << 20
@@ -215,11 +219,13 @@ class _Feed:
     """What ``copy_expert`` reads for one ``COPY`` of one kind: the queued chunks of that
     kind; the first item of anything else ends it and is kept for the next."""
 
-    def __init__(self, q: queue.Queue, kind: str, first: str) -> None:
-        self.q, self.kind, self.first = q, kind, first
+    def __init__(self, q: queue.Queue, kind: str, first) -> None:
+        self.q, self.kind = q, kind
+        self.binary = kind == _PLAN_FILE  # rows of COPY's binary format, framed here
+        self.first = _BINARY_HEAD + first if self.binary else first
         self.next = None
 
-    def read(self, size: int = -1) -> str:
+    def read(self, size: int = -1):
         if self.first is not None:
             data, self.first = self.first, None
             return data
@@ -229,7 +235,7 @@ class _Feed:
         if type(item) is tuple and item[0] == self.kind:
             return item[1]
         self.next = item
-        return ""
+        return _BINARY_TAIL if self.binary else ""
 
     readline = read
 
@@ -246,8 +252,10 @@ class StreamStage(Stage):
     :meth:`abort` ends the stream without a verdict (the transaction is then rolled
     back)."""
 
-    def __init__(self, conn) -> None:
+    def __init__(self, conn, plan_file: "PlanFileCopy | None" = None) -> None:
         self.conn = conn
+        self.plan_file = plan_file
+        self._parts_sent = 0
         self.error: BaseException | None = None
         self._buf: list[str] = []
         self._buf_kind: str | None = None
@@ -256,6 +264,8 @@ class StreamStage(Stage):
         with conn.cursor() as cur:
             for kind in _STAGE:
                 _create_stage_table(cur, kind)
+            if plan_file is not None:
+                cur.execute(_PLAN_FILE_TABLE)
         self._q: queue.Queue = queue.Queue(maxsize=8)
         self._thread = threading.Thread(target=self._run, name="apply-stage", daemon=True)
         self._thread.start()
@@ -275,6 +285,19 @@ class StreamStage(Stage):
         if self._buf:
             self._q.put((self._buf_kind, "".join(self._buf)))
             self._buf, self._buf_chars = [], 0
+        self._send_plan_file()
+
+    def _send_plan_file(self) -> None:
+        """The parts of the compressed plan file made so far, as rows of rc_plan_file
+        (the audit's copy of the file is thereby stored while the file is verified)."""
+        if self.plan_file is None:
+            return
+        parts = self.plan_file.parts
+        while self._parts_sent < len(parts):
+            part = parts[self._parts_sent]
+            self._parts_sent += 1
+            if part:
+                self._q.put((_PLAN_FILE, struct.pack("!hi", 1, len(part)) + part))
 
     def reset(self) -> None:
         self._buf, self._buf_chars = [], 0
@@ -294,11 +317,15 @@ class StreamStage(Stage):
 
     def abort(self) -> None:
         self._buf = []
+        self.plan_file = None  # not waited for
         self._stop()
 
     def _stop(self) -> None:
         if self._thread.is_alive():
             self._flush()
+            if self.plan_file is not None and self.error is None:
+                self.plan_file.wait()
+                self._send_plan_file()
             self._q.put(_END)
             self._thread.join()
 
@@ -332,7 +359,8 @@ class StreamStage(Stage):
                     kind, data = item
                     feed = _Feed(q, kind, data)
                     item = None
-                    cur.copy_expert(_copy_sql(kind), feed, size=_CHUNK_CHARS)
+                    sql = "COPY rc_plan_file (data) FROM STDIN (FORMAT binary)" if kind == _PLAN_FILE else _copy_sql(kind)
+                    cur.copy_expert(sql, feed, size=_CHUNK_CHARS)
                     item = feed.next
                 except BaseException as e:  # held back for finish()
                     self.error = e
@@ -350,7 +378,7 @@ class PlanFileCopy:
 
     def __init__(self, path: str, level: int = 1) -> None:
         self.path = path
-        self._data: bytes | None = None
+        self.parts: list[bytes] = []  # compressed so far (StreamStage sends them as they come)
         self._error: BaseException | None = None
         self._seen = None
         self._thread = None
@@ -369,17 +397,25 @@ class PlanFileCopy:
     def _run(self, level: int) -> None:
         try:
             z = zlib.compressobj(level)
-            parts = []
+            parts = self.parts
             with open(self.path, "rb") as f:
                 self._seen = self._identity(os.fstat(f.fileno()))
                 while chunk := f.read(4 << 20):
                     parts.append(z.compress(chunk))
             parts.append(z.flush())
-            self._data = b"".join(parts)
         except BaseException as e:  # reported by result()
             self._error = e
 
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
     def result(self) -> bytes:
+        """The compressed file; refused if it could not be read or changed since."""
+        self.check()
+        return b"".join(self.parts)
+
+    def check(self) -> None:
         if self._thread is None:
             raise PlanFileError(f"cannot read plan file {self.path}")
         self._thread.join()
@@ -391,13 +427,11 @@ class PlanFileCopy:
             now = None
         if now != self._seen:
             raise PlanFileError(f"plan file {self.path} changed while it was being applied; apply it again")
-        assert self._data is not None
-        return self._data
 
     def close(self) -> None:
         if self._thread is not None:
             self._thread.join()
-        self._data = None
+        self.parts = []
 
 
 class _BinaryCopy:
@@ -703,19 +737,19 @@ def apply_file(
     limits: Limits = Limits(),
     progress: Progress = lambda msg: None,
     actor: str | None = None,
-    plan_file: Callable[[], bytes],
+    plan_file: PlanFileCopy,
 ) -> ApplyResult:
     """Verify a plan file and apply it: ``verify(sink)`` is ``verify_plan(path,
     keep_changes=False, sink=sink, …)``; its changes stream into the staging tables of
     the apply's transaction while it runs (:class:`StreamStage`). Only then, once the
     file passed every check, does the apply take its locks and go on as
     :func:`apply_plan`. A plan that fails verification is refused as such, before any
-    database error the staging met; either way nothing changes. ``plan_file()`` gives
-    the file, compressed, for the audit entry (:meth:`PlanFileCopy.result`).
+    database error the staging met; either way nothing changes. ``plan_file`` compresses
+    the file for the audit entry; its parts are stored as they come, with the changes.
     """
 
     def staged(conn):
-        stage = StreamStage(conn)
+        stage = StreamStage(conn, plan_file)
         try:
             plan = verify(stage)
         except BaseException:
@@ -724,7 +758,11 @@ def apply_file(
         stage.finish()
         return plan, stage
 
-    return _apply(db, staged, lock_timeout=lock_timeout, limits=limits, progress=progress, actor=actor, plan_file=plan_file)
+    def stored() -> None:
+        plan_file.check()  # refuses a file that changed while it was read
+        return None
+
+    return _apply(db, staged, lock_timeout=lock_timeout, limits=limits, progress=progress, actor=actor, plan_file=stored)
 
 
 def _apply(
@@ -735,8 +773,9 @@ def _apply(
     limits: Limits,
     progress: Progress,
     actor: str | None,
-    plan_file: Callable[[], bytes],
+    plan_file: Callable[[], bytes | None],
 ) -> ApplyResult:
+    """``plan_file()``: the compressed file, or None when it is in rc_plan_file already."""
     try:
         with db.transaction() as conn, conn.cursor() as cur:
             # PostgreSQL reads lock_timeout 0 as "wait forever": 0 here means "do not wait".
@@ -778,14 +817,17 @@ def _apply(
                     f"(at {plan.created_at}); make a new plan and review it"
                 )
             check_delete_limits(deletes, current_rows, limits, when="plan being applied")
-            # The file goes in as raw bytes in COPY's binary format: no hex text twice its
-            # size, in the client's memory or for the server to parse.
-            cur.execute("CREATE TEMP TABLE rc_plan_file (data bytea) ON COMMIT DROP")
-            cur.copy_expert("COPY rc_plan_file FROM STDIN (FORMAT binary)", _BinaryCopy(plan_bytes))
+            if plan_bytes is not None:
+                # The file goes in as raw bytes in COPY's binary format: no hex text twice
+                # its size, in the client's memory or for the server to parse. (Streamed, it
+                # is in rc_plan_file already, in parts.)
+                cur.execute(_PLAN_FILE_TABLE)
+                cur.copy_expert("COPY rc_plan_file (data) FROM STDIN (FORMAT binary)", _BinaryCopy(plan_bytes))
             cur.execute(
                 """INSERT INTO reconciler_applies
                      (plan_id, os_user, tool_version, source, scope, summary, plan_created_at, rolls_back, plan_file)
-                   SELECT %s, %s, %s, %s, %s, %s, %s, %s, data FROM rc_plan_file RETURNING id""",
+                   SELECT %s, %s, %s, %s, %s, %s, %s, %s, string_agg(data, ''::bytea ORDER BY seq) FROM rc_plan_file
+                   RETURNING id""",
                 (
                     plan.plan_id,
                     _os_user(actor),

@@ -290,7 +290,7 @@ def apply(
                 raise
             return apply_file(
                 db, lambda sink: verify(sink=sink), lock_timeout=settings.lock_timeout, limits=settings.limits,
-                progress=progress, actor=actor, plan_file=copy.result,
+                progress=progress, actor=actor, plan_file=copy,
             )
     finally:
         copy.close()

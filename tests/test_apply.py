@@ -607,3 +607,41 @@ def test_without_a_database_an_edited_plan_is_refused_as_edited(settings, tmp_pa
         f.write(text.replace('"size_bytes":2', '"size_bytes":5'))
     with pytest.raises(PlanFileError, match="plan_id does not match"):
         commands.apply(nowhere, path)
+
+
+def test_the_stored_plan_file_is_the_file_applied(settings, database_url, tmp_path, monkeypatch):
+    import zlib
+
+    import importlib
+
+    apply_module = importlib.import_module("reconciler.apply")
+
+    monkeypatch.setattr(apply_module, "_CHUNK_CHARS", 64)  # many parts, interleaved with the changes
+    bucket = {f"M{i % 3}/P{i % 5}/{i}.jpg": i for i in range(300)}
+    path = plan_to(settings, tmp_path, bucket, "p.json")
+    original = apply_module.PlanFileCopy
+
+    def small_reads(p):
+        copy = original.__new__(original)
+        copy.path, copy.parts, copy._error, copy._seen = p, [], None, None
+        with open(p, "rb") as f:
+            data = f.read()
+        z = zlib.compressobj(1)
+        copy.parts += [z.compress(data[i : i + 999]) for i in range(0, len(data), 999)] + [z.flush()]
+        copy._seen = copy._identity(os.stat(p))
+        copy._thread = None
+        copy.wait = lambda: None
+        copy.check = lambda: None
+        return copy
+
+    monkeypatch.setattr(commands, "PlanFileCopy", small_reads)
+    result = commands.apply(settings, path)
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT plan_file FROM reconciler_applies WHERE id = %s", (result.apply_id,))
+            stored = bytes(cur.fetchone()[0])
+    finally:
+        conn.close()
+    with open(path, "rb") as f:
+        assert zlib.decompress(stored) == f.read()
