@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import operator
 import os
 import queue
 import stat
@@ -98,6 +99,7 @@ _GENERATED = {
 # thereby its own CSV text: the fast path's rows (planfile.FAST_COLUMNS, the JSON
 # text of each value) are staged as they come, never parsed.
 _FAST_PREFIX = "null,null,null,null,"
+_POST_TEXT = operator.itemgetter(2)  # planfile.FAST_COLUMNS["media"].index("post")
 
 
 def _csv(v) -> str:
@@ -120,16 +122,32 @@ class Stage:
 
     def __init__(self) -> None:
         self.files = {k: tempfile.TemporaryFile("w+", encoding="utf-8", newline="") for k in _STAGE}  # "\r" as it is
+        self._clear()
+
+    def _clear(self) -> None:
+        # What later statements need not scan the staging tables for: the creates that
+        # restore an id (a rollback's), and the posts the media rows name (as JSON text
+        # from the fast path, else as values), whose models are touched.
+        self.restores = {k: 0 for k in _STAGE}
+        self.post_texts: set[str] = set()
+        self.posts: set[str] = set()
+
+    def touched_models(self) -> list[str]:
+        posts = self.posts | {p[1:-1] for p in self.post_texts}  # fast-path strings hold no escapes
+        return sorted({p.partition("/")[0] for p in posts})
 
     def _write(self, kind: str, text: str) -> None:
         self.files[kind].write(text)
 
     def reset(self) -> None:
+        self._clear()
         for f in self.files.values():
             f.seek(0)
             f.truncate()
 
     def add_rows(self, kind: str, rows: list[tuple[str, ...]]) -> None:
+        if kind == "media":
+            self.post_texts.update(map(_POST_TEXT, rows))
         self._write(kind, _FAST_PREFIX + ("\n" + _FAST_PREFIX).join(map(",".join, rows)) + "\n")
 
     def add_batch(self, changes: list[dict]) -> None:
@@ -143,9 +161,13 @@ class Stage:
             fields = '"{' + ",".join(sorted(image)) + '}"' if action in ("update", "move") else "null"
             source = c.get("from")
             row_id = t(g("id")) if create else "null"
+            if row_id != "null":
+                self.restores[kind] += 1
             created_at = t(g("created_at")) if create else "null"
             head = f"{action},{t(key)}"
             if kind == "media":
+                if g("post") is not None:
+                    self.posts.add(g("post"))
                 rows[kind].append(
                     f"{row_id},{fields},{created_at},{t(source)},{t(action)},{t(g('etag'))},{t(g('post'))},{t(key)},"
                     f"{t(g('size_bytes'))},{t(g('type'))},{t(g('url'))}"
@@ -256,6 +278,7 @@ class StreamStage(Stage):
         self.conn = conn
         self.plan_file = plan_file
         self._parts_sent = 0
+        self._clear()
         self.error: BaseException | None = None
         self._buf: list[str] = []
         self._buf_kind: str | None = None
@@ -300,6 +323,7 @@ class StreamStage(Stage):
                 self._q.put((_PLAN_FILE, struct.pack("!hi", 1, len(part)) + part))
 
     def reset(self) -> None:
+        self._clear()
         self._buf, self._buf_chars = [], 0
         self._q.put(_RESET)
 
@@ -564,7 +588,7 @@ def _delete(cur, kind: str) -> None:
     cur.execute(f"DELETE FROM {table} t USING rc_stage_{kind} s WHERE s.action = 'delete' AND t.id = s.row_id")
 
 
-def _insert(cur, kind: str, expected: int) -> None:
+def _insert(cur, kind: str, expected: int, restores: int | None = None) -> None:
     """Create rows. They get no audit rows of their own: their images are in the plan
     file, which the apply stores (see :mod:`reconciler.audit`).
 
@@ -594,7 +618,7 @@ def _insert(cur, kind: str, expected: int) -> None:
         restore_cols, restore_vals = "id, created_at", "s.row_id, coalesce(s.created_at, now())"
     table = _TABLE[kind]
     inserted = 0
-    for restore in (False, True):
+    for restore in (False, True) if restores != 0 else (False,):  # restores: how many, when known
         insert_cols = f"{restore_cols}, {parent_col}, {cols}" if restore else f"{parent_col}, {cols}"
         select = f"{restore_vals}, {parent_val}, {vals}" if restore else f"{parent_val}, {vals}"
         cur.execute(
@@ -687,17 +711,25 @@ def _audit_after(cur, apply_id: int, kind: str) -> None:
     )
 
 
-def _touch_models(cur) -> None:
-    """``last_synced_at`` on every surviving model the plan touched."""
+def _touch_models(cur, media_models: list[str] | None = None, media_moves: bool = True) -> None:
+    """``last_synced_at`` on every surviving model the plan touched. ``media_models``:
+    the models of the posts the media rows name, when the stage collected them (else
+    the staged media are scanned for them); ``media_moves``: whether any media item is
+    updated or moved (whose old post's model is touched too)."""
+    media = "SELECT unnest(%s::text[])" if media_models is not None else (
+        "SELECT post_model FROM rc_stage_media WHERE post_model IS NOT NULL"
+    )
+    moved = "" if media_moves else " AND false"
     cur.execute(
         f"""UPDATE whitelabel_models SET last_synced_at = {_SYNCED} WHERE folder_name IN (
              SELECT key FROM rc_stage_model WHERE action IN ('update', 'move')
              UNION SELECT model_key FROM rc_stage_post
-             UNION SELECT post_model FROM rc_stage_media WHERE post_model IS NOT NULL
+             UNION {media}
              UNION SELECT pm.folder_name FROM rc_stage_media s
-               JOIN whitelabel_media x ON s.action IN ('update', 'move') AND x.id = s.row_id
+               JOIN whitelabel_media x ON s.action IN ('update', 'move') AND x.id = s.row_id{moved}
                JOIN whitelabel_posts pp ON pp.id = x.whitelabel_post_id
-               JOIN whitelabel_models pm ON pm.id = pp.whitelabel_model_id)"""
+               JOIN whitelabel_models pm ON pm.id = pp.whitelabel_model_id)""",
+        (media_models,) if media_models is not None else None,
     )
 
 
@@ -845,7 +877,8 @@ def _apply(
             for kind in ("model", "post", "media"):
                 counts = summary[kind]
                 _resolve(cur, kind, counts["update"] + counts.get("move", 0) + counts["delete"])
-                _audit_before(cur, apply_id, kind)
+                if counts["update"] + counts.get("move", 0) + counts["delete"]:
+                    _audit_before(cur, apply_id, kind)
             for kind in ("media", "post", "model"):
                 if summary[kind]["delete"]:
                     _delete_early(cur, kind)
@@ -854,14 +887,18 @@ def _apply(
                 # Moves before creates: a move may free the key a create takes (a
                 # model's rename leaves its post's old name to a new post).
                 _move(cur, kind, summary[kind].get("move", 0))
-                _insert(cur, kind, summary[kind]["create"])
+                _insert(cur, kind, summary[kind]["create"], getattr(stage, "restores", {}).get(kind))
                 if summary[kind]["update"]:
                     _update(cur, kind)
             progress("deleting")
             for kind in ("media", "post", "model"):
                 if summary[kind]["delete"]:
                     _delete(cur, kind)
-            _touch_models(cur)
+            _touch_models(
+                cur,
+                stage.touched_models() if hasattr(stage, "touched_models") else None,
+                bool(summary["media"]["update"] or summary["media"].get("move", 0)),
+            )
             progress("writing the audit log")
             for kind in ("model", "post", "media"):
                 if summary[kind]["update"] or summary[kind].get("move", 0):
