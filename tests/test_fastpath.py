@@ -163,3 +163,28 @@ def test_whole_files_stage_the_same_rows_either_way(tmp_path_factory, specs):
             raise AssertionError("the fast path accepted what the general path refuses")
         return
     assert _staged(path, fast=True) == slow
+
+
+def test_a_list_closing_after_the_changes_is_not_taken_for_their_end(tmp_path):
+    """The end of the changes is looked for from the end of the file: a top-level list
+    after them, closed on a line like theirs, makes the file be read as a whole, with
+    the verdict the whole file gets."""
+    plan = Plan(changes=[_media("create", "Alice/Beach/1.jpg", "Alice/Beach", s3_key="Alice/Beach/1.jpg")], source={"url": "s3://b/", "object_count": 0, "skipped": {}},
+                target={"database": "x", "scope": None, "state_digest": "0" * 64}, tool_version="0")
+    path = write_plan(plan, str(tmp_path / "p.json"))
+    assert verify_plan(path).plan_id == plan.plan_id
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    edited = text.replace('\n  ],\n', '\n  ],\n  "extra": [\n    {"a": 1}\n  ],\n', 1)
+    assert edited != text
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(edited)
+    whole = json.loads(edited)
+    assert whole["extra"] == [{"a": 1}] and len(whole["changes"]) == 1
+    try:
+        verify_plan(path)
+    except PlanFileError as e:
+        assert "not valid JSON" not in str(e)
+        assert "extra" in str(e) or "plan_id" in str(e)
+    else:
+        raise AssertionError("a plan with a field added was accepted")
