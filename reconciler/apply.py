@@ -102,6 +102,17 @@ _FAST_PREFIX = "null,null,null,null,"
 _POST_TEXT = operator.itemgetter(2)  # planfile.FAST_COLUMNS["media"].index("post")
 
 
+def _post_update_row(row: tuple[str, str, str]) -> str:
+    """A fast-path post update (media_cdns alone) as :meth:`Stage.add_batch` stages it:
+    media_cdns as ``json.dumps(value, sort_keys=True, ensure_ascii=False)`` writes it,
+    which is its canonical text re-spaced (planfile._CDNS admits only strings for which
+    '":' and ',"' are the separators)."""
+    action, cdns, key = row
+    model, _, folder = key[1:-1].partition("/")
+    spaced = cdns.replace('":', '": ').replace(',"', ', "').replace('"', '""')
+    return f'{action[1:-1]},{key},"{model}","{folder}",null,"{{media_cdns}}",null,"{spaced}",null,null,null\n'
+
+
 def _csv(v) -> str:
     if v is None:
         return "null"
@@ -146,6 +157,9 @@ class Stage:
             f.truncate()
 
     def add_rows(self, kind: str, rows: list[tuple[str, ...]]) -> None:
+        if kind == "post":
+            self._write(kind, "".join(map(_post_update_row, rows)))
+            return
         if kind == "media":
             self.post_texts.update(map(_POST_TEXT, rows))
         self._write(kind, _FAST_PREFIX + ("\n" + _FAST_PREFIX).join(map(",".join, rows)) + "\n")

@@ -609,8 +609,26 @@ _MEDIA_IMAGE = (
     rf'\{{"etag":({_STR}|null),"post":("[^"\\/\x00-\x1f]+/{_S}+"),"s3_key":(?P<key>"{_S}+"),'
     rf'"size_bytes":(0|[1-9][0-9]{{0,17}}|null),"type":("image"|"video"),"url":({_STR})\}}'
 )
-FAST_COLUMNS = {"media": ("action", "etag", "post", "s3_key", "size_bytes", "type", "url")}
+# A post's media_cdns as the fast path admits it: its lists' strings neither begin with
+# ':' nor end with ',', so that in the object's canonical text '":' is only ever a
+# key's end and ',"' only ever a separator (the stage re-spaces it by those two).
+_CDN = r'"(?!:)[^"\\\x00-\x1f]*(?<!,)"'
+_CDNS_LIST = rf"\[(?:{_CDN}(?:,{_CDN})*)?\]"
+_CDNS = rf'\{{(?:"images":{_CDNS_LIST}(?:,"videos":{_CDNS_LIST})?|"videos":{_CDNS_LIST})?\}}'
+# A post key the general path accepts: a '/' with a character other than '/' before
+# and after it (check_identity: "/" in key.strip("/")).
+_POST_KEY = r'"[^"\\/\x00-\x1f][^"\\\x00-\x1f]*?/[^"\\\x00-\x1f]*?[^"\\/\x00-\x1f][^"\\\x00-\x1f]*"'
+FAST_COLUMNS = {
+    "media": ("action", "etag", "post", "s3_key", "size_bytes", "type", "url"),
+    "post": ("action", "media_cdns", "key"),  # an update of media_cdns alone: its after
+}
+FAST_KEY = {"media": 3, "post": 2}  # where a row holds the change's key
 FAST_SHAPES: dict[tuple[str, str], re.Pattern] = {
+    ("post", "update"): re.compile(
+        rf'^    \{{"action":("update"),"after":\{{"media_cdns":({_CDNS})\}},"before":\{{"media_cdns":{_CDNS}\}},'
+        rf'"key":({_POST_KEY}),"kind":"post"\}},$',
+        re.M,
+    ),
     ("media", "create"): re.compile(
         rf'^    \{{"action":("create"),"after":{_MEDIA_IMAGE},"before":null,"key":(?P=key),"kind":"media"\}},$', re.M
     ),
@@ -801,7 +819,8 @@ class _Verifier:
         n = len(rows)
         if n != len(lines):
             return False
-        keys = [row[3][1:-1] for row in rows]
+        at = FAST_KEY[kind]
+        keys = [row[at][1:-1] for row in rows]
         if self.last is not None and (*shape, keys[0]) <= self.last:
             return False
         if not all(map(str.__lt__, keys, keys[1:])):
