@@ -7,6 +7,15 @@ other writers out until commit → refuse an applied plan → refuse a plan made
 another database → refuse a stale plan (state digest) → re-check delete limits →
 execute in bulk → audit → commit.
 
+:func:`apply_file` (what ``reconciler apply`` runs) opens that transaction before
+verifying, to stream the verified changes, and the compressed file for the audit, into
+temporary tables of its own while the rest of the file is still being read
+(:class:`StreamStage`): temporary tables take no lock another session waits for, and
+nothing else is read or written until verification has passed, so the order above
+holds for everything that touches the catalogue. A plan that fails verification is
+refused as such (a database error the stream met is reported only after it passed),
+and its transaction is rolled back.
+
 Execution is set-based: the changes are ``COPY``-ed into temporary staging tables and
 applied with one ``INSERT … SELECT`` / ``UPDATE … FROM`` / ``DELETE … USING`` per kind
 and action. The ids of the rows to update, move or delete are resolved from their
