@@ -7,6 +7,15 @@ other writers out until commit → refuse an applied plan → refuse a plan made
 another database → refuse a stale plan (state digest) → re-check delete limits →
 execute in bulk → audit → commit.
 
+:func:`apply_file` (what ``reconciler apply`` runs) opens that transaction before
+verifying, to stream the verified changes, and the compressed file for the audit, into
+temporary tables of its own while the rest of the file is still being read
+(:class:`StreamStage`): temporary tables take no lock another session waits for, and
+nothing else is read or written until verification has passed, so the order above
+holds for everything that touches the catalogue. A plan that fails verification is
+refused as such (a database error the stream met is reported only after it passed),
+and its transaction is rolled back.
+
 Execution is set-based: the changes are ``COPY``-ed into temporary staging tables and
 applied with one ``INSERT … SELECT`` / ``UPDATE … FROM`` / ``DELETE … USING`` per kind
 and action. The ids of the rows to update, move or delete are resolved from their
@@ -25,7 +34,9 @@ from __future__ import annotations
 
 import getpass
 import json
+import operator
 import os
+import queue
 import stat
 import struct
 import tempfile
@@ -97,6 +108,18 @@ _GENERATED = {
 # thereby its own CSV text: the fast path's rows (planfile.FAST_COLUMNS, the JSON
 # text of each value) are staged as they come, never parsed.
 _FAST_PREFIX = "null,null,null,null,"
+_POST_TEXT = operator.itemgetter(2)  # planfile.FAST_COLUMNS["media"].index("post")
+
+
+def _post_update_row(row: tuple[str, str, str]) -> str:
+    """A fast-path post update (media_cdns alone) as :meth:`Stage.add_batch` stages it:
+    media_cdns as ``json.dumps(value, sort_keys=True, ensure_ascii=False)`` writes it,
+    which is its canonical text re-spaced (planfile._CDNS admits only strings for which
+    '":' and ',"' are the separators)."""
+    action, cdns, key = row
+    model, _, folder = key[1:-1].partition("/")
+    spaced = cdns.replace('":', '": ').replace(',"', ', "').replace('"', '""')
+    return f'{action[1:-1]},{key},"{model}","{folder}",null,"{{media_cdns}}",null,"{spaced}",null,null,null\n'
 
 
 def _csv(v) -> str:
@@ -112,21 +135,43 @@ def _csv(v) -> str:
 class Stage:
     """Verified changes, written as typed rows to one temporary file per kind, then
     ``COPY``-ed into temporary tables inside the apply's transaction. A
-    :class:`~reconciler.planfile.ChangeSink`: ``verify_plan(path, sink=Stage())``."""
+    :class:`~reconciler.planfile.ChangeSink`: ``verify_plan(path, sink=Stage())``.
+
+    :class:`StreamStage` formats the same rows and streams them into the tables while
+    the file is verified."""
 
     def __init__(self) -> None:
         self.files = {k: tempfile.TemporaryFile("w+", encoding="utf-8", newline="") for k in _STAGE}  # "\r" as it is
+        self._clear()
+
+    def _clear(self) -> None:
+        # What later statements need not scan the staging tables for: the creates that
+        # restore an id (a rollback's), and the posts the media rows name (as JSON text
+        # from the fast path, else as values), whose models are touched.
+        self.restores = {k: 0 for k in _STAGE}
+        self.post_texts: set[str] = set()
+        self.posts: set[str] = set()
+
+    def touched_models(self) -> list[str]:
+        posts = self.posts | {p[1:-1] for p in self.post_texts}  # fast-path strings hold no escapes
+        return sorted({p.partition("/")[0] for p in posts})
+
+    def _write(self, kind: str, text: str) -> None:
+        self.files[kind].write(text)
 
     def reset(self) -> None:
+        self._clear()
         for f in self.files.values():
             f.seek(0)
             f.truncate()
 
     def add_rows(self, kind: str, rows: list[tuple[str, ...]]) -> None:
-        f = self.files[kind]
-        f.write(_FAST_PREFIX)
-        f.write(("\n" + _FAST_PREFIX).join(map(",".join, rows)))
-        f.write("\n")
+        if kind == "post":
+            self._write(kind, "".join(map(_post_update_row, rows)))
+            return
+        if kind == "media":
+            self.post_texts.update(map(_POST_TEXT, rows))
+        self._write(kind, _FAST_PREFIX + ("\n" + _FAST_PREFIX).join(map(",".join, rows)) + "\n")
 
     def add_batch(self, changes: list[dict]) -> None:
         rows: dict[str, list[str]] = {k: [] for k in _STAGE}
@@ -139,9 +184,13 @@ class Stage:
             fields = '"{' + ",".join(sorted(image)) + '}"' if action in ("update", "move") else "null"
             source = c.get("from")
             row_id = t(g("id")) if create else "null"
+            if row_id != "null":
+                self.restores[kind] += 1
             created_at = t(g("created_at")) if create else "null"
             head = f"{action},{t(key)}"
             if kind == "media":
+                if g("post") is not None:
+                    self.posts.add(g("post"))
                 rows[kind].append(
                     f"{row_id},{fields},{created_at},{t(source)},{t(action)},{t(g('etag'))},{t(g('post'))},{t(key)},"
                     f"{t(g('size_bytes'))},{t(g('type'))},{t(g('url'))}"
@@ -163,27 +212,206 @@ class Stage:
                     f"{head},{row_id},{fields},{t(g('thumbnail_url'))},{t(g('icon_url'))},"
                     f"{t(g('banner_url'))},{t(g('post_count'))},{status},{created_at},{t(source)}"
                 )
-        for kind, lines in rows.items():
+        # Kinds in plan order: a batch that spans kinds is staged in the order it lists them.
+        for kind in ("model", "post", "media"):
+            lines = rows[kind]
             if lines:
-                self.files[kind].write("\n".join(lines))
-                self.files[kind].write("\n")
+                lines.append("")
+                self._write(kind, "\n".join(lines))
 
     def load(self, cur) -> None:
         """Create the staging tables and ``COPY`` the rows in (inside the transaction)."""
         for kind, f in self.files.items():
             f.flush()
             f.seek(0)
-            cur.execute(
-                f"CREATE TEMP TABLE rc_stage_{kind} (seq int GENERATED ALWAYS AS IDENTITY, {_STAGE[kind]}"
-                f"{_GENERATED.get(kind, '')}) ON COMMIT DROP"
-            )
-            cur.copy_expert(f"COPY rc_stage_{kind} ({_COLUMNS[kind]}) FROM STDIN (FORMAT csv, NULL 'null')", f, size=1 << 20)
-            cur.execute(f"CREATE INDEX ON rc_stage_{kind} (key)")
-            cur.execute(f"ANALYZE rc_stage_{kind}")
+            _create_stage_table(cur, kind)
+            cur.copy_expert(_copy_sql(kind), f, size=1 << 20)
+        _index_stage(cur)
 
     def close(self) -> None:
         for f in self.files.values():
             f.close()
+
+
+def _create_stage_table(cur, kind: str) -> None:
+    cur.execute(
+        f"CREATE TEMP TABLE rc_stage_{kind} (seq int GENERATED ALWAYS AS IDENTITY, {_STAGE[kind]}"
+        f"{_GENERATED.get(kind, '')}) ON COMMIT DROP"
+    )
+
+
+def _copy_sql(kind: str) -> str:
+    return f"COPY rc_stage_{kind} ({_COLUMNS[kind]}) FROM STDIN (FORMAT csv, NULL 'null')"
+
+
+def _index_stage(cur) -> None:
+    """Statistics for the planner. No index: every statement joins the staging tables
+    as a whole (hash joins on the content tables' own keys)."""
+    for kind in _STAGE:
+        cur.execute(f"ANALYZE rc_stage_{kind}")
+
+
+_PLAN_FILE = "plan_file"  # the compressed plan file's parts, rows of rc_plan_file
+_BINARY_HEAD = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!ii", 0, 0)
+_BINARY_TAIL = struct.pack("!h", -1)
+_PLAN_FILE_TABLE = "CREATE TEMP TABLE rc_plan_file (seq int GENERATED ALWAYS AS IDENTITY, data bytea) ON COMMIT DROP"
+_END = object()  # the end of a stream
+_RESET = object()  # staged rows dropped (verification starts again)
+_CHUNK_CHARS = 1 << 20
+
+
+class _Feed:
+    """What ``copy_expert`` reads for one ``COPY`` of one kind: the queued chunks of that
+    kind; the first item of anything else ends it and is kept for the next."""
+
+    def __init__(self, q: queue.Queue, kind: str, first) -> None:
+        self.q, self.kind = q, kind
+        self.binary = kind == _PLAN_FILE  # rows of COPY's binary format, framed here
+        self.first = _BINARY_HEAD + first if self.binary else first
+        self.next = None
+
+    def read(self, size: int = -1):
+        if self.first is not None:
+            data, self.first = self.first, None
+            return data
+        if self.next is not None:
+            return ""
+        item = self.q.get()
+        if type(item) is tuple and item[0] == self.kind:
+            return item[1]
+        self.next = item
+        return _BINARY_TAIL if self.binary else ""
+
+    readline = read
+
+
+class StreamStage(Stage):
+    """A :class:`Stage` that streams its rows into the staging tables as they come,
+    on the apply's connection (in its transaction), from a thread: the server parses
+    and stores them while the client goes on verifying the file.
+
+    The tables are created first (temporary tables take no lock another session
+    waits for, so this precedes the locks, as DESIGN.md orders it). A database error
+    is held back: :meth:`finish` raises it, which the caller does only once
+    verification passed (a plan that fails verification is refused as such).
+    :meth:`abort` ends the stream without a verdict (the transaction is then rolled
+    back)."""
+
+    def __init__(self, conn, plan_file: "PlanFileCopy | None" = None) -> None:
+        self.conn = conn
+        self.plan_file = plan_file
+        self._parts_sent = 0
+        self._clear()
+        self.error: BaseException | None = None
+        self._buf: list[str] = []
+        self._buf_kind: str | None = None
+        self._buf_chars = 0
+        self._finished = False
+        with conn.cursor() as cur:
+            for kind in _STAGE:
+                _create_stage_table(cur, kind)
+            if plan_file is not None:
+                cur.execute(_PLAN_FILE_TABLE)
+        self._q: queue.Queue = queue.Queue(maxsize=8)
+        self._thread = threading.Thread(target=self._run, name="apply-stage", daemon=True)
+        self._thread.start()
+
+    # ---- producer (the verifying thread)
+
+    def _write(self, kind: str, text: str) -> None:
+        if kind != self._buf_kind:
+            self._flush()
+            self._buf_kind = kind
+        self._buf.append(text)
+        self._buf_chars += len(text)
+        if self._buf_chars >= _CHUNK_CHARS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buf:
+            self._q.put((self._buf_kind, "".join(self._buf)))
+            self._buf, self._buf_chars = [], 0
+        self._send_plan_file()
+
+    def _send_plan_file(self) -> None:
+        """The parts of the compressed plan file made so far, as rows of rc_plan_file
+        (the audit's copy of the file is thereby stored while the file is verified)."""
+        if self.plan_file is None:
+            return
+        parts = self.plan_file.parts
+        while self._parts_sent < len(parts):
+            part = parts[self._parts_sent]
+            self._parts_sent += 1
+            if part:
+                self._q.put((_PLAN_FILE, struct.pack("!hi", 1, len(part)) + part))
+
+    def reset(self) -> None:
+        self._clear()
+        self._buf, self._buf_chars = [], 0
+        self._q.put(_RESET)
+
+    def finish(self) -> None:
+        """Wait for every row to be stored, then analyze the tables; raise a held-back
+        database error."""
+        if not self._thread.is_alive() and self._finished:
+            return
+        self._stop()
+        if self.error is not None:
+            raise self.error
+        with self.conn.cursor() as cur:
+            _index_stage(cur)
+        self._finished = True
+
+    def abort(self) -> None:
+        self._buf = []
+        self.plan_file = None  # not waited for
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._thread.is_alive():
+            self._flush()
+            if self.plan_file is not None and self.error is None:
+                self.plan_file.wait()
+                self._send_plan_file()
+            self._q.put(_END)
+            self._thread.join()
+
+    def load(self, cur) -> None:
+        self.finish()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self.abort()
+
+    # ---- consumer (the stream's thread)
+
+    def _run(self) -> None:
+        q = self._q
+        item = None
+        with self.conn.cursor() as cur:
+            while True:
+                if item is None:
+                    item = q.get()
+                if item is _END:
+                    return
+                if self.error is not None:  # drained, so that the producer never blocks
+                    item = None
+                    continue
+                feed = None
+                try:
+                    if item is _RESET:
+                        item = None
+                        cur.execute("TRUNCATE " + ", ".join(f"rc_stage_{k}" for k in _STAGE) + " RESTART IDENTITY")
+                        continue
+                    kind, data = item
+                    feed = _Feed(q, kind, data)
+                    item = None
+                    sql = "COPY rc_plan_file (data) FROM STDIN (FORMAT binary)" if kind == _PLAN_FILE else _copy_sql(kind)
+                    cur.copy_expert(sql, feed, size=_CHUNK_CHARS)
+                    item = feed.next
+                except BaseException as e:  # held back for finish()
+                    self.error = e
+                    item = feed.next if feed is not None else None
 
 
 class PlanFileCopy:
@@ -197,7 +425,7 @@ class PlanFileCopy:
 
     def __init__(self, path: str, level: int = 1) -> None:
         self.path = path
-        self._data: bytes | None = None
+        self.parts: list[bytes] = []  # compressed so far (StreamStage sends them as they come)
         self._error: BaseException | None = None
         self._seen = None
         self._thread = None
@@ -216,17 +444,25 @@ class PlanFileCopy:
     def _run(self, level: int) -> None:
         try:
             z = zlib.compressobj(level)
-            parts = []
+            parts = self.parts
             with open(self.path, "rb") as f:
                 self._seen = self._identity(os.fstat(f.fileno()))
                 while chunk := f.read(4 << 20):
                     parts.append(z.compress(chunk))
             parts.append(z.flush())
-            self._data = b"".join(parts)
         except BaseException as e:  # reported by result()
             self._error = e
 
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
     def result(self) -> bytes:
+        """The compressed file; refused if it could not be read or changed since."""
+        self.check()
+        return b"".join(self.parts)
+
+    def check(self) -> None:
         if self._thread is None:
             raise PlanFileError(f"cannot read plan file {self.path}")
         self._thread.join()
@@ -238,13 +474,11 @@ class PlanFileCopy:
             now = None
         if now != self._seen:
             raise PlanFileError(f"plan file {self.path} changed while it was being applied; apply it again")
-        assert self._data is not None
-        return self._data
 
     def close(self) -> None:
         if self._thread is not None:
             self._thread.join()
-        self._data = None
+        self.parts = []
 
 
 class _BinaryCopy:
@@ -377,7 +611,7 @@ def _delete(cur, kind: str) -> None:
     cur.execute(f"DELETE FROM {table} t USING rc_stage_{kind} s WHERE s.action = 'delete' AND t.id = s.row_id")
 
 
-def _insert(cur, kind: str, expected: int) -> None:
+def _insert(cur, kind: str, expected: int, restores: int | None = None) -> None:
     """Create rows. They get no audit rows of their own: their images are in the plan
     file, which the apply stores (see :mod:`reconciler.audit`).
 
@@ -407,7 +641,7 @@ def _insert(cur, kind: str, expected: int) -> None:
         restore_cols, restore_vals = "id, created_at", "s.row_id, coalesce(s.created_at, now())"
     table = _TABLE[kind]
     inserted = 0
-    for restore in (False, True):
+    for restore in (False, True) if restores != 0 else (False,):  # restores: how many, when known
         insert_cols = f"{restore_cols}, {parent_col}, {cols}" if restore else f"{parent_col}, {cols}"
         select = f"{restore_vals}, {parent_val}, {vals}" if restore else f"{parent_val}, {vals}"
         cur.execute(
@@ -500,17 +734,25 @@ def _audit_after(cur, apply_id: int, kind: str) -> None:
     )
 
 
-def _touch_models(cur) -> None:
-    """``last_synced_at`` on every surviving model the plan touched."""
+def _touch_models(cur, media_models: list[str] | None = None, media_moves: bool = True) -> None:
+    """``last_synced_at`` on every surviving model the plan touched. ``media_models``:
+    the models of the posts the media rows name, when the stage collected them (else
+    the staged media are scanned for them); ``media_moves``: whether any media item is
+    updated or moved (whose old post's model is touched too)."""
+    media = "SELECT unnest(%s::text[])" if media_models is not None else (
+        "SELECT post_model FROM rc_stage_media WHERE post_model IS NOT NULL"
+    )
+    moved = "" if media_moves else " AND false"
     cur.execute(
         f"""UPDATE whitelabel_models SET last_synced_at = {_SYNCED} WHERE folder_name IN (
              SELECT key FROM rc_stage_model WHERE action IN ('update', 'move')
              UNION SELECT model_key FROM rc_stage_post
-             UNION SELECT post_model FROM rc_stage_media WHERE post_model IS NOT NULL
+             UNION {media}
              UNION SELECT pm.folder_name FROM rc_stage_media s
-               JOIN whitelabel_media x ON s.action IN ('update', 'move') AND x.id = s.row_id
+               JOIN whitelabel_media x ON s.action IN ('update', 'move') AND x.id = s.row_id{moved}
                JOIN whitelabel_posts pp ON pp.id = x.whitelabel_post_id
-               JOIN whitelabel_models pm ON pm.id = pp.whitelabel_model_id)"""
+               JOIN whitelabel_models pm ON pm.id = pp.whitelabel_model_id)""",
+        (media_models,) if media_models is not None else None,
     )
 
 
@@ -534,19 +776,74 @@ def apply_plan(
     audit entry (:class:`PlanFileCopy` makes it while the file is verified).
 
     Raises a :class:`ReconcilerError` and changes nothing when any check or
-    statement fails.
+    statement fails. :func:`apply_file` verifies and stages at once.
     """
-    summary = plan.summary
-    total = sum(sum(v.values()) for v in summary.values())
-    if total == 0:
-        return ApplyResult(None, plan.plan_id, summary, db.display)
-    deletes = sum(v["delete"] for v in summary.values())
+    return _apply(
+        db, lambda conn: (plan, stage), lock_timeout=lock_timeout, limits=limits, progress=progress, actor=actor,
+        plan_file=lambda: plan_file,
+    )
+
+
+def apply_file(
+    db: Database,
+    verify: Callable[[Stage], Plan],
+    *,
+    lock_timeout: float = 60.0,
+    limits: Limits = Limits(),
+    progress: Progress = lambda msg: None,
+    actor: str | None = None,
+    plan_file: PlanFileCopy,
+) -> ApplyResult:
+    """Verify a plan file and apply it: ``verify(sink)`` is ``verify_plan(path,
+    keep_changes=False, sink=sink, …)``; its changes stream into the staging tables of
+    the apply's transaction while it runs (:class:`StreamStage`). Only then, once the
+    file passed every check, does the apply take its locks and go on as
+    :func:`apply_plan`. A plan that fails verification is refused as such, before any
+    database error the staging met; either way nothing changes. ``plan_file`` compresses
+    the file for the audit entry; its parts are stored as they come, with the changes.
+    """
+
+    def staged(conn):
+        stage = StreamStage(conn, plan_file)
+        try:
+            plan = verify(stage)
+        except BaseException:
+            stage.abort()
+            raise
+        stage.finish()
+        return plan, stage
+
+    def stored() -> None:
+        plan_file.check()  # refuses a file that changed while it was read
+        return None
+
+    return _apply(db, staged, lock_timeout=lock_timeout, limits=limits, progress=progress, actor=actor, plan_file=stored)
+
+
+def _apply(
+    db: Database,
+    staged: Callable,
+    *,
+    lock_timeout: float,
+    limits: Limits,
+    progress: Progress,
+    actor: str | None,
+    plan_file: Callable[[], bytes | None],
+) -> ApplyResult:
+    """``plan_file()``: the compressed file, or None when it is in rc_plan_file already."""
     try:
         with db.transaction() as conn, conn.cursor() as cur:
             # PostgreSQL reads lock_timeout 0 as "wait forever": 0 here means "do not wait".
             cur.execute("SET LOCAL lock_timeout = %s", (f"{max(1, int(lock_timeout * 1000))}ms",))
             # Bulk statements sort and hash a million rows: let them do it in memory.
             cur.execute("SET LOCAL work_mem = '256MB'")
+            plan, stage = staged(conn)
+            summary = plan.summary
+            total = sum(sum(v.values()) for v in summary.values())
+            if total == 0:
+                return ApplyResult(None, plan.plan_id, summary, db.display)
+            deletes = sum(v["delete"] for v in summary.values())
+            plan_bytes = plan_file()
             progress("waiting for the apply lock")
             try:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
@@ -575,14 +872,17 @@ def apply_plan(
                     f"(at {plan.created_at}); make a new plan and review it"
                 )
             check_delete_limits(deletes, current_rows, limits, when="plan being applied")
-            # The file goes in as raw bytes in COPY's binary format: no hex text twice its
-            # size, in the client's memory or for the server to parse.
-            cur.execute("CREATE TEMP TABLE rc_plan_file (data bytea) ON COMMIT DROP")
-            cur.copy_expert("COPY rc_plan_file FROM STDIN (FORMAT binary)", _BinaryCopy(plan_file))
+            if plan_bytes is not None:
+                # The file goes in as raw bytes in COPY's binary format: no hex text twice
+                # its size, in the client's memory or for the server to parse. (Streamed, it
+                # is in rc_plan_file already, in parts.)
+                cur.execute(_PLAN_FILE_TABLE)
+                cur.copy_expert("COPY rc_plan_file (data) FROM STDIN (FORMAT binary)", _BinaryCopy(plan_bytes))
             cur.execute(
                 """INSERT INTO reconciler_applies
                      (plan_id, os_user, tool_version, source, scope, summary, plan_created_at, rolls_back, plan_file)
-                   SELECT %s, %s, %s, %s, %s, %s, %s, %s, data FROM rc_plan_file RETURNING id""",
+                   SELECT %s, %s, %s, %s, %s, %s, %s, %s, string_agg(data, ''::bytea ORDER BY seq) FROM rc_plan_file
+                   RETURNING id""",
                 (
                     plan.plan_id,
                     _os_user(actor),
@@ -600,7 +900,8 @@ def apply_plan(
             for kind in ("model", "post", "media"):
                 counts = summary[kind]
                 _resolve(cur, kind, counts["update"] + counts.get("move", 0) + counts["delete"])
-                _audit_before(cur, apply_id, kind)
+                if counts["update"] + counts.get("move", 0) + counts["delete"]:
+                    _audit_before(cur, apply_id, kind)
             for kind in ("media", "post", "model"):
                 if summary[kind]["delete"]:
                     _delete_early(cur, kind)
@@ -609,14 +910,18 @@ def apply_plan(
                 # Moves before creates: a move may free the key a create takes (a
                 # model's rename leaves its post's old name to a new post).
                 _move(cur, kind, summary[kind].get("move", 0))
-                _insert(cur, kind, summary[kind]["create"])
+                _insert(cur, kind, summary[kind]["create"], getattr(stage, "restores", {}).get(kind))
                 if summary[kind]["update"]:
                     _update(cur, kind)
             progress("deleting")
             for kind in ("media", "post", "model"):
                 if summary[kind]["delete"]:
                     _delete(cur, kind)
-            _touch_models(cur)
+            _touch_models(
+                cur,
+                stage.touched_models() if hasattr(stage, "touched_models") else None,
+                bool(summary["media"]["update"] or summary["media"].get("move", 0)),
+            )
             progress("writing the audit log")
             for kind in ("model", "post", "media"):
                 if summary[kind]["update"] or summary[kind].get("move", 0):

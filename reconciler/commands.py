@@ -14,14 +14,14 @@ from typing import Callable, Iterable, Iterator, Sequence
 import psycopg2
 
 from . import audit
-from .apply import ApplyResult, PlanFileCopy, Stage, apply_plan
+from .apply import ApplyResult, PlanFileCopy, apply_file
 from .config import Settings
 from .current import RangeCopies, database_identity, media_counts, read_state
 from .db import check_schema, migrate, open_database, redact_url
 from .diff import summarize
 from .engine import Current, plan_changes
 from .frames import classify_listing
-from .errors import ConfigError
+from .errors import ConfigError, ReconcilerError
 from .layout import ObjectInfo
 from .planfile import Plan, verify_plan, write_plan
 from .safety import check_delete_limits, check_empty_source
@@ -282,26 +282,30 @@ def apply(
     transaction (see :mod:`reconciler.apply`). ``actor`` names who approved it (the
     audit log's ``os_user``)."""
     progress("verifying the plan file")
-    stage = Stage()
     copy = PlanFileCopy(path)  # the audit keeps the file itself, compressed
+    verify = functools.partial(
+        verify_plan,
+        path,
+        keep_changes=False,
+        signing_key=settings.signing_key,
+        require_signature=require_signature or settings.require_signature,
+    )
     try:
-        p = verify_plan(
-            path,
-            keep_changes=False,
-            sink=stage,
-            signing_key=settings.signing_key,
-            require_signature=require_signature or settings.require_signature,
-        )
-        plan_file = copy.result()
-        with open_database(settings.database, settings.state_dir) as db:
-            check_schema(db)
-            return apply_plan(
-                db, p, stage, lock_timeout=settings.lock_timeout, limits=settings.limits, progress=progress,
-                actor=actor, plan_file=plan_file,
+        with contextlib.ExitStack() as stack:
+            # The database is opened first (here, not in a thread: the embedded server
+            # starts in this one), so that the changes stream into it as they are verified.
+            try:
+                db = stack.enter_context(open_database(settings.database, settings.state_dir))
+                check_schema(db)
+            except ReconcilerError:
+                verify(sink=None)  # a plan that fails verification is refused as such first
+                raise
+            return apply_file(
+                db, lambda sink: verify(sink=sink), lock_timeout=settings.lock_timeout, limits=settings.limits,
+                progress=progress, actor=actor, plan_file=copy,
             )
     finally:
         copy.close()
-        stage.close()
 
 
 @contextlib.contextmanager

@@ -434,20 +434,30 @@ class _Layout:
     top: dict
     start: int
     end: int
+    from_end: bool = False  # the end found from the file's end (see _line_layout)
 
 
 def _line_layout(path: str) -> _Layout | None:
     """The file's layout when it opens as this tool writes it (``{``, then
-    ``"changes": [`` on a line of its own); else None. The end of the changes is found
-    by one search for the line ``  ],`` (a change line holds no line break, so the first
-    such line closes the list); whether every line between is one change is checked
-    as the lines are read (:func:`_line_chunks`)."""
+    ``"changes": [`` on a line of its own); else None. The end of the changes is the
+    line ``  ],`` after them; it is looked for from the end of the file (the envelope
+    after it is short), and from the start when what follows the last such line is not
+    the rest of a plan (a change line holds no line break, so the first such line
+    closes the list). Whether every line between is one change is checked as the lines
+    are read (:func:`_line_chunks`), which also refuses a range that ran past the list
+    (its closing line is no change)."""
     with _open(path, binary=True) as f:
         if os.fstat(f.fileno()).st_size == 0:
             return None
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             if m[: len(_OPENING)] == _OPENING:
                 start = len(_OPENING)
+                end = m.rfind(_CLOSING, start - 1)
+                if end >= 0:
+                    layout = _top_after(m[end + len(_CLOSING) - 1 :], path, start, end + 1, quiet=True)
+                    if layout is not None:
+                        layout.from_end = True
+                        return layout
                 end = m.find(_CLOSING, start - 1)
                 if end < 0:
                     return None
@@ -458,11 +468,24 @@ def _line_layout(path: str) -> _Layout | None:
                 rest = m[start:]
             else:
                 return None
+    return _top_after(rest, path, start, end)
+
+
+def _top_after(rest: bytes, path: str, start: int, end: int, quiet: bool = False) -> _Layout | None:
+    """The layout whose changes end at ``end``, with ``rest`` the file after them;
+    ``quiet``: None rather than an error when ``rest`` is not the end of a plan."""
     try:
         text = rest.decode("utf-8")
     except UnicodeDecodeError:
+        if quiet:
+            return None
         raise _decode_errors(path) from None
-    top = _loads("{\n" + text, path)
+    try:
+        top = _loads("{\n" + text, path)
+    except PlanFileError:
+        if quiet:
+            return None
+        raise
     if not isinstance(top, dict) or "changes" in top:
         return None
     return _Layout(top, start, end)
@@ -498,9 +521,9 @@ def _line_chunks(path: str, layout: _Layout) -> Iterator[bytes]:
             yield block
 
 
-def _chunk_lines(block: bytes, final: bool, path: str) -> tuple[list[str], bytes]:
-    """A chunk's lines as text (the file's last line given the comma the others end
-    with), and the canonical changes they hold joined by commas, as bytes: each line
+def _chunk_lines(block: bytes, final: bool, path: str) -> tuple[str, list[str], bytes]:
+    """A chunk as text and as lines (the file's last line given the comma the others
+    end with), and the canonical changes they hold joined by commas, as bytes: each line
     less its indent, line break, and the comma after the file's last change. Whether
     each line ends its change is checked as the lines are (by the fast path's patterns,
     or line by line)."""
@@ -508,16 +531,16 @@ def _chunk_lines(block: bytes, final: bool, path: str) -> tuple[list[str], bytes
         text = block.decode("utf-8")
     except UnicodeDecodeError:
         raise _decode_errors(path) from None
+    if final:
+        text = text[:-1] + ",\n"
     lines = text.split("\n")
     lines.pop()  # the chunk ends with a line break
     body = block[4:-1].replace(b"\n    {", b"{")
     if not block.startswith(b"    {") or len(block) - 5 - len(body) != 5 * (len(lines) - 1):
         raise _NotLines()  # a line that does not open a change: not this layout after all
-    if final:
-        lines[-1] += ","
-    elif body.endswith(b","):
+    if not final and body.endswith(b","):
         body = body[:-1]
-    return lines, body
+    return text, lines, body
 
 
 def _read_whole(path: str) -> dict:
@@ -587,8 +610,26 @@ _MEDIA_IMAGE = (
     rf'\{{"etag":({_STR}|null),"post":("[^"\\/\x00-\x1f]+/{_S}+"),"s3_key":(?P<key>"{_S}+"),'
     rf'"size_bytes":(0|[1-9][0-9]{{0,17}}|null),"type":("image"|"video"),"url":({_STR})\}}'
 )
-FAST_COLUMNS = {"media": ("action", "etag", "post", "s3_key", "size_bytes", "type", "url")}
+# A post's media_cdns as the fast path admits it: its lists' strings neither begin with
+# ':' nor end with ',', so that in the object's canonical text '":' is only ever a
+# key's end and ',"' only ever a separator (the stage re-spaces it by those two).
+_CDN = r'"(?!:)[^"\\\x00-\x1f]*(?<!,)"'
+_CDNS_LIST = rf"\[(?:{_CDN}(?:,{_CDN})*)?\]"
+_CDNS = rf'\{{(?:"images":{_CDNS_LIST}(?:,"videos":{_CDNS_LIST})?|"videos":{_CDNS_LIST})?\}}'
+# A post key the general path accepts: a '/' with a character other than '/' before
+# and after it (check_identity: "/" in key.strip("/")).
+_POST_KEY = r'"[^"\\/\x00-\x1f][^"\\\x00-\x1f]*?/[^"\\\x00-\x1f]*?[^"\\/\x00-\x1f][^"\\\x00-\x1f]*"'
+FAST_COLUMNS = {
+    "media": ("action", "etag", "post", "s3_key", "size_bytes", "type", "url"),
+    "post": ("action", "media_cdns", "key"),  # an update of media_cdns alone: its after
+}
+FAST_KEY = {"media": 3, "post": 2}  # where a row holds the change's key
 FAST_SHAPES: dict[tuple[str, str], re.Pattern] = {
+    ("post", "update"): re.compile(
+        rf'^    \{{"action":("update"),"after":\{{"media_cdns":({_CDNS})\}},"before":\{{"media_cdns":{_CDNS}\}},'
+        rf'"key":({_POST_KEY}),"kind":"post"\}},$',
+        re.M,
+    ),
     ("media", "create"): re.compile(
         rf'^    \{{"action":("create"),"after":{_MEDIA_IMAGE},"before":null,"key":(?P=key),"kind":"media"\}},$', re.M
     ),
@@ -624,6 +665,7 @@ def verify_plan(
     sink: ChangeSink | None = None,
     signing_key: str | None = None,
     require_signature: bool = False,
+    _whole: bool = False,
 ) -> Plan:
     """Read and check a plan file, without a database, streaming its changes.
 
@@ -640,7 +682,7 @@ def verify_plan(
     not give ``plan_id`` (a re-formatted file, say) are the changes re-encoded and
     hashed again.
     """
-    layout = _line_layout(path)
+    layout = None if _whole else _line_layout(path)
     data = None
     if layout is not None:
         top = layout.top
@@ -673,8 +715,12 @@ def verify_plan(
     try:
         mac = run(layout is not None)
     except _NotLines:
+        from_end = layout.from_end
         layout, data = None, _read_whole(path)
         if _whole_top(data, path) != top:
+            if from_end:  # the list ended earlier than its last closing line: read it whole
+                return verify_plan(path, keep_changes=keep_changes, sink=sink, signing_key=signing_key,
+                                   require_signature=require_signature, _whole=True)
             raise PlanFileError(f"plan file {path} changed while it was being read") from None
         mac = run(False)
     except _Mismatch:
@@ -729,17 +775,19 @@ class _Verifier:
         chunk = next(chunks, None)
         while chunk is not None:
             following = next(chunks, None)
-            lines, body = _chunk_lines(chunk, following is None, self.path)
-            i, n = 0, len(lines)
+            text, lines, body = _chunk_lines(chunk, following is None, self.path)
+            i, n, pos = 0, len(lines), 0
             while i < n:
                 j = min(n, i + BATCH)
                 shape = _shape(lines[i])
                 if self.fast:
                     # The run of lines of this shape (the file is ordered by kind and action).
                     j = bisect.bisect_right(lines, shape, i, j, key=_shape)
-                if not (raw and self._fast(shape, lines[i:j])):
-                    self._slow(lines[i:j], raw)
-                i = j
+                run = lines[i:j]
+                end = pos + sum(map(len, run)) + len(run)  # where the run's text ends in the chunk's
+                if not (raw and self._fast(shape, run, text, pos, end)):
+                    self._slow(run, raw)
+                i, pos = j, end
             if raw:
                 self.hasher.joined_bytes(body, n)
             chunk = following
@@ -759,20 +807,21 @@ class _Verifier:
             # One C call encodes the batch: "[a,b,…]" is exactly the canonical changes, joined.
             self.hasher.joined(canonical_checked(objs)[1:-1], len(objs))
 
-    def _fast(self, shape: tuple[int, int], lines: list[str]) -> bool:
-        """Check a run of lines of one shape by its pattern; False (and nothing
-        recorded) when any line needs the general path."""
+    def _fast(self, shape: tuple[int, int], lines: list[str], text: str, pos: int, end: int) -> bool:
+        """Check a run of lines of one shape (``text[pos:end]``) by its pattern; False
+        (and nothing recorded) when any line needs the general path."""
         if shape == _NO_SHAPE or not self.fast:
             return False
         kind, action = KINDS[shape[0]], ACTIONS[shape[1]]
         pattern = FAST_SHAPES.get((kind, action))
         if pattern is None:
             return False
-        rows = pattern.findall("\n".join(lines))
+        rows = pattern.findall(text, pos, end)
         n = len(rows)
         if n != len(lines):
             return False
-        keys = [row[3][1:-1] for row in rows]
+        at = FAST_KEY[kind]
+        keys = [row[at][1:-1] for row in rows]
         if self.last is not None and (*shape, keys[0]) <= self.last:
             return False
         if not all(map(str.__lt__, keys, keys[1:])):

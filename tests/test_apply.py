@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
@@ -552,3 +553,95 @@ def test_renames_converge_and_rollback_restores_ids(settings, database_url, tmp_
         commands.rollback(settings, result.apply_id, str(tmp_path / "rb.json"))
         commands.apply(settings, str(tmp_path / "rb.json"))
         assert content(snapshot(database_url)) == content(before)
+
+
+# --------------------------------------------------------------------------- staging streamed while verifying
+
+
+def test_a_staging_error_waits_for_the_verdict_and_never_blocks_the_verifier(database_url):
+    from reconciler.apply import StreamStage
+    from reconciler.db import open_database
+
+    good = ('"create"', "null", '"A/B"', '"A/B/1.jpg"', "1", '"image"', '"u"')
+    bad = ('"create"', "null", '"A/B"', '"A/B/2.jpg"', '"not a number"', '"image"', '"u"')
+    with open_database(database_url) as db:
+        for end in ("abort", "finish"):
+            with pytest.raises(psycopg2.Error) if end == "finish" else contextlib.nullcontext():
+                with db.transaction() as conn:
+                    stage = StreamStage(conn)
+                    stage.add_rows("media", [bad])
+                    # Far more than the stream's queue holds: the failed stream keeps draining it.
+                    for _ in range(40):
+                        stage.add_rows("media", [good] * 20000)
+                    if end == "abort":
+                        stage.abort()  # a verification error: the database's is not raised
+                    else:
+                        stage.finish()
+        with db.transaction() as conn:  # the connection is usable after both
+            stage = StreamStage(conn)
+            stage.add_rows("media", [good])
+            stage.reset()
+            stage.add_rows("media", [good, good])
+            stage.add_batch([{"action": "create", "kind": "post", "key": "A/B", "before": None,
+                              "after": {"model": "A", "title": "B", "media_cdns": []}}])
+            stage.finish()
+            with conn.cursor() as cur:
+                cur.execute("SELECT seq, size_bytes FROM rc_stage_media ORDER BY seq")
+                assert cur.fetchall() == [(1, 1), (2, 1)]
+                cur.execute("SELECT key, media_cdns FROM rc_stage_post")
+                assert cur.fetchall() == [("A/B", "[]")]
+            conn.rollback()
+
+
+def test_without_a_database_an_edited_plan_is_refused_as_edited(settings, tmp_path):
+    from reconciler import Settings
+    from reconciler.errors import PlanFileError
+
+    path = plan_to(settings, tmp_path, BUCKET, "p.json")
+    nowhere = Settings(database="postgresql://nobody@127.0.0.1:9/none?connect_timeout=2", cdn_base_url=CDN)
+    with pytest.raises(DatabaseError):
+        commands.apply(nowhere, path)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text.replace('"size_bytes":2', '"size_bytes":5'))
+    with pytest.raises(PlanFileError, match="plan_id does not match"):
+        commands.apply(nowhere, path)
+
+
+def test_the_stored_plan_file_is_the_file_applied(settings, database_url, tmp_path, monkeypatch):
+    import zlib
+
+    import importlib
+
+    apply_module = importlib.import_module("reconciler.apply")
+
+    monkeypatch.setattr(apply_module, "_CHUNK_CHARS", 64)  # many parts, interleaved with the changes
+    bucket = {f"M{i % 3}/P{i % 5}/{i}.jpg": i for i in range(300)}
+    path = plan_to(settings, tmp_path, bucket, "p.json")
+    original = apply_module.PlanFileCopy
+
+    def small_reads(p):
+        copy = original.__new__(original)
+        copy.path, copy.parts, copy._error, copy._seen = p, [], None, None
+        with open(p, "rb") as f:
+            data = f.read()
+        z = zlib.compressobj(1)
+        copy.parts += [z.compress(data[i : i + 999]) for i in range(0, len(data), 999)] + [z.flush()]
+        copy._seen = copy._identity(os.stat(p))
+        copy._thread = None
+        copy.wait = lambda: None
+        copy.check = lambda: None
+        return copy
+
+    monkeypatch.setattr(commands, "PlanFileCopy", small_reads)
+    result = commands.apply(settings, path)
+    conn = psycopg2.connect(database_url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT plan_file FROM reconciler_applies WHERE id = %s", (result.apply_id,))
+            stored = bytes(cur.fetchone()[0])
+    finally:
+        conn.close()
+    with open(path, "rb") as f:
+        assert zlib.decompress(stored) == f.read()
