@@ -51,7 +51,10 @@ def _timed(store: dict, name: str, fn):
 def _settings(args):
     from reconciler import Settings
 
-    return Settings(database=args.database, cdn_base_url=CDN, source=f"synthetic://{args.objects}", state_dir=args.workdir)
+    settings = Settings(database=args.database, cdn_base_url=CDN, source=f"synthetic://{args.objects}", state_dir=args.workdir)
+    if os.environ.get("RECONCILER_BENCH_BATCH_ROWS"):  # to try other batch sizes (plan.batch_rows)
+        settings.batch_rows = int(os.environ["RECONCILER_BENCH_BATCH_ROWS"])
+    return settings
 
 
 def phase_plan(args) -> dict:

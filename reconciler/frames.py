@@ -158,7 +158,7 @@ def _literal(text: str) -> str:
     return "".join(f"\\x{{{ord(c):X}}}" for c in text)
 
 
-CHUNK = 200_000  # objects classified at a time: memory follows the chunk, not the listing
+CHUNK = 50_000  # objects classified at a time, while the next are read: memory follows the chunk
 
 
 def _chunks(objects: Iterable[L.ObjectInfo]):

@@ -9,6 +9,7 @@ the S3 source needs nothing but ``s3:ListBucket``.
 from __future__ import annotations
 
 import functools
+import operator
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -305,25 +306,35 @@ class FolderSource:
             yield from self._walk(base, sub, m + "/")
 
     def _walk(self, base: str, folder: str, prefix: str) -> Iterator[ObjectInfo]:
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as e:
-            raise SourceError(f"cannot read folder {folder!r}: {e.strerror}") from None
-        for entry in entries:
-            key = prefix + entry.name
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if os.path.commonpath([base, target]) != base or not os.path.isfile(target):
+        """Depth first, each folder's entries by name (a folder's objects where its name
+        sorts), with a stack of folders rather than a generator per level: an object is
+        yielded once, not once per level above it."""
+        stack = [(_entries(folder), prefix)]
+        while stack:
+            entries, prefix = stack[-1]
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):  # the common case first
+                    st = entry.stat(follow_symlinks=False)
+                elif entry.is_dir(follow_symlinks=False):
+                    stack.append((_entries(entry.path), prefix + entry.name + "/"))
+                    break
+                elif entry.is_symlink():
+                    target = os.path.realpath(entry.path)
+                    if os.path.commonpath([base, target]) != base or not os.path.isfile(target):
+                        continue
+                    st = os.stat(target)
+                else:
                     continue
-                st = os.stat(target)
-            elif entry.is_dir(follow_symlinks=False):
-                yield from self._walk(base, entry.path, key + "/")
-                continue
-            elif entry.is_file(follow_symlinks=False):
-                st = entry.stat(follow_symlinks=False)
+                yield ObjectInfo(prefix + entry.name, st.st_size, None, _mtime_text(int(st.st_mtime)))
             else:
-                continue
-            yield ObjectInfo(key, st.st_size, None, _mtime_text(int(st.st_mtime)))
+                stack.pop()
+
+
+def _entries(folder: str) -> Iterator[os.DirEntry]:
+    try:
+        return iter(sorted(os.scandir(folder), key=operator.attrgetter("name")))
+    except OSError as e:
+        raise SourceError(f"cannot read folder {folder!r}: {e.strerror}") from None
 
 
 @functools.lru_cache(maxsize=4096)
