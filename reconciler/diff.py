@@ -143,14 +143,15 @@ def _compare(kind: str, fields: tuple[str, ...], desired: dict, current: Iterabl
     return n
 
 
-class CreateLines:
-    """The creates of one kind as canonical JSON lines, in key order, in parts of
-    (``key``, ``line``, …) frames (see :class:`reconciler.spill.Parts`), less the keys
-    in ``skip`` (creates that became moves): no Python object per create until one is
+class Lines:
+    """Changes of one kind and action — the creates, or a post's updates, which carry
+    whole URL lists — as canonical JSON lines, in key order, in parts of (``key``,
+    ``line``, …) frames (see :class:`reconciler.spill.Parts`), less the keys in ``skip``
+    (creates that became moves or updates): no Python object per change until one is
     asked for."""
 
-    def __init__(self, kind: str, parts, skip: set[str] | frozenset = frozenset()) -> None:
-        self.kind, self.parts, self.skip = kind, parts, skip
+    def __init__(self, kind: str, parts, skip: set[str] | frozenset = frozenset(), action: str = "create") -> None:
+        self.kind, self.parts, self.skip, self.action = kind, parts, skip, action
 
     def __len__(self) -> int:
         return self.parts.rows - len(self.skip)
@@ -170,12 +171,12 @@ class CreateLines:
         for frame in self.parts.slices(4096):
             for key, line in frame.select("key", "line").iter_rows():
                 if key not in self.skip:
-                    yield EncodedChange("create", self.kind, key, line)
+                    yield EncodedChange(self.action, self.kind, key, line)
 
 
 class ChangeList(Sequence):
     """The changes of a plan in plan order, as segments: lists of :class:`Change` and
-    :class:`CreateLines` (the creates of posts and media — a million of them in a first
+    :class:`Lines` (the creates of posts and media — a million of them in a first
     plan — stay canonical lines, spilled to disk when large, until they are written).
     Reads like a list of :class:`Change` (a create comes out as an
     :class:`EncodedChange` when asked for)."""
@@ -212,8 +213,8 @@ class ChangeList(Sequence):
     def summary(self) -> dict[str, dict[str, int]]:
         counts = summarize([])
         for segment in self.segments:
-            if isinstance(segment, CreateLines):
-                counts[segment.kind]["create"] += len(segment)
+            if isinstance(segment, Lines):
+                counts[segment.kind][segment.action] += len(segment)
             else:
                 for c in segment:
                     counts[c.kind][c.action] += 1

@@ -44,7 +44,7 @@ from typing import IO, Callable, Iterable, Iterator, Protocol
 
 import orjson
 
-from .diff import ACTION_ORDER, ACTIONS, FIELDS, KIND_ORDER, KINDS, Change, ChangeList, CreateLines, summarize
+from .diff import ACTION_ORDER, ACTIONS, FIELDS, KIND_ORDER, KINDS, Change, ChangeList, Lines, summarize
 from .errors import PlanFileError, SignatureError
 
 FORMAT_VERSION = 1
@@ -185,7 +185,7 @@ def _encoded_batches(changes: list[Change]) -> Iterator[tuple[str, int]]:
     """
     if isinstance(changes, ChangeList):  # creates already canonical, in columns
         for segment in changes.segments:
-            if isinstance(segment, CreateLines):
+            if isinstance(segment, Lines):
                 yield from segment.batches(LINES_BATCH)
             else:
                 yield from _encoded_batches(segment)
