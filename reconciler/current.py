@@ -10,6 +10,7 @@ scope, which makes a plan stale when the database moves, is computed by the serv
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -209,31 +210,53 @@ class RangeCopies:
     copy, so the planner compares one batch while the next is copied. Every row is in
     exactly one range, whatever the counts say.
 
-    A query per range (the indexes on the models' posts and the posts' media) costs the
-    server about twice one scan, but less than one scan plus dividing it here: on two
-    cores, what the listing leaves free is what this has."""
+    Up to ``ranged_up_to`` ranges, a query per range (through the indexes on a model's
+    posts and a post's media) hands each range over as soon as it is copied. Past that,
+    each table is copied in one scan and divided here, 32 MB at a time, by the model each
+    row is filed under: an index scan per post cost the server several times the
+    listing's time at ten million rows, while at a million a query per range is faster
+    (3.3 s for a no-op plan against 4.2 s)."""
 
-    def __init__(self, batch_rows: int, path: Callable[[str], str]) -> None:
+    RANGED_UP_TO = 16
+
+    def __init__(self, batch_rows: int, path: Callable[[str], str], ranged_up_to: int | None = None) -> None:
         self.batch_rows, self.path = batch_rows, path  # path(suffix) names a new file
+        self.ranged_up_to = self.RANGED_UP_TO if ranged_up_to is None else ranged_up_to
         self._los: Future = Future()
         self._rows: list[Future] = []
         self._stop = threading.Event()
 
     def run(self, conn, models: Sequence[str] | None) -> None:
-        from .engine import batch_bounds
+        from .engine import POSTS_TEXT_SCHEMA, batch_bounds
+        from .frames import MEDIA_SCHEMA
 
         try:
             los = ["", *batch_bounds(media_counts(conn, models), self.batch_rows)]
             self._rows = [Future() for _ in los]
             self._los.set_result(los)
-            for i, lo in enumerate(los):
-                if self._stop.is_set():
-                    raise RuntimeError("the plan was abandoned")
-                where, params = _range_clause(models, lo, los[i + 1] if i + 1 < len(los) else None)
-                rows = CopiedRange([self.path(".posts.tsv")], [self.path(".media.tsv")])
-                _copy(conn, _POSTS_TEXT, where, params, rows.post_files[0])
-                _copy(conn, _MEDIA, where, params, rows.media_files[0])
-                self._rows[i].set_result(rows)
+            if 1 < len(los) <= self.ranged_up_to:
+                for i, lo in enumerate(los):
+                    if self._stop.is_set():
+                        raise RuntimeError("the plan was abandoned")
+                    where, params = _range_clause(models, lo, los[i + 1] if i + 1 < len(los) else None)
+                    rows = CopiedRange([self.path(".posts.tsv")], [self.path(".media.tsv")])
+                    _copy(conn, _POSTS_TEXT, where, params, rows.post_files[0])
+                    _copy(conn, _MEDIA, where, params, rows.media_files[0])
+                    self._rows[i].set_result(rows)
+                return
+            where, params = scope_clause(models)
+            posts, media = self.path(".posts.tsv"), self.path(".media.tsv")
+            _copy(conn, _POSTS_TEXT, where, params, posts)
+            if self._stop.is_set():
+                raise RuntimeError("the plan was abandoned")
+            _copy(conn, _MEDIA, where, params, media)
+            if len(los) == 1:
+                self._rows[0].set_result(CopiedRange([posts], [media]))
+                return
+            by_range = zip(_divide(posts, POSTS_TEXT_SCHEMA, "key", los, self.path),
+                           _divide(media, MEDIA_SCHEMA, "post", los, self.path))
+            for future, (post_files, media_files) in zip(self._rows, by_range):
+                future.set_result(CopiedRange(post_files, media_files))
         except BaseException as e:
             for future in (self._los, *self._rows):
                 if not future.done():
@@ -246,6 +269,30 @@ class RangeCopies:
     def stop(self) -> None:
         """Copy no further range (the plan failed elsewhere)."""
         self._stop.set()
+
+
+def _divide(tsv: str, schema: dict, column: str, los: list[str], path) -> list[list[str]]:
+    """A copied table's rows divided among the ranges starting at ``los`` by the model
+    named in ``column`` (``M/P``), decoded, as Arrow IPC files; the copy is removed."""
+    import bisect
+
+    import polars as pl
+
+    out: list[list[str]] = [[] for _ in los]
+    model = pl.col(column).str.splitn("/", 2).struct.field("field_0")
+    with open(tsv, "rb") as f:
+        while data := f.read(32 * 1024 * 1024):
+            # A row ends at a line break (COPY escapes those inside values): finish it.
+            block = decode_copied(_read_copied(data + f.readline(), schema))
+            names = block.select(model.unique()).to_series().to_list()
+            ranges = {name: bisect.bisect_right(los, name + "/") - 1 for name in names}
+            pieces = block.with_columns(model.replace_strict(ranges, return_dtype=pl.Int32).alias("_range"))
+            for (r,), piece in pieces.partition_by("_range", as_dict=True).items():
+                file = path(".ipc")
+                piece.drop("_range").write_ipc(file, compression="uncompressed")
+                out[r].append(file)
+    os.unlink(tsv)
+    return out
 
 
 class _Copying:
@@ -280,8 +327,9 @@ def _read_copied(source, schema: dict):
 
 
 class CopiedRange:
-    """The current posts and media of a range of models as :func:`copy_ranges` wrote
-    them (COPY's text format), read by Polars and decoded."""
+    """The current posts and media of a range of models as :class:`RangeCopies` left
+    them: COPY's own file (``.tsv``, decoded as it is read) or divided ones (``.ipc``,
+    decoded already)."""
 
     def __init__(self, posts: list[str], media: list[str]) -> None:
         self.post_files, self.media_files = posts, media
@@ -290,7 +338,7 @@ class CopiedRange:
     def _read(files: list[str], schema: dict):
         import polars as pl
 
-        frames = [decode_copied(_read_copied(f, schema)) for f in files]
+        frames = [decode_copied(_read_copied(f, schema)) if f.endswith(".tsv") else pl.read_ipc(f) for f in files]
         if not frames:
             return pl.DataFrame(schema=schema)
         return pl.concat(frames) if len(frames) > 1 else frames[0]

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from reconciler import commands
+from reconciler.current import RangeCopies
 from reconciler.layout import ObjectInfo
 from reconciler.planfile import write_plan
 
@@ -36,9 +38,14 @@ def changes_text(settings, tmp_path, objects, name, **kwargs) -> str:
     return text[: text.index("\n  ],\n") if "\n  ],\n" in text else text.index('"changes": []')]
 
 
+@pytest.mark.parametrize("copied", ["a query per range", "one scan, divided"])
 @hsettings(max_examples=25)
 @given(first=bucket_strategy(), second=bucket_strategy(), odd=st.booleans(), batch_rows=st.sampled_from([1, 4]))
-def test_a_plan_in_batches_is_the_plan_in_one(settings, database_url, sql, tmp_path, first, second, odd, batch_rows):
+def test_a_plan_in_batches_is_the_plan_in_one(settings, database_url, sql, tmp_path, monkeypatch, copied, first, second,
+                                              odd, batch_rows):
+    """The database's rows are copied a range of models at a time, by a query per range
+    or (past RangeCopies.RANGED_UP_TO ranges) in one scan divided by the client."""
+    monkeypatch.setattr(RangeCopies, "RANGED_UP_TO", 10**6 if copied == "a query per range" else 1)
     reset_content(database_url)
     settings.allow_empty_source = True
     commands.apply(settings, write_plan(commands.make_plan(settings, objects=listing(first)), str(tmp_path / "1.json")))
