@@ -156,16 +156,25 @@ class Lines:
     def __len__(self) -> int:
         return self.parts.rows - len(self.skip)
 
-    def batches(self, size: int) -> Iterator[tuple[str, int]]:
-        """The lines, ``size`` at a time, joined by commas."""
+    def batches(self, size: int, max_bytes: int = 8 << 20) -> Iterator[tuple[str, int]]:
+        """The lines, ``size`` at a time but no more than about ``max_bytes`` of them (a
+        post's update holds two lists of URLs: ~7 KB), joined by commas."""
         import polars as pl
 
         skip = sorted(self.skip)
         for frame in self.parts.slices(size):
             if skip:
                 frame = frame.filter(~pl.col("key").is_in(skip))
-            if frame.height:  # joined by Polars: no Python string per line
-                yield frame["line"].str.join(",").item(), frame.height
+            if not frame.height:
+                continue
+            lengths = frame["line"].str.len_bytes()
+            if lengths.sum() > max_bytes:
+                pieces = frame.with_columns((lengths.cum_sum() // max_bytes).alias("_piece"))
+                pieces = [p.drop("_piece") for p in pieces.partition_by("_piece", maintain_order=True)]
+            else:
+                pieces = [frame]
+            for piece in pieces:  # joined by Polars: no Python string per line
+                yield piece["line"].str.join(",").item(), piece.height
 
     def __iter__(self) -> Iterator[Change]:
         for frame in self.parts.slices(4096):
