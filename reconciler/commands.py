@@ -116,7 +116,7 @@ def make_plan(
                 current = Current(models=current_models, ranges=copies.ranges(),
                                   media_counts=media_counts(conn, rows_scope))
                 result = plan_changes(
-                    listing, current, cdn_base_url=cdn_base_url, root=root, moves=settings.detect_moves,
+                    listing, current, cdn_base_url=cdn_base_url, moves=settings.detect_moves,
                     batch_rows=batch_rows, spill=spill,
                 )
                 database_id = database_identity(conn)

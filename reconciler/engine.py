@@ -114,12 +114,12 @@ def plan_changes(
     current: Current,
     *,
     cdn_base_url: str,
-    root: str = "",
     moves: bool = True,
     batch_rows: int = BATCH_ROWS,
     spill: Spill | None = None,
 ) -> Result:
-    """The changes that make ``current`` what ``listing`` says, in plan order."""
+    """The changes that make ``current`` what ``listing`` says, in plan order (the
+    listing was classified below its root already)."""
     counts = dict(listing.counts)
     for name, n in current.media_counts.items():
         counts[name] = max(counts.get(name, 0), n)
@@ -300,4 +300,4 @@ def plan_from_rows(
     media = list(current.media)
     counts = Counter(row[0].partition("/")[0] for _, row in media)  # rows per model, as the database's kept counts
     state = Current(models=list(current.models), ranges=[("", Rows.of(current.posts, media))], media_counts=counts)
-    return plan_changes(listing, state, cdn_base_url=cdn_base_url, root=root, moves=moves, batch_rows=batch_rows)
+    return plan_changes(listing, state, cdn_base_url=cdn_base_url, moves=moves, batch_rows=batch_rows)

@@ -23,10 +23,11 @@ import polars as pl
 
 
 class Spill:
-    """A spill folder, made on first use; frames of more than ``rows`` rows in all go there."""
+    """A spill folder, made on first use; frames of more than ``rows`` rows (or
+    ``bytes``) in all go there."""
 
-    def __init__(self, rows: int) -> None:
-        self.rows = rows
+    def __init__(self, rows: int, bytes: int = 64 << 20) -> None:
+        self.rows, self.bytes = rows, bytes
         self._dir: tempfile.TemporaryDirectory | None = None
         self._names = itertools.count()
         self._remover: ThreadPoolExecutor | None = None
@@ -76,6 +77,7 @@ class Parts:
         self.frames: list[pl.DataFrame] = []
         self.files: list[str] = []
         self.rows = 0
+        self._bytes = 0
 
     @classmethod
     def of(cls, frame: pl.DataFrame, spill: Spill | None = None) -> "Parts":
@@ -87,7 +89,9 @@ class Parts:
         if not frame.height:
             return
         self.rows += frame.height
-        if self.files or (self.spill is not None and self.rows > self.spill.rows):
+        self._bytes += frame.estimated_size()
+        # Rows or bytes: 100k posts' updates are 100k rows but 700 MB of URL lists.
+        if self.files or (self.spill is not None and (self.rows > self.spill.rows or self._bytes > self.spill.bytes)):
             for f in self.frames:
                 self._write(f)
             self.frames = []
@@ -112,7 +116,7 @@ class Parts:
         """Forget the rows (and remove their files): they have been read for good."""
         if self.files:
             self.spill.remove(self.files)
-        self.frames, self.files, self.rows = [], [], 0
+        self.frames, self.files, self.rows, self._bytes = [], [], 0, 0
 
     def lazy(self) -> pl.LazyFrame:
         if self.files:

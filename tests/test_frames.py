@@ -333,7 +333,7 @@ def test_a_plan_in_batches_is_the_plan_in_one_byte_for_byte(tmp_path_factory, da
     spill = Spill(rows=2)
     try:
         spilled = plan_changes(classify_listing(objects, root=root, spill=spill), engine_reading(current, starts),
-                               cdn_base_url=CDN, root=root, moves=moves, batch_rows=batch_rows, spill=spill)
+                               cdn_base_url=CDN, moves=moves, batch_rows=batch_rows, spill=spill)
         for name, got in (("batched", batched), ("spilled", spilled)):
             assert [c.to_dict() for c in got.changes] == expected
             assert got.changes.summary() == one.changes.summary()
