@@ -16,7 +16,7 @@ import psycopg2
 from . import audit
 from .apply import ApplyResult, PlanFileCopy, apply_file
 from .config import Settings
-from .current import RangeCopies, database_identity, media_counts, read_state
+from .current import RangeCopies, database_identity, read_state
 from .db import check_schema, migrate, open_database, redact_url
 from .diff import summarize
 from .engine import Current, plan_changes
@@ -113,8 +113,7 @@ def make_plan(
                 current_models = list(read_state(conn, rows_scope).models)
                 in_database = {name for name, _ in current_models}
                 state_digest = reads.result().digest
-                current = Current(models=current_models, ranges=copies.ranges(),
-                                  media_counts=media_counts(conn, rows_scope))
+                current = Current(models=current_models, ranges=copies.ranges(), media_counts=copies.counts)
                 result = plan_changes(
                     listing, current, cdn_base_url=cdn_base_url, moves=settings.detect_moves,
                     batch_rows=batch_rows, spill=spill,

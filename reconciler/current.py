@@ -225,13 +225,15 @@ class RangeCopies:
         self._los: Future = Future()
         self._rows: list[Future] = []
         self._stop = threading.Event()
+        self.counts: dict[str, int] = {}  # media rows per model, read with the ranges
 
     def run(self, conn, models: Sequence[str] | None) -> None:
         from .engine import POSTS_TEXT_SCHEMA, batch_bounds
         from .frames import MEDIA_SCHEMA
 
         try:
-            los = ["", *batch_bounds(media_counts(conn, models), self.batch_rows)]
+            self.counts = media_counts(conn, models)
+            los = ["", *batch_bounds(self.counts, self.batch_rows)]
             self._rows = [Future() for _ in los]
             self._los.set_result(los)
             if 1 < len(los) <= self.ranged_up_to:
@@ -264,6 +266,7 @@ class RangeCopies:
             raise
 
     def ranges(self) -> list[tuple[str, "_Copying"]]:
+        """The ranges, once their starts are known (``counts`` then too)."""
         return [(lo, _Copying(rows)) for lo, rows in zip(self._los.result(), self._rows)]
 
     def stop(self) -> None:
@@ -276,20 +279,20 @@ def _divide(tsv: str, schema: dict, column: str, los: list[str], path) -> list[l
     named in ``column`` (``M/P``), decoded, as Arrow IPC files; the copy is removed."""
     import bisect
 
-    import polars as pl
+    from .spill import by_model
 
     out: list[list[str]] = [[] for _ in los]
-    model = pl.col(column).str.splitn("/", 2).struct.field("field_0")
+
+    def range_of(name: str) -> int:
+        return bisect.bisect_right(los, name + "/") - 1
+
     with open(tsv, "rb") as f:
         while data := f.read(32 * 1024 * 1024):
             # A row ends at a line break (COPY escapes those inside values): finish it.
             block = decode_copied(_read_copied(data + f.readline(), schema))
-            names = block.select(model.unique()).to_series().to_list()
-            ranges = {name: bisect.bisect_right(los, name + "/") - 1 for name in names}
-            pieces = block.with_columns(model.replace_strict(ranges, return_dtype=pl.Int32).alias("_range"))
-            for (r,), piece in pieces.partition_by("_range", as_dict=True).items():
+            for r, piece in by_model(block, column, range_of).items():
                 file = path(".ipc")
-                piece.drop("_range").write_ipc(file, compression="uncompressed")
+                piece.write_ipc(file, compression="uncompressed")
                 out[r].append(file)
     os.unlink(tsv)
     return out

@@ -31,7 +31,7 @@ from .desired import MEDIA_FIELDS, MODEL_FIELDS, ModelRow, PostRow
 from .diff import KINDS, Change, ChangeList, Lines, EncodedChange, _compare, media_changes, post_changes
 from .frames import MEDIA_SCHEMA, Listing, desired_of
 from .planfile import canonical
-from .spill import Parts, Spill
+from .spill import Parts, Spill, by_model
 
 from .config import BATCH_ROWS  # items (or current media rows) per batch, unless one model has more
 
@@ -208,8 +208,8 @@ class _ByBatch:
         if i != self.read:
             self.read = i
             rows = self.current.ranges[i][1]
-            posts = self._split(rows.posts(), "key")
-            media = self._split(rows.media(), "post")
+            posts = by_model(rows.posts(), "key", self.batch_of)
+            media = by_model(rows.media(), "post", self.batch_of)
             if hasattr(rows, "discard"):
                 rows.discard()
             self.held = {k: (posts.get(k), media.get(k)) for k in posts.keys() | media.keys()}
@@ -218,15 +218,6 @@ class _ByBatch:
             posts if posts is not None else pl.DataFrame(schema=POSTS_TEXT_SCHEMA),
             media if media is not None else pl.DataFrame(schema=MEDIA_SCHEMA),
         )
-
-    def _split(self, frame: pl.DataFrame, column: str) -> dict[int, pl.DataFrame]:
-        """``frame`` by the batch of the model in ``column`` (a post's key, ``M/P``)."""
-        model = pl.col(column).str.splitn("/", 2).struct.field("field_0")
-        mapping = {name: self.batch_of(name) for name in frame.select(model.unique()).to_series().to_list()}
-        if len(set(mapping.values())) <= 1:
-            return {mapping.popitem()[1]: frame} if mapping else {}
-        parts = frame.with_columns(model.replace_strict(mapping, return_dtype=pl.Int32).alias("_batch"))
-        return {batch: part.drop("_batch") for (batch,), part in parts.partition_by("_batch", as_dict=True).items()}
 
 
 def _same_key(changes: list[Change], media_creates: Parts, skip: set[str]) -> list[Change]:
