@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import commands, render
-from .config import SIGNING_KEY_ENV, Settings, load_settings
+from .config import SIGNING_KEY_ENV, Settings, load_settings, secret_values
 from .db import _password_of, scrub
 from .errors import ReconcilerError
 from .planfile import load_plan, verify_plan
@@ -336,10 +336,7 @@ def _url_passwords(url: str) -> list[str | None]:
 
 
 def _secrets(args: argparse.Namespace | None, settings: Settings | None = None) -> list[str]:
-    found = [os.environ.get(n) for n in (SIGNING_KEY_ENV, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                                         "RECONCILER_API_TOKENS", "RECONCILER_WEBHOOK_TOKEN")]
-    for item in (os.environ.get("RECONCILER_API_TOKENS") or "").split(","):  # name:token → the token
-        found.append(item.partition(":")[2].strip())
+    found = secret_values()
     for url in (getattr(args, "database", None), os.environ.get("DATABASE_URL"), getattr(settings, "database", None)):
         if url:
             found += _url_passwords(url)

@@ -36,7 +36,25 @@ _ENV_ALSO = {
     "region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
 }
 SIGNING_KEY_ENV = "RECONCILER_SIGNING_KEY"
+API_TOKENS_ENV = "RECONCILER_API_TOKENS"
+WEBHOOK_TOKEN_ENV = "RECONCILER_WEBHOOK_TOKEN"
+# Every environment variable that holds a secret: what error messages, logs, pages and
+# plan files are scrubbed of. (``RECONCILER_API_TOKENS`` is ``name:token,…``: its
+# tokens are secrets on their own; see :func:`secret_values`.)
+SECRET_ENV = (SIGNING_KEY_ENV, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", API_TOKENS_ENV, WEBHOOK_TOKEN_ENV)
 MAX_CONFIG_BYTES = 1024 * 1024
+
+
+
+def secret_values() -> list[str]:
+    """The secrets set in the environment now (see :data:`SECRET_ENV`), each API token
+    on its own as well as the whole list."""
+    found = [v for v in (os.environ.get(n) for n in SECRET_ENV) if v]
+    for item in (os.environ.get(API_TOKENS_ENV) or "").split(","):  # name:token → the token
+        token = item.partition(":")[2].strip()
+        if token:
+            found.append(token)
+    return found
 
 
 # Objects planned at a time (whole models): memory follows it (~400-500 MB at the default).

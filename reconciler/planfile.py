@@ -45,10 +45,10 @@ from typing import IO, Callable, Iterable, Iterator, Protocol
 import orjson
 
 from .diff import ACTION_ORDER, ACTIONS, FIELDS, KIND_ORDER, KINDS, Change, ChangeList, Lines, summarize
+from .config import SIGNING_KEY_ENV
 from .errors import PlanFileError, SignatureError
 
 FORMAT_VERSION = 1
-SIGNING_KEY_ENV = "RECONCILER_SIGNING_KEY"
 MAX_PLAN_BYTES = 4 * 1024**3
 
 # One encoder, reused: json.dumps() would build one per call. Without indent it runs

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
@@ -23,6 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ..config import secret_values
 from ..errors import DatabaseError, ReconcilerError
 from ..runs import RunError
 from ..db import redact_url, scrub
@@ -107,9 +107,6 @@ async def _unexpected(request: Request, exc: Exception):
     return error(500, "internal error; see the server's log")
 
 
-SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RECONCILER_SIGNING_KEY")
-
-
 def effective_config(controller, tokens: Tokens) -> list[tuple[str, str, str]]:
     """The configuration the server runs with, as (section, key, value) rows for the
     settings page. Secrets are never shown: tokens by name only, keys as set or not,
@@ -154,7 +151,7 @@ def effective_config(controller, tokens: Tokens) -> list[tuple[str, str, str]]:
         ("serve", WEBHOOK_TOKEN_ENV, hidden if tokens.webhook else "not set"),
         ("serve", "replica", controller.name),
     ]
-    secrets = sorted({x for x in (*tokens.secrets, *(os.environ.get(n) for n in SECRET_ENV)) if x},
+    secrets = sorted({x for x in (*tokens.secrets, *secret_values()) if x},
                      key=len, reverse=True)
     return [(a, b, scrub(str(c), *secrets)) for a, b, c in rows]
 

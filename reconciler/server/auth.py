@@ -9,10 +9,9 @@ import hmac
 import ipaddress
 from dataclasses import dataclass, field
 
+from ..config import API_TOKENS_ENV, WEBHOOK_TOKEN_ENV  # noqa: F401  (re-exported for the server)
 from ..errors import ConfigError
 
-API_TOKENS_ENV = "RECONCILER_API_TOKENS"
-WEBHOOK_TOKEN_ENV = "RECONCILER_WEBHOOK_TOKEN"
 LOCAL_USER = "local"  # who approves when the server runs without tokens (loopback only)
 
 

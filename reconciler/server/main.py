@@ -7,9 +7,9 @@ lives as long as the server; the controller and every run reach it by its URL.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-import os
 import signal
 import socket
 import sys
@@ -40,8 +40,30 @@ class ScrubSecrets(logging.Filter):
         return True
 
 
-def setup_logging(quiet: bool, secrets) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes, not the stream of the
+    moment it was made: the library's ``serve`` may run more than once in a process
+    (tests capture stderr per test, and a closed capture must not catch later logs)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+_LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "botocore")
+
+
+@contextlib.contextmanager
+def server_logging(quiet: bool, secrets):
+    """The server's log lines on stderr, scrubbed of secrets, for the time ``serve``
+    runs; the process's logging configuration is put back afterwards (``serve`` is a
+    library function, and a process may call it more than once)."""
+    saved = [(lg, lg.handlers[:], lg.level, lg.propagate) for lg in map(logging.getLogger, _LOGGERS)]
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(ScrubSecrets(secrets))
     root = logging.getLogger()
@@ -53,6 +75,11 @@ def setup_logging(quiet: bool, secrets) -> None:
         lg.propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
     logging.getLogger("botocore").setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, handlers, level, propagate in saved:
+            lg.handlers[:], lg.level, lg.propagate = handlers, level, propagate
 
 
 def check_listen(options: ServeOptions, tokens: Tokens) -> tuple[str, int]:
@@ -81,8 +108,6 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(settings: Settings, options: ServeOptions, tokens: Tokens, *, quiet: bool = False, secrets=()) -> int:
     """Run the controller and its HTTP server until a signal; return the exit code."""
-    import uvicorn
-
     host, port = check_listen(options, tokens)
     if not settings.source:
         raise ConfigError("no source: pass --source, set RECONCILER_SOURCE or source.url in the config")
@@ -93,7 +118,14 @@ def serve(settings: Settings, options: ServeOptions, tokens: Tokens, *, quiet: b
             "--auto-apply within-limits needs a delete limit (safety.max_delete or safety.max_delete_percent "
             "in the config file); without one every plan would be applied"
         )
-    setup_logging(quiet, [*secrets, *tokens.secrets])
+    with server_logging(quiet, [*secrets, *tokens.secrets]):
+        return _serve(settings, options, tokens)
+
+
+def _serve(settings: Settings, options: ServeOptions, tokens: Tokens) -> int:
+    import uvicorn
+
+    host, port = options.host_port
     sock = bind(host, port)
     with open_database(settings.database, settings.state_dir) as db:
         check_schema(db)
@@ -117,6 +149,3 @@ def serve(settings: Settings, options: ServeOptions, tokens: Tokens, *, quiet: b
         started = server.started
     return 0 if started else 1
 
-
-def environment_secrets() -> list[str]:
-    return [os.environ.get(n) for n in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RECONCILER_SIGNING_KEY")]
