@@ -45,7 +45,9 @@ def scope_clause(models: Sequence[str] | None) -> tuple[str, tuple]:
     """The WHERE clause (on alias ``m``) and parameters for a scope."""
     if models is None:
         return "", ()
-    return "WHERE m.folder_name = ANY(%s)", (list(models),)
+    # A name holding NUL cannot be in the database (PostgreSQL text cannot hold it), nor
+    # be sent as a parameter: it matches nothing, so it is left out.
+    return "WHERE m.folder_name = ANY(%s)", ([m for m in models if "\x00" not in m],)
 
 
 # The digest of the managed state in scope, computed by the server: per kind, the row
