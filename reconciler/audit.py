@@ -12,6 +12,7 @@ images into an inverse plan, which is reviewed and applied like any other plan.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import zlib
@@ -19,10 +20,11 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from .current import database_identity, read_state, state_digest
+from .catalogue import Catalogue, Entity
+from .current import database_identity, read_rows, state_digest
 from .db import Database
-from .diff import FIELDS, Change
-from .errors import ReconcilerError, StalePlanError
+from .diff import Change, change_order
+from .errors import ReconcilerError, StalePlanError, WrongCatalogueError
 from .moves import make_move
 from .planfile import Plan, verify_plan
 from .version import __version__
@@ -75,36 +77,48 @@ def history(db: Database, limit: int | None = 20) -> list[HistoryEntry]:
     ]
 
 
-def _managed(kind: str, image: dict) -> tuple:
-    return tuple(image.get(f) for f in FIELDS[kind])
+def _timestamp(value):
+    """A timestamp as plans write them (``YYYY-MM-DDTHH:MM:SSZ``), from ``row_to_json``'s text."""
+    from datetime import datetime, timezone
+
+    if not isinstance(value, str):
+        return value
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return value
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _fields_match(kind: str, row: tuple, image: dict) -> bool:
-    """The live row holds the managed values ``image`` names (its key columns aside)."""
-    fields = FIELDS[kind]
+def _compared(e: Entity, image: dict) -> tuple:
+    """The values a rollback checks against the live row: what an update may change."""
+    return tuple(image.get(f) for f in e.updatable)
+
+
+def _fields_match(e: Entity, row: tuple, image: dict) -> bool:
+    """The live row holds the values ``image`` names (its key columns aside)."""
+    fields = e.updatable
     return all(row[fields.index(f)] == v for f, v in image.items() if f in fields)
 
 
-def _plan_image(kind: str, key: str, full: dict, parent: str | None, restore: bool) -> dict:
-    """The plan's view of an audited row: managed fields, parent key (and id to restore)."""
-    if kind == "model":
-        image = {"folder_name": full["folder_name"]}
-    elif kind == "post":
-        image = {"model": parent, "folder_name": full["folder_name"]}
-    else:
-        image = {"s3_key": full["s3_key"], "post": parent}
-    for f in FIELDS[kind]:
-        if f != "post":
-            image[f] = full.get(f)
+def _plan_image(e: Entity, full: dict, parent: str | None, restore: bool) -> dict:
+    """The plan's view of an audited row (``row_to_json``): key columns, parent key,
+    managed fields (and, to restore it, the id and the platform's columns)."""
+    image = {c: full[c] for c in e.key_columns}
+    if e.parent:
+        image[e.parent] = parent
+    for c in e.columns:
+        value = full.get(c.name)
+        image[c.name] = _timestamp(value) if c.type in ("timestamp", "timestamptz") else value
     if restore:
-        image["id"] = full["id"]
-        image["created_at"] = full.get("created_at")
-        if kind == "model":
-            image["status"] = full.get("status")
+        for f in e.restore_fields:
+            image[f] = full.get(f)
     return image
 
 
-def inverse_changes(rows: list[tuple]) -> list[Change]:
+def inverse_changes(catalogue: Catalogue, rows: list[tuple]) -> list[Change]:
     """The changes that undo an apply, from its audit rows
     ``(kind, action, key, before, after, before_parent, after_parent)``.
 
@@ -113,49 +127,54 @@ def inverse_changes(rows: list[tuple]) -> list[Change]:
     """
     out = []
     for kind, action, key, before, after, before_parent, after_parent in rows:
+        e = catalogue.entity(kind)
         if action == "move":
-            b = _plan_image(kind, key, before, before_parent, False)
-            a = _plan_image(kind, key, after, after_parent, False)
-            out.append(make_move(kind, a, b))
+            b = _plan_image(e, before, before_parent, False)
+            a = _plan_image(e, after, after_parent, False)
+            out.append(make_move(e, key, a, _named(e, b), b))
         elif action == "create":
-            out.append(Change("delete", kind, key, _plan_image(kind, key, after, after_parent, False), None))
+            out.append(Change("delete", kind, key, _plan_image(e, after, after_parent, False), None))
         elif action == "delete":
-            out.append(Change("create", kind, key, None, _plan_image(kind, key, before, before_parent, True)))
+            out.append(Change("create", kind, key, None, _plan_image(e, before, before_parent, True)))
         else:
-            b = _plan_image(kind, key, before, before_parent, False)
-            a = _plan_image(kind, key, after, after_parent, False)
-            names = [f for f in FIELDS[kind] if a[f] != b[f]]
+            b = _plan_image(e, before, before_parent, False)
+            a = _plan_image(e, after, after_parent, False)
+            names = [f for f in e.updatable if a[f] != b[f]]
             if names:
                 out.append(Change("update", kind, key, {f: a[f] for f in names}, {f: b[f] for f in names}))
-    out.sort(key=lambda c: c.sort_key)
+    out.sort(key=change_order(catalogue.kinds))
     return out
 
 
-_RESTORE_ONLY = ("id", "created_at", "status")
+def _named(e: Entity, image: dict) -> str:
+    own = "/".join(str(image[c]) for c in e.key_columns)
+    return own if e.unique == "global" or not e.parent else image[e.parent] + "/" + own
 
 
 class _Creates:
     """A :class:`~reconciler.planfile.ChangeSink` that keeps a stored plan's creates as
     audit rows ``(kind, action, key, before, after, before_parent, after_parent)``."""
 
-    def __init__(self) -> None:
+    def __init__(self, catalogue: Catalogue) -> None:
+        self.catalogue = catalogue
         self.rows: list[tuple] = []
 
     def add_batch(self, changes: list[dict]) -> None:
         for c in changes:
             if c["action"] == "create":
-                after = {k: v for k, v in c["after"].items() if k not in _RESTORE_ONLY}
-                kind = c["kind"]
-                parent = after.get("model") if kind == "post" else after.get("post")
-                self.rows.append((kind, "create", c["key"], None, after, None, parent))
+                e = self.catalogue.entity(c["kind"])
+                restore = set(e.restore_fields)
+                after = {k: v for k, v in c["after"].items() if k not in restore}
+                parent = after.get(e.parent) if e.parent else None
+                self.rows.append((e.name, "create", c["key"], None, after, None, parent))
 
     def reset(self) -> None:
         self.rows = []
 
 
-def stored_creates(plan_file: bytes, plan_id: str, apply_id: int) -> list[tuple]:
+def stored_creates(catalogue: Catalogue, plan_file: bytes, plan_id: str, apply_id: int) -> list[tuple]:
     """The creates of an apply's stored plan file, as audit rows. The file is verified
-    again (schema, rules, ``plan_id``) and must be the plan that apply recorded."""
+    again (schema, rules, catalogue, ``plan_id``) and must be the plan that apply recorded."""
     fd, path = tempfile.mkstemp(prefix=".rollback-", suffix=".json")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -163,8 +182,11 @@ def stored_creates(plan_file: bytes, plan_id: str, apply_id: int) -> list[tuple]
             for i in range(0, len(plan_file), 4 << 20):
                 f.write(z.decompress(plan_file[i : i + (4 << 20)]))
             f.write(z.flush())
-        sink = _Creates()
-        stored = verify_plan(path, keep_changes=False, sink=sink)
+        sink = _Creates(catalogue)
+        stored = verify_plan(path, catalogue, keep_changes=False, sink=sink)
+    except WrongCatalogueError:
+        raise ReconcilerError(f"cannot roll back apply {apply_id}: it was applied under another catalogue spec; "
+                              "make a new plan from the bucket instead") from None
     except (ReconcilerError, zlib.error) as e:
         raise ReconcilerError(f"cannot roll back apply {apply_id}: its stored plan file is damaged ({e})") from None
     finally:
@@ -174,7 +196,27 @@ def stored_creates(plan_file: bytes, plan_id: str, apply_id: int) -> list[tuple]
     return sink.rows
 
 
-def rollback_plan(db: Database, apply_id: int) -> Plan:
+def _live(conn, catalogue: Catalogue, scope, touched: set[tuple[str, str]]) -> dict[tuple[str, str], tuple]:
+    """The live values (what an update may change) of the rows an apply touched, only
+    those: memory follows the apply, not the scope."""
+    import polars as pl
+
+    from .frames import plan_key
+
+    out = {}
+    for e in catalogue.owned:
+        keys = sorted(k for kind, k in touched if kind == e.name)
+        if not keys:
+            continue
+        frame = read_rows(conn, catalogue, e.name, scope).filter(pl.col(plan_key(e.name)).is_in(keys))
+        jsons = {c.name for c in e.columns if c.value.is_json}
+        for row in frame.select(plan_key(e.name), *e.updatable).iter_rows():
+            values = tuple(json.loads(v) if f in jsons and v is not None else v for f, v in zip(e.updatable, row[1:]))
+            out[(e.name, row[0])] = values
+    return out
+
+
+def rollback_plan(db: Database, catalogue: Catalogue, apply_id: int) -> Plan:
     """The inverse plan of apply ``apply_id``. Reads only.
 
     Refused when the rows that apply touched changed since (the inverse would then
@@ -200,30 +242,30 @@ def rollback_plan(db: Database, apply_id: int) -> Plan:
             rows = cur.fetchall()
             if plan_file is not None:
                 # Audited since the plan file is stored: its creates have no rows here.
-                rows += stored_creates(bytes(plan_file), plan_id, apply_id)
-            changes = inverse_changes(rows)
-            state = read_state(conn, scope)
+                rows += stored_creates(catalogue, bytes(plan_file), plan_id, apply_id)
+            unknown = sorted({r[0] for r in rows} - set(catalogue.kinds))
+            if unknown:
+                raise ReconcilerError(f"cannot roll back apply {apply_id}: it changed {unknown[0]} rows, which catalogue "
+                                      f"{catalogue.name} does not have")
+            changes = inverse_changes(catalogue, rows)
             touched = {(c.kind, c.key) for c in changes} | {(c.kind, c.from_key) for c in changes if c.from_key}
-            live = {}  # only the rows the apply touched: memory follows the apply, not the scope
-            for kind, stream in (("model", state.models), ("post", state.posts), ("media", state.media)):
-                for key, row in stream:
-                    if (kind, key) in touched:
-                        live[(kind, key)] = tuple(row)
-            current = state_digest(conn, scope)
+            live = _live(conn, catalogue, scope, touched)
+            current = state_digest(conn, catalogue, scope)
             database_id = database_identity(conn)
     except psycopg2.Error as e:
         raise db.error(e, "cannot read the audit log") from None
     for c in changes:
+        e = catalogue.entity(c.kind)
         have = live.get((c.kind, c.key))
         if c.action == "create":
             ok = have is None
         elif c.action == "delete":
-            ok = have == _managed(c.kind, c.before)
+            ok = have == _compared(e, c.before)
         elif c.action == "move":
             moved = live.get((c.kind, c.from_key))
-            ok = have is None and moved is not None and _fields_match(c.kind, moved, c.before)
+            ok = have is None and moved is not None and _fields_match(e, moved, c.before)
         else:
-            ok = have is not None and _fields_match(c.kind, have, c.before)
+            ok = have is not None and _fields_match(e, have, c.before)
         if not ok:
             name = c.from_key if c.action == "move" else c.key
             raise StalePlanError(
@@ -236,10 +278,13 @@ def rollback_plan(db: Database, apply_id: int) -> Plan:
         target={
             "database": db.display,
             "database_id": database_id,
+            "catalogue": catalogue.describe(),
             "scope": scope,
             "state_digest": current.digest,
             "current_counts": current.counts,
         },
         tool_version=__version__,
         extra={"kind": "rollback", "rolls_back": apply_id},
+        kinds=catalogue.kinds,
+        descriptor=catalogue,
     )

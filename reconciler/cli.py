@@ -49,6 +49,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--state-dir", metavar="DIR", default=S, help="home of the embedded database (env RECONCILER_STATE_DIR; default ./state)")
     g.add_argument("--cdn-base-url", metavar="URL", default=S, help="base of media URLs (env RECONCILER_CDN_BASE_URL)")
     g.add_argument("--endpoint-url", metavar="URL", default=S, help="S3 endpoint (env AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL)")
+    g.add_argument("--catalogue", metavar="NAME|FILE", default=S,
+                   help="the catalogue: a shipped one's name (creators, product-images) or a spec file "
+                        "(env RECONCILER_CATALOGUE, config catalogue:; default creators)")
     g.add_argument("--quiet", "-q", action="store_true", default=S, help="no progress on stderr")
     g.add_argument("--debug", action="store_true", default=S, help="show tracebacks of errors")
 
@@ -68,7 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
         _common(p)
         return p
 
-    command("init", "create or upgrade the database schema (idempotent)")
+    command("init", "create or upgrade the schema and install the catalogue: create missing tables, adopt existing "
+                    "ones, check the rest (idempotent)")
+
+    p = command("explain", "print the rule that takes each key, its captures and the rows it makes, or why it is skipped")
+    p.add_argument("keys", metavar="KEY", nargs="+", help="a key of the bucket (full, or below the source's prefix)")
+
+    p = command("catalogue", "print the catalogue in use (resolved spec) and its fingerprint")
+    p.add_argument("--format", choices=["yaml", "json"], default="yaml", help="yaml (default) or json")
+    p.add_argument("--plan-schema", action="store_true", help="print the JSON Schema of its plans instead")
 
     p = command("plan", "list the source, compare with the database, and write a plan file")
     p.add_argument("-o", "--output", metavar="FILE",
@@ -173,7 +184,7 @@ def _percent(text: str) -> float:
 def _settings(args: argparse.Namespace) -> Settings:
     names = ("source", "database", "state_dir", "cdn_base_url", "endpoint_url", "config", "allow_empty_source",
              "max_delete", "max_delete_percent", "lock_timeout", "require_signature", "detect_moves",
-             "inventory", "max_inventory_age")
+             "inventory", "max_inventory_age", "catalogue")
     return load_settings({n: getattr(args, n, None) for n in names})
 
 
@@ -184,11 +195,58 @@ def _progress(args: argparse.Namespace) -> Callable[[str], None]:
 
 
 def cmd_init(args, settings: Settings) -> int:
-    applied = commands.init(settings)
+    applied, report = commands.init(settings)
     if applied:
         print(f"Schema created or upgraded: applied {', '.join(applied)}.")
     else:
         print("Schema is up to date; nothing to do.")
+    catalogue = settings.catalogue
+    for line in report.lines():
+        print(f"Catalogue {catalogue.name}: {line}.")
+    tables = ", ".join(e.table for e in catalogue.entities)
+    print(f"Catalogue {catalogue.name} ({catalogue.short_fingerprint}) is installed: {tables}.")
+    return Exit.OK
+
+
+def cmd_explain(args, settings: Settings) -> int:
+    for x in commands.explain(settings, args.keys):
+        print(x.key)
+        if x.rule is not None:
+            print(f"  rule {x.rule.index + 1} {x.rule.name}: {x.rule.pattern.text}")
+        if x.captures:
+            print("  captures: " + ", ".join(f"{k}={v!r}" for k, v in x.captures.items()))
+        if x.reason is not None:
+            print(f"  skipped: {x.reason}")
+            continue
+        chain = list(x.rows.items())
+        kind, key = chain[-1]
+        if x.facet:
+            print(f"  facet {x.facet} of {kind} {key!r}")
+        else:
+            print(f"  row of {kind} {key!r}")
+        for entity, parent in reversed(chain[:-1]):
+            print(f"    under {entity} {parent!r}")
+        for name, value in x.values.items():
+            print(f"  {name}: {render.value_text(value)}")
+    return Exit.OK
+
+
+def cmd_catalogue(args, settings: Settings) -> int:
+    import json
+
+    catalogue = settings.catalogue
+    if args.plan_schema:
+        from .planfile import plan_schema
+
+        print(json.dumps(plan_schema(catalogue), indent=2, sort_keys=True))
+        return Exit.OK
+    print(f"# catalogue {catalogue.name}, fingerprint {catalogue.fingerprint}")
+    if args.format == "json":
+        print(json.dumps(catalogue.spec, indent=2, ensure_ascii=False))
+    else:
+        import yaml
+
+        print(yaml.safe_dump(catalogue.spec, sort_keys=False, allow_unicode=True), end="")
     return Exit.OK
 
 
@@ -199,7 +257,7 @@ def cmd_plan(args, settings: Settings) -> int:
     p, path = commands.plan(
         settings, args.output, models=args.model, shard=args.shard, sign=args.sign, progress=_progress(args)
     )
-    print(render.summary_table(p.summary))
+    print(render.summary_table(p.summary, p.kinds))
     n = len(p.changes)
     print()
     print(f"Target: {p.target['database']}, {render.scope_text(p)}.")
@@ -220,7 +278,7 @@ def cmd_plan(args, settings: Settings) -> int:
 
 
 def cmd_show(args, settings: Settings) -> int:
-    p = load_plan(args.file)
+    p = load_plan(args.file, settings.catalogue)
     view = {"table": render.table, "markdown": render.markdown, "json": render.json_view}[args.format]
     print(view(p))
     return Exit.OK
@@ -229,6 +287,7 @@ def cmd_show(args, settings: Settings) -> int:
 def cmd_validate(args, settings: Settings) -> int:
     p = verify_plan(
         args.file,
+        settings.catalogue,
         keep_changes=False,
         signing_key=settings.signing_key,
         require_signature=bool(args.require_signature or settings.require_signature),
@@ -249,7 +308,7 @@ def cmd_apply(args, settings: Settings) -> int:
     if result.apply_id is None:
         print(f"Plan {result.plan_id[:12]} holds no changes; nothing to apply.")
         return Exit.OK
-    print(render.summary_table(result.summary))
+    print(render.summary_table(result.summary, settings.catalogue.kinds))
     print()
     print(f"Applied plan {result.plan_id[:12]} as apply {result.apply_id}: {result.total} change(s), to {result.database}.")
     print(f"To undo it: `reconciler rollback {result.apply_id}` writes the inverse plan, to review and apply like any other.")
@@ -258,7 +317,8 @@ def cmd_apply(args, settings: Settings) -> int:
 
 def cmd_history(args, settings: Settings) -> int:
     entries = commands.history(settings, args.limit or None)  # --limit 0: every apply
-    print(render.history_json(entries) if args.format == "json" else render.history_table(entries))
+    kinds = settings.catalogue.kinds
+    print(render.history_json(entries) if args.format == "json" else render.history_table(entries, kinds))
     return Exit.OK
 
 
@@ -309,6 +369,8 @@ def cmd_serve(args, settings: Settings) -> int:
 
 COMMANDS = {
     "init": cmd_init,
+    "explain": cmd_explain,
+    "catalogue": cmd_catalogue,
     "plan": cmd_plan,
     "show": cmd_show,
     "validate": cmd_validate,

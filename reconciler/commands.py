@@ -9,26 +9,29 @@ import contextlib
 import functools
 import gc
 import re
+from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Sequence
 
 import psycopg2
 
 from . import audit
-from .apply import ApplyResult, PlanFileCopy, apply_file
+from .execute import ApplyResult, PlanFileCopy, apply_file
 from .config import Settings
-from .current import RangeCopies, database_identity, read_state
+from .current import RangeCopies, database_identity, read_known, top_keys
 from .db import check_schema, migrate, open_database, redact_url
 from .diff import summarize
 from .engine import Current, plan_changes
 from .frames import classify_listing
 from .errors import ConfigError, ReconcilerError
-from .layout import ObjectInfo
+from .install import InstallReport
+from .objects import ObjectInfo
 from .planfile import Plan, verify_plan, write_plan
 from .safety import check_delete_limits, check_empty_source
 from .shards import Shard
 from .sources import Source, open_source
 from .spill import Spill
 from .version import __version__
+from .frames import SKIPPED_EXAMPLES
 
 Progress = Callable[[str], None]
 
@@ -37,10 +40,11 @@ def _quiet(msg: str) -> None:
     pass
 
 
-def init(settings: Settings) -> list[str]:
-    """Create or upgrade the schema (idempotent); return the migrations applied."""
+def init(settings: Settings) -> tuple[list[str], InstallReport]:
+    """Create or upgrade the schema and install the catalogue (idempotent): return the
+    migrations applied and what was done to the catalogue's tables."""
     with open_database(settings.database, settings.state_dir, create=True) as db:
-        return migrate(db)
+        return migrate(db, settings.catalogue)
 
 
 def make_plan(
@@ -84,38 +88,38 @@ def make_plan(
     in_shard: list[str] = []  # the shard's models in the database
 
     def shard_scope(conn) -> list[str]:
-        in_shard[:] = _models_in_shard(conn, shard)
+        in_shard[:] = _models_in_shard(conn, settings.catalogue, shard)
         return in_shard
     cdn_base_url = settings.cdn_base_url or default_cdn_base_url(settings, source)
     if sign and not settings.signing_key:
         raise ConfigError("--sign needs the signing key in RECONCILER_SIGNING_KEY")
+    catalogue = settings.catalogue
     batch_rows = batch_rows or settings.batch_rows
     spill = Spill(batch_rows)
     with open_database(settings.database, settings.state_dir) as db:
-        check_schema(db)
+        check_schema(db, catalogue)
         try:
             digest_scope = shard_scope if shard is not None else scope
-            copies = RangeCopies(batch_rows, spill.path)
-            with db.transaction() as conn, db.snapshot_digest(conn, digest_scope, also=copies.run) as reads, \
+            copies = RangeCopies(catalogue, batch_rows, spill.path)
+            with db.transaction() as conn, db.snapshot_digest(conn, catalogue, digest_scope, also=copies.run) as reads, \
                     _gc_paused(), _stopping(copies):
-                # The digest and the current media of this snapshot are read on a second
-                # connection while the listing is read; the rest is then read here, from
-                # the same snapshot, a batch of models at a time.
+                # The digest and the current rows of this snapshot are read on a second
+                # connection while the listing is read; the platform's rows for lookups
+                # are read here, from the same snapshot.
                 progress("listing the source")
                 if progress is not _quiet:
                     objects = _counting(objects, progress)
                 listing = classify_listing(
-                    objects, root=root, layout=settings.layout, models=shard if shard is not None else scope,
-                    spill=spill,
+                    objects, catalogue, root=root, scope=shard if shard is not None else scope, spill=spill,
                 )
                 progress(f"listed {listing.object_count} objects; reading the database")
                 rows_scope = in_shard if shard is not None else scope
-                current_models = list(read_state(conn, rows_scope).models)
-                in_database = {name for name, _ in current_models}
+                known = read_known(conn, catalogue, rows_scope)
+                in_database = _top_keys_in(conn, catalogue, rows_scope)
                 state_digest = reads.result().digest
-                current = Current(models=current_models, ranges=copies.ranges(), media_counts=copies.counts)
+                current = Current(ranges=copies.ranges(), counts=copies.counts, known=known)
                 result = plan_changes(
-                    listing, current, cdn_base_url=cdn_base_url, moves=settings.detect_moves,
+                    listing, current, catalogue, cdn_base_url=cdn_base_url, root=root, moves=settings.detect_moves,
                     batch_rows=batch_rows, spill=spill,
                 )
                 database_id = database_identity(conn)
@@ -126,15 +130,15 @@ def make_plan(
             spill.close()
             raise
         display = db.display
-    desired_models = listing.counts
+    desired_tops = listing.counts
     if shard is not None:
-        # A shard's scope: its models in the database (their rows were read and digested;
-        # a model only in the source has no rows, so the digest is the same) and in the source.
-        scope = sorted(set(in_shard) | set(desired_models))
+        # A shard's scope: its top rows in the database (their rows were read and digested;
+        # one only in the source has no rows, so the digest is the same) and in the source.
+        scope = sorted(set(in_shard) | set(desired_tops))
     current_rows = sum(result.current_counts.values())
-    # A shard whose models all left the bucket is not an empty source when other shards'
-    # models are there: only a source with no model at all is refused.
-    recognised = len(desired_models) or int(shard is not None and shard.saw_others)
+    # A shard whose top rows all left the bucket is not an empty source when other shards'
+    # are there: only a source with nothing at all is refused.
+    recognised = len(desired_tops) or int(shard is not None and shard.saw_others)
     check_empty_source(recognised, current_rows, scope, settings.allow_empty_source)
     deletes = sum(counts["delete"] for counts in summarize(result.changes).values())
     check_delete_limits(deletes, current_rows, settings.limits)
@@ -143,6 +147,10 @@ def make_plan(
     target_extra = {"shard": str(shard)} if shard is not None else {}
     if settings.max_delete is not None or settings.max_delete_percent is not None:
         extra["limits"] = settings.limits.to_dict()
+    if result.held:
+        # Rows whose objects are under a platform row that is missing: left as they are.
+        extra["held"] = {kind: {"count": len(keys), "examples": keys[:SKIPPED_EXAMPLES]}
+                         for kind, keys in sorted(result.held.items())}
     plan = Plan(
         changes=result.changes,
         source={
@@ -155,6 +163,7 @@ def make_plan(
         target={
             "database": display,
             "database_id": database_id,
+            "catalogue": catalogue.describe(),
             "scope": scope,
             "state_digest": state_digest,
             "current_counts": result.current_counts,
@@ -162,24 +171,32 @@ def make_plan(
         },
         tool_version=__version__,
         extra=extra,
+        kinds=catalogue.kinds,
+        descriptor=catalogue,
     )
     # A typo'd --model lists nothing and changes nothing: a drift check would read that as
     # "in sync", so it is an error, not a note.
     named = scope if shard is None else None  # a shard's scope is found, not named
-    unknown = [name for name in named or () if name not in desired_models and name not in in_database]
+    unknown = [name for name in named or () if name not in desired_tops and name not in in_database]
     if unknown:
         names = ", ".join(repr(n) for n in unknown)
-        what = f"model {names} is" if len(unknown) == 1 else f"models {names} are"
-        raise ConfigError(f"{what} neither in the source nor in the database: check --model")
+        top = catalogue.top.name
+        what = f"{top} {names} is" if len(unknown) == 1 else f"{top}s {names} are"
+        flag = "--model" if catalogue.name == "creators" else "the scope"
+        raise ConfigError(f"{what} neither in the source nor in the database: check {flag}")
     # write_plan seals as it streams the changes, so plan() skips this pass.
     return plan.seal(settings.signing_key if sign else None) if seal else plan
 
 
-def _models_in_shard(conn, shard: Shard) -> list[str]:
-    """The database's model folder names that fall in ``shard`` (read in ``conn``'s snapshot)."""
-    with conn.cursor() as cur:
-        cur.execute("SELECT folder_name FROM whitelabel_models")
-        return sorted(name for (name,) in cur if name in shard)
+def _top_keys_in(conn, catalogue, scope) -> set[str]:
+    """The top rows' keys in the database, in scope (read in ``conn``'s snapshot)."""
+    keys = top_keys(conn, catalogue)
+    return set(keys) if scope is None else {k for k in keys if k in set(scope)}
+
+
+def _models_in_shard(conn, catalogue, shard: Shard) -> list[str]:
+    """The database's top keys that fall in ``shard`` (read in ``conn``'s snapshot)."""
+    return sorted(name for name in top_keys(conn, catalogue) if name in shard)
 
 
 def _open_source(settings: Settings, progress: Progress | None = None) -> Source:
@@ -278,13 +295,14 @@ def apply(
     settings: Settings, path: str, *, require_signature: bool = False, progress: Progress = _quiet, actor: str | None = None
 ) -> ApplyResult:
     """Verify the plan file (schema, plan_id, signature), then apply it in one
-    transaction (see :mod:`reconciler.apply`). ``actor`` names who approved it (the
+    transaction (see :mod:`reconciler.execute`). ``actor`` names who approved it (the
     audit log's ``os_user``)."""
     progress("verifying the plan file")
     copy = PlanFileCopy(path)  # the audit keeps the file itself, compressed
     verify = functools.partial(
         verify_plan,
         path,
+        settings.catalogue,
         keep_changes=False,
         signing_key=settings.signing_key,
         require_signature=require_signature or settings.require_signature,
@@ -295,12 +313,12 @@ def apply(
             # starts in this one), so that the changes stream into it as they are verified.
             try:
                 db = stack.enter_context(open_database(settings.database, settings.state_dir))
-                check_schema(db)
+                check_schema(db, settings.catalogue)
             except ReconcilerError:
                 verify(sink=None)  # a plan that fails verification is refused as such first
                 raise
             return apply_file(
-                db, lambda sink: verify(sink=sink), lock_timeout=settings.lock_timeout, limits=settings.limits,
+                db, settings.catalogue, lambda sink: verify(sink=sink), lock_timeout=settings.lock_timeout, limits=settings.limits,
                 progress=progress, actor=actor, plan_file=copy,
             )
     finally:
@@ -325,7 +343,7 @@ def database_url(settings: Settings) -> Iterator[str]:
 def history(settings: Settings, limit: int | None = 20) -> list[audit.HistoryEntry]:
     """The newest ``limit`` applies, newest first; ``None`` (the CLI's ``--limit 0``): all."""
     with open_database(settings.database, settings.state_dir) as db:
-        check_schema(db)
+        check_schema(db, settings.catalogue)
         return audit.history(db, limit)
 
 
@@ -342,9 +360,66 @@ def write_rollback(settings: Settings, apply_id: int, output: str | None = None)
     ``settings.plans_dir`` as ``rollback-<apply id>-<UTC time>-<short plan id>.json``
     (never replacing a file); return it and the path."""
     with open_database(settings.database, settings.state_dir) as db:
-        check_schema(db)
-        p = audit.rollback_plan(db, apply_id)
+        check_schema(db, settings.catalogue)
+        p = audit.rollback_plan(db, settings.catalogue, apply_id)
     if output:
         return p, write_plan(p, output, settings.signing_key)
     name = functools.partial(default_file_name, f"rollback-{apply_id}")
     return p, write_plan(p, settings.plans_dir, settings.signing_key, name=name)
+
+
+# --------------------------------------------------------------------------- authoring help
+
+
+@dataclass
+class Explanation:
+    """What one key means under the catalogue (``reconciler explain``)."""
+
+    key: str
+    rel: str | None  # the key below the source root; None: outside it
+    rule: object | None = None  # the rule that took it
+    captures: dict = field(default_factory=dict)
+    reason: str | None = None  # why it is skipped; None: it makes rows
+    rows: dict = field(default_factory=dict)  # entity → plan key, top first
+    facet: str | None = None
+    values: dict = field(default_factory=dict)  # the row's template columns, for this object
+
+
+def explain(settings: Settings, keys: Sequence[str], root: str | None = None) -> list[Explanation]:
+    """The rule that takes each key, its captures, and the rows and facets it makes —
+    or why it is skipped — as ``git check-ignore -v`` explains ignore rules. Keys are
+    full keys (below the source's root) or keys relative to that root. Reads nothing."""
+    from .catalogue import plan_keys, read_key
+    from .catalogue.keys import attributes
+
+    catalogue = settings.catalogue
+    if root is None:
+        root = source_root(settings.source)
+    base = settings.cdn_base_url or (default_cdn_base_url(settings) if settings.source else "https://cdn.invalid")
+    out = []
+    for key in keys:
+        rel = key[len(root):] if root and key.startswith(root) else key
+        full = key if root and key.startswith(root) else root + key
+        reading = read_key(catalogue, rel)
+        x = Explanation(full, rel, reading.rule, dict(reading.captures), reading.reason)
+        if reading.recognised and "\x00" in full:
+            x.reason = "invalid_key"
+        if x.reason is None:
+            rule = reading.rule
+            values = {**reading.captures, **attributes(catalogue, full, rel, cdn_base_url=base)}
+            x.rows = plan_keys(catalogue, rule.entity, values)
+            x.facet = rule.facet
+            if rule.action == "row":
+                e = catalogue.entity(rule.entity)
+                x.values = {c.name: c.value.template.render(values) for c in e.columns if c.value.template is not None}
+        out.append(x)
+    return out
+
+
+def source_root(source: str | None) -> str:
+    """The prefix of a source's keys below which the catalogue's rules read (``media/``
+    of ``s3://bucket/media``); "" for a folder or a bucket's root."""
+    if not source or not source.startswith("s3://"):
+        return ""
+    prefix = source[5:].partition("/")[2]
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"

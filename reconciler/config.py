@@ -17,8 +17,8 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Mapping
 
+from .catalogue import Catalogue
 from .errors import ConfigError
-from .layout import Layout
 from .safety import Limits
 
 ENV = {
@@ -28,6 +28,7 @@ ENV = {
     "cdn_base_url": "RECONCILER_CDN_BASE_URL",
     "state_dir": "RECONCILER_STATE_DIR",
     "inventory": "RECONCILER_INVENTORY",
+    "catalogue": "RECONCILER_CATALOGUE",
 }
 # Settings boto3 would read from the environment itself: read here, so that the
 # precedence flag → environment → config file holds for them too.
@@ -57,6 +58,14 @@ def secret_values() -> list[str]:
     return found
 
 
+@lru_cache(maxsize=1)
+def default_catalogue() -> Catalogue:
+    """The creators catalogue, as shipped (compiled once)."""
+    from .catalogue import load_catalogue
+
+    return load_catalogue()
+
+
 # Objects planned at a time (whole models): memory follows it (~400-500 MB at the default).
 BATCH_ROWS = 100_000
 
@@ -71,7 +80,7 @@ class Settings:
     database: str | None = None
     state_dir: str = "state"
     cdn_base_url: str | None = None
-    layout: Layout = field(default_factory=Layout)
+    catalogue: Catalogue = field(default_factory=lambda: default_catalogue())
     allow_empty_source: bool = False
     max_delete: int | None = None
     max_delete_percent: float | None = None
@@ -159,6 +168,17 @@ def read_config_file(path: str) -> dict:
     return data
 
 
+def _catalogue(ref, layout: dict, config_path: str | None) -> Catalogue:
+    """The catalogue ``catalogue:`` names (default: creators), a spec file's path taken
+    relative to the config file; ``layout:`` adjusts the creators catalogue."""
+    from .catalogue import load_catalogue
+
+    if ref is None and not layout:
+        return default_catalogue()
+    base = os.path.dirname(os.path.abspath(config_path)) if config_path else None
+    return load_catalogue(ref, base, layout or None)
+
+
 def load_settings(
     flags: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
@@ -183,7 +203,6 @@ def load_settings(
                 return env[var]
         return file_value if file_value is not None else default
 
-    layout_defaults = Layout()
     s = Settings(
         source=pick("source", src.get("url")),
         endpoint_url=pick("endpoint_url", src.get("endpoint_url")),
@@ -193,13 +212,7 @@ def load_settings(
         database=pick("database", dbc.get("url")),
         state_dir=pick("state_dir", dbc.get("state_dir"), "state"),
         cdn_base_url=pick("cdn_base_url", data.get("cdn_base_url")),
-        layout=Layout(
-            images=tuple(lay.get("images", layout_defaults.images)),
-            videos=tuple(lay.get("videos", layout_defaults.videos)),
-            profile_folder=lay.get("profile_folder", layout_defaults.profile_folder),
-            icon_names=tuple(n.lower() for n in lay.get("icon_names", layout_defaults.icon_names)),
-            banner_names=tuple(n.lower() for n in lay.get("banner_names", layout_defaults.banner_names)),
-        ),
+        catalogue=_catalogue(pick("catalogue", data.get("catalogue")), lay, path),
         allow_empty_source=bool(pick("allow_empty_source", safe.get("allow_empty_source"), False)),
         max_delete=pick("max_delete", safe.get("max_delete")),
         max_delete_percent=pick("max_delete_percent", safe.get("max_delete_percent")),

@@ -258,7 +258,7 @@ class Database:
             self.peewee.close()
 
     @contextlib.contextmanager
-    def snapshot_digest(self, conn, models, *, also: Callable | None = None) -> Iterator[Future]:
+    def snapshot_digest(self, conn, catalogue, models, *, also: Callable | None = None) -> Iterator[Future]:
         """Start a read-only snapshot on ``conn`` (inside :meth:`transaction`) and compute
         the state digest of that same snapshot on a second connection, in a thread —
         then ``also(connection, models)`` there (the planner copies the current rows),
@@ -289,7 +289,7 @@ class Database:
                 with other.cursor() as cur:
                     cur.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
-                digest.set_result(state_digest(other, models))
+                digest.set_result(state_digest(other, catalogue, models))
                 if also is not None:
                     also(other, models)
             except BaseException as e:
@@ -424,12 +424,26 @@ CREATE TABLE IF NOT EXISTS reconciler_migrations (
 )"""
 
 
-def migrate(db: Database) -> list[str]:
-    """Apply pending migrations in one transaction; return the names applied.
+# Migrations 0001-0004 are the creators catalogue's schema as it grew (its tables, then
+# the tool's beside them); they run only for it. From 0005 on, migrations are every
+# catalogue's; a catalogue's own tables come from its spec (reconciler/install.py).
+CREATORS_HISTORY = 4
 
-    Idempotent, and safe to run on a database the platform created: the platform
-    tables are created only if missing, and nothing of theirs is dropped or renamed.
+
+def applicable(catalogue) -> list[MigrationFile]:
+    """The migrations a database of ``catalogue`` runs."""
+    return [f for f in migration_files() if f.version > CREATORS_HISTORY or catalogue.name == "creators"]
+
+
+def migrate(db: Database, catalogue):
+    """Apply pending migrations and install the catalogue (:func:`reconciler.install.install`)
+    in one transaction; return the migrations applied and what the install did.
+
+    Idempotent, and safe to run on a database the platform created: the platform's
+    tables are adopted as they are, and nothing of theirs is dropped or renamed.
     """
+    from .install import install
+
     try:
         with db.transaction() as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
@@ -437,7 +451,7 @@ def migrate(db: Database) -> list[str]:
             cur.execute("SELECT version FROM reconciler_migrations")
             done = {row[0] for row in cur.fetchall()}
             applied = []
-            for f in migration_files():
+            for f in applicable(catalogue):
                 if f.version in done:
                     continue
                 cur.execute(f.sql)
@@ -446,22 +460,29 @@ def migrate(db: Database) -> list[str]:
                     (f.version, f.name, f.checksum),
                 )
                 applied.append(f.name)
-            return applied
+            report = install(cur, catalogue)
+            return applied, report
     except psycopg2.Error as e:
         raise db.error(e, "cannot initialise the schema") from None
 
 
-def check_schema(db: Database) -> None:
-    """Refuse to work on a database that ``reconciler init`` has not brought up to date."""
-    latest = max(f.version for f in migration_files())
+def check_schema(db: Database, catalogue) -> None:
+    """Refuse to work on a database that ``reconciler init`` has not brought up to date
+    for ``catalogue``."""
+    from .install import check_installed
+
+    wanted = {f.version for f in applicable(catalogue)}
     try:
         with db.transaction() as conn, conn.cursor() as cur:
             cur.execute("SELECT to_regclass('reconciler_migrations') IS NOT NULL")
             if not cur.fetchone()[0]:
                 raise DatabaseError(f"{db.display} is not initialised; run `reconciler init` first")
-            cur.execute("SELECT coalesce(max(version), 0) FROM reconciler_migrations")
-            current = cur.fetchone()[0]
+            cur.execute("SELECT version FROM reconciler_migrations")
+            done = {row[0] for row in cur.fetchall()}
+            missing = sorted(wanted - done)
+            if missing:
+                raise DatabaseError(f"the schema of {db.display} is behind (migration {missing[0]} of "
+                                    f"{max(wanted)} not applied); run `reconciler init`")
+            check_installed(cur, catalogue, db.display)
     except psycopg2.Error as e:
         raise db.error(e, "cannot read the schema version") from None
-    if current < latest:
-        raise DatabaseError(f"the schema of {db.display} is behind (version {current} of {latest}); run `reconciler init`")

@@ -1,14 +1,13 @@
-"""The typed changes between desired and current state, and the comparisons that make
-them (:func:`_compare` for models, :func:`post_changes` and :func:`media_changes` for
-frames of posts and media), which :mod:`reconciler.engine` runs a batch of models at a
-time. Pure: no I/O.
+"""The typed changes between desired and current rows, and the column comparison that
+makes them (:func:`entity_changes`), which :mod:`reconciler.engine` runs a batch at a
+time for every owned entity of the catalogue. Pure: no I/O.
 
-A change is plain data (create / update / move / delete of a model, post or media
-item, named by its natural key); the plan file is a list of them. ``create`` and
-``delete`` carry every managed field (plus the parent's key: a post names its
-``model``, a media item its ``post``); ``update`` carries only the fields that change;
-``move`` (a renamed folder, see :mod:`reconciler.moves`) names the old key in ``from``
-and carries the key columns, the parent and the fields that change.
+A change is plain data (create / update / move / delete of a row of an entity, named by
+its plan key); the plan file is a list of them. ``create`` and ``delete`` carry every
+field of the row (its key columns, its parent's plan key under the parent entity's
+name, its managed columns); ``update`` carries only the fields that change; ``move`` (a
+renamed folder, see :mod:`reconciler.moves`) names the old key in ``from`` and carries
+the key columns, the parent and the fields that change.
 """
 
 from __future__ import annotations
@@ -16,48 +15,43 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Sequence
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
-from .desired import MEDIA_FIELDS, MODEL_FIELDS, POST_FIELDS, split_post_key
+from .catalogue import Entity
 
-KINDS = ("model", "post", "media")
 # Moves sort between updates and deletes: apply runs creates, moves and updates
 # parents first, then deletes children first, and a reader meets a rename before the
 # deletions it did not need.
 ACTIONS = ("create", "update", "move", "delete")
-KIND_ORDER = {k: i for i, k in enumerate(KINDS)}
 ACTION_ORDER = {a: i for i, a in enumerate(ACTIONS)}
-FIELDS = {"model": MODEL_FIELDS, "post": POST_FIELDS, "media": MEDIA_FIELDS}
 
 
 class Change:
     """One typed change. ``before``/``after`` are dicts (or None).
 
-    A create or delete may be built from the row tuple itself (``before_row`` /
-    ``after_row``) and turns it into a dict only when asked: a million creates then
-    cost a million small objects, not a million dicts.
+    A delete may be built from the row's values as a tuple (``before`` a tuple, and
+    ``fields`` their names), turned into a dict only when asked: a wiped catalogue's
+    million deletes then cost a million small objects, not a million dicts.
     """
 
-    __slots__ = ("action", "kind", "key", "_before", "_after", "from_key")
+    __slots__ = ("action", "kind", "key", "_before", "_after", "from_key", "fields")
 
-    def __init__(self, action: str, kind: str, key: str, before, after, from_key: str | None = None) -> None:
+    def __init__(self, action: str, kind: str, key: str, before, after, from_key: str | None = None,
+                 fields: tuple[str, ...] | None = None) -> None:
         self.action, self.kind, self.key = action, kind, key
         self._before, self._after = before, after
         self.from_key = from_key  # a move's old key (``"from"`` in the plan file)
+        self.fields = fields
 
     @property
     def before(self) -> dict | None:
         b = self._before
-        return full_image(self.kind, self.key, b) if isinstance(b, tuple) else b
+        return dict(zip(self.fields, b)) if isinstance(b, tuple) else b
 
     @property
     def after(self) -> dict | None:
         a = self._after
-        return full_image(self.kind, self.key, a) if isinstance(a, tuple) else a
-
-    @property
-    def sort_key(self) -> tuple[int, int, str]:
-        return KIND_ORDER[self.kind], ACTION_ORDER[self.action], self.key
+        return dict(zip(self.fields, a)) if isinstance(a, tuple) else a
 
     def to_dict(self) -> dict:
         d = {"action": self.action, "after": self.after, "before": self.before, "key": self.key, "kind": self.kind}
@@ -109,46 +103,18 @@ class EncodedChange(Change):
         return self.to_dict()["after"]
 
 
-def full_image(kind: str, key: str, row: tuple) -> dict:
-    """Every managed field of a row, named as its column, plus the parent's key."""
-    if kind == "model":
-        image = {"folder_name": key}
-    elif kind == "post":
-        model, post = split_post_key(key)
-        image = {"model": model, "folder_name": post}
-    else:
-        image = {"s3_key": key}
-    image.update(zip(FIELDS[kind], row))
-    return image
-
-
-def _compare(kind: str, fields: tuple[str, ...], desired: dict, current: Iterable, out: list[Change]) -> int:
-    """Append the changes of one kind; consume ``desired`` entries; return the current row count."""
-    n = 0
-    pop = desired.pop
-    for key, have in current:
-        n += 1
-        want = pop(key, None)
-        if want is None:
-            out.append(Change("delete", kind, key, tuple(have), None))
-        elif want != have:
-            before, after = {}, {}
-            for name, w, h in zip(fields, want, have):
-                if w != h or type(w) is not type(h):
-                    before[name], after[name] = h, w
-            if before:
-                out.append(Change("update", kind, key, before, after))
-    for key, want in desired.items():
-        out.append(Change("create", kind, key, None, want))
-    return n
+def change_order(kinds: Sequence[str]) -> Callable[[Change], tuple]:
+    """The plan's order of changes: by kind (the catalogue's, parents first), action,
+    then key."""
+    order = {k: i for i, k in enumerate(kinds)}
+    return lambda c: (order[c.kind], ACTION_ORDER[c.action], c.key)
 
 
 class Lines:
-    """Changes of one kind and action — the creates, or a post's updates, which carry
-    whole URL lists — as canonical JSON lines, in key order, in parts of (``key``,
-    ``line``, …) frames (see :class:`reconciler.spill.Parts`), less the keys in ``skip``
-    (creates that became moves or updates): no Python object per change until one is
-    asked for."""
+    """Changes of one kind and action — the creates, or updates that carry JSON values —
+    as canonical JSON lines, in key order, in parts of (``key``, ``line``, …) frames (see
+    :class:`reconciler.spill.Parts`), less the keys in ``skip`` (creates that became
+    moves or updates): no Python object per change until one is asked for."""
 
     def __init__(self, kind: str, parts, skip: set[str] | frozenset = frozenset(), action: str = "create") -> None:
         self.kind, self.parts, self.skip, self.action = kind, parts, skip, action
@@ -183,15 +149,19 @@ class Lines:
                     yield EncodedChange(self.action, self.kind, key, line)
 
 
+def empty_summary(kinds: Sequence[str]) -> dict[str, dict[str, int]]:
+    return {k: {a: 0 for a in ACTIONS} for k in kinds}
+
+
 class ChangeList(Sequence):
     """The changes of a plan in plan order, as segments: lists of :class:`Change` and
-    :class:`Lines` (the creates of posts and media — a million of them in a first
-    plan — stay canonical lines, spilled to disk when large, until they are written).
-    Reads like a list of :class:`Change` (a create comes out as an
-    :class:`EncodedChange` when asked for)."""
+    :class:`Lines` (the creates — a million of them in a first plan — stay canonical
+    lines, spilled to disk when large, until they are written). Reads like a list of
+    :class:`Change` (a create comes out as an :class:`EncodedChange` when asked for)."""
 
-    def __init__(self, segments: list, spill=None) -> None:
+    def __init__(self, segments: list, kinds: Sequence[str], spill=None) -> None:
         self.segments = [s for s in segments if len(s)]
+        self.kinds = tuple(kinds)
         self.spill = spill  # the folder the lines are in lives as long as the plan
 
     def __len__(self) -> int:
@@ -220,7 +190,7 @@ class ChangeList(Sequence):
         return f"ChangeList({len(self)} changes)"
 
     def summary(self) -> dict[str, dict[str, int]]:
-        counts = summarize([])
+        counts = empty_summary(self.kinds)
         for segment in self.segments:
             if isinstance(segment, Lines):
                 counts[segment.kind][segment.action] += len(segment)
@@ -230,117 +200,211 @@ class ChangeList(Sequence):
         return counts
 
 
-def media_changes(want, have) -> tuple:
-    """The media changes between two frames of (s3_key, post, url, type, size_bytes,
-    etag) — a batch's — by one full join on the key, presence flags, and a comparison
-    per column. Returns the creates as a frame of their canonical text (``s3_key``,
-    ``line``, ``etag``, ``size_bytes``; made by Polars in one pass, in key order) and the
-    updates and deletes as changes."""
+def summarize(changes: Iterable[Change], kinds: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+    """Counts per kind and action. ``kinds`` (the catalogue's) gives every kind a line,
+    zero or not; without it, the kinds the changes hold, in the order they come."""
+    if isinstance(changes, ChangeList):
+        return changes.summary()
+    changes = list(changes)
+    if kinds is None:
+        kinds = list(dict.fromkeys(c.kind for c in changes))
+    summary = empty_summary(kinds)
+    for c in changes:
+        summary[c.kind][c.action] += 1
+    return summary
+
+
+# --------------------------------------------------------------------------- comparing rows
+
+
+def json_columns(e: Entity) -> list[str]:
+    return [c.name for c in e.columns if c.value.is_json]
+
+
+def _jsonb_key(name: str) -> tuple[int, bytes]:
+    data = name.encode("utf-8")
+    return len(data), data
+
+
+def jsonb_text(value) -> str:
+    """A value's text as PostgreSQL's ``jsonb::text`` writes it: object keys shorter
+    first, then by bytes; ``", "`` and ``": "`` between items (what ``json.dumps`` with
+    ``ensure_ascii=False`` writes for a value whose keys are in that order)."""
+    def order(v):
+        if isinstance(v, dict):
+            return {k: order(v[k]) for k in sorted(v, key=_jsonb_key)}
+        if isinstance(v, list):
+            return [order(x) for x in v]
+        return v
+
+    return json.dumps(order(value), ensure_ascii=False)
+
+
+def jsonb_text_expr(column: str, dtype):
+    """``jsonb_text`` of a desired JSON column (a struct of lists of strings and the
+    like), made by Polars where no string needs escaping, else by Python."""
     import polars as pl
 
-    fields = list(MEDIA_FIELDS)
-    db = [f + "_db" for f in fields]
+    def plain(expr, dt) -> pl.Expr | None:
+        if isinstance(dt, pl.Struct):
+            fields = sorted((f.name for f in dt.fields), key=_jsonb_key)
+            types = {f.name: f.dtype for f in dt.fields}
+            parts = []
+            for i, name in enumerate(fields):
+                inner = plain(expr.struct.field(name), types[name])
+                if inner is None:
+                    return None
+                parts += [pl.lit(("{" if i == 0 else ", ") + json.dumps(name, ensure_ascii=False) + ": "), inner]
+            return pl.concat_str(parts + [pl.lit("}")]) if parts else pl.lit("{}")
+        if isinstance(dt, pl.List) and dt.inner == pl.String:
+            return pl.when(expr.list.len() == 0).then(pl.lit("[]")).otherwise(
+                pl.lit('["') + expr.list.join('", "') + pl.lit('"]'))
+        if dt == pl.String:
+            return pl.when(expr.is_null()).then(pl.lit("null")).otherwise(pl.lit('"') + expr + pl.lit('"'))
+        if dt in (pl.Int64, pl.Int32, pl.UInt32):
+            return pl.when(expr.is_null()).then(pl.lit("null")).otherwise(expr.cast(pl.String))
+        return None
+
+    fast = plain(pl.col(column), dtype)
+    slow = pl.col(column).map_elements(lambda v: None if v is None else jsonb_text(v), return_dtype=pl.String)
+    return fast, slow
+
+
+def _strings(dtype) -> bool:
+    import polars as pl
+
+    if isinstance(dtype, pl.Struct):
+        return any(_strings(f.dtype) for f in dtype.fields)
+    if isinstance(dtype, pl.List):
+        return _strings(dtype.inner)
+    return dtype == pl.String
+
+
+def json_texts(frame, columns: list[str]):
+    """The desired JSON columns of ``frame`` as ``jsonb::text`` (``_t.<column>``), so
+    that two values are equal exactly when their texts are."""
+    out = []
+    for col in columns:
+        fast, slow = jsonb_text_expr(col, frame.schema[col])
+        out.append((slow if fast is None or _has_escapes(frame, col) else fast).alias("_t." + col))
+    return frame.with_columns(out) if out else frame
+
+
+def _has_escapes(frame, col: str) -> bool:
+    """Whether any string inside the column needs escaping as JSON text."""
+    import polars as pl
+
+    expr = pl.col(col)
+    dtype = frame.schema[col]
+    strings = []
+
+    def walk(e, dt):
+        if isinstance(dt, pl.Struct):
+            for f in dt.fields:
+                walk(e.struct.field(f.name), f.dtype)
+        elif isinstance(dt, pl.List):
+            strings.append(("list", e, dt.inner))
+        elif dt == pl.String:
+            strings.append(("str", e, dt))
+
+    walk(expr, dtype)
+    for how, e, inner in strings:
+        if how == "list":
+            if inner != pl.String:
+                return True
+            found = frame.select(e.explode().drop_nulls().str.contains(r'["\\\x00-\x1f]').any()).item()
+        else:
+            found = frame.select(e.drop_nulls().str.contains(r'["\\\x00-\x1f]').any()).item()
+        if found:
+            return True
+    return False
+
+
+def entity_changes(e: Entity, want, have, *, update_lines: bool = False):
+    """The changes of one entity between the desired rows (``k.<entity>`` and the
+    fields; JSON columns as structs) and the current ones (the same, JSON columns as
+    ``jsonb::text``), by one full join on the plan key and a comparison per column.
+    Returns the creates as a frame of their canonical text (``key``, ``line`` and, for
+    an entity that moves by content, its ``etag`` and ``size_bytes``; in key order),
+    the updates as such a frame too when ``update_lines`` (else as changes), and the
+    other changes."""
+    import polars as pl
+
+    from .canonical import canonical
+
+    k = "k." + e.name
+    fields = list(e.fields)
+    jsons = json_columns(e)
+    compared = list(e.updatable)
+    want = json_texts(want, jsons)
     joined = want.with_columns(pl.lit(True).alias("_want")).join(
-        have.with_columns(pl.lit(True).alias("_have")), on="s3_key", how="full", suffix="_db", coalesce=True
+        have.with_columns(pl.lit(True).alias("_have")), on=k, how="full", suffix="_db", coalesce=True
     )
     both = pl.col("_want").is_not_null() & pl.col("_have").is_not_null()
-    differs = pl.any_horizontal([pl.col(f).ne_missing(pl.col(f + "_db")) for f in fields])
-    updated = joined.filter(both & differs).sort("s3_key")
-    deleted = joined.filter(pl.col("_want").is_null()).sort("s3_key")
 
-    after = pl.struct(*sorted(["s3_key", *fields])).alias("after")
+    def desired(f: str) -> str:
+        return "_t." + f if f in jsons else f
+
+    differs = pl.lit(False)
+    for f in compared:
+        differs = differs | pl.col(desired(f)).ne_missing(pl.col(f + "_db"))
+    after = pl.struct(*sorted(fields)).alias("after")
     line = pl.struct(
         pl.lit("create").alias("action"), after, pl.lit(None).alias("before"),
-        pl.col("s3_key").alias("key"), pl.lit("media").alias("kind"),
+        pl.col(k).alias("key"), pl.lit(e.name).alias("kind"),
     ).struct.json_encode()
+    extra = content_columns(e)
     creates = (
-        joined.filter(pl.col("_have").is_null()).sort("s3_key")
-        .select("s3_key", line.alias("line"), "etag", "size_bytes")
+        joined.filter(pl.col("_have").is_null()).sort(k)
+        .select(pl.col(k).alias("key"), line.alias("line"), *[pl.col(c).alias(a) for a, c in extra.items()])
     )
-    del joined
-    out: list[Change] = []
-    for row in updated.select("s3_key", *fields, *db).iter_rows():
-        key, want_row, have_row = row[0], row[1 : len(fields) + 1], row[len(fields) + 1 :]
-        before, after_ = {}, {}
-        for name, w, h in zip(fields, want_row, have_row):
-            if w != h:
-                before[name], after_[name] = h, w
-        if before:
-            out.append(Change("update", "media", key, before, after_))
-    out += [Change("delete", "media", r[0], r[1:], None) for r in deleted.select("s3_key", *db).iter_rows()]
-    return creates, out
-
-
-def _json_list(column: str):
-    """A list of strings that need no escaping as JSON text, as PostgreSQL writes it."""
-    import polars as pl
-
-    items = pl.col(column)
-    return pl.when(items.list.len() == 0).then(pl.lit("[]")).otherwise(
-        pl.lit('["') + items.list.join('", "') + pl.lit('"]')
-    )
-
-
-def cdns_text(want):
-    """``media_cdns`` of desired posts as ``jsonb::text`` writes it — ``{"images": […],
-    "videos": […]}`` with ``", "`` and ``": "`` — so that two values are equal exactly
-    when their texts are (what ``json.dumps(value, ensure_ascii=False)`` writes too)."""
-    import polars as pl
-
-    urls = want.select(pl.concat_list("images", "videos").explode().drop_nulls())
-    if urls.select(pl.first().str.contains(r'["\\\x00-\x1f]').any()).item():  # a CDN base that needs escaping
-        return pl.struct("images", "videos").map_elements(
-            lambda v: json.dumps({"images": v["images"], "videos": v["videos"]}, ensure_ascii=False),
-            return_dtype=pl.String,
-        )
-    return pl.lit('{"images": ') + _json_list("images") + pl.lit(', "videos": ') + _json_list("videos") + pl.lit("}")
-
-
-def post_changes(want, have) -> tuple:
-    """The post changes between the desired posts (``key``, ``title``, ``images``,
-    ``videos``) and the current ones (``key``, ``title``, ``media_cdns`` as
-    ``jsonb::text``), by one full join: media_cdns compared as text. Returns the
-    creates as a frame of their canonical text (``key``, ``line``, in key order) and the
-    updates and deletes as changes."""
-    import polars as pl
-
-    joined = want.with_columns(cdns_text(want).alias("_text"), pl.lit(True).alias("_want")).join(
-        have.with_columns(pl.lit(True).alias("_have")), on="key", how="full", suffix="_db", coalesce=True
-    )
-    both = pl.col("_want").is_not_null() & pl.col("_have").is_not_null()
-    differs = pl.col("title").ne_missing(pl.col("title_db")) | pl.col("_text").ne_missing(pl.col("media_cdns"))
-    after = pl.struct(
-        pl.col("title").alias("folder_name"),
-        pl.struct("images", "videos").alias("media_cdns"),
-        pl.col("key").str.splitn("/", 2).struct.field("field_0").alias("model"),
-        "title",
-    ).alias("after")
-    line = pl.struct(
-        pl.lit("create").alias("action"), after, pl.lit(None).alias("before"), "key", pl.lit("post").alias("kind"),
-    ).struct.json_encode()
-    creates = joined.filter(pl.col("_have").is_null()).sort("key").select("key", line.alias("line"))
 
     def loads(text):
         return None if text is None else json.loads(text)
 
-    out: list[Change] = []
-    changed = joined.filter(both & differs).select("key", "title", "images", "videos", "_text", "title_db", "media_cdns")
-    for key, title, images, videos, text, title_db, text_db in changed.iter_rows():
+    n = len(compared)
+    changed = joined.filter(both & differs).sort(k).select(
+        k,
+        *[pl.col(desired(f)).alias(f"_w{i}") for i, f in enumerate(compared)],
+        *[pl.col(f).alias(f"_v{i}") for i, f in enumerate(compared)],
+        *[pl.col(f + "_db").alias(f"_h{i}") for i, f in enumerate(compared)],
+    )
+    updates: list[Change] = []
+    for row in changed.iter_rows():
+        key, texts, values, olds = row[0], row[1 : n + 1], row[n + 1 : 2 * n + 1], row[2 * n + 1 :]
         before, after_ = {}, {}
-        if title != title_db:
-            before["title"], after_["title"] = title_db, title
-        if text != text_db:
-            before["media_cdns"], after_["media_cdns"] = loads(text_db), {"images": images, "videos": videos}
-        out.append(Change("update", "post", key, before, after_))
-    gone = joined.filter(pl.col("_want").is_null()).select("key", "title_db", "media_cdns")
-    out += [Change("delete", "post", key, (title, loads(text)), None) for key, title, text in gone.iter_rows()]
-    return creates, out
+        for name, t, v, h in zip(compared, texts, values, olds):
+            if t != h:
+                before[name], after_[name] = (loads(h), v) if name in jsons else (h, v)
+        updates.append(Change("update", e.name, key, before, after_))
+    gone = joined.filter(pl.col("_want").is_null()).sort(k).select(k, *[f + "_db" for f in fields])
+    json_at = [i for i, f in enumerate(fields) if f in jsons]
+    names = tuple(fields)
+    deletes = []
+    for row in gone.iter_rows():
+        values = list(row[1:])
+        for i in json_at:
+            values[i] = loads(values[i])
+        deletes.append(Change("delete", e.name, row[0], tuple(values), None, fields=names))
+    if update_lines:
+        lines = pl.DataFrame([(c.key, canonical(c.to_dict())) for c in updates], orient="row",
+                             schema={"key": pl.String, "line": pl.String})
+        return creates, lines, deletes
+    return creates, updates, deletes
 
 
-def summarize(changes: Iterable[Change]) -> dict[str, dict[str, int]]:
-    if isinstance(changes, ChangeList):
-        return changes.summary()
-    summary = {k: {a: 0 for a in ACTIONS} for k in KINDS}
-    for c in changes:
-        summary[c.kind][c.action] += 1
-    return summary
+def content_columns(e: Entity) -> dict[str, str]:
+    """For an entity that moves by content: its ``etag`` and ``size_bytes`` as the
+    columns holding the object's ETag and size."""
+    if e.moves != "content":
+        return {}
+    found = {}
+    for c in e.columns:
+        t = c.value.template
+        if t is not None and t.single == "etag":
+            found["etag"] = c.name
+        if t is not None and t.single == "size":
+            found["size_bytes"] = c.name
+    return found
+
+

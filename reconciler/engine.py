@@ -1,19 +1,20 @@
-"""Planning a batch of whole models at a time: memory follows the largest batch, not
-the bucket. Pure but for the spill folder: the database is read through :class:`Current`.
+"""Planning a batch of whole top-entity rows at a time: memory follows the largest
+batch, not the bucket. Pure but for the spill folder: the database is read through
+:class:`Current`.
 
-Models are independent — a post and its media belong to one model — so the classified
-listing and the current media are divided into batches of whole models and each batch
-is compared on its own. A batch is a range of model names in *key order*: model ``M``
-owns the keys that start with ``M/``, and those keys sort together, in the order of
-``M/`` (``"Alice Smith/…"`` before ``"Alice/…"``, as ``" "`` sorts before ``"/"``). So a
-batch's creates, sorted by key, all follow the previous batch's, and the plan's creates
-are the batches' runs one after the other: no merge. Updates and deletes (few) stay in
-memory; moves are found once every batch is done, over those deletes and the creates
-that hold the same content, read back from the runs.
+Rows under different top-entity rows are independent — a post and its media belong to
+one model — so the classified listing and the current rows are divided into batches of
+whole top rows and each batch is compared on its own. A batch is a range of top keys in
+*key order*: top key ``M`` owns the keys that start with ``M/``, and those keys sort
+together, in the order of ``M/`` (``"Alice Smith/…"`` before ``"Alice/…"``, as ``" "``
+sorts before ``"/"``). So a batch's creates, sorted by key, all follow the previous
+batch's, and the plan's creates are the batches' runs one after the other: no merge.
+Updates and deletes (few) stay in memory; moves are found once every batch is done,
+over those deletes and the creates that hold the same content, read back from the runs.
 
-The current media come in ranges of models (copied a range at a time, while the
-listing is read) and a current row goes to the batch of the model it is filed under: a
-key that the database files under another model than the one its key names is then
+The current rows come in ranges of top keys (copied a range at a time, while the
+listing is read) and a current row goes to the batch of the top row it is filed under:
+a key that the database files under another top row than the one its key names is then
 deleted in one batch and created in another, and made one update again at the end.
 """
 
@@ -21,67 +22,64 @@ from __future__ import annotations
 
 import bisect
 import json
-from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import polars as pl
 
-from .desired import MEDIA_FIELDS, MODEL_FIELDS, ModelRow, PostRow
-from .diff import KINDS, Change, ChangeList, Lines, EncodedChange, _compare, media_changes, post_changes
-from .frames import MEDIA_SCHEMA, Listing, desired_of
-from .planfile import canonical
-from .spill import Parts, Spill, by_model
-
-from .config import BATCH_ROWS  # items (or current media rows) per batch, unless one model has more
+from .canonical import canonical
+from .catalogue import Catalogue, Entity
+from .config import BATCH_ROWS  # items (or current rows) per batch, unless one top row has more
+from .diff import Change, ChangeList, EncodedChange, Lines, change_order, content_columns, entity_changes, json_columns
+from .frames import UNKNOWN_PARENT, Listing, desired_of, plan_key
+from .spill import Parts, Spill, by_top
 
 LINES_SCHEMA = {"key": pl.String, "line": pl.String}
-MEDIA_LINES_SCHEMA = {"key": pl.String, "line": pl.String, "etag": pl.String, "size_bytes": pl.Int64}
+CONTENT_LINES_SCHEMA = {"key": pl.String, "line": pl.String, "etag": pl.String, "size_bytes": pl.Int64}
+
+_POLARS = {"text": pl.String, "integer": pl.Int64, "bigint": pl.Int64, "boolean": pl.Boolean, "json": pl.String,
+           "jsonb": pl.String, "timestamp": pl.String, "timestamptz": pl.String}
 
 
-# The current posts as the engine compares them: media_cdns as ``jsonb::text``.
-POSTS_TEXT_SCHEMA = {"key": pl.String, "title": pl.String, "media_cdns": pl.String}
+def current_schema(catalogue: Catalogue, e: Entity) -> dict:
+    """The columns of an entity's current rows as the engine compares them: its plan
+    key, its top row's key, its fields (JSON columns as ``jsonb::text``)."""
+    schema = {plan_key(e.name): pl.String, plan_key(catalogue.top.name): pl.String}  # one column for the top
+    for c in e.key_columns:
+        schema[c] = pl.String
+    if e.parent:
+        schema[e.parent] = pl.String
+    for c in e.columns:
+        schema[c.name] = _POLARS[c.type]
+    return schema
 
 
 @dataclass
 class Current:
     """The current state in scope, as the engine reads it.
 
-    ``models`` are the model rows. ``ranges`` hold the posts and media rows in ranges of
-    models: ``[(lo, rows), …]``, the first ``lo`` being ``""``, each range holding the
-    rows of the models whose key order (``name + "/"``) is from its ``lo`` to the next
-    one's; ``rows.posts()`` (``POSTS_TEXT_SCHEMA``) and ``rows.media()``
-    (``MEDIA_SCHEMA``) give them as stored, and ``rows.discard()`` is called once they
-    are read. ``media_counts`` are the media rows per model (to size batches;
-    need not be exact).
+    ``ranges`` hold the owned entities' rows in ranges of top keys: ``[(lo, rows), …]``,
+    the first ``lo`` being ``""``, each range holding the rows filed under the top rows
+    whose key order (``key + "/"``) is from its ``lo`` to the next one's;
+    ``rows.frame(entity)`` gives them (:func:`current_schema`), and ``rows.discard()``
+    is called once they are read. ``counts`` are the rows per top key (to size batches;
+    need not be exact). ``known`` holds the plan keys of the platform-owned rows in
+    scope, by entity.
     """
 
-    models: list[tuple[str, ModelRow]]
     ranges: list[tuple[str, object]]
-    media_counts: dict[str, int] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    known: dict[str, set[str]] = field(default_factory=dict)
 
 
 @dataclass
 class Rows:
-    """A range of current rows held in memory."""
+    """A range of current rows held in memory: a frame per owned entity."""
 
-    post_frame: pl.DataFrame
-    media_frame: pl.DataFrame
+    frames: dict[str, pl.DataFrame]
 
-    @classmethod
-    def of(cls, posts: Iterable[tuple[str, PostRow]], media: Iterable[tuple[str, tuple]]) -> "Rows":
-        """From rows as :class:`reconciler.current.CurrentState` holds them."""
-        post_rows = [(k, r[0], None if r[1] is None else json.dumps(r[1], ensure_ascii=False)) for k, r in posts]
-        return cls(
-            pl.DataFrame(post_rows, orient="row", schema=POSTS_TEXT_SCHEMA),
-            pl.DataFrame([(k, *r) for k, r in media], orient="row", schema=MEDIA_SCHEMA),
-        )
-
-    def posts(self) -> pl.DataFrame:
-        return self.post_frame
-
-    def media(self) -> pl.DataFrame:
-        return self.media_frame
+    def frame(self, entity: str) -> pl.DataFrame:
+        return self.frames[entity]
 
 
 @dataclass
@@ -89,6 +87,7 @@ class Result:
     changes: ChangeList
     current_counts: dict[str, int]
     batches: int
+    held: dict[str, list[str]] = field(default_factory=dict)  # plan keys kept as they are, by entity
 
 
 def _order(name: str) -> str:
@@ -96,8 +95,8 @@ def _order(name: str) -> str:
 
 
 def batch_bounds(counts: dict[str, int], size: int) -> list[str]:
-    """Where each batch after the first begins (the key order of its first model):
-    models in key order, a batch closed when the next model would take it past ``size``."""
+    """Where each batch after the first begins (the key order of its first top row):
+    top keys in key order, a batch closed when the next would take it past ``size``."""
     bounds: list[str] = []
     total = 0
     for name in sorted(counts, key=_order):
@@ -109,22 +108,36 @@ def batch_bounds(counts: dict[str, int], size: int) -> list[str]:
     return bounds
 
 
+def _top_ordered(catalogue: Catalogue, e: Entity) -> bool:
+    """Whether the entity's plan keys sort as their top rows' do (then the batches'
+    creates follow one another): keys within their parent begin with the top key; a
+    key that is the object's own begins with the scope's folders."""
+    from .frames import scope_segment
+
+    if e.unique == "parent" or e is catalogue.top:
+        return True
+    segment = scope_segment(catalogue)
+    names = [t.single for _, t in e.key]
+    return segment is not None and len(names) == 1 and names[0] in ("key", "rel")
+
+
 def plan_changes(
     listing: Listing,
     current: Current,
+    catalogue: Catalogue,
     *,
     cdn_base_url: str,
+    root: str = "",
     moves: bool = True,
     batch_rows: int = BATCH_ROWS,
     spill: Spill | None = None,
 ) -> Result:
     """The changes that make ``current`` what ``listing`` says, in plan order (the
-    listing was classified below its root already)."""
+    listing was classified below ``root`` already)."""
+    top = plan_key(catalogue.top.name)
     counts = dict(listing.counts)
-    for name, n in current.media_counts.items():
+    for name, n in current.counts.items():
         counts[name] = max(counts.get(name, 0), n)
-    for name, _ in current.models:
-        counts.setdefault(name, 0)
     ranges = [lo for lo, _ in current.ranges]
     bounds = sorted(set(batch_bounds(counts, batch_rows)) | set(ranges[1:]))
     n = len(bounds) + 1
@@ -136,159 +149,229 @@ def plan_changes(
         desired_parts = [listing.items]
     else:
         mapping = {name: batch_of(name) for name in counts}
-        by_model = pl.col("model").replace_strict(mapping, default=0, return_dtype=pl.Int32)
-        desired_parts = listing.items.split(by_model, n)
+        which = pl.col(top).replace_strict(mapping, default=0, return_dtype=pl.Int32)
+        desired_parts = listing.items.split(which, n)
         listing.items.discard()
-    current_of = _ByBatch(current, bounds, batch_of)
+    current_of = _ByBatch(current, bounds, batch_of, catalogue)
 
-    want_models: dict[str, ModelRow] = {}
-    post_creates = Parts(LINES_SCHEMA, spill)
-    post_updates = Parts(LINES_SCHEMA, spill)
-    media_creates = Parts(MEDIA_LINES_SCHEMA, spill)
-    others: list[Change] = []  # post and media updates and deletes
-    post_rows = media_rows = 0
+    owned = catalogue.owned
+    creates = {e.name: Parts(CONTENT_LINES_SCHEMA if content_columns(e) else LINES_SCHEMA, spill) for e in owned}
+    update_lines = {e.name: Parts(LINES_SCHEMA, spill) for e in owned if json_columns(e)}
+    others: list[Change] = []  # updates (of entities without JSON columns), and deletes
+    rows_read = {e.name: 0 for e in owned}
+    held: dict[str, set[str]] = {}
+    unknown: list[tuple[int, str]] = []
     for b in range(n):
-        desired = desired_of(desired_parts[b].frame(), cdn_base_url)
+        desired = desired_of(desired_parts[b].frame(), catalogue, cdn_base_url, root=root, known=current.known)
         desired_parts[b].discard()
-        want_models.update(desired.models)
-        have_posts, have_media = current_of(b)
-        post_rows += have_posts.height
-        creates, rest = post_changes(desired.post_frame, have_posts)
-        post_creates.add(creates)
-        # A post's update carries both URL lists whole: a 1 % delta of 10M objects
-        # updates 100k posts, ten million strings as objects. They wait as lines too.
-        updates = sorted((c.key, canonical(c.to_dict())) for c in rest if c.action == "update")
-        post_updates.add(pl.DataFrame(updates, orient="row", schema=LINES_SCHEMA))
-        others += [c for c in rest if c.action != "update"]
-        del have_posts, creates, rest, updates
-        media_rows += have_media.height
-        creates, rest = media_changes(desired.media, have_media)
-        del desired, have_media
-        media_creates.add(creates.rename({"s3_key": "key"}))
-        others += rest
-        del creates, rest
+        if desired.unknown is not None:
+            unknown += desired.unknown.iter_rows()
+        for name, keys in desired.held.items():
+            held.setdefault(name, set()).update(keys)
+        have = current_of(b)
+        for e in owned:
+            h = have[e.name]
+            rows_read[e.name] += h.height
+            made, updates, deletes = entity_changes(e, desired.rows[e.name], h, update_lines=e.name in update_lines)
+            creates[e.name].add(made)
+            if e.name in update_lines:
+                update_lines[e.name].add(updates)
+            else:
+                others += updates
+            others += deletes
+            del made, updates, deletes, h
+        del desired, have
+    if unknown:
+        listing.skip(UNKNOWN_PARENT, unknown)
+    if held:
+        # An object under a missing platform row is still in the bucket: its row stays.
+        others = [c for c in others if not (c.action == "delete" and c.key in held.get(c.kind, ()))]
 
-    changes: list[Change] = []
-    _compare("model", MODEL_FIELDS, want_models, current.models, changes)
-    changes += others
-    del others
-    moved: dict[str, set[str]] = {"post": set(), "media": set()}
-    changes = _same_key(changes, media_creates, moved["media"])
+    skip: dict[str, set[str]] = {e.name: set() for e in owned}
+    for e in owned:
+        if e.unique == "global" and e.parent is not None:
+            others = _same_key(e, others, creates[e.name], skip[e.name], update_lines.get(e.name))
     if moves:
-        changes = _find_moves(changes, post_creates, media_creates, moved)
-    changes.sort(key=lambda c: c.sort_key)
-    by_kind: dict[str, list[Change]] = {k: [] for k in KINDS}
-    for c in changes:
+        others = _find_moves(catalogue, others, creates, skip)
+    order = change_order(catalogue.kinds)
+    others.sort(key=order)
+    by_kind: dict[str, list[Change]] = {e.name: [] for e in owned}
+    for c in others:
         by_kind[c.kind].append(c)
-    segments = [
-        by_kind["model"],
-        Lines("post", post_creates, moved["post"]),
-        Lines("post", post_updates, action="update"),
-        by_kind["post"],
-        Lines("media", media_creates, moved["media"]),
-        by_kind["media"],
-    ]
-    counts_now = {"model": len(current.models), "post": post_rows, "media": media_rows}
-    return Result(ChangeList(segments, spill=spill), counts_now, n)
+    segments: list = []
+    for e in owned:
+        made = creates[e.name]
+        if not _top_ordered(catalogue, e):
+            made = _sorted(made, spill)
+        segments.append(Lines(e.name, made, skip[e.name]))
+        if e.name in update_lines:
+            segments.append(Lines(e.name, _sorted(update_lines[e.name], spill), action="update"))
+        segments.append(by_kind[e.name])
+    held_keys = {k: sorted(v) for k, v in held.items()}
+    return Result(ChangeList(segments, catalogue.kinds, spill=spill), rows_read, n, held_keys)
+
+
+def _sorted(parts: Parts, spill: Spill | None) -> Parts:
+    """Lines in key order (updates come per batch, and some in a batch of their own)."""
+    if parts.rows <= 1:
+        return parts
+    frame = parts.frame()
+    if frame["key"].is_sorted():
+        return parts
+    out = Parts.of(frame.sort("key"), spill)
+    parts.discard()
+    return out
 
 
 class _ByBatch:
-    """The current posts and media of batch ``b``, batches asked for in order: each
-    range of ``current.ranges`` is read once, and split among the batches within it by
-    the model each row is filed under."""
+    """The current rows of batch ``b``, batches asked for in order: each range of
+    ``current.ranges`` is read once, and split among the batches within it by the top
+    row each row is filed under."""
 
-    def __init__(self, current: Current, bounds: list[str], batch_of: Callable[[str], int]) -> None:
-        self.current, self.bounds, self.batch_of = current, bounds, batch_of
+    def __init__(self, current: Current, bounds: list[str], batch_of: Callable[[str], int], catalogue: Catalogue) -> None:
+        self.current, self.bounds, self.batch_of, self.catalogue = current, bounds, batch_of, catalogue
         self.ranges = [lo for lo, _ in current.ranges]
         self.read = -1
-        self.held: dict[int, tuple[pl.DataFrame, pl.DataFrame]] = {}
+        self.held: dict[int, dict[str, pl.DataFrame]] = {}
 
-    def __call__(self, b: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    def __call__(self, b: int) -> dict[str, pl.DataFrame]:
         i = bisect.bisect_right(self.ranges, self.bounds[b - 1] if b else "") - 1
+        top = plan_key(self.catalogue.top.name)
         if i != self.read:
             self.read = i
             rows = self.current.ranges[i][1]
-            posts = by_model(rows.posts(), "key", self.batch_of)
-            media = by_model(rows.media(), "post", self.batch_of)
+            self.held = {}
+            for e in self.catalogue.owned:
+                for index, part in by_top(rows.frame(e.name), top, self.batch_of).items():
+                    self.held.setdefault(index, {})[e.name] = part
             if hasattr(rows, "discard"):
                 rows.discard()
-            self.held = {k: (posts.get(k), media.get(k)) for k in posts.keys() | media.keys()}
-        posts, media = self.held.pop(b, (None, None))
-        return (
-            posts if posts is not None else pl.DataFrame(schema=POSTS_TEXT_SCHEMA),
-            media if media is not None else pl.DataFrame(schema=MEDIA_SCHEMA),
-        )
+        mine = self.held.pop(b, {})
+        return {e.name: mine.get(e.name, pl.DataFrame(schema=current_schema(self.catalogue, e)))
+                for e in self.catalogue.owned}
 
 
-def _same_key(changes: list[Change], media_creates: Parts, skip: set[str]) -> list[Change]:
+def _same_key(e: Entity, changes: list[Change], creates: Parts, skip: set[str], update_lines: Parts | None) -> list[Change]:
     """A key deleted in one batch and created in another — a row the database files
-    under another model than the one its key names — is one update, as it is when both
-    meet in one batch. Adds the keys of those creates to ``skip``."""
-    deleted = {c.key: c for c in changes if c.kind == "media" and c.action == "delete"}
+    under another top row than the one its key names — is one update, as it is when
+    both meet in one batch. Adds the keys of those creates to ``skip``."""
+    deleted = {c.key: c for c in changes if c.kind == e.name and c.action == "delete"}
     if not deleted:
         return changes
-    found = media_creates.lazy().filter(pl.col("key").is_in(sorted(deleted))).select("key", "line").collect()
+    found = creates.lazy().filter(pl.col("key").is_in(sorted(deleted))).select("key", "line").collect()
     if not found.height:
         return changes
     updates: dict[str, Change] = {}
     for key, line in found.iter_rows():
         want, have = json.loads(line)["after"], deleted[key].before
         before, after = {}, {}
-        for name in MEDIA_FIELDS:
+        for name in e.updatable:
             w, h = want[name], have[name]
             if w != h or type(w) is not type(h):
                 before[name], after[name] = h, w
-        updates[key] = Change("update", "media", key, before, after)
+        updates[key] = Change("update", e.name, key, before, after)
         skip.add(key)
-    return [updates.get(c.key, c) if c.kind == "media" and c.action == "delete" else c for c in changes]
+    if update_lines is not None:  # its updates are lines: these join them
+        update_lines.add(pl.DataFrame([(k, canonical(c.to_dict())) for k, c in sorted(updates.items())],
+                                      orient="row", schema=LINES_SCHEMA))
+        return [c for c in changes if not (c.kind == e.name and c.action == "delete" and c.key in updates)]
+    return [updates.get(c.key, c) if c.kind == e.name and c.action == "delete" else c for c in changes]
 
 
-def _find_moves(changes: list[Change], post_creates: Parts, media_creates: Parts, moved: dict) -> list[Change]:
+def _find_moves(catalogue: Catalogue, changes: list[Change], creates: dict[str, Parts], skip: dict[str, set[str]]) -> list[Change]:
     """:func:`reconciler.moves.find_moves` over the changes in memory and the creates
-    that can be moves: the media creates holding the content (ETag and size) of a
-    deleted medium, and the created posts they would move into. Records the keys of the
-    creates that became moves in ``moved``."""
-    from .moves import find_moves
+    that can be moves: the creates holding the content (ETag and size) of a deleted
+    row, and the created rows above them they would move into. Records the keys of the
+    creates that became moves in ``skip``."""
+    from .moves import find_moves, moving_chain
 
-    gone = [(c.before["etag"], c.before["size_bytes"]) for c in changes
-            if c.kind == "media" and c.action == "delete" and c.before["etag"]]
+    chain = moving_chain(catalogue)
+    if not chain:
+        return changes
+    leaf = chain[0]
+    ids = content_columns(leaf)
+    gone = [(c.before[ids["etag"]], c.before[ids["size_bytes"]]) for c in changes
+            if c.kind == leaf.name and c.action == "delete" and c.before[ids["etag"]]]
     if not gone:
         return changes
-    ids = pl.LazyFrame(gone, orient="row", schema={"etag": pl.String, "size_bytes": pl.Int64}).unique()
-    found = media_creates.lazy().join(ids, on=["etag", "size_bytes"], how="semi", nulls_equal=True)
-    if moved["media"]:  # creates already taken (made updates by _same_key)
-        found = found.filter(~pl.col("key").is_in(sorted(moved["media"])))
-    media = [EncodedChange("create", "media", k, t) for k, t in found.select("key", "line").collect().iter_rows()]
-    if not media:
+    wanted = pl.LazyFrame(gone, orient="row", schema={"etag": pl.String, "size_bytes": pl.Int64}).unique()
+    found = creates[leaf.name].lazy().join(wanted, on=["etag", "size_bytes"], how="semi", nulls_equal=True)
+    if skip[leaf.name]:  # creates already taken (made updates by _same_key)
+        found = found.filter(~pl.col("key").is_in(sorted(skip[leaf.name])))
+    candidates = [EncodedChange("create", leaf.name, k, t) for k, t in found.select("key", "line").collect().iter_rows()]
+    if not candidates:
         return changes
-    targets = sorted({c.after["post"] for c in media})
-    posts = post_creates.lazy().filter(pl.col("key").is_in(targets)).collect()
-    candidates = media + [EncodedChange("create", "post", k, t) for k, t in posts.iter_rows()]
-    result = find_moves(changes + candidates)
+    below = candidates
+    for child, parent in zip(chain, chain[1:]):
+        targets = sorted({c.after[child.parent] for c in below})
+        rows = creates[parent.name].lazy().filter(pl.col("key").is_in(targets)).select("key", "line").collect()
+        below = [EncodedChange("create", parent.name, k, t) for k, t in rows.iter_rows()]
+        candidates += below
+    result = find_moves(changes + candidates, catalogue)
     for c in result:
-        if c.action == "move" and c.kind in moved:
-            moved[c.kind].add(c.key)
+        if c.action == "move" and c.kind in skip:
+            skip[c.kind].add(c.key)
     return [c for c in result if not isinstance(c, EncodedChange)]
 
 
-def plan_from_rows(
-    objects,
-    current,
-    *,
-    cdn_base_url: str,
-    root: str = "",
-    layout=None,
-    models=None,
-    moves: bool = True,
-    batch_rows: int = BATCH_ROWS,
-) -> Result:
-    """The changes from a listing to a database given as rows — a
-    :class:`reconciler.current.CurrentState` of lists of ``(key, row)`` — in memory: the
-    engine without a database, for tests and for use from Python."""
+def current_of_rows(catalogue: Catalogue, rows: dict[str, list[dict]]) -> Current:
+    """A database given as rows — full images by entity, ``{"media": [{"s3_key": …,
+    "post": …, …}], …}`` — as the engine reads one: in one range."""
+    frames = {}
+    counts: dict[str, int] = {}
+    for e in catalogue.owned:
+        schema = current_schema(catalogue, e)
+        out = []
+        for image in rows.get(e.name, ()):
+            key = _plan_key_of(e, image)
+            top_key = _top_key_of(catalogue, e, image)
+            values = [key] + ([top_key] if e is not catalogue.top else []) + [image[c] for c in e.key_columns] + ([image[e.parent]] if e.parent else [])
+            values += [_stored(c, image[c.name]) for c in e.columns]
+            out.append(values)
+            counts[top_key] = counts.get(top_key, 0) + 1
+        frames[e.name] = pl.DataFrame(out, orient="row", schema=schema)
+    return Current(ranges=[("", Rows(frames))], counts=counts)
+
+
+def _stored(column, value):
+    """A value as the database hands it to the engine (JSON as ``jsonb::text``)."""
+    from .diff import jsonb_text
+
+    if column.value.is_json:
+        return None if value is None else jsonb_text(value)
+    return value
+
+
+def _plan_key_of(e: Entity, image: dict) -> str:
+    own = "/".join(str(image[c]) for c in e.key_columns)
+    return own if e.unique == "global" or e.parent is None else image[e.parent] + "/" + own
+
+
+def _top_key_of(catalogue: Catalogue, e: Entity, image: dict) -> str:
+    """The top row a row is filed under: its parent's plan key, less the parts of every
+    level keyed within its parent, up to the top."""
+    if e.parent is None:
+        return _plan_key_of(e, image)
+    key = image[e.parent]
+    p = catalogue.entity(e.parent)
+    while p.parent is not None:
+        if p.unique != "parent":
+            raise ValueError(f"the top row of a {e.name} is not in its image: {p.name} is keyed on its own")
+        key = key.rsplit("/", len(p.key_columns))[0]
+        p = catalogue.entity(p.parent)
+    return key
+
+
+def plan_from_rows(objects, current_rows: dict[str, list[dict]], catalogue: Catalogue, *, cdn_base_url: str,
+                   root: str = "", scope=None, moves: bool = True, batch_rows: int = BATCH_ROWS,
+                   known: dict[str, set[str]] | None = None) -> Result:
+    """The changes from a listing to a database given as rows (full images by entity, see
+    :func:`current_of_rows`), in memory: the engine without a database, for tests and for
+    use from Python."""
     from .frames import classify_listing
 
-    listing = classify_listing(objects, root=root, layout=layout, models=models)
-    media = list(current.media)
-    counts = Counter(row[0].partition("/")[0] for _, row in media)  # rows per model, as the database's kept counts
-    state = Current(models=list(current.models), ranges=[("", Rows.of(current.posts, media))], media_counts=counts)
-    return plan_changes(listing, state, cdn_base_url=cdn_base_url, moves=moves, batch_rows=batch_rows)
+    listing = classify_listing(objects, catalogue, root=root, scope=scope)
+    current = current_of_rows(catalogue, current_rows)
+    current.known = known or {}
+    return plan_changes(listing, current, catalogue, cdn_base_url=cdn_base_url, root=root, moves=moves,
+                        batch_rows=batch_rows)

@@ -46,3 +46,11 @@ class AlreadyAppliedError(ReconcilerError):
 
 class LockTimeoutError(ReconcilerError):
     """Another apply held the lock for longer than the timeout."""
+
+
+class CatalogueError(ConfigError):
+    """A catalogue spec that is malformed, or does not fit the database."""
+
+
+class WrongCatalogueError(ReconcilerError):
+    """A plan made under another catalogue spec than the one configured."""

@@ -1,15 +1,23 @@
-"""The layout rules as column expressions: a listing becomes the desired media as one
-Polars frame, and the few posts and models as rows. Pure: no I/O, no database.
+"""A catalogue's rules over a whole listing, as column expressions, and the desired rows
+they make. Pure: no I/O, no database.
 
-Each rule is one expression over the whole listing, not a Python object and a few
-dict operations per key: only posts (tens of thousands) and models (hundreds) become
-Python rows. The rules themselves are :func:`reconciler.layout.classify`, run once per
-distinct (folder, extension type), so they stay readable as one module. The listing
-may come in any order: every "first by key order" rule is a minimum over keys, so a
-parallel listing gives the same rows as a sequential one.
+Classification (:class:`Classifier`) reads a chunk of the listing at a time. A key is
+split into its folders (``M/P/``) and its file name; each rule's folder pattern is
+matched once per distinct folder — a million keys live in tens of thousands of folders
+— by the same regular expressions :func:`reconciler.catalogue.read_key` uses, and its
+file-name pattern is tested by column expressions (an extension in a class, a stem among
+words). The first rule that takes a key wins, as the spec reads; the property tests hold
+this path to ``read_key`` key by key.
 
-Keys that are not valid UTF-8 (a folder source's undecodable file names) cannot enter
-a frame: they are classified one by one, as before, and are always skipped.
+The desired rows (:func:`desired_of`) of each owned entity are then a few group-bys over
+the classified objects, from the bottom up: a row is made by its objects (a media item
+by its object; a post by its media's), its templates read from its first object by key,
+its aggregates (``count``, ``first``, ``list``, ``object``) over its facets and the rows
+below it. Every "first by key order" is a minimum over keys, so the listing may come in
+any order, and in chunks.
+
+Keys that are not valid UTF-8 (a folder source's undecodable file names) cannot enter a
+frame: they are read one by one and always skipped.
 """
 
 from __future__ import annotations
@@ -23,69 +31,417 @@ from urllib.parse import quote
 
 import polars as pl
 
-from . import layout as L
-from .desired import SKIPPED_EXAMPLES, DesiredState, MediaRow, ModelRow, PostRow, _url_maker
+from .catalogue import Catalogue, Entity, read_key
+from .catalogue.descriptor import Source, Template, Value
+from .catalogue.patterns import FileMatcher, Placeholder
+from .objects import ObjectInfo
 from .shards import Shard
 
 if TYPE_CHECKING:
     from .spill import Parts, Spill
 
+SKIPPED_EXAMPLES = 5
 INVALID_UTF8 = "invalid_utf8_key"
 INVALID_KEY = "invalid_key"
+OUTSIDE_ROOT = "outside_root"
+FOLDER_MARKER = "folder_marker"
+EMPTY_SEGMENT = "empty_segment"
+UNMATCHED = "unmatched"
+UNKNOWN_PARENT = "unknown_parent"
 
-# Item kinds, as small integers in the frame.
-SKIP, MODEL_IMAGE, ICON, BANNER, MEDIA = 0, 1, 2, 3, 4
+_MARKER, _UNMATCHED = -2, -1  # rule numbers of keys no rule reads
 
-MEDIA_SCHEMA = {"s3_key": pl.String, "post": pl.String, "url": pl.String, "type": pl.String,
-                "size_bytes": pl.Int64, "etag": pl.String}
-# Desired posts: media_cdns as its two lists of URLs.
-POSTS_SCHEMA = {"key": pl.String, "title": pl.String, "images": pl.List(pl.String), "videos": pl.List(pl.String)}
+
+def capture(name: str) -> str:
+    """The column of a capture in the classified items."""
+    return "c." + name
+
+
+def plan_key(entity: str) -> str:
+    """The column of an entity's plan key in the classified items and in rows."""
+    return "k." + entity
+
+
+# --------------------------------------------------------------------------- scope
+
+
+@dataclass(frozen=True)
+class ScopeSegment:
+    """Where the top entity's key stands in every key that makes a row: the segment at
+    ``index``, after the literal segments ``prefix`` (``products/{product_id}/…``:
+    ``("products",)`` and 1). A scope (``--model``) lists and plans only the keys
+    whose segment there is one of its names."""
+
+    prefix: tuple[str, ...]
+    index: int
+
+    def of(self, rel: str) -> str | None:
+        parts = rel.split("/", self.index + 1)
+        if len(parts) <= self.index or tuple(parts[: self.index]) != self.prefix:
+            return None
+        return parts[self.index]
+
+    def listing_prefix(self, name: str) -> str:
+        return "".join(p + "/" for p in self.prefix) + name + "/"
+
+
+def scope_segment(catalogue: Catalogue) -> ScopeSegment | None:
+    """The top entity's segment, when every rule that makes rows puts its key's one
+    capture as a whole segment at the same place after the same literal segments."""
+    top = catalogue.top
+    if len(top.key) != 1 or top.key[0][1].single is None:
+        return None
+    name = top.key[0][1].single
+    found: set[ScopeSegment] = set()
+    for r in catalogue.rules_implying(top.name):
+        prefix: list[str] = []
+        at = None
+        for i, seg in enumerate(r.pattern.segments):
+            if len(seg) == 1 and isinstance(seg[0], Placeholder) and seg[0].name == name:
+                at = i
+                break
+            if seg == ("**",) or not all(isinstance(p, str) for p in seg):
+                break
+            prefix.append("".join(seg))
+        if at is None:
+            return None
+        found.add(ScopeSegment(tuple(prefix), at))
+    return found.pop() if len(found) == 1 else None
+
+
+# --------------------------------------------------------------------------- classifying
+
+
+def _literal(text: str) -> str:
+    """``text`` as a Polars (Rust) regex that matches it literally."""
+    return "".join(f"\\x{{{ord(c):X}}}" for c in text)
+
+
+def _ext(value: pl.Expr) -> pl.Expr:
+    """The text after the value's last dot, lowercased (null without a dot)."""
+    return value.str.extract(r"\.([^.]*)$", 1).str.to_lowercase()
+
+
+class Classifier:
+    """The rules of a catalogue over chunks of a listing below ``root``, limited to a
+    ``scope`` of top-entity names (a set, or a :class:`~reconciler.shards.Shard`)."""
+
+    def __init__(self, catalogue: Catalogue, root: str = "", scope=None) -> None:
+        self.catalogue, self.root = catalogue, root
+        self.scope = scope if scope is None or isinstance(scope, Shard) else frozenset(scope)
+        self.segment = scope_segment(catalogue)
+        if self.scope is not None and self.segment is None:
+            from .errors import ConfigError
+
+            raise ConfigError(f"catalogue {catalogue.name} cannot be scoped: its top entity "
+                              f"{catalogue.top.name!r} is not one folder of every key")
+        self.rules = catalogue.rules
+        # Captures the desired rows read (those of rules that make rows or facets).
+        self.kept = sorted({n for r in self.rules if r.action != "skip" for n in r.pattern.names})
+        self.dirs: dict[str, tuple] = {}  # a folder → what each rule's folder pattern makes of it
+        self.dir_columns = ["dir"]
+        self.dir_schema: dict = {"dir": pl.String}
+        for r in self.rules:
+            self.dir_columns += [f"d{r.index}", f"e{r.index}"]
+            self.dir_schema.update({f"d{r.index}": pl.Boolean, f"e{r.index}": pl.Boolean})
+            for n in r.pattern.dir_names:
+                self.dir_columns.append(f"r{r.index}.{n}")
+                self.dir_schema[f"r{r.index}.{n}"] = pl.String
+        self.needs_place = any(not e.owned for e in catalogue.entities)
+        self.top_key = top_key_expr(catalogue)
+
+    # ---- folders, once each
+
+    def _dir_row(self, d: str) -> tuple:
+        row: list = [d]
+        for r in self.rules:
+            p = r.pattern
+            m = p.dir_regex.match(d)
+            values = m.groupdict() if m is not None else {}
+            ok = m is not None and all(
+                _satisfies(h, values[h.name], self.catalogue.classes)
+                for seg in p.segments[:-1] if seg != ("**",) for h in seg if isinstance(h, Placeholder)
+            )
+            row += [ok, ok and any(v == "" for v in values.values())]
+            row += [values.get(n) if ok else None for n in p.dir_names]
+        return tuple(row)
+
+    def dir_table(self, dirs: list[str]) -> pl.DataFrame:
+        rows = []
+        for d in dirs:
+            row = self.dirs.get(d)
+            if row is None:
+                row = self.dirs[d] = self._dir_row(d)
+            rows.append(row)
+        return pl.DataFrame(rows, orient="row", schema=self.dir_schema)
+
+    # ---- file names, as columns
+
+    def _sat(self, p: Placeholder, value: pl.Expr, ext: pl.Expr | None = None) -> pl.Expr:
+        conds = []
+        if p.words:
+            conds.append(value.str.to_lowercase().is_in(list(p.words)))
+        if p.classes:
+            exts = sorted(set().union(*(self.catalogue.classes[c] for c in p.classes)))
+            target = value.str.to_lowercase() if p.after_dot else (ext if ext is not None else _ext(value))
+            conds.append(target.is_in(exts))
+        if not conds:
+            return pl.lit(True)
+        out = conds[0]
+        for c in conds[1:]:
+            out = out | c
+        return out.fill_null(False)
+
+    def _file_test(self, fm: FileMatcher) -> tuple[pl.Expr, dict[str, pl.Expr]]:
+        file, ext = pl.col("_file"), pl.col("_ext")
+        if fm.how == "any":
+            return pl.lit(True), ({fm.placeholders[0].name: file} if fm.placeholders else {})
+        if fm.how == "whole":
+            p = fm.placeholders[0]
+            return self._sat(p, file, ext), {p.name: file}
+        if fm.how == "literal":
+            return file == fm.text, {}
+        if fm.how == "stem_ext":
+            a, b = fm.placeholders
+            stem = file.str.replace(r"\.[^.]*$", "")
+            tail = file.str.extract(r"\.([^.]*)$", 1)
+            ok = file.str.contains(".", literal=True) & self._sat(a, stem) & self._sat(b, tail, ext)
+            return ok, {a.name: stem, b.name: tail}
+        groups = {p.name: file.str.extract(fm.regex, i + 1) for i, p in enumerate(fm.placeholders)}
+        ok = file.str.contains(fm.regex)
+        for p in fm.placeholders:
+            ok = ok & self._sat(p, groups[p.name])
+        return ok.fill_null(False), groups
+
+    # ---- a chunk
+
+    def classify(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int]:
+        """A chunk (``key``, ``size_bytes``, ``etag``, ``last_modified``, ``i`` its
+        place in the listing) → the recognised items, the skipped (``i``, ``key``,
+        ``reason``), and how many objects of the chunk are in scope."""
+        root = self.root
+        inside = pl.col("key").str.starts_with(root) if root else pl.lit(True)
+        frame = frame.with_columns(inside.alias("_inside"), pl.col("key").str.slice(len(root)).alias("rel"))
+        if self.scope is not None:
+            # Objects of names out of scope are not in the plan at all (not counted either).
+            seg = self.segment
+            part = pl.col("rel").str.split("/").list.get(seg.index, null_on_oob=True)
+            if seg.prefix:
+                part = pl.when(pl.col("rel").str.starts_with("".join(s + "/" for s in seg.prefix))).then(part)
+            names = frame.filter(pl.col("_inside")).select(part.unique()).to_series().drop_nulls().to_list()
+            frame = frame.filter(~pl.col("_inside") | part.is_in([n for n in names if n in self.scope]))
+        rel = pl.col("rel")
+        frame = frame.with_columns(
+            pl.when(rel.str.contains("/", literal=True)).then(rel.str.replace(r"[^/]*$", "")).otherwise(pl.lit(""))
+            .alias("dir"),
+            rel.str.extract(r"([^/]*)$", 1).alias("_file"),
+        ).with_columns(_ext(pl.col("_file")).alias("_ext"))
+        dirs = frame.select(pl.col("dir").unique()).to_series().to_list()
+        frame = frame.join(self.dir_table(dirs), on="dir", how="left", maintain_order="left")
+
+        tests = [self._file_test(r.pattern.file) for r in self.rules]
+        rule = pl.lit(_UNMATCHED, pl.Int16)
+        for r, (ok, _) in zip(reversed(self.rules), reversed(tests)):
+            rule = pl.when(pl.col(f"d{r.index}") & ok).then(pl.lit(r.index, pl.Int16)).otherwise(rule)
+        marker = (rel == "") | rel.str.ends_with("/")
+        frame = frame.with_columns(pl.when(marker).then(pl.lit(_MARKER, pl.Int16)).otherwise(rule).alias("rule"))
+
+        which = pl.col("rule")
+
+        def value(r, name: str) -> pl.Expr:
+            if name in r.pattern.dir_names:
+                return pl.col(f"r{r.index}.{name}")
+            return tests[r.index][1][name]
+
+        captures = []
+        for n in self.kept:
+            e = pl.lit(None, pl.String)
+            for r in reversed(self.rules):
+                if n in r.pattern.names:
+                    e = pl.when(which == r.index).then(value(r, n)).otherwise(e)
+            captures.append(e.alias(capture(n)))
+        empty = pl.lit(False)
+        reason = pl.lit(None, pl.String)
+        for r in reversed(self.rules):
+            file_names = [h.name for h in r.pattern.file.placeholders]
+            here = pl.col(f"e{r.index}")
+            for n in file_names:
+                here = here | (tests[r.index][1][n] == "")
+            empty = pl.when(which == r.index).then(here).otherwise(empty)
+            if r.action == "skip":
+                reason = pl.when(which == r.index).then(pl.lit(r.reason)).otherwise(reason)
+        reason = (
+            pl.when(~pl.col("_inside")).then(pl.lit(OUTSIDE_ROOT))
+            .when(which == _MARKER).then(pl.lit(FOLDER_MARKER))
+            .when(which == _UNMATCHED).then(pl.lit(UNMATCHED))
+            .when(empty.fill_null(False)).then(pl.lit(EMPTY_SEGMENT))
+            .otherwise(reason)
+        )
+        frame = frame.with_columns(*captures, reason.alias("reason"))
+        # PostgreSQL text cannot hold NUL: a recognised key with one is skipped.
+        frame = frame.with_columns(
+            pl.when(pl.col("reason").is_null() & pl.col("key").str.contains("\x00", literal=True))
+            .then(pl.lit(INVALID_KEY)).otherwise(pl.col("reason")).alias("reason")
+        )
+        skipped = frame.filter(pl.col("reason").is_not_null()).select("i", "key", "reason")
+        items = frame.filter(pl.col("reason").is_null())
+        items = items.with_columns(self.top_key.alias(plan_key(self.catalogue.top.name)))
+        return items.select(item_columns(self.catalogue, self.needs_place)), skipped, frame.height
+
+    def read_undecodable(self, key: str) -> str | None:
+        """The skip reason of a key that is not valid UTF-8 (None: out of scope)."""
+        if not key.startswith(self.root):
+            return OUTSIDE_ROOT
+        rel = key[len(self.root):]
+        if self.scope is not None:
+            part = self.segment.of(rel)
+            if part is None or part not in self.scope:
+                return None
+        reading = read_key(self.catalogue, rel)
+        return reading.reason or INVALID_UTF8
+
+
+def _satisfies(p: Placeholder, value: str, classes: dict) -> bool:
+    from .catalogue.patterns import satisfies
+
+    return satisfies(p, value, classes)
+
+
+def item_columns(catalogue: Catalogue, place: bool = False) -> list[str]:
+    cols = ["key", "size_bytes", "etag", "last_modified", "rule"]
+    cols += [capture(n) for n in sorted({n for r in catalogue.rules if r.action != "skip" for n in r.pattern.names})]
+    cols.append(plan_key(catalogue.top.name))
+    if place:
+        cols.append("i")
+    return cols
+
+
+def items_schema(catalogue: Catalogue, place: bool = False) -> dict:
+    types = {"key": pl.String, "size_bytes": pl.Int64, "etag": pl.String, "last_modified": pl.String,
+             "rule": pl.Int16, "i": pl.UInt32}
+    return {c: types.get(c, pl.String) for c in item_columns(catalogue, place)}
+
+
+# --------------------------------------------------------------------------- templates as columns
+
+
+def top_key_expr(catalogue: Catalogue) -> pl.Expr:
+    return key_expr(catalogue, catalogue.top.name)
+
+
+def key_expr(catalogue: Catalogue, entity: str) -> pl.Expr:
+    """An entity's plan key over classified items (captures as columns)."""
+    e = catalogue.entity(entity)
+    own = [render(t) for _, t in e.key]
+    parts = own if len(own) == 1 else [pl.concat_str(own, separator="/")]
+    if e.unique == "parent" and e.parent:
+        return pl.concat_str([key_expr(catalogue, e.parent), parts[0]], separator="/")
+    return parts[0]
+
+
+def attribute(name: str) -> pl.Expr:
+    return {
+        "key": pl.col("key"), "rel": pl.col("rel"), "url": pl.col("_url"), "size": pl.col("size_bytes"),
+        "etag": pl.col("etag"), "last_modified": pl.col("last_modified"), "class": pl.col("_class"),
+    }[name]
+
+
+def render(t: Template) -> pl.Expr:
+    from .catalogue.patterns import ATTRIBUTES
+
+    def one(name: str) -> pl.Expr:
+        return attribute(name) if name in ATTRIBUTES else pl.col(capture(name))
+
+    if t.single is not None:
+        return one(t.single)
+    return pl.concat_str([pl.lit(p) if isinstance(p, str) else one(p[0]).cast(pl.String) for p in t.parts])
+
+
+def _uses(catalogue: Catalogue, attr: str) -> bool:
+    names = set()
+    for e in catalogue.entities:
+        for _, t in e.key:
+            names.update(t.names)
+        for c in e.columns:
+            if c.value.template is not None:
+                names.update(c.value.template.names)
+            for s in c.value.sources():
+                names.update(s.value.names)
+    return attr in names
+
+
+# Characters urllib.parse.quote(key, safe="/") leaves alone.
+_PLAIN = r"^[A-Za-z0-9_.~/-]*$"
+_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
+
+
+def urls(keys: pl.Series, base: str) -> pl.Series:
+    """``base + quote(key, safe="/")``, exactly: every character ``quote`` would
+    escape (found among the keys) is replaced by its escape in one pass."""
+    odd = keys.filter(~keys.str.contains(_PLAIN))
+    if odd.is_empty():
+        return (base + keys).alias("_url")
+    chars = sorted(set("".join(odd.to_list())) - _SAFE)
+    escaped = keys.str.replace_many(chars, [quote(c, safe="") for c in chars])
+    return (base + escaped).alias("_url")
+
+
+def class_expr(catalogue: Catalogue) -> pl.Expr:
+    """The first declared class holding the key's extension (after its last dot, in
+    its file name), or null."""
+    ext = pl.col("key").str.extract(r"\.([^./]*)$", 1).str.to_lowercase()
+    out = pl.lit(None, pl.String)
+    for name, exts in reversed(list(catalogue.classes.items())):
+        out = pl.when(ext.is_in(sorted(exts))).then(pl.lit(name)).otherwise(out)
+    return out
+
+
+# --------------------------------------------------------------------------- the listing
+
+
+CHUNK = 50_000  # objects classified at a time, while the next are read: memory follows the chunk
+
+
+def _chunks(objects: Iterable[ObjectInfo]):
+    it = iter(objects)
+    while batch := list(itertools.islice(it, CHUNK)):
+        yield batch
 
 
 @dataclass
-class DesiredFrames:
-    """The desired state with its media as a frame (columns as the database's)."""
+class Listing:
+    """A listing, classified: the recognised items in parts — in memory or spilled —
+    with their count per top-entity key, and the skipped objects counted."""
 
-    models: dict[str, ModelRow] = field(default_factory=dict)
-    post_frame: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=POSTS_SCHEMA))
-    media: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=MEDIA_SCHEMA))
+    items: "Parts"
+    counts: dict[str, int] = field(default_factory=dict)  # recognised items per top key
     object_count: int = 0
     skipped: Counter = field(default_factory=Counter)
     skipped_examples: dict[str, list[str]] = field(default_factory=dict)
+    examples: dict[str, list[tuple[int, str]]] = field(default_factory=dict, repr=False)  # with places
 
-    @property
-    def posts(self) -> dict[str, PostRow]:
-        """The posts as rows (Python lists of URLs: for tests and small scopes)."""
-        return {
-            key: PostRow(title=title, media_cdns={"images": images, "videos": videos})
-            for key, title, images, videos in self.post_frame.iter_rows()
-        }
-
-    def to_state(self) -> DesiredState:
-        """The plain form: dicts of rows keyed by natural key (for reading, and for tests)."""
-        rows = self.media.iter_rows()
-        return DesiredState(
-            models=dict(self.models),
-            posts=dict(self.posts),
-            media={k: MediaRow(p, u, t, s, e) for k, p, u, t, s, e in rows},
-            object_count=self.object_count,
-            skipped=Counter(self.skipped),
-            skipped_examples={k: list(v) for k, v in self.skipped_examples.items()},
-        )
+    def skip(self, reason: str, found: list[tuple[int, str]]) -> None:
+        """Objects skipped after classification (an unknown parent), with their places."""
+        self.skipped[reason] += len(found)
+        have = self.examples.setdefault(reason, [])
+        have.extend(found)
+        have.sort()
+        del have[SKIPPED_EXAMPLES:]
+        self.skipped_examples[reason] = [k for _, k in have]
 
 
-def _columns(objects: list[L.ObjectInfo]) -> tuple[list, list, list, list[tuple[int, str]]]:
-    """Keys, sizes and etags as lists; keys that are not valid UTF-8 set apart, with
-    their place in the listing."""
+def _columns(objects: list[ObjectInfo]) -> tuple[list, list, list, list, list[tuple[int, str]]]:
+    """Keys, sizes, etags and times as lists; keys that are not valid UTF-8 set apart,
+    with their place in the listing."""
     if not objects:
-        return [], [], [], []
-    keys, sizes, etags, _ = map(list, zip(*objects))  # ObjectInfo is a tuple: transposed in C
+        return [], [], [], [], []
+    keys, sizes, etags, times = map(list, zip(*objects))  # ObjectInfo is a tuple: transposed in C
     try:
         "\n".join(keys).encode("utf-8")
-        return keys, sizes, etags, []
+        return keys, sizes, etags, times, []
     except UnicodeEncodeError:
         pass
-    keys, sizes, etags = [], [], []
+    keys, sizes, etags, times = [], [], [], []
     bad: list[tuple[int, str]] = []
     for o in objects:
         key = o.key
@@ -98,110 +454,59 @@ def _columns(objects: list[L.ObjectInfo]) -> tuple[list, list, list, list[tuple[
         keys.append(key)
         sizes.append(o.size)
         etags.append(o.etag)
-    return keys, sizes, etags, bad
-
-
-def classify_frame(frame: pl.DataFrame, layout: L.Layout, meanings: dict | None = None) -> pl.DataFrame:
-    """The layout rules (:func:`reconciler.layout.classify`) over a ``rel`` column of
-    keys below the root: adds ``kind`` (SKIP, MODEL_IMAGE, ICON, BANNER, MEDIA),
-    ``reason``, ``model``, ``post_folder`` and ``type``.
-
-    What a key means depends only on its folder and its extension — except in a
-    model's profile folder, where the file's stem matters, and for keys without a
-    folder — so each distinct (folder, extension) is classified once, by the same
-    ``classify`` the rules are written in, and joined back: a million keys in twenty
-    thousand folders cost twenty thousand classifications.
-    """
-    rel = pl.col("rel")
-    # Folder and extension once each (an expression used twice is computed twice).
-    frame = frame.with_columns(
-        pl.when(rel.str.contains("/", literal=True)).then(rel.str.replace(r"/[^/]*$", "")).alias("_folder"),
-        rel.str.extract(r"\.([^./]*)$", 1).str.to_lowercase().alias("_ext"),
-    )
-    folder, ext = pl.col("_folder"), pl.col("_ext")
-    # Only the extension's type matters: image, video, or neither.
-    ext_type = (
-        pl.when(ext.is_in(sorted(layout._images))).then(pl.lit("i"))
-        .when(ext.is_in(sorted(layout._videos))).then(pl.lit("v"))
-        .otherwise(pl.lit("n"))
-    )
-    in_profile = rel.str.contains("^[^/]*/" + _literal(layout.profile_folder) + "(?:/|$)")
-    by_key = folder.is_null() | rel.str.ends_with("/") | in_profile
-    ident = pl.when(by_key).then(pl.lit("k\x00") + rel).otherwise(pl.lit("f\x00") + folder + pl.lit("\x00") + ext_type)
-    frame = frame.with_columns(ident.alias("ident")).drop("_folder", "_ext")
-    kinds = {L.ModelImage: MODEL_IMAGE, L.Icon: ICON, L.Banner: BANNER, L.Media: MEDIA}
-    meanings = {} if meanings is None else meanings
-    rows = []
-    for ident_value, example in frame.group_by("ident").agg(pl.col("rel").first()).iter_rows():
-        row = meanings.get(ident_value)
-        if row is None:
-            item = L.classify(example, layout)
-            if type(item) is L.Skip:
-                row = (ident_value, SKIP, item.reason, None, None, None)
-            else:
-                post, kind = (item.post, item.type) if type(item) is L.Media else (None, None)
-                row = (ident_value, kinds[type(item)], None, item.model, post, kind)
-            if ident_value.startswith("f"):  # keyed by folder: the same for every chunk
-                meanings[ident_value] = row
-        rows.append(row)
-    meaning = pl.DataFrame(
-        rows, orient="row",
-        schema={"ident": pl.String, "kind": pl.Int8, "reason": pl.String, "model": pl.String,
-                "post_folder": pl.String, "type": pl.String},
-    )
-    return frame.join(meaning, on="ident", how="left", maintain_order="left").drop("ident")
-
-
-def _literal(text: str) -> str:
-    """``text`` as a Polars (Rust) regex that matches it literally: every character by
-    its code point, so no character is special."""
-    return "".join(f"\\x{{{ord(c):X}}}" for c in text)
-
-
-CHUNK = 50_000  # objects classified at a time, while the next are read: memory follows the chunk
-
-
-def _chunks(objects: Iterable[L.ObjectInfo]):
-    it = iter(objects)
-    while batch := list(itertools.islice(it, CHUNK)):
-        yield batch
-
-
-@dataclass
-class Listing:
-    """A listing, classified: the recognised items (``ITEMS_SCHEMA``) in parts — in
-    memory or spilled — with their count per model, and the skipped objects counted."""
-
-    items: "Parts"
-    counts: dict[str, int] = field(default_factory=dict)  # recognised items per model
-    object_count: int = 0
-    skipped: Counter = field(default_factory=Counter)
-    skipped_examples: dict[str, list[str]] = field(default_factory=dict)
+        times.append(o.last_modified)
+    return keys, sizes, etags, times, bad
 
 
 def classify_listing(
-    objects: Iterable[L.ObjectInfo],
+    objects: Iterable[ObjectInfo],
+    catalogue: Catalogue,
     *,
     root: str = "",
-    layout: L.Layout | None = None,
-    models: Iterable[str] | None = None,
+    scope: Iterable[str] | Shard | None = None,
     spill: "Spill | None" = None,
 ) -> Listing:
     """Classify a listing a chunk at a time; the items go to ``spill`` once they
     outgrow it. Reads nothing but ``objects``."""
     from .spill import Parts
 
-    layout = layout or L.Layout()
-    scope = models if models is None or isinstance(models, Shard) else frozenset(models)
-    listing = Listing(Parts(ITEMS_SCHEMA, spill))
-    examples: dict[str, list[tuple[int, str]]] = {}
-    meanings: dict[str, tuple] = {}  # (folder, extension type) → what it means, across chunks
+    classifier = Classifier(catalogue, root, scope)
+    listing = Listing(Parts(items_schema(catalogue, classifier.needs_place), spill))
+    examples = listing.examples
+    top = plan_key(catalogue.top.name)
 
-    def take(chunk: list[L.ObjectInfo], place: int) -> None:
-        items = _classify_chunk(chunk, place, root, scope, layout, meanings, listing, examples)
+    def take(chunk: list[ObjectInfo], place: int) -> None:
+        keys, sizes, etags, times, bad = _columns(chunk)
+        frame = pl.DataFrame(
+            {"key": keys, "size_bytes": sizes, "etag": etags, "last_modified": times},
+            schema={"key": pl.String, "size_bytes": pl.Int64, "etag": pl.String, "last_modified": pl.String},
+        ).with_row_index("i", offset=place)
+        del keys, sizes, etags, times
+        bad = [(place + p, k) for p, k in bad]
+        if bad:  # "i" is the place in the listing, for the order of skipped examples
+            taken = {p for p, _ in bad}
+            places = [i for i in range(place, place + frame.height + len(bad)) if i not in taken]
+            frame = frame.with_columns(pl.Series("i", places, dtype=pl.UInt32))
+        items, skipped, counted = classifier.classify(frame)
+        listing.object_count += counted + len(bad)
+        for reason, count in skipped.group_by("reason").len().iter_rows():
+            listing.skipped[reason] += count
+        firsts = skipped.group_by("reason").agg(pl.col("i").head(SKIPPED_EXAMPLES), pl.col("key").head(SKIPPED_EXAMPLES))
+        for reason, idx, ks in firsts.iter_rows():
+            shown = [k.replace("\x00", "\\0") if reason == INVALID_KEY else k for k in ks]
+            found = examples.setdefault(reason, [])
+            if len(found) < SKIPPED_EXAMPLES:
+                found.extend(zip(idx, shown))
+        for p, key in bad:
+            reason = classifier.read_undecodable(key)
+            if reason is None:
+                listing.object_count -= 1
+                continue
+            listing.skipped[reason] += 1
+            examples.setdefault(reason, []).append((p, key.encode("utf-8", "replace").decode("utf-8")))
         if items.height:
-            for model, n in items.group_by("model").len().iter_rows():
-                listing.counts[model] = listing.counts.get(model, 0) + n
+            for name, n in items.group_by(top).len().iter_rows():
+                listing.counts[name] = listing.counts.get(name, 0) + n
             listing.items.add(items)
 
     # A chunk is classified (mostly Polars, which lets go of the interpreter) while the
@@ -217,161 +522,195 @@ def classify_listing(
             place += len(chunk)
         if pending is not None:
             pending.result()
-    listing.skipped_examples = {
-        r: [k for _, k in sorted(found)[:SKIPPED_EXAMPLES]] for r, found in examples.items()
-    }
+    for reason, found in examples.items():
+        found.sort()
+        del found[SKIPPED_EXAMPLES:]
+    listing.skipped_examples = {r: [k for _, k in found] for r, found in examples.items()}
     return listing
 
 
-def build_desired_frames(
-    objects: Iterable[L.ObjectInfo],
+# --------------------------------------------------------------------------- desired rows
+
+
+@dataclass
+class Desired:
+    """The desired rows of a batch: a frame per owned entity (``k.<entity>`` its plan
+    key, then its fields as plans name them), the objects whose platform-owned parent is
+    missing (``i``, ``key``), and the owned rows those objects hold (plan keys by entity:
+    rows in the database there are neither changed nor deleted)."""
+
+    rows: dict[str, pl.DataFrame]
+    unknown: pl.DataFrame | None = None
+    held: dict[str, set[str]] = field(default_factory=dict)
+
+
+def desired_of(
+    items: pl.DataFrame,
+    catalogue: Catalogue,
+    cdn_base_url: str,
+    *,
+    root: str = "",
+    known: dict[str, set[str]] | None = None,
+) -> Desired:
+    """The desired rows of classified items (:func:`item_columns`): whole top-entity
+    rows, as a batch holds them. ``known`` holds the plan keys of the platform-owned
+    rows in scope (an object under a missing one is skipped as ``unknown_parent``)."""
+    entities = catalogue.entities
+    items = items.with_columns(*[key_expr(catalogue, e.name).alias(plan_key(e.name))
+                                 for e in entities if e is not catalogue.top])
+    unknown = None
+    held: dict[str, set[str]] = {}
+    lookups = [e for e in entities if not e.owned]
+    if lookups:
+        implies = {e.name: [r.index for r in catalogue.rules_implying(e.name)] for e in lookups}
+        checked = pl.lit(True)
+        for e in lookups:
+            checked = checked & (~pl.col("rule").is_in(implies[e.name]) | pl.col(plan_key(e.name)).is_in(
+                sorted((known or {}).get(e.name, ()))))
+        flagged = items.with_columns(checked.alias("_ok"))
+        gone = flagged.filter(~pl.col("_ok"))
+        items = flagged.filter(pl.col("_ok")).drop("_ok")
+        if gone.height:
+            unknown = gone.select("i", "key")
+            for e in catalogue.owned:
+                rules = [r.index for r in catalogue.rules_implying(e.name)]
+                keys = gone.filter(pl.col("rule").is_in(rules)).select(plan_key(e.name)).to_series().to_list()
+                if keys:
+                    held[e.name] = set(keys)
+    if _uses(catalogue, "url"):
+        items = items.with_columns(urls(items["key"], cdn_base_url.rstrip("/") + "/"))
+    if _uses(catalogue, "class"):
+        items = items.with_columns(class_expr(catalogue).alias("_class"))
+    if _uses(catalogue, "rel"):
+        items = items.with_columns(pl.col("key").str.slice(len(root)).alias("rel"))
+    rows: dict[str, pl.DataFrame] = {}
+    built: dict[str, pl.DataFrame] = {}  # every entity's rows, with what its ancestors' aggregates read
+    for e in reversed(entities):
+        if not e.owned:
+            continue
+        built[e.name] = _rows(items, catalogue, e, built)
+        rows[e.name] = built[e.name].select(plan_key(e.name), *_field_columns(e))
+    return Desired(rows, unknown, held)
+
+
+def _field_columns(e: Entity) -> list[str]:
+    return list(e.key_columns) + ([e.parent] if e.parent else []) + list(e.managed)
+
+
+def _object_keyed(catalogue: Catalogue, e: Entity) -> bool:
+    """One row per object: the entity's key names the object, and only its own row
+    rules make its rows."""
+    names = {n for _, t in e.key for n in t.names}
+    return bool(names & {"key", "rel"}) and all(r.entity == e.name and r.action == "row"
+                                               for r in catalogue.rules_implying(e.name))
+
+
+def _source_values(catalogue: Catalogue, e: Entity) -> list[tuple[str, Source]]:
+    """The sources of e's ancestors' aggregates over rows of e: each needs the value
+    (and class) of e's rows' first objects."""
+    out = []
+    for a in catalogue.entities:
+        for c in a.columns:
+            for j, s in enumerate(c.value.sources()):
+                if s.rows == e.name:
+                    out.append((f"v.{a.name}.{c.name}.{j}", s))
+    return out
+
+
+def _rows(items: pl.DataFrame, catalogue: Catalogue, e: Entity, built: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    rule_ids = [r.index for r in catalogue.rules_implying(e.name)]
+    objs = items.filter(pl.col("rule").is_in(rule_ids))
+    k = plan_key(e.name)
+    ancestors = [plan_key(a) for a in e.ancestors]
+    per_object: list[pl.Expr] = [render(t).alias(col) for col, t in e.key]
+    per_object += [render(c.value.template).alias(c.name) for c in e.columns if c.value.template is not None]
+    sources = _source_values(catalogue, e)
+    per_object += [render(s.value).alias(name) for name, s in sources]
+    if any(s.classes for _, s in sources):
+        per_object.append(pl.col("_class").alias("_row_class"))
+    objs = objs.with_columns(per_object)
+    carried = [col for col, _ in e.key] + [c.name for c in e.columns if c.value.template is not None]
+    carried += [name for name, _ in sources] + (["_row_class"] if any(s.classes for _, s in sources) else [])
+    if _object_keyed(catalogue, e):
+        frame = objs.select(k, pl.col("key").alias("_first"), *ancestors, *carried)
+    else:
+        at_first = pl.col("key").arg_min()
+        frame = objs.group_by(k).agg(
+            pl.col("key").min().alias("_first"),
+            *[pl.col(a).first() for a in ancestors],
+            *[pl.col(c).get(at_first) for c in carried],
+        )
+    if e.parent:
+        frame = frame.with_columns(pl.col(plan_key(e.parent)).alias(e.parent))
+    for c in e.columns:
+        if c.value.template is None:
+            frame = frame.with_columns(_aggregate(c.value, items, catalogue, e, built, frame, f"{c.name}").alias(c.name))
+    return frame
+
+
+def _aggregate(value: Value, items: pl.DataFrame, catalogue: Catalogue, e: Entity, built: dict,
+               frame: pl.DataFrame, path: str) -> pl.Expr:
+    """An aggregate column's values, in the order of ``frame``'s rows."""
+    k = plan_key(e.name)
+    keys = frame.select(k)
+    if value.count is not None:
+        counted = built[value.count].group_by(plan_key(e.name)).len().rename({"len": "_n"})
+        got = keys.join(counted, left_on=k, right_on=plan_key(e.name), how="left", maintain_order="left")
+        return pl.lit(got["_n"].fill_null(0).cast(pl.Int64 if value.type == "bigint" else pl.Int64))
+    if value.object:
+        members = [
+            _aggregate(v, items, catalogue, e, built, frame, f"{path}.{name}").alias(name)
+            for name, v in sorted(value.object, key=lambda m: m[0])
+        ]
+        return pl.struct(members)
+    source_list = value.first if value.first else (value.list,)
+    found = []
+    column = path.split(".")[0]
+    all_sources = e.column(column).value.sources()
+    for s in source_list:
+        j = next(i for i, x in enumerate(all_sources) if x is s)
+        name = f"v.{e.name}.{column}.{j}"
+        if s.facet is not None:
+            rules = [r.index for r in catalogue.rules if r.action == "facet" and r.entity == e.name and r.facet == s.facet]
+            src = items.filter(pl.col("rule").is_in(rules)).select(
+                pl.col(k), pl.col("key").alias("_order"), render(s.value).alias("_v"))
+        else:
+            rows = built[s.rows]
+            if s.classes:
+                rows = rows.filter(pl.col("_row_class").is_in(list(s.classes)))
+            src = rows.select(pl.col(k), pl.col("_first").alias("_order"), pl.col(name).alias("_v"))
+        found.append(src)
+    if value.first:  # the first source that has a value, in the order the spec gives them
+        result = has = None
+        for src in found:
+            best = src.group_by(k).agg(pl.col("_v").get(pl.col("_order").arg_min()), pl.lit(True).alias("_has"))
+            got = keys.join(best, on=k, how="left", maintain_order="left")
+            v, h = got["_v"], got["_has"].fill_null(False)
+            if result is None:
+                result, has = v, h
+            else:
+                result = pl.select(pl.when(pl.lit(has)).then(pl.lit(result)).otherwise(pl.lit(v))).to_series()
+                has = has | h
+        return pl.lit(result)
+    src = found[0]
+    lists = src.group_by(k).agg(pl.col("_v").sort_by("_order"))
+    got = keys.join(lists, on=k, how="left", maintain_order="left")
+    dtype = got.schema["_v"]
+    return pl.lit(got["_v"].fill_null(pl.lit([], dtype=dtype)) if got.height else pl.Series("_v", [], dtype=dtype))
+
+
+def build_desired(
+    objects: Iterable[ObjectInfo],
+    catalogue: Catalogue,
     *,
     cdn_base_url: str,
     root: str = "",
-    layout: L.Layout | None = None,
-    models: Iterable[str] | None = None,
-) -> DesiredFrames:
-    """Derive the whole desired state from a listing, in memory, the media as a frame."""
-    listing = classify_listing(objects, root=root, layout=layout, models=models)
-    state = desired_of(listing.items.frame(), cdn_base_url)
-    state.object_count = listing.object_count
-    state.skipped = listing.skipped
-    state.skipped_examples = listing.skipped_examples
-    return state
-
-
-def desired_of(items: pl.DataFrame, cdn_base_url: str) -> DesiredFrames:
-    """The desired rows of classified items (``ITEMS_SCHEMA``): whole models, as a
-    batch holds them."""
-    state = DesiredFrames()
-    url_of = _url_maker(cdn_base_url)
-
-    # Models: "the first such key (sorted) wins"; the thumbnail falls back to the first
-    # post image; post_count counts the posts.
-    def first_key(kind_code: int, name: str, extra: pl.Expr = pl.lit(True)) -> pl.Expr:
-        return pl.col("key").filter((pl.col("kind") == kind_code) & extra).min().alias(name)
-
-    per_model = items.group_by("model").agg(
-        first_key(MODEL_IMAGE, "image"),
-        first_key(MEDIA, "post_image", pl.col("type") == "image"),
-        first_key(ICON, "icon"),
-        first_key(BANNER, "banner"),
-        pl.col("post_folder").filter(pl.col("kind") == MEDIA).n_unique().alias("post_count"),
-    )
-
-    def url(key: str | None) -> str | None:
-        return None if key is None else url_of(key)
-
-    for name, image, post_image, icon, banner, post_count in sorted(per_model.iter_rows()):
-        state.models[name] = ModelRow(
-            thumbnail_url=url(image if image is not None else post_image),
-            icon_url=url(icon),
-            banner_url=url(banner),
-            post_count=post_count,
-        )
-
-    media = items.filter(pl.col("kind") == MEDIA)
-    state.media = media.select(
-        pl.col("key").alias("s3_key"),
-        (pl.col("model") + "/" + pl.col("post_folder")).alias("post"),
-        _urls(media["key"], url_of("")),
-        "type", "size_bytes", "etag",
-    )
-    del media
-    # Posts: title is the folder's name; media_cdns the URLs by key, images and videos.
-    image, video = pl.col("type") == "image", pl.col("type") == "video"
-    state.post_frame = state.media.group_by("post").agg(
-        pl.col("url").filter(image).sort_by(pl.col("s3_key").filter(image)).alias("images"),
-        pl.col("url").filter(video).sort_by(pl.col("s3_key").filter(video)).alias("videos"),
-    ).select(
-        pl.col("post").alias("key"), pl.col("post").str.splitn("/", 2).struct.field("field_1").alias("title"), "images", "videos",
-    ).sort("key")
-    return state
-
-
-ITEMS_SCHEMA = {
-    "key": pl.String, "size_bytes": pl.Int64, "etag": pl.String, "kind": pl.Int8, "model": pl.String,
-    "post_folder": pl.String, "type": pl.String,
-}
-
-
-def _classify_chunk(chunk, place, root, scope, layout, meanings, state, examples) -> pl.DataFrame:
-    """One chunk of the listing: skips counted (with examples by their place in the
-    listing), the recognised items returned as (key, size_bytes, etag, kind, model,
-    post_folder, type)."""
-    keys, sizes, etags, bad = _columns(chunk)
-    frame = pl.DataFrame(
-        {"key": keys, "size_bytes": sizes, "etag": etags},
-        schema={"key": pl.String, "size_bytes": pl.Int64, "etag": pl.String},
-    ).with_row_index("i", offset=place)
-    del keys, sizes, etags
-    bad = [(place + p, k) for p, k in bad]
-    if bad:  # "i" is the place in the listing, for the order of skipped examples
-        taken = {p for p, _ in bad}
-        places = [i for i in range(place, place + frame.height + len(bad)) if i not in taken]
-        frame = frame.with_columns(pl.Series("i", places, dtype=pl.UInt32))
-    inside = pl.col("key").str.starts_with(root) if root else pl.lit(True)
-    frame = frame.with_columns(inside.alias("inside"), pl.col("key").str.slice(len(root)).alias("rel"))
-    if scope is not None:
-        # Objects of other models are not in the plan at all (not counted either).
-        first = pl.col("rel").str.split("/").list.get(0)
-        names = frame.filter(pl.col("inside")).select(first.unique()).to_series().to_list()
-        frame = frame.filter(~pl.col("inside") | first.is_in([n for n in names if n in scope]))
-    frame = classify_frame(frame, layout, meanings).with_columns(
-        pl.when(pl.col("inside")).then(pl.col("kind")).otherwise(pl.lit(SKIP, pl.Int8)).alias("kind"),
-        pl.when(pl.col("inside")).then(pl.col("reason")).otherwise(pl.lit(L.OUTSIDE_ROOT)).alias("reason"),
-    )
-    # "PostgreSQL text cannot hold NUL": a recognised key with one is skipped.
-    nul = (pl.col("kind") != SKIP) & pl.col("key").str.contains("\x00", literal=True)
-    frame = frame.with_columns(
-        pl.when(nul).then(pl.lit(SKIP, pl.Int8)).otherwise(pl.col("kind")).alias("kind"),
-        pl.when(nul).then(pl.lit(INVALID_KEY)).otherwise(pl.col("reason")).alias("reason"),
-    )
-    state.object_count += frame.height + len(bad)
-
-    skipped = frame.filter(pl.col("kind") == SKIP).select("i", "key", "reason")
-    for reason_name, count in skipped.group_by("reason").len().iter_rows():
-        state.skipped[reason_name] += count
-    firsts = skipped.group_by("reason").agg(pl.col("i").head(SKIPPED_EXAMPLES), pl.col("key").head(SKIPPED_EXAMPLES))
-    for reason_name, idx, ks in firsts.iter_rows():
-        shown = [k.replace("\x00", "\\0") if reason_name == INVALID_KEY else k for k in ks]
-        found = examples.setdefault(reason_name, [])
-        if len(found) < SKIPPED_EXAMPLES:
-            found.extend(zip(idx, shown))
-    _skip_undecodable(bad, root, scope, layout, state, examples)
-    return frame.filter(pl.col("kind") != SKIP).select(list(ITEMS_SCHEMA))
-
-
-# Characters urllib.parse.quote(key, safe="/") leaves alone.
-_PLAIN = r"^[A-Za-z0-9_.~/-]*$"
-
-
-def _urls(keys: pl.Series, base: str) -> pl.Series:
-    """``base + quote(key, safe="/")``, exactly: every character ``quote`` would
-    escape (found among the keys) is replaced by its escape in one pass."""
-    odd = keys.filter(~keys.str.contains(_PLAIN))
-    if odd.is_empty():
-        return (base + keys).alias("url")
-    chars = sorted(set("".join(odd.to_list())) - _SAFE)
-    escaped = keys.str.replace_many(chars, [quote(c, safe="") for c in chars])
-    return (base + escaped).alias("url")
-
-
-_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
-
-
-def _skip_undecodable(bad, root, scope, layout, state, examples) -> None:
-    """Keys that are not valid UTF-8: counted as their layout rule says, else as
-    ``invalid_utf8_key``; examples keep the listing's order."""
-    for place, key in bad:
-        if not key.startswith(root):
-            reason = L.OUTSIDE_ROOT
-        else:
-            rel = key[len(root):]
-            if scope is not None and rel.partition("/")[0] not in scope:
-                state.object_count -= 1
-                continue
-            item = L.classify(rel, layout)
-            reason = item.reason if type(item) is L.Skip else INVALID_UTF8
-        state.skipped[reason] += 1
-        examples.setdefault(reason, []).append((place, key.encode("utf-8", "replace").decode("utf-8")))
+    scope=None,
+    known: dict[str, set[str]] | None = None,
+) -> tuple[Desired, Listing]:
+    """The whole desired state of a listing, in memory (for tests and small scopes)."""
+    listing = classify_listing(objects, catalogue, root=root, scope=scope)
+    desired = desired_of(listing.items.frame(), catalogue, cdn_base_url, root=root, known=known)
+    if desired.unknown is not None and desired.unknown.height:
+        listing.skip(UNKNOWN_PARENT, list(desired.unknown.iter_rows()))
+    return desired, listing

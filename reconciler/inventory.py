@@ -47,7 +47,7 @@ from typing import Callable, Iterable, Iterator
 from urllib.parse import unquote_plus, urlparse
 
 from .errors import ConfigError, SourceError
-from .layout import ObjectInfo
+from .objects import ObjectInfo
 from .shards import Shard
 from .sources import S3Source, _botocore_message
 

@@ -3,52 +3,42 @@
 A plain diff sees a renamed folder as deletions at the old keys and creations at the
 new ones. Applied that way the rows get new ids, unmanaged columns (a creator's
 ``status``) fall back to their defaults, and whatever the platform keeps pointing at
-those ids (likes, purchases) is lost or blocks the apply. :func:`find_moves` turns
-such pairs into moves, which apply as updates in place (same ids):
+those ids (likes, purchases) is lost or blocks the apply. :func:`find_moves` turns such
+pairs into moves, which apply as updates in place (same ids). The catalogue says which
+entities move (``moves:``):
 
-- **media**: deleted at key A and created at key B with the same ETag and size, when
-  the match is unambiguous — exactly one deleted and one created object hold that
-  content. Copies of the same content are never guessed: they stay delete + create.
-  Objects without an ETag (folder sources) have no identity and never move.
-- **post**: a deleted post all of whose media moved into one created post. Within one
-  model; across models only as part of a model move.
-- **model**: a deleted model all of whose posts (at least one) moved to one created
-  model. Its profile images are not rows; their URLs change with the move.
+- ``content``: a row deleted at key A and created at key B with the same ETag and
+  size, when the match is unambiguous — exactly one deleted and one created row hold
+  that content. Copies of the same content are never guessed: they stay delete +
+  create. Objects without an ETag (folder sources) have no identity and never move.
+- ``children``: a deleted row all of whose children (of the entity below it that moves,
+  at least one) moved into one created row. A row keyed within its parent moves to
+  another parent only as part of its parent's move (a post across models only when
+  its model moved).
 
-A move carries the key columns and the parent (``folder_name``; ``model`` and
-``folder_name``; ``s3_key`` and ``post``) and the managed fields that change.
+A move carries the identity (key columns and parent) and the fields that change.
 """
 
 from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from .diff import FIELDS, KINDS, Change
-
-# The columns that name a row (its natural key) and its parent, always in a move.
-KEY_FIELDS = {"model": ("folder_name",), "post": ("model", "folder_name"), "media": ("s3_key", "post")}
+from .catalogue import Catalogue, Entity
+from .diff import Change, content_columns
 
 
-def natural_key(kind: str, image: dict) -> str:
-    """The key a change image names: ``folder_name``, ``model/folder_name`` or ``s3_key``."""
-    if kind == "model":
-        return image["folder_name"]
-    if kind == "post":
-        return image["model"] + "/" + image["folder_name"]
-    return image["s3_key"]
-
-
-def move_images(kind: str, old: dict, new: dict) -> tuple[dict, dict]:
-    """``before``/``after`` of a move between two full images: the key columns, the
-    parent, and every other managed field whose value differs."""
-    names = list(KEY_FIELDS[kind])
-    names += [f for f in FIELDS[kind] if f not in names and (old.get(f) != new.get(f) or type(old.get(f)) is not type(new.get(f)))]
+def move_images(e: Entity, old: dict, new: dict) -> tuple[dict, dict]:
+    """``before``/``after`` of a move between two full images: the identity, and
+    every other field whose value differs."""
+    names = list(e.identity)
+    names += [f for f in e.fields if f not in names
+              and (old.get(f) != new.get(f) or type(old.get(f)) is not type(new.get(f)))]
     return {f: old.get(f) for f in names}, {f: new.get(f) for f in names}
 
 
-def make_move(kind: str, old: dict, new: dict) -> Change:
-    before, after = move_images(kind, old, new)
-    return Change("move", kind, natural_key(kind, new), before, after, natural_key(kind, old))
+def make_move(e: Entity, old_key: str, old: dict, new_key: str, new: dict) -> Change:
+    before, after = move_images(e, old, new)
+    return Change("move", e.name, new_key, before, after, old_key)
 
 
 def _unique(pairs: dict[str, str]) -> dict[str, str]:
@@ -57,94 +47,98 @@ def _unique(pairs: dict[str, str]) -> dict[str, str]:
     return {old: new for old, new in pairs.items() if claims[new] == 1}
 
 
-def find_moves(changes: list[Change]) -> list[Change]:
+def moving_chain(catalogue: Catalogue) -> list[Entity]:
+    """The entity that moves by content, then the ancestors that move with it, bottom up."""
+    leaves = [e for e in catalogue.owned if e.moves == "content"]
+    if not leaves:
+        return []
+    chain = [leaves[0]]
+    while chain[-1].parent is not None:
+        parent = catalogue.entity(chain[-1].parent)
+        if not parent.owned or parent.moves != "children":
+            break
+        chain.append(parent)
+    return chain
+
+
+def find_moves(changes: list[Change], catalogue: Catalogue) -> list[Change]:
     """``changes`` with the deletes and creates that are renames replaced by moves
     (unordered: the caller sorts). Returns ``changes`` itself when nothing moved."""
-    deletes: dict[str, dict[str, Change]] = {k: {} for k in KINDS}
-    media_creates: list[Change] = []
+    chain = moving_chain(catalogue)
+    if not chain:
+        return changes
+    kinds = {e.name for e in chain}
+    deletes: dict[str, dict[str, Change]] = {k: {} for k in kinds}
+    creates: dict[str, dict[str, Change]] = {k: {} for k in kinds}
     for c in changes:
-        if c.action == "delete":
-            deletes[c.kind][c.key] = c
-        elif c.action == "create" and c.kind == "media":
-            media_creates.append(c)
-    if not deletes["media"] or not media_creates:
-        return changes  # every move starts with a media move
+        if c.kind in kinds and c.action in ("delete", "create"):
+            (deletes if c.action == "delete" else creates)[c.kind][c.key] = c
+    leaf = chain[0]
+    if not deletes[leaf.name] or not creates[leaf.name]:
+        return changes  # every move starts with a move by content
+    ids = content_columns(leaf)
+    etag, size = ids["etag"], ids["size_bytes"]
 
-    # Media: the same (etag, size) deleted once and created once.
+    # By content: the same (etag, size) deleted once and created once.
     gone: dict[tuple, list[str]] = defaultdict(list)
-    for key, c in deletes["media"].items():
+    for key, c in deletes[leaf.name].items():
         b = c.before
-        if b["etag"]:
-            gone[(b["etag"], b["size_bytes"])].append(key)
+        if b[etag]:
+            gone[(b[etag], b[size])].append(key)
     if not gone:
         return changes
     came: dict[tuple, list[Change]] = defaultdict(list)
-    for c in media_creates:
+    for c in creates[leaf.name].values():
         a = c.after
-        ident = (a["etag"], a["size_bytes"])
-        if a["etag"] and ident in gone:
+        ident = (a[etag], a[size])
+        if a[etag] and ident in gone:
             came[ident].append(c)
-    media_to: dict[str, Change] = {}  # old key → the create it pairs with
+    moved: dict[str, dict[str, str]] = {leaf.name: {}}  # entity → old key → new key
     for ident, news in came.items():
         olds = gone[ident]
         if len(olds) == 1 and len(news) == 1:
-            media_to[olds[0]] = news[0]
-    if not media_to:
+            moved[leaf.name][olds[0]] = news[0].key
+    if not moved[leaf.name]:
         return changes
 
-    creates: dict[str, dict[str, Change]] = {k: {} for k in KINDS}
-    for c in changes:
-        if c.action == "create" and c.kind != "media":
-            creates[c.kind][c.key] = c
+    # Up the chain: every child of a deleted row moved, all into one created row. A
+    # child updated away from its row (not deleted) means the row did not move whole.
+    for child, parent in zip(chain, chain[1:]):
+        field = child.parent  # the child's field naming its parent
+        children_of: dict[str, list[str]] = defaultdict(list)
+        for key, c in deletes[child.name].items():
+            children_of[c.before[field]].append(key)
+        kept = {c.before[field] for c in changes
+                if c.kind == child.name and c.action == "update" and field in c.before}
+        to: dict[str, str] = {}
+        for pkey in deletes[parent.name]:
+            keys = children_of.get(pkey)
+            if not keys or pkey in kept or not all(k in moved[child.name] for k in keys):
+                continue
+            targets = {creates[child.name][moved[child.name][k]].after[field] for k in keys}
+            if len(targets) == 1:
+                (target,) = targets
+                if target in creates[parent.name]:
+                    to[pkey] = target
+        moved[parent.name] = _unique(to)
 
-    # Posts: every medium of a deleted post moved, all into one created post. A medium
-    # updated away from the post (not deleted) means the post did not move whole.
-    media_of: dict[str, list[str]] = defaultdict(list)
-    for key, c in deletes["media"].items():
-        media_of[c.before["post"]].append(key)
-    kept = {c.before["post"] for c in changes if c.kind == "media" and c.action == "update" and "post" in c.before}
-    post_to: dict[str, str] = {}
-    for pkey in deletes["post"]:
-        keys = media_of.get(pkey)
-        if not keys or pkey in kept or not all(k in media_to for k in keys):
+    # A row keyed within its parent changes parent only when the parent moved there too.
+    for child, parent in zip(chain, chain[1:]):
+        if child.unique != "parent":
             continue
-        targets = {media_to[k].after["post"] for k in keys}
-        if len(targets) == 1:
-            (target,) = targets
-            if target in creates["post"]:
-                post_to[pkey] = target
-    post_to = _unique(post_to)
-
-    # Models: every post of a deleted model moved, all into one created model.
-    posts_of: dict[str, list[str]] = defaultdict(list)
-    for pkey, c in deletes["post"].items():
-        posts_of[c.before["model"]].append(pkey)
-    model_to: dict[str, str] = {}
-    for model in deletes["model"]:
-        pkeys = posts_of.get(model)
-        if not pkeys or not all(p in post_to for p in pkeys):
-            continue
-        targets = {post_to[p].partition("/")[0] for p in pkeys}
-        if len(targets) == 1:
-            (target,) = targets
-            if target in creates["model"]:
-                model_to[model] = target
-    model_to = _unique(model_to)
-    post_to = {
-        old: new for old, new in post_to.items()
-        if old.partition("/")[0] == new.partition("/")[0] or model_to.get(old.partition("/")[0]) == new.partition("/")[0]
-    }
+        field = child.parent
+        moved[child.name] = {
+            old: new for old, new in moved[child.name].items()
+            if (deletes[child.name][old].before[field] == creates[child.name][new].after[field]
+                or moved[parent.name].get(deletes[child.name][old].before[field]) == creates[child.name][new].after[field])
+        }
 
     replaced: set[tuple[str, str]] = set()  # (kind, key) of the deletes and creates that became moves
     moves: list[Change] = []
-    for kind, pairs, new_of in (
-        ("model", model_to, lambda new: creates["model"][new]),
-        ("post", post_to, lambda new: creates["post"][new]),
-        ("media", media_to, lambda new: new),
-    ):
-        for old, new in pairs.items():
-            create = new_of(new)
-            moves.append(make_move(kind, deletes[kind][old].before, create.after))
-            replaced.add((kind, old))
-            replaced.add((kind, create.key))
+    for e in reversed(chain):
+        for old, new in moved[e.name].items():
+            create = creates[e.name][new]
+            moves.append(make_move(e, old, deletes[e.name][old].before, new, create.after))
+            replaced.add((e.name, old))
+            replaced.add((e.name, new))
     return [c for c in changes if c.action not in ("create", "delete") or (c.kind, c.key) not in replaced] + moves

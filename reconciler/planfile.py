@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import bisect
 import errno
+import functools
 import hashlib
 import hmac
 import itertools
 import json
 import mmap
 import os
-import re
 import stat
 import tempfile
 from dataclasses import dataclass, field
@@ -44,33 +44,15 @@ from typing import IO, Callable, Iterable, Iterator, Protocol
 
 import orjson
 
-from .diff import ACTION_ORDER, ACTIONS, FIELDS, KIND_ORDER, KINDS, Change, ChangeList, Lines, summarize
+from .canonical import canonical, canonical_checked
+from .catalogue import Catalogue
+from .catalogue.planrules import PlanRules, plan_rules
+from .diff import ACTION_ORDER, ACTIONS, Change, ChangeList, Lines, summarize
 from .config import SIGNING_KEY_ENV
-from .errors import PlanFileError, SignatureError
+from .errors import PlanFileError, SignatureError, WrongCatalogueError
 
 FORMAT_VERSION = 1
 MAX_PLAN_BYTES = 4 * 1024**3
-
-# One encoder, reused: json.dumps() would build one per call. Without indent it runs
-# in C, which is what makes hashing a million changes cheap.
-_CANON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def canonical(obj) -> str:
-    """``json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``."""
-    return _CANON.encode(obj)
-
-
-def canonical_checked(obj) -> str:
-    """:func:`canonical` of values without floats (changes that passed
-    :func:`check_change`), by orjson: the same text, several times faster. Anything
-    orjson will not encode as ``json`` does (a lone surrogate, an integer beyond 64
-    bits, a key that is not a string) goes to :func:`canonical`."""
-    try:
-        return orjson.dumps(obj, option=orjson.OPT_SORT_KEYS).decode("utf-8")
-    except TypeError:
-        return canonical(obj)
-
 
 @dataclass
 class Plan:
@@ -86,10 +68,20 @@ class Plan:
     signature: str | None = None
     summary_override: dict | None = field(default=None, repr=False)  # set when changes are streamed
     notes: list[str] = field(default_factory=list, repr=False)  # for the person running plan; not in the file
+    kinds: tuple[str, ...] | None = field(default=None, repr=False)  # the catalogue's, for the summary's lines
+    descriptor: Catalogue | None = field(default=None, repr=False)  # the catalogue read or made under
 
     @property
     def summary(self) -> dict[str, dict[str, int]]:
-        return self.summary_override if self.summary_override is not None else summarize(self.changes)
+        if self.summary_override is not None:
+            return self.summary_override
+        return summarize(self.changes, self.kinds)
+
+    @property
+    def catalogue(self) -> dict | None:
+        """The catalogue the plan was made under (``name``, ``fingerprint``); None for a
+        plan made before catalogues (a creators plan)."""
+        return self.target.get("catalogue")
 
     @property
     def scope(self) -> list[str] | None:
@@ -345,17 +337,29 @@ def _move_to_new_file(tmp: str, path: str) -> str:
 
 
 @lru_cache(maxsize=1)
-def plan_schema() -> dict:
+def _envelope_schema() -> dict:
     return json.loads(resources.files("reconciler.schemas").joinpath("plan.schema.json").read_text("utf-8"))
+
+
+def plan_schema(catalogue: Catalogue | None = None) -> dict:
+    """The JSON Schema of a plan file under ``catalogue`` (default: creators): the
+    envelope, and each kind's changes as the catalogue derives them."""
+    from .catalogue import load_catalogue
+
+    rules = plan_rules(catalogue or load_catalogue())
+    schema = _envelope_schema()
+    schema["$defs"] = rules.schema_defs()
+    schema["properties"]["summary"] = rules.summary_schema()
+    return schema
 
 
 @lru_cache(maxsize=1)
 def _envelope_validator():
     import jsonschema
 
-    schema = dict(plan_schema())
+    schema = dict(_envelope_schema())
     props = dict(schema["properties"])
-    # Changes are checked one by one by check_change(), the same rules in plain Python
+    # Changes are checked one by one by PlanRules.check(), the same rules in plain Python
     # (a test holds the two together): jsonschema over a million changes takes minutes.
     props.pop("changes")
     schema["properties"] = props
@@ -581,8 +585,9 @@ class ChangeSink(Protocol):
     A sink may also take runs of lines of the common shapes without their being parsed
     into dicts: if it has ``add_rows(kind, rows)``, that receives, in plan order with
     the batches, a list of tuples for a run of lines of one of the shapes of
-    :data:`FAST_SHAPES`, each tuple the JSON text of the line's values (a string with
-    its quotes, a number, or ``null``) in the order :data:`FAST_COLUMNS` names them.
+    the catalogue's ``PlanRules.fast_shapes``, each tuple the JSON text of the line's
+    values (a string with its quotes, a number, or ``null``) in the order
+    ``PlanRules.fast_columns`` names them.
     """
 
     def add_batch(self, changes: list[dict]) -> None: ...
@@ -592,66 +597,32 @@ class ChangeSink(Protocol):
 
 # --------------------------------------------------------------------------- the fast path
 #
-# Most lines of a large plan are media creates and deletes in the canonical form this
-# tool writes. A run of lines of such a shape is checked by one regular expression in
-# one C call, instead of each line being parsed into a dict and checked field by field:
-# the expression admits only lines that check_change, check_identity and check_values
-# accept. It admits no escape sequence and no control character in strings, so the JSON
-# text of a string is its value in quotes (and also its CSV text); integers are short
-# enough to be in range; the order of the fields is the canonical one. Anything else
-# (an escape, an id or created_at in an image, a line out of order, a duplicate) makes
-# the run's match fall short, and the run is checked by the general path, which gives
-# the verdict and the error message. A property test holds the two paths together.
-
-_S = r'[^"\\\x00-\x1f]'  # a character a string holds as itself
-_STR = rf'"{_S}*"'
-# The image of a media create or delete; s3_key is named for the key to repeat it.
-_MEDIA_IMAGE = (
-    rf'\{{"etag":({_STR}|null),"post":("[^"\\/\x00-\x1f]+/{_S}+"),"s3_key":(?P<key>"{_S}+"),'
-    rf'"size_bytes":(0|[1-9][0-9]{{0,17}}|null),"type":("image"|"video"),"url":({_STR})\}}'
-)
-# A post's media_cdns as the fast path admits it: its lists' strings neither begin with
-# ':' nor end with ',', so that in the object's canonical text '":' is only ever a
-# key's end and ',"' only ever a separator (the stage re-spaces it by those two).
-_CDN = r'"(?!:)[^"\\\x00-\x1f]*(?<!,)"'
-_CDNS_LIST = rf"\[(?:{_CDN}(?:,{_CDN})*)?\]"
-_CDNS = rf'\{{(?:"images":{_CDNS_LIST}(?:,"videos":{_CDNS_LIST})?|"videos":{_CDNS_LIST})?\}}'
-# A post key the general path accepts: a '/' with a character other than '/' before
-# and after it (check_identity: "/" in key.strip("/")).
-_POST_KEY = r'"[^"\\/\x00-\x1f][^"\\\x00-\x1f]*?/[^"\\\x00-\x1f]*?[^"\\/\x00-\x1f][^"\\\x00-\x1f]*"'
-FAST_COLUMNS = {
-    "media": ("action", "etag", "post", "s3_key", "size_bytes", "type", "url"),
-    "post": ("action", "media_cdns", "key"),  # an update of media_cdns alone: its after
-}
-FAST_KEY = {"media": 3, "post": 2}  # where a row holds the change's key
-FAST_SHAPES: dict[tuple[str, str], re.Pattern] = {
-    ("post", "update"): re.compile(
-        rf'^    \{{"action":("update"),"after":\{{"media_cdns":({_CDNS})\}},"before":\{{"media_cdns":{_CDNS}\}},'
-        rf'"key":({_POST_KEY}),"kind":"post"\}},$',
-        re.M,
-    ),
-    ("media", "create"): re.compile(
-        rf'^    \{{"action":("create"),"after":{_MEDIA_IMAGE},"before":null,"key":(?P=key),"kind":"media"\}},$', re.M
-    ),
-    ("media", "delete"): re.compile(
-        rf'^    \{{"action":("delete"),"after":null,"before":{_MEDIA_IMAGE},"key":(?P=key),"kind":"media"\}},$', re.M
-    ),
-}
-_NO_SHAPE = (len(KINDS), len(ACTIONS))
+# Most lines of a large plan are creates and deletes of one kind in the canonical form
+# this tool writes. A run of lines of such a shape is checked by one regular expression
+# in one C call (see reconciler.catalogue.planrules, which derives them from the
+# catalogue), instead of each line being parsed into a dict and checked field by field:
+# the expression admits only lines that the general checks accept. It admits no escape
+# sequence and no control character in strings, so the JSON text of a string is its
+# value in quotes (and also its CSV text); integers are short enough to be in range; the
+# order of the fields is the canonical one. Anything else (an escape, an id or
+# created_at in an image, a line out of order, a duplicate) makes the run's match fall
+# short, and the run is checked by the general path, which gives the verdict and the
+# error message. A property test holds the two paths together.
 
 
-def _shape(line: str) -> tuple[int, int]:
+def _shape(rules: PlanRules, line: str) -> tuple[int, int]:
     """(kind, action) order of a line as this tool writes it; only a guide to where a
     run of one shape ends (each line of a run is matched in full)."""
     end = line.find('"', 15)
     at = line.rfind(',"kind":"')
+    none = (len(rules.kinds), len(ACTIONS))
     if end < 0 or at < 0:
-        return _NO_SHAPE
+        return none
     kind = line[at + 9 : line.find('"', at + 9)]
     action = line[15:end]
-    if kind not in KIND_ORDER or action not in ACTION_ORDER:
-        return _NO_SHAPE
-    return KIND_ORDER[kind], ACTION_ORDER[action]
+    if kind not in rules.kind_order or action not in ACTION_ORDER:
+        return none
+    return rules.kind_order[kind], ACTION_ORDER[action]
 
 
 class _Mismatch(Exception):
@@ -660,6 +631,7 @@ class _Mismatch(Exception):
 
 def verify_plan(
     path: str,
+    catalogue: Catalogue | None = None,
     *,
     keep_changes: bool = True,
     sink: ChangeSink | None = None,
@@ -669,8 +641,12 @@ def verify_plan(
 ) -> Plan:
     """Read and check a plan file, without a database, streaming its changes.
 
-    Checks: the JSON Schema (envelope by jsonschema, each change by
-    :func:`check_change`), keys consistent with images, values the database can hold,
+    ``catalogue`` is the one configured (default: creators): a plan made under another
+    spec is refused (:class:`WrongCatalogueError`), and a plan made before catalogues is
+    read as a creators plan.
+
+    Checks: the JSON Schema (envelope by jsonschema, each change by the catalogue's
+    :class:`~reconciler.catalogue.planrules.PlanRules`), keys consistent with images, values the database can hold,
     order, no duplicates, the summary, ``plan_id`` (refusing a plan edited after it
     was made) and the signature. With ``keep_changes=False`` the changes are not held
     in memory; a ``sink`` receives them batch by batch as they pass the checks (it must
@@ -678,7 +654,7 @@ def verify_plan(
 
     A file in this tool's one-change-per-line layout is hashed from its lines as they
     are (they are the canonical text itself), and runs of lines of the common shapes
-    are checked without parsing them (see :data:`FAST_SHAPES`); only when that does
+    are checked without parsing them (see ``PlanRules.fast_shapes``); only when that does
     not give ``plan_id`` (a re-formatted file, say) are the changes re-encoded and
     hashed again.
     """
@@ -690,22 +666,30 @@ def verify_plan(
         data = _read_whole(path)
         top = _whole_top(data, path)
     _check_top(top, path)
+    if catalogue is None:
+        from .catalogue import load_catalogue
+
+        catalogue = load_catalogue()
+    check_catalogue(top["target"], catalogue, path)
+    rules = plan_rules(catalogue)
     plan = Plan(
         changes=[],
         source=top["source"],
         target=top["target"],
         tool_version=top["tool_version"],
         created_at=top["created_at"],
-        extra={k: top[k] for k in ("kind", "rolls_back", "limits") if k in top},
+        extra={k: top[k] for k in ("kind", "rolls_back", "limits", "held") if k in top},
         plan_id=top["plan_id"],
         signature=top.get("signature"),
+        kinds=rules.kinds,
+        descriptor=catalogue,
     )
 
     def run(raw: bool) -> str | None:
         plan.changes = []
         if sink is not None:
             sink.reset()
-        v = _Verifier(plan, path, sink, keep_changes, signing_key, fast=raw)
+        v = _Verifier(plan, rules, path, sink, keep_changes, signing_key, fast=raw)
         if data is not None:
             v.whole(data["changes"])
         else:
@@ -719,7 +703,7 @@ def verify_plan(
         layout, data = None, _read_whole(path)
         if _whole_top(data, path) != top:
             if from_end:  # the list ended earlier than its last closing line: read it whole
-                return verify_plan(path, keep_changes=keep_changes, sink=sink, signing_key=signing_key,
+                return verify_plan(path, catalogue, keep_changes=keep_changes, sink=sink, signing_key=signing_key,
                                    require_signature=require_signature, _whole=True)
             raise PlanFileError(f"plan file {path} changed while it was being read") from None
         mac = run(False)
@@ -728,9 +712,35 @@ def verify_plan(
     problem = _signature_problem(plan.signature, mac, signing_key, require_signature)
     if problem:
         raise SignatureError(problem)
-    if keep_changes and plan.summary_override == summarize(plan.changes):
+    if keep_changes and plan.summary_override == summarize(plan.changes, rules.kinds):
         plan.summary_override = None
     return plan
+
+
+def check_catalogue(target: dict, catalogue: Catalogue, path: str) -> None:
+    """Refuse a plan made under another catalogue spec than ``catalogue``. A plan that
+    names none was made before catalogues existed: a creators plan (whose rows,
+    digest and changes are what the creators catalogue makes)."""
+    named = target.get("catalogue")
+    if named is None:
+        if catalogue.name != "creators":
+            raise WrongCatalogueError(
+                f"{path} was made before catalogues, for the creators catalogue, and catalogue {catalogue.name} "
+                "is configured; make a new plan"
+            )
+        return
+    if not isinstance(named, dict) or named.get("name") != catalogue.name:
+        raise WrongCatalogueError(
+            f"{path} was made under catalogue {_short(repr(named.get('name') if isinstance(named, dict) else named), 60)}"
+            f", and catalogue {catalogue.name} is configured; apply it where that catalogue is configured, or make a "
+            "new plan"
+        )
+    if named.get("fingerprint") != catalogue.fingerprint:
+        have = str(named.get("fingerprint"))[:12]
+        raise WrongCatalogueError(
+            f"{path} was made under another version of catalogue {catalogue.name} (fingerprint {have}, now "
+            f"{catalogue.fingerprint[:12]}): its rules or columns changed since; make a new plan"
+        )
 
 
 def _whole_top(data: dict, path: str) -> dict:
@@ -748,10 +758,11 @@ class _Verifier:
     """The checks of the changes, fed in plan order: parsed changes (:meth:`changes`)
     or lines of the file (:meth:`lines`), which take the fast path where they can."""
 
-    def __init__(self, plan: Plan, path: str, sink, keep_changes: bool, signing_key: str | None, fast: bool) -> None:
-        self.plan, self.path, self.sink, self.keep_changes = plan, path, sink, keep_changes
+    def __init__(self, plan: Plan, rules: PlanRules, path: str, sink, keep_changes: bool, signing_key: str | None,
+                 fast: bool) -> None:
+        self.plan, self.rules, self.path, self.sink, self.keep_changes = plan, rules, path, sink, keep_changes
         self.hasher = BodyHasher(signing_key if plan.signature else None)
-        self.summary = {k: {a: 0 for a in ACTIONS} for k in KINDS}
+        self.summary = {k: {a: 0 for a in ACTIONS} for k in rules.kinds}
         # Same-action duplicates break the strict order; across actions a set of key
         # hashes finds them in a fraction of the memory of the keys themselves.
         self.seen: set[int] = set()
@@ -779,10 +790,10 @@ class _Verifier:
             i, n, pos = 0, len(lines), 0
             while i < n:
                 j = min(n, i + BATCH)
-                shape = _shape(lines[i])
+                shape = _shape(self.rules, lines[i])
                 if self.fast:
                     # The run of lines of this shape (the file is ordered by kind and action).
-                    j = bisect.bisect_right(lines, shape, i, j, key=_shape)
+                    j = bisect.bisect_right(lines, shape, i, j, key=functools.partial(_shape, self.rules))
                 run = lines[i:j]
                 end = pos + sum(map(len, run)) + len(run)  # where the run's text ends in the chunk's
                 if not (raw and self._fast(shape, run, text, pos, end)):
@@ -810,17 +821,18 @@ class _Verifier:
     def _fast(self, shape: tuple[int, int], lines: list[str], text: str, pos: int, end: int) -> bool:
         """Check a run of lines of one shape (``text[pos:end]``) by its pattern; False
         (and nothing recorded) when any line needs the general path."""
-        if shape == _NO_SHAPE or not self.fast:
+        rules = self.rules
+        if shape[0] == len(rules.kinds) or not self.fast:
             return False
-        kind, action = KINDS[shape[0]], ACTIONS[shape[1]]
-        pattern = FAST_SHAPES.get((kind, action))
+        kind, action = rules.kinds[shape[0]], ACTIONS[shape[1]]
+        pattern = rules.fast_shapes.get((kind, action))
         if pattern is None:
             return False
         rows = pattern.findall(text, pos, end)
         n = len(rows)
         if n != len(lines):
             return False
-        at = FAST_KEY[kind]
+        at = rules.fast_key[kind]
         keys = [row[at][1:-1] for row in rows]
         if self.last is not None and (*shape, keys[0]) <= self.last:
             return False
@@ -840,15 +852,16 @@ class _Verifier:
     def changes(self, objs: list, raws: list[str] | None) -> None:
         """Parsed changes (with their lines as written, or None): every rule, one by one."""
         path, seen, summary = self.path, self.seen, self.summary
+        check, kind_order = self.rules.check, self.rules.kind_order
         last = self.last
         i = first = self.count
         for c in objs:
-            problem = check_change(c) or check_identity(c) or check_values(c)
+            problem = check(c)
             if problem and raws is not None:
                 # Parsed by orjson: judge the line as json reads it (the same but for
                 # integers beyond 64 bits), for json's verdict and message.
                 c = objs[i - first] = _loads(raws[i - first], path)
-                problem = check_change(c) or check_identity(c) or check_values(c)
+                problem = check(c)
             if problem:
                 raise PlanFileError(f"{path} does not match the plan schema at changes/{i}: {problem}")
             kind, action, ckey = c["kind"], c["action"], c["key"]
@@ -862,7 +875,7 @@ class _Verifier:
                 if ident in seen:
                     raise PlanFileError(f"{path} has two changes for {kind} {c['from']!r:.200} (changes/{i})")
                 seen.add(ident)
-            order = (KIND_ORDER[kind], ACTION_ORDER[action], ckey)
+            order = (kind_order[kind], ACTION_ORDER[action], ckey)
             if last is not None and order <= last:
                 if order == last:
                     raise PlanFileError(f"{path} has two changes for {kind} {ckey!r:.200} (changes/{i})")
@@ -894,210 +907,31 @@ class _Verifier:
         return mac
 
 
-def load_plan(path: str) -> Plan:
-    """Read, validate and verify a plan file (no database needed); keeps the changes."""
-    return verify_plan(path)
+def load_plan(path: str, catalogue: Catalogue | None = None) -> Plan:
+    """Read, validate and verify a plan file (no database needed); keeps the changes.
+    ``catalogue``: the one configured (default: creators)."""
+    return verify_plan(path, catalogue)
 
 
 # --------------------------------------------------------------------------- change rules
 
-_NULLABLE_STR = (str, type(None))
-_TYPES: dict[str, dict[str, tuple]] = {
-    "model": {
-        "folder_name": (str,),
-        "thumbnail_url": _NULLABLE_STR,
-        "icon_url": _NULLABLE_STR,
-        "banner_url": _NULLABLE_STR,
-        "post_count": (int, type(None)),
-        "status": _NULLABLE_STR,
-    },
-    "post": {"model": (str,), "folder_name": (str,), "title": _NULLABLE_STR, "media_cdns": (dict, type(None))},
-    "media": {
-        "s3_key": (str,),
-        "post": (str,),
-        "url": (str,),
-        "type": (str,),
-        "size_bytes": (int, type(None)),
-        "etag": _NULLABLE_STR,
-    },
-}
-for _t in _TYPES.values():
-    _t.update({"id": (int,), "created_at": _NULLABLE_STR})
-_IDENT = {"model": ("folder_name",), "post": ("model", "folder_name"), "media": ("s3_key", "post")}
-_UPDATABLE = {k: frozenset(FIELDS[k]) for k in KINDS}
-# A move names the row's key columns and parent on both sides (moves.KEY_FIELDS).
-_MOVE_KEYS = {"model": ("folder_name",), "post": ("model", "folder_name"), "media": ("s3_key", "post")}
-_MOVABLE = {k: frozenset(FIELDS[k]) | frozenset(_MOVE_KEYS[k]) for k in KINDS}
+
+def _rules(catalogue: Catalogue | None) -> PlanRules:
+    from .catalogue import load_catalogue
+
+    return plan_rules(catalogue or load_catalogue())
 
 
-def _check_fields(kind: str, image: dict, allowed) -> str | None:
-    types = _TYPES[kind]
-    for name, value in image.items():
-        if name not in allowed:
-            return f"{name!r} is not a field of a {kind} here"
-        ok = types[name]
-        if type(value) is bool or not isinstance(value, ok):
-            return f"{name!r} has the wrong type"
-        if name in ("folder_name", "model", "s3_key") and value == "":
-            return f"{name!r} is empty"
-        if name == "post" and len(value) < 3:
-            return "'post' is too short"
-        if name == "type" and value not in ("image", "video"):
-            return "'type' is not one of 'image', 'video'"
-        if name == "id" and value < 1:
-            return "'id' is less than the minimum of 1"
-    return None
+def check_change(c, catalogue: Catalogue | None = None) -> str | None:
+    """The plan schema's rules for one change (see :class:`PlanRules`); None when valid."""
+    return _rules(catalogue).check_change(c)
 
 
-_TOP = frozenset({"action", "kind", "key", "before", "after"})
-_MOVE_TOP = _TOP | {"from"}
-
-
-def check_change(c) -> str | None:
-    """The plan schema's rules for one change, in plain Python; None when valid.
-
-    The same rules as ``#/$defs/change`` of ``plan.schema.json`` (a property test
-    holds the two together), with one deliberate difference: integers must be JSON
-    integers, where the schema also accepts whole floats such as ``3.0``.
-    """
-    if not isinstance(c, dict):
-        return "a change is not an object"
-    top = _MOVE_TOP if c.get("action") == "move" else _TOP
-    if set(c) != top:
-        extra = set(c) - top
-        if extra:
-            return f"unknown field {sorted(extra)[0]!r}"
-        return "a change lacks one of action, kind, key, before, after" + (", from" if top is _MOVE_TOP else "")
-    action, kind, key, before, after = c["action"], c["kind"], c["key"], c["before"], c["after"]
-    if action not in ACTIONS:
-        return f"unknown action {action!r:.60}"
-    if type(kind) is not str or kind not in KIND_ORDER:  # a list or dict is unhashable
-        return f"unknown kind {kind!r:.60}"
-    if type(key) is not str or not key:
-        return "'key' must be a non-empty string"
-    for name, value in (("before", before), ("after", after)):
-        if value is not None and type(value) is not dict:
-            return f"{name!r} must be an object or null"
-    if action == "create":
-        if before is not None or after is None:
-            return "a create has 'before' null and 'after' an object"
-        images = [after]
-    elif action == "delete":
-        if after is not None or before is None:
-            return "a delete has 'before' an object and 'after' null"
-        images = [before]
-    else:  # an update names the fields that change; a move also its key columns and parent
-        if action == "move" and (type(c["from"]) is not str or not c["from"]):
-            return "'from' must be a non-empty string"
-        if before is None or after is None:
-            return f"{'a move' if action == 'move' else 'an update'} has 'before' and 'after' objects"
-        required, allowed = (_MOVE_KEYS[kind], _MOVABLE[kind]) if action == "move" else ((), _UPDATABLE[kind])
-        for image in (before, after):
-            if not image and action == "update":
-                return "an update changes at least one field"
-            missing = set(required) - set(image)
-            if missing:
-                return f"{sorted(missing)[0]!r} is a required property"
-            problem = _check_fields(kind, image, allowed)
-            if problem:
-                return problem
-        return None
-    required = set(_IDENT[kind]) | set(FIELDS[kind])
-    for image in images:
-        missing = required - set(image)
-        if missing:
-            return f"{sorted(missing)[0]!r} is a required property"
-        problem = _check_fields(kind, image, _TYPES[kind])
-        if problem:
-            return problem
-    return None
-
-
-def check_identity(c: dict) -> str | None:
+def check_identity(c: dict, catalogue: Catalogue | None = None) -> str | None:
     """A change's images must name the row its key names (beyond the schema)."""
-    kind, key = c["kind"], c["key"]
-    if kind == "post" and "/" not in key.strip("/"):
-        return f"has post key {key!r}; a post key is MODEL/POST"
-    if kind == "model" and "/" in key:
-        return f"has model key {key!r}; a model key holds no '/'"
-    if c["action"] == "move":
-        return _check_move_identity(c)
-    for image in (c["before"], c["after"]):
-        if not image or c["action"] == "update":
-            continue
-        if kind == "model" and image["folder_name"] != key:
-            return f"names folder_name {image['folder_name']!r} under key {key!r}"
-        if kind == "post" and (image["model"] + "/" + image["folder_name"] != key or "/" in image["model"]):
-            return f"names model/folder_name that do not make its key {key!r}"
-        if kind == "media" and image["s3_key"] != key:
-            return f"names s3_key {image['s3_key']!r} under key {key!r}"
-    if kind == "media":
-        for image in (c["before"], c["after"]):
-            if image and "post" in image and "/" not in image["post"]:
-                return f"names post {image['post']!r}; a post is MODEL/POST"
-    return None
+    return _rules(catalogue).check_identity(c)
 
 
-def _check_move_identity(c: dict) -> str | None:
-    """``after`` must name ``key`` and ``before`` must name ``from``; they differ."""
-    kind = c["kind"]
-    for side, name in (("after", "key"), ("before", "from")):
-        image, want = c[side], c[name]
-        if kind == "model":
-            have = image["folder_name"]
-            if "/" in want:
-                return f"has model {name} {want!r}; a model key holds no '/'"
-        elif kind == "post":
-            if "/" in image["model"]:
-                return f"names model {image['model']!r}; a model holds no '/'"
-            have = image["model"] + "/" + image["folder_name"]
-        else:
-            have = image["s3_key"]
-            if "/" not in image["post"]:
-                return f"names post {image['post']!r}; a post is MODEL/POST"
-        if have != want:
-            return f"'{side}' names {have!r:.200}, not its {name} {want!r:.200}"
-    if c["key"] == c["from"]:
-        return "moves a row onto its own key"
-    return None
-
-
-_INT_LIMITS = {"post_count": 2**31 - 1, "id": 2**31 - 1, "size_bytes": 2**63 - 1}
-
-
-def _bad_media_cdns(value) -> bool:
-    if set(value) - {"images", "videos"}:
-        return True
-    for urls in value.values():
-        if not isinstance(urls, list):
-            return True
-        try:  # one C call checks every URL is a string; then one search for NUL
-            joined = "".join(urls)
-        except TypeError:
-            return True
-        if "\x00" in joined:
-            return True
-    return False
-
-
-def check_values(c: dict) -> str | None:
-    """Values the database would refuse (beyond the schema): NUL characters, integers
-    out of their column's range, a malformed ``media_cdns``. ``validate`` refuses
-    them, so that a plan that validates also applies."""
-    if "\x00" in c["key"] or "\x00" in (c.get("from") or ""):
-        return "'key' holds a NUL character, which PostgreSQL text cannot store"
-    for image in (c["before"], c["after"]):
-        if not image:
-            continue
-        for name, value in image.items():
-            kind = type(value)
-            if kind is str:
-                if "\x00" in value:
-                    return f"{name!r} holds a NUL character, which PostgreSQL text cannot store"
-            elif kind is int:
-                limit = _INT_LIMITS.get(name)
-                if limit is not None and not 0 <= value <= limit:
-                    return f"{name!r} is out of range for its column (0 to {limit})"
-            elif kind is dict and name == "media_cdns" and _bad_media_cdns(value):
-                return "'media_cdns' must be {\"images\": [URL, …], \"videos\": [URL, …]}"
-    return None
+def check_values(c: dict, catalogue: Catalogue | None = None) -> str | None:
+    """Values the database would refuse (beyond the schema)."""
+    return _rules(catalogue).check_values(c)

@@ -12,17 +12,29 @@ from typing import Iterable
 
 from tabulate import tabulate
 
-from .diff import ACTIONS, KINDS, Change
+from .catalogue import Catalogue, Entity
+from .diff import ACTIONS, Change
 from .planfile import Plan
 
 MARKDOWN_LIMIT = 65_000  # GitHub refuses comments over 65,536 characters
 WIDTH = 160  # no line of a change's details is longer (long values wrap)
 SYMBOL = {"create": "+", "update": "~", "move": ">", "delete": "-"}
-# A move's key columns are shown as "from → to" in its first line.
-_KEY_COLUMNS = {"model": {"folder_name"}, "post": {"model", "folder_name"}, "media": {"s3_key", "post"}}
 
 
-def _value(v) -> str:
+def catalogue_of(plan: Plan) -> Catalogue:
+    """The catalogue a plan was read or made under (creators for a plan of old)."""
+    if plan.descriptor is not None:
+        return plan.descriptor
+    from .config import default_catalogue
+
+    return default_catalogue()
+
+
+def kinds_of(plan: Plan) -> tuple[str, ...]:
+    return plan.kinds or catalogue_of(plan).kinds
+
+
+def value_text(v) -> str:
     """A value as a reviewer reads it: text as it is, ``null``, ``""``, JSON for objects."""
     if isinstance(v, dict):
         return json.dumps(v, sort_keys=True, ensure_ascii=False)
@@ -48,27 +60,49 @@ def _wrap(line: str, indent: int, width: int | None = WIDTH) -> list[str]:
 def _field_lines(name: str, old, new, width: int | None) -> list[str]:
     """One field's change: ``name: old → new``, or two lines when that is too long."""
     head = f"    {name}: "
-    one = f"{head}{_value(old)} → {_value(new)}"
+    one = f"{head}{value_text(old)} → {value_text(new)}"
     if width is None or len(one) <= width:
         return [one]
-    return _wrap(f"{head}{_value(old)}", len(head), width) + _wrap(" " * (len(head) - 2) + f"→ {_value(new)}", len(head), width)
+    return _wrap(f"{head}{value_text(old)}", len(head), width) + _wrap(" " * (len(head) - 2) + f"→ {value_text(new)}", len(head), width)
 
 
-def _url_lines(old: dict | None, new: dict | None, width: int | None) -> list[str]:
-    """``media_cdns`` as the URLs removed and added, each in full, one per line."""
+def _list_lines(name: str, old: dict | None, new: dict | None, width: int | None) -> list[str]:
+    """A JSON object of lists (a post's ``media_cdns``) as the items removed and added,
+    each in full, one per line."""
     out = []
-    for part in ("images", "videos"):
+    for part in sorted(set(old or {}) | set(new or {})):
         before = (old or {}).get(part) or []
         after = (new or {}).get(part) or []
         gone, came = set(before) - set(after), set(after) - set(before)
-        head = f"    media_cdns.{part}: "
-        for sign, urls, order in (("-", gone, before), ("+", came, after)):
-            for url in (u for u in order if u in urls):
-                out += _wrap(f"{head}{sign} {url}", len(head) + 2, width)
+        head = f"    {name}.{part}: "
+        for sign, items, order in (("-", gone, before), ("+", came, after)):
+            for item in (u for u in order if u in items):
+                out += _wrap(f"{head}{sign} {value_text(item)}", len(head) + 2, width)
                 head = " " * len(head)
         if before != after and not gone and not came:
-            out.append(f"{head}(same URLs, new order)")
+            out.append(f"{head}(same items, new order)")
     return out
+
+
+def _lists(e: Entity | None, name: str) -> bool:
+    """Whether a column is a JSON object of lists (shown as items added and removed)."""
+    if e is None:
+        return False
+    for c in e.columns:
+        if c.name == name:
+            return bool(c.value.object) and all(v.list is not None for _, v in c.value.object)
+    return False
+
+
+def _entity(c: Change, catalogue: Catalogue | None) -> Entity | None:
+    if catalogue is None:
+        from .config import default_catalogue
+
+        catalogue = default_catalogue()
+    try:
+        return catalogue.entity(c.kind)
+    except KeyError:
+        return None
 
 
 def change_head(c: Change) -> str:
@@ -77,71 +111,78 @@ def change_head(c: Change) -> str:
     return f"{SYMBOL[c.action]} {c.action} {c.kind} {key}"
 
 
-def change_lines(c: Change, width: int | None = WIDTH) -> list[str]:
+def change_lines(c: Change, width: int | None = WIDTH, catalogue: Catalogue | None = None) -> list[str]:
     """What a reviewer must see of a change, a line per field, none over ``width``
-    characters (None: no wrapping): updated and moved fields as before → after
-    (``media_cdns`` as URLs removed and added, each in full), the values a create
-    writes. A delete names its row only."""
+    characters (None: no wrapping): updated and moved fields as before → after (an
+    object of lists, like ``media_cdns``, as the items removed and added, each in full),
+    the values a create writes — one line each, but the object's own attributes (class,
+    size, ETag, time) on one line together. A delete names its row only."""
     lines: list[str] = []
+    e = _entity(c, catalogue)
 
     def line(text: str, indent: int = 4) -> None:
         lines.extend(_wrap(text, indent, width))
 
     if c.action in ("update", "move"):
         before, after = c.before, c.after
+        identity = set(e.identity) if e is not None else set()
         for name in sorted(after):
-            if c.action == "move" and name in _KEY_COLUMNS[c.kind]:
+            if c.action == "move" and name in identity:
                 continue
-            if name == "media_cdns":
-                lines.extend(_url_lines(before.get(name), after.get(name), width))
+            if _lists(e, name):
+                lines.extend(_list_lines(name, before.get(name), after.get(name), width))
             else:
                 lines.extend(_field_lines(name, before.get(name), after.get(name), width))
     elif c.action == "create":
         a = c.after
-        if c.kind == "model":
-            for name in ("thumbnail_url", "icon_url", "banner_url", "post_count"):
-                line(f"    {name}: {_value(a.get(name))}", len(name) + 6)
-        elif c.kind == "post":
-            cdns = a.get("media_cdns") or {}
-            line(f"    title: {_value(a.get('title'))}", 11)
-            line(f"    media_cdns: {len(cdns.get('images') or [])} image(s), {len(cdns.get('videos') or [])} video(s)")
-        else:
-            line(f"    url: {_value(a.get('url'))}", 9)
-            line(f"    type: {_value(a.get('type'))}, size_bytes: {_value(a.get('size_bytes'))}, "
-                 f"etag: {_value(a.get('etag'))}")
-        if "id" in a:  # a rollback restores the row with its old id
-            line(f"    id: {a['id']} (restored)")
+        together = []
+        for col in (e.columns if e is not None else ()):
+            t = col.value.template
+            if t is not None and t.single in ("class", "size", "etag", "last_modified"):
+                together.append(f"{col.name}: {value_text(a.get(col.name))}")
+            elif _lists(e, col.name):
+                value = a.get(col.name) or {}
+                counts = ", ".join(f"{len(value.get(m) or [])} {m[:-1] if m.endswith('s') else m}(s)"
+                                   for m, _ in col.value.object)
+                line(f"    {col.name}: {counts}")
+            else:
+                line(f"    {col.name}: {value_text(a.get(col.name))}", len(col.name) + 6)
+        if together:
+            line("    " + ", ".join(together))
+        if e is not None and e.id_column in a:  # a rollback restores the row with its old id
+            line(f"    {e.id_column}: {a[e.id_column]} (restored)")
     return lines
-
-
-def change_details(c: Change) -> str:
-    """The details as one string (the lines, joined)."""
-    return "\n".join(line.strip() for line in change_lines(c))
 
 
 def _count(summary: dict, kind: str, action: str) -> int:
     return summary[kind].get(action, 0)  # plans made before moves have no "move" counts
 
 
-def summary_rows(summary: dict) -> list[list]:
-    return [[k] + [_count(summary, k, a) for a in ACTIONS] for k in KINDS]
+def _kinds(summary: dict, kinds=None) -> list[str]:
+    return list(kinds) if kinds else list(summary)
 
 
-def summary_table(summary: dict) -> str:
-    return tabulate(summary_rows(summary), headers=["kind", *ACTIONS], tablefmt="simple")
+def summary_rows(summary: dict, kinds=None) -> list[list]:
+    return [[k] + [_count(summary, k, a) for a in ACTIONS] for k in _kinds(summary, kinds)]
 
 
-def _scope(plan: Plan) -> str:
-    return "all models" if plan.scope is None else "models " + ", ".join(plan.scope)
+def summary_table(summary: dict, kinds=None) -> str:
+    return tabulate(summary_rows(summary, kinds), headers=["kind", *ACTIONS], tablefmt="simple")
+
+
+def _plural(e: Entity) -> str:
+    return e.plural.lower()
 
 
 def scope_text(plan: Plan) -> str:
-    """``all models``, ``models A, B``, or ``shard 2/4 (3 models)`` (a shard's list is long)."""
+    """``all models``, ``models A, B``, or ``shard 2/4 (3 models)`` (a shard's list is
+    long): in the words of the catalogue's top entity."""
+    top = catalogue_of(plan).top
     shard = plan.target.get("shard")
     if shard:
         n = len(plan.scope or ())
-        return f"shard {shard} ({n} model{'' if n == 1 else 's'})"
-    return _scope(plan)
+        return f"shard {shard} ({n} {top.name if n == 1 else _plural(top)})"
+    return f"all {_plural(top)}" if plan.scope is None else f"{_plural(top)} " + ", ".join(plan.scope)
 
 
 def inventory_text(inventory: dict) -> str:
@@ -169,12 +210,22 @@ def plan_header(plan: Plan) -> list[str]:
     return lines
 
 
-def deletion_note(summary: dict) -> str | None:
+def deletion_note(summary: dict, kinds=None, catalogue: Catalogue | None = None) -> str | None:
     """``This plan deletes 3 row(s): 1 model, 2 media.``, or None."""
-    deletes = {k: _count(summary, k, "delete") for k in KINDS if _count(summary, k, "delete")}
+    kinds = _kinds(summary, kinds)
+    deletes = {k: _count(summary, k, "delete") for k in kinds if _count(summary, k, "delete")}
     if not deletes:
         return None
-    what = ", ".join(f"{n} {k}{'' if n == 1 or k == 'media' else 's'}" for k, n in deletes.items())
+
+    def named(kind: str, n: int) -> str:
+        if n == 1 or catalogue is None:
+            return kind if n == 1 else kind + "s"
+        try:
+            return _plural(catalogue.entity(kind))
+        except KeyError:
+            return kind + "s"
+
+    what = ", ".join(f"{n} {named(k, n)}" for k, n in deletes.items())
     return f"This plan deletes {sum(deletes.values())} row(s): {what}."
 
 
@@ -183,22 +234,23 @@ def table(plan: Plan) -> str:
     then every change with its details (no line longer than WIDTH)."""
     out = plan_header(plan)
     out.append("")
-    out.append(summary_table(plan.summary))
+    catalogue = catalogue_of(plan)
+    out.append(summary_table(plan.summary, kinds_of(plan)))
     out.append("")
-    note = deletion_note(plan.summary)
+    note = deletion_note(plan.summary, kinds_of(plan), catalogue)
     if note:
         out += [note, ""]
     if not plan.changes:
         out.append("No changes. The database matches the source.")
     for c in plan.changes:
         out += _wrap(change_head(c), 4, WIDTH)
-        out += change_lines(c)
+        out += change_lines(c, catalogue=catalogue)
     return "\n".join(out)
 
 
-def summary_line(summary: dict) -> str:
+def summary_line(summary: dict, kinds=None) -> str:
     parts = []
-    for k in KINDS:
+    for k in _kinds(summary, kinds):
         parts.append(" ".join([k] + [f"{SYMBOL[a]}{_count(summary, k, a)}" for a in ACTIONS]))
     return ", ".join(parts)
 
@@ -218,36 +270,47 @@ def _root(plan: Plan) -> str:
     return ""
 
 
-def model_of(c: Change, root: str = "") -> str:
-    """The model a change belongs to (for grouping); a move's new model."""
-    if c.kind == "model":
-        return c.key
-    if c.kind == "post":
-        return c.key.partition("/")[0]
-    image = c.before if c.action == "delete" else c.after
-    if image and "post" in image:
-        return image["post"].partition("/")[0]
-    key = c.key[len(root):] if c.key.startswith(root) else c.key
-    return key.partition("/")[0]
+def top_of(c: Change, catalogue: Catalogue, root: str = "") -> str:
+    """The top row a change belongs to (for grouping: a creator's model); a move's new one."""
+    from .catalogue.planrules import _parts
+
+    e = catalogue.entity(c.kind)
+    key = c.key
+    while e.parent is not None:
+        if e.unique == "parent":  # the names before its own are its parent's (they hold no "/")
+            key = "/".join(key.split("/")[: _parts(catalogue, catalogue.entity(e.parent))])
+        else:
+            image = c.before if c.action == "delete" else c.after
+            if not image or e.parent not in image:
+                from .frames import scope_segment
+
+                segment = scope_segment(catalogue)
+                rel = key[len(root):] if key.startswith(root) else key
+                return (segment.of(rel) if segment else None) or rel.partition("/")[0]
+            key = image[e.parent]
+        e = catalogue.entity(e.parent)
+        c = Change(c.action, e.name, key, None, None)
+    return key
 
 
 def changes_by_model(plan: Plan) -> dict[str, list[Change]]:
-    """The plan's changes grouped by model (as the markdown view groups them), models
+    """The plan's changes grouped by their top row (as the markdown view groups them),
     sorted by name, each group in the plan's order."""
     root = _root(plan)
+    catalogue = catalogue_of(plan)
     groups: dict[str, list[Change]] = defaultdict(list)
     for c in plan.changes:
-        groups[model_of(c, root)].append(c)
+        groups[top_of(c, catalogue, root)].append(c)
     return {name: groups[name] for name in sorted(groups)}
 
 
 MD_DETAIL_LINES = 20  # per change; a post's hundred URLs would crowd out every other change
 
 
-def _md_change(c: Change) -> str:
+def _md_change(c: Change, catalogue: Catalogue) -> str:
     key = f"<code>{html.escape(c.from_key)}</code> → " if c.action == "move" else ""
     line = f"- `{SYMBOL[c.action]}` {c.action} {c.kind} {key}<code>{html.escape(c.key)}</code>"
-    details = [d.strip() for d in change_lines(c, width=None)]
+    details = [d.strip() for d in change_lines(c, width=None, catalogue=catalogue)]
     shown = details[:MD_DETAIL_LINES]
     if len(details) > len(shown):
         shown.append(f"… and {len(details) - len(shown)} more line(s); see the plan file")
@@ -262,9 +325,10 @@ def markdown(plan: Plan, limit: int = MARKDOWN_LIMIT) -> str:
     head = [f"### reconciler plan `{plan.plan_id[:12]}`", ""]
     head += [f"- {line}" for line in plan_header(plan)[1:]]
     head += ["", "| kind | " + " | ".join(ACTIONS) + " |", "| --- |" + " ---: |" * len(ACTIONS)]
-    head += ["| " + " | ".join(map(str, r)) + " |" for r in summary_rows(summary)]
+    catalogue = catalogue_of(plan)
+    head += ["| " + " | ".join(map(str, r)) + " |" for r in summary_rows(summary, kinds_of(plan))]
     head.append("")
-    note = deletion_note(summary)
+    note = deletion_note(summary, kinds_of(plan), catalogue)
     if note:
         head += [
             "> [!WARNING]",
@@ -277,39 +341,40 @@ def markdown(plan: Plan, limit: int = MARKDOWN_LIMIT) -> str:
     root = _root(plan)
     groups: dict[str, list[Change]] = defaultdict(list)
     for c in plan.changes:
-        groups[model_of(c, root)].append(c)
+        groups[top_of(c, catalogue, root)].append(c)
     names = sorted(groups)
     header_text = "\n".join(head) + "\n"
     for per_group in (50, 20, 10, 5, 2, 1, 0):
-        body = _md_groups(groups, names, per_group, limit - len(header_text) - 200)
+        body = _md_groups(groups, names, per_group, limit - len(header_text) - 200, catalogue)
         if body is not None:
             return header_text + body
     raise AssertionError("unreachable: the last attempt always fits")
 
 
-def _md_group(name: str, changes: list[Change], per_group: int) -> str:
+def _md_group(name: str, changes: list[Change], per_group: int, catalogue: Catalogue) -> str:
     counts = defaultdict(int)
     for c in changes:
         counts[c.action] += 1
     label = ", ".join(f"{SYMBOL[a]}{counts[a]}" for a in ACTIONS if counts[a])
     lines = [f"<details><summary><code>{html.escape(name)}</code>: {len(changes)} change(s) ({label})</summary>", ""]
-    lines += [_md_change(c) for c in changes[:per_group]]
+    lines += [_md_change(c, catalogue) for c in changes[:per_group]]
     if len(changes) > per_group:
         lines.append(f"- … and {len(changes) - per_group} more")
     lines += ["", "</details>", ""]
     return "\n".join(lines)
 
 
-def _md_groups(groups: dict, names: list[str], per_group: int, budget: int) -> str | None:
+def _md_groups(groups: dict, names: list[str], per_group: int, budget: int, catalogue: Catalogue) -> str | None:
     parts, used = [], 0
     for i, name in enumerate(names):
-        part = _md_group(name, groups[name], per_group)
+        part = _md_group(name, groups[name], per_group, catalogue)
         if used + len(part) > budget:
             if per_group > 0:
                 return None  # try again with fewer changes per model
             rest = names[i:]
             n = sum(len(groups[r]) for r in rest)
-            parts.append(f"… and {len(rest)} more model(s) with {n} change(s); see the plan file for all of them.\n")
+            parts.append(f"… and {len(rest)} more {catalogue.top.name}(s) with {n} change(s); "
+                         "see the plan file for all of them.\n")
             break
         parts.append(part)
         used += len(part)
@@ -319,9 +384,9 @@ def _md_groups(groups: dict, names: list[str], per_group: int, budget: int) -> s
 # --------------------------------------------------------------------------- history
 
 
-def history_table(entries: Iterable) -> str:
+def history_table(entries: Iterable, kinds=None) -> str:
     rows = [
-        [e.apply_id, e.applied_at, e.applied_by, e.plan_id[:12], summary_line(e.summary), e.rolls_back or ""]
+        [e.apply_id, e.applied_at, e.applied_by, e.plan_id[:12], summary_line(e.summary, kinds), e.rolls_back or ""]
         for e in entries
     ]
     if not rows:

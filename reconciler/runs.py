@@ -276,7 +276,7 @@ class Runs:
         from .planfile import load_plan
 
         with self.plan_path(run_id) as path:
-            p = load_plan(path)
+            p = load_plan(path, self.settings.catalogue)
         return [c.to_dict() for c in p.changes[offset : offset + limit]], len(p.changes)
 
     def status(self) -> dict:
@@ -300,7 +300,7 @@ class Runs:
             last_apply = Apply.select(pw.fn.MAX(Apply.applied_at)).scalar()
             state = ControllerState.get_or_none(ControllerState.id == 1)
             # Live, from the per-model terms the triggers keep: no scan of the rows.
-            rows_now = state_digest(db.connection()).rows
+            rows_now = state_digest(db.connection(), self.settings.catalogue).rows
         drift: dict = {}
         if base is not None and base.summary is not None:
             drift = zeroed(base.summary) if base.status in ("no_changes", "applied") else base.summary
@@ -329,7 +329,7 @@ class Runs:
         from .planfile import load_plan
 
         with self.plan_path(run_id) as path:
-            return load_plan(path)
+            return load_plan(path, self.settings.catalogue)
 
     def drift_runs(self) -> list[int]:
         """The runs whose plans make up :meth:`status`'s drift: the newest full-scope

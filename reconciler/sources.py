@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
 
 from .errors import ConfigError, SourceError
-from .layout import ObjectInfo
+from .objects import ObjectInfo
 from .shards import Shard
 
 __all__ = ["ObjectInfo", "Source", "S3Source", "FolderSource", "open_source"]

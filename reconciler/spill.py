@@ -163,12 +163,11 @@ def split(blocks: Iterable[pl.DataFrame], schema: dict, batch: pl.Expr, n: int, 
     return out
 
 
-def by_model(frame: pl.DataFrame, column: str, index_of: Callable[[str], int]) -> dict[int, pl.DataFrame]:
-    """The rows of ``frame`` by ``index_of`` the model named in ``column`` (a post's key,
-    ``M/P``): a batch or a range of models. Each distinct model is looked up once."""
-    model = pl.col(column).str.splitn("/", 2).struct.field("field_0")
-    mapping = {name: index_of(name) for name in frame.select(model.unique()).to_series().to_list()}
+def by_top(frame: pl.DataFrame, column: str, index_of: Callable[[str], int]) -> dict[int, pl.DataFrame]:
+    """The rows of ``frame`` by ``index_of`` the top key in ``column``: a batch or a
+    range of top rows. Each distinct top key is looked up once."""
+    mapping = {name: index_of(name) for name in frame.select(pl.col(column).unique()).to_series().to_list()}
     if len(set(mapping.values())) <= 1:
         return {mapping.popitem()[1]: frame} if mapping else {}
-    parts = frame.with_columns(model.replace_strict(mapping, return_dtype=pl.Int32).alias("_index"))
+    parts = frame.with_columns(pl.col(column).replace_strict(mapping, return_dtype=pl.Int32).alias("_index"))
     return {index: part.drop("_index") for (index,), part in parts.partition_by("_index", as_dict=True).items()}

@@ -20,12 +20,10 @@ import psycopg2
 import pytest
 from hypothesis import HealthCheck, settings as hsettings
 
-from reconciler import Settings, build_desired_frames
+from reconciler import Settings, load_catalogue
 from reconciler.cli import main
-from reconciler.current import CurrentState
 from reconciler.db import migrate, open_database
-from reconciler.desired import DesiredState
-from reconciler.diff import full_image
+from reconciler.frames import build_desired, plan_key
 
 hsettings.register_profile(
     "default",
@@ -36,39 +34,68 @@ hsettings.register_profile(
 hsettings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 CDN = "https://cdn.example.test"
+CREATORS = load_catalogue("creators")
+PRODUCTS = load_catalogue("product-images")
 
 
 # --------------------------------------------------------------------------- rows in memory
 
 
-def desired_state(objects, *, cdn_base_url: str = CDN, **kwargs) -> DesiredState:
-    """The desired rows of a listing (``root``, ``layout``, ``models`` as the planner
-    takes them), read back from the engine's frames as dicts of rows."""
-    return build_desired_frames(objects, cdn_base_url=cdn_base_url, **kwargs).to_state()
+@dataclass
+class Desired:
+    """The desired rows of a listing as full images (what a create carries), by kind
+    and plan key, and what the listing skipped."""
+
+    images: dict
+    object_count: int
+    skipped: dict
+    skipped_examples: dict
+
+    def __getitem__(self, kind: str) -> dict:
+        return self.images[kind]
 
 
-def database_holding(state: DesiredState, models=None) -> CurrentState:
-    """A database holding exactly the rows of ``state`` — of the ``models`` named (a list
-    or a :class:`~reconciler.shards.Shard`), as a scope's SQL reads them — as (key, row)
-    pairs in key order, for :func:`reconciler.plan_from_rows`."""
-    keep = (lambda model: True) if models is None else (lambda model: model in models)
-    return CurrentState(
-        models=sorted((k, r) for k, r in state.models.items() if keep(k)),
-        posts=sorted((k, r) for k, r in state.posts.items() if keep(k.partition("/")[0])),
-        media=sorted((k, r) for k, r in state.media.items() if keep(r.post.partition("/")[0])),
-    )
+def desired_state(objects, *, cdn_base_url: str = CDN, root: str = "", models=None, catalogue=CREATORS,
+                  known=None) -> Desired:
+    """The desired rows of a listing (``root`` and the scope ``models`` as the planner
+    takes them), read back from the engine's frames."""
+    desired, listing = build_desired(objects, catalogue, cdn_base_url=cdn_base_url, root=root, scope=models,
+                                     known=known)
+    images = {}
+    for e in catalogue.owned:
+        frame = desired.rows[e.name]
+        images[e.name] = {row[plan_key(e.name)]: {f: row[f] for f in e.fields} for row in frame.to_dicts()}
+    return Desired(images, listing.object_count, dict(listing.skipped), listing.skipped_examples)
 
 
-def images(state: DesiredState | CurrentState) -> dict:
-    """Every row of a desired or current state as its full image (what a create carries),
-    by kind and key."""
+def _top(catalogue, kind: str, image: dict) -> str:
+    from reconciler.engine import _top_key_of
 
-    def rows(name):
-        found = getattr(state, name)
-        return found.items() if isinstance(found, dict) else found
+    return _top_key_of(catalogue, catalogue.entity(kind), image)
 
-    return {kind: {k: full_image(kind, k, row) for k, row in rows(name)}
-            for kind, name in (("model", "models"), ("post", "posts"), ("media", "media"))}
+
+def database_holding(state, models=None, catalogue=CREATORS) -> dict:
+    """A database holding exactly the rows of ``state`` (a :class:`Desired`, or images
+    by kind) — of the top rows named in ``models`` (a list or a
+    :class:`~reconciler.shards.Shard`), as a scope's SQL reads them — as rows for
+    :func:`reconciler.plan_from_rows`."""
+    tables = state.images if isinstance(state, Desired) else state
+    keep = (lambda top: True) if models is None else (lambda top: top in models)
+    return {kind: [image for _, image in sorted(rows.items()) if keep(_top(catalogue, kind, image))]
+            for kind, rows in tables.items()}
+
+
+def images(state) -> dict:
+    """Every row of a desired state or of database rows as its full image, by kind and key."""
+    from reconciler.engine import _plan_key_of
+
+    if isinstance(state, Desired):
+        return {kind: dict(rows) for kind, rows in state.images.items()}
+    out = {}
+    for kind, rows in state.items():
+        e = CREATORS.entity(kind) if kind in CREATORS.kinds else PRODUCTS.entity(kind)
+        out[kind] = {_plan_key_of(e, image): dict(image) for image in rows}
+    return out
 
 
 def patch(tables: dict, changes) -> dict:
@@ -141,9 +168,9 @@ def empty_database_url(pg_admin_url):
 
 @pytest.fixture
 def database_url(empty_database_url):
-    """A fresh database with the schema applied (``reconciler init``)."""
+    """A fresh database with the schema applied (``reconciler init``, creators)."""
     with open_database(empty_database_url) as db:
-        migrate(db)
+        migrate(db, CREATORS)
     return empty_database_url
 
 

@@ -559,7 +559,7 @@ def test_renames_converge_and_rollback_restores_ids(settings, database_url, tmp_
 
 
 def test_a_staging_error_waits_for_the_verdict_and_never_blocks_the_verifier(database_url):
-    from reconciler.apply import StreamStage
+    from reconciler.execute import StreamStage
     from reconciler.db import open_database
 
     good = ('"create"', "null", '"A/B"', '"A/B/1.jpg"', "1", '"image"', '"u"')
@@ -614,7 +614,7 @@ def test_the_stored_plan_file_is_the_file_applied(settings, database_url, tmp_pa
 
     import importlib
 
-    apply_module = importlib.import_module("reconciler.apply")
+    apply_module = importlib.import_module("reconciler.execute")
 
     monkeypatch.setattr(apply_module, "_CHUNK_CHARS", 64)  # many parts, interleaved with the changes
     bucket = {f"M{i % 3}/P{i % 5}/{i}.jpg": i for i in range(300)}

@@ -9,7 +9,7 @@ import os
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from reconciler.apply import Stage
+from reconciler.execute import Stage
 from reconciler.diff import Change
 from reconciler.errors import PlanFileError
 from reconciler.planfile import FAST_SHAPES, Plan, canonical, check_change, check_identity, check_values, verify_plan, write_plan

@@ -5,7 +5,7 @@
 and misfiled rows, renamed folders, scopes and shards — each with its inputs. Every one
 must come out of today's engine byte for byte: the plan file's change lines, its
 summary, what the listing skipped, and the rows counted. A subset goes through a real
-database too, so the SQL that reads the current rows is held to them as well.
+database too (rows written as the platform would), so the SQL that reads the current rows is held to them as well.
 """
 
 from __future__ import annotations
@@ -16,14 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import ObjectInfo, Settings, plan_from_rows
+from reconciler import ObjectInfo, Settings, load_catalogue, plan_from_rows
 from reconciler.commands import make_plan
-from reconciler.current import CurrentState
 from reconciler.errors import ConfigError
-from reconciler.desired import MediaRow, ModelRow, PostRow
+from reconciler.planfile import Plan, write_plan
 from reconciler.shards import Shard
-
-from .golden.generate import plan_text
 
 GOLDEN = Path(__file__).parent / "golden" / "plans.jsonl.gz"
 
@@ -34,6 +31,7 @@ def golden_plans() -> list[dict]:
 
 
 PLANS = golden_plans()
+CREATORS = load_catalogue("creators")
 
 
 def objects_of(plan: dict) -> list[ObjectInfo]:
@@ -48,15 +46,27 @@ def scope_of(plan: dict):
     return scope
 
 
-def current_of(plan: dict) -> CurrentState:
-    """The database rows of a golden plan, as the engine takes them."""
-    rows = plan["current"]
-    return CurrentState(
-        models=[(k, ModelRow(r["thumbnail_url"], r["icon_url"], r["banner_url"], r["post_count"]))
-                for k, r in rows["model"]],
-        posts=[(k, PostRow(r["title"], r["media_cdns"])) for k, r in rows["post"]],
-        media=[(k, MediaRow(r["post"], r["url"], r["type"], r["size_bytes"], r["etag"])) for k, r in rows["media"]],
-    )
+def current_of(plan: dict) -> dict[str, list[dict]]:
+    """The database rows of a golden plan (full images by kind), as the engine takes them."""
+    return {kind: [image for _, image in rows] for kind, rows in plan["current"].items()}
+
+
+def plan_text(result) -> dict:
+    """The plan file's changes (their lines as written) and summary."""
+    import os
+    import tempfile
+
+    plan = Plan(changes=result.changes, source={"url": "s3://b/", "object_count": 0, "skipped": {}},
+                target={"database": "db", "scope": None, "state_digest": "0" * 64}, tool_version="t",
+                created_at="2026-11-21T10:00:00Z")
+    with tempfile.TemporaryDirectory() as folder:
+        path = write_plan(plan, os.path.join(folder, "p.json"))
+        text = Path(path).read_text("utf-8")
+    data = json.loads(text)
+    start = text.index('"changes": [') + len('"changes": [')
+    end = text.index("\n  ],\n") if data["changes"] else start
+    lines = [line.strip().rstrip(",") for line in text[start:end].splitlines() if line.strip()]
+    return {"changes": lines, "summary": data["summary"]}
 
 
 def test_there_are_golden_plans_of_every_kind_and_action():
@@ -68,8 +78,8 @@ def test_there_are_golden_plans_of_every_kind_and_action():
 def test_the_engine_makes_the_golden_plan(plan):
     objects = objects_of(plan)
     for batch_rows in (100_000, 2):
-        result = plan_from_rows(objects, current_of(plan), cdn_base_url=plan["cdn_base_url"], root=plan["root"],
-                                models=scope_of(plan), moves=plan["moves"], batch_rows=batch_rows)
+        result = plan_from_rows(objects, current_of(plan), CREATORS, cdn_base_url=plan["cdn_base_url"],
+                                root=plan["root"], scope=scope_of(plan), moves=plan["moves"], batch_rows=batch_rows)
         assert plan_text(result) == {"changes": plan["changes"], "summary": plan["summary"]}
         assert result.current_counts == plan["current_counts"]
 

@@ -128,7 +128,7 @@ def _serve(settings: Settings, options: ServeOptions, tokens: Tokens) -> int:
     host, port = options.host_port
     sock = bind(host, port)
     with open_database(settings.database, settings.state_dir) as db:
-        check_schema(db)
+        check_schema(db, settings.catalogue)
         resolved = dataclasses.replace(settings, database=db.url)
         controller = Controller(resolved, options, display=db.display)
         app = create_app(controller, tokens)

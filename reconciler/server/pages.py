@@ -31,7 +31,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import render
-from ..diff import ACTIONS, KINDS
+from ..diff import ACTIONS
 from ..errors import DatabaseError, ReconcilerError
 from ..runs import STATUSES, RunError, RunNotFound, total
 from ..version import __version__
@@ -99,7 +99,7 @@ def seconds(v: float | None) -> str:
 
 
 _templates.filters.update(ago=time_tag, num=number, secs=seconds, total=total)
-_templates.globals.update(KINDS=KINDS, ACTIONS=ACTIONS, SYMBOL=render.SYMBOL, version=__version__)
+_templates.globals.update(ACTIONS=ACTIONS, SYMBOL=render.SYMBOL, version=__version__)
 
 
 # --------------------------------------------------------------------------- plumbing
@@ -127,9 +127,10 @@ class Cache:
 def _html(request: Request, template: str, status: int = 200, **ctx) -> HTMLResponse:
     page = request.state.page
     ctx.setdefault("title", "")
+    catalogue = request.app.state.controller.settings.catalogue
     body = _templates.get_template(template).render(
         request=request, user=page["user"], csrf=page["csrf"], login=request.app.state.tokens.required,
-        path=request.url.path, **ctx)
+        path=request.url.path, KINDS=catalogue.kinds, **ctx)
     return HTMLResponse(body, status_code=status)
 
 
@@ -381,7 +382,8 @@ async def run_page(request: Request):
     return _html(request, "run.html", title=f"Run {run_id}", run=run, groups=groups, action=action,
                  pages=_pages(page_no, count, CHANGES_PER_PAGE), estimate=estimate, notice=notice,
                  deletion_note=render.deletion_note(run["summary"]) if run["summary"] else None,
-                 deletes={k: (run["summary"] or {}).get(k, {}).get("delete", 0) for k in KINDS},
+                 deletes={k: (run["summary"] or {}).get(k, {}).get("delete", 0)
+                          for k in app.state.controller.settings.catalogue.kinds},
                  action_counts={a: sum(v.get(a, 0) for v in (run["summary"] or {}).values()) for a in ACTIONS},
                  in_progress=run["status"] in IN_PROGRESS)
 

@@ -1,0 +1,70 @@
+"""Reading one key the catalogue's way: the reference. Pure: no I/O.
+
+:func:`read_key` is the rules applied to a single key below the source root, first
+match wins, as the spec reads: what ``reconciler explain`` prints, and what the
+columnar classifier (:mod:`reconciler.frames`) is held to, key by key, by property tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+from .descriptor import Catalogue, Entity, Rule
+from .patterns import class_of
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a key means: the rule that took it and its captures, and the skip reason
+    when it makes no row (``None`` when it does)."""
+
+    rule: Rule | None
+    captures: dict = field(default_factory=dict)
+    reason: str | None = None
+
+    @property
+    def recognised(self) -> bool:
+        return self.reason is None
+
+
+def read_key(catalogue: Catalogue, rel: str) -> Reading:
+    """The first rule that matches ``rel`` (a key below the root); folder markers,
+    empty captures and keys no rule takes are skipped with the tool's own reasons."""
+    if not rel or rel.endswith("/"):  # "" is the root's own marker ("media/")
+        return Reading(None, {}, "folder_marker")
+    for rule in catalogue.rules:
+        captures = rule.pattern.match(rel)
+        if captures is None:
+            continue
+        if any(v == "" for v in captures.values()):
+            return Reading(rule, captures, "empty_segment")
+        return Reading(rule, captures, rule.reason if rule.action == "skip" else None)
+    return Reading(None, {}, "unmatched")
+
+
+def url_of(cdn_base_url: str, key: str) -> str:
+    """An object's public URL: the base without its trailing ``/``, then ``/`` and the
+    full key, quoted (``urllib.parse.quote(key, safe="/")``)."""
+    return cdn_base_url.rstrip("/") + "/" + quote(key, safe="/")
+
+
+def attributes(catalogue: Catalogue, key: str, rel: str, *, size=None, etag=None, last_modified=None,
+               cdn_base_url: str = "") -> dict:
+    """The values templates may name besides captures."""
+    return {"key": key, "rel": rel, "url": url_of(cdn_base_url, key), "size": size, "etag": etag,
+            "last_modified": last_modified, "class": class_of(key, catalogue.classes)}
+
+
+def own_key(entity: Entity, values: dict) -> str:
+    return "/".join(str(t.render(values)) for _, t in entity.key)
+
+
+def plan_keys(catalogue: Catalogue, entity: str, values: dict) -> dict[str, str]:
+    """The plan keys of the row an object makes of ``entity`` and of its ancestors,
+    top first: ``{"model": "M", "post": "M/P", "media": "M/P/1.jpg"}``."""
+    keys: dict[str, str] = {}
+    for e in catalogue.chain(entity):
+        own = own_key(e, values)
+        keys[e.name] = own if e.unique == "global" or e.parent is None else keys[e.parent] + "/" + own
+    return keys
