@@ -379,8 +379,7 @@ def compile_spec(spec: dict, where: str = "catalogue") -> Catalogue:
         if p == n or (p is not None and p in chain):
             problems.add(f"{where}.entities.{n}.parent.entity", "parents form a cycle")
         ancestors[n] = tuple(chain)
-    if problems.found:
-        raise SpecErrors(problems.found)
+    broken = bool(problems.found)  # the tree: entities are checked only once it holds
     order = sorted(names, key=lambda n: (len(ancestors[n]), names.index(n)))
 
     # Rules first: entities' checks need to know which captures reach them.
@@ -415,6 +414,8 @@ def compile_spec(spec: dict, where: str = "catalogue") -> Catalogue:
             facets[entity].append(facet)
         rules.append(Rule(i, name, pattern, action, entity=entity, facet=facet or None))
 
+    if broken:
+        raise SpecErrors(problems.found)
     entities: dict[str, Entity] = {}
     for n in order:
         e = problems.attempt(_entity, n, raw[n], ancestors[n], tuple(facets[n]), raw, classes, f"{where}.entities.{n}")
