@@ -9,9 +9,11 @@ S3: moto's ``ThreadedMotoServer`` on 127.0.0.1, reached by boto3 over HTTP.
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import tempfile
+import unicodedata
 import uuid
 from dataclasses import dataclass
 from urllib.parse import urlsplit, urlunsplit
@@ -92,6 +94,48 @@ def patch(tables: dict, changes) -> dict:
             assert {name: row[name] for name in c.before} == c.before
             rows[c.key] = {**row, **c.after}
     return tables
+
+
+# --------------------------------------------------------------------------- awkward keys
+
+
+def key_of_bytes(prefix: str, size: int, ext: str = ".jpg") -> str:
+    """A key of exactly ``size`` UTF-8 bytes, mixing 1-, 2-, 3- and 4-byte characters."""
+    pad = size - len((prefix + ext).encode())
+    middle = []
+    for ch in itertools.cycle("é€😀a"):
+        if len(ch.encode()) > pad:
+            break
+        middle.append(ch)
+        pad -= len(ch.encode())
+    key = prefix + "".join(middle) + "a" * pad + ext
+    assert len(key.encode("utf-8")) == size
+    return key
+
+
+# Object keys that have broken something, somewhere: normalisation forms, characters that
+# URLs, XML or shells treat specially, and a key of S3's maximum length.
+CAFE_NFC = unicodedata.normalize("NFC", "Café")
+CAFE_NFD = unicodedata.normalize("NFD", "Café")
+ODD_KEYS = [
+    f"{CAFE_NFC}/Été/crème brûlée.jpg",
+    f"{CAFE_NFD}/Été/crème brûlée.jpg",  # another model: NFD is not folded into NFC
+    f"{CAFE_NFC}/Été/{unicodedata.normalize('NFD', 'crème brûlée')}.png",
+    "Quotes/It's \"quoted\"/a'b\"c.jpg",
+    "Percent/100%/50%off.jpg",
+    "Percent/100%/%2F%20literal.jpg",
+    "Plus/a+b/c+d.jpg",
+    "Ask/why?/what?.jpg",
+    "Hash/#1/#tag.jpg",
+    "Amp/R&D/a&b=c.jpg",
+    "Spaces Model/Post  Two/file name .mp4",
+    "Trail /Post /x .jpg",
+    "Emoji/🎉 party/😀.webp",
+    "Back\\slash/a\\b/c\\d.jpg",
+    "Misc/[x]{y}/a;b,c=d~e!$'().jpg",
+    "Tilde~/<tag>/|pipe|.gif",
+]
+LONG_KEY = key_of_bytes("Long/Post/", 1024)
 
 
 # --------------------------------------------------------------------------- PostgreSQL
