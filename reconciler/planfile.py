@@ -34,7 +34,7 @@ import mmap
 import os
 import re
 import stat
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
@@ -251,10 +251,13 @@ def file_chunks(plan: Plan, lines: Iterable[str] | None = None) -> Iterator[str]
 _LINE_BREAK = '},\n    {"action":'
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _new_temporary_file(folder: str) -> tuple[int, str]:
+    """A new, uniquely named file in ``folder``, open for writing. Created with mode
+    0666, which the kernel masks with the umask, as for any file a tool writes: a plan
+    holds no secret and is shared (``mkstemp`` would make it private, 0600), and reading
+    the umask would mean setting it, process-wide, under the server's other threads."""
+    path = os.path.join(folder, f".plan-{uuid.uuid4().hex}.tmp")
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), path
 
 
 def write_plan(
@@ -277,9 +280,7 @@ def write_plan(
         raise PlanFileError(f"{path} is a folder; give a file name with -o")
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".plan-", suffix=".tmp", dir=folder)
-        # mkstemp makes the file private (0600); a plan holds no secret and is shared.
-        os.fchmod(fd, 0o666 & ~_umask())
+        fd, tmp = _new_temporary_file(folder)
     except OSError as e:
         raise PlanFileError(f"cannot write {path}: {e.strerror}") from None
     try:

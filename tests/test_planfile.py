@@ -7,6 +7,9 @@ import hashlib
 import hmac
 import json
 import os
+import stat
+import subprocess
+import sys
 from functools import lru_cache
 
 import jsonschema
@@ -236,6 +239,33 @@ def test_a_failed_write_in_the_envelope_leaves_no_temp_file(tmp_path):
     with pytest.raises(TypeError):
         write_plan(plan, str(tmp_path / "p.json"))
     assert os.listdir(tmp_path) == []
+
+
+# os.umask refused in the writing process: reading the umask means setting it, for every
+# thread of the process (the server's other threads create files too).
+_WRITE_UNDER_UMASK = """
+import os, sys
+from reconciler.planfile import Plan, write_plan
+
+def refuse(*args):
+    raise AssertionError("os.umask called while writing a plan")
+
+os.umask = refuse
+plan = Plan(changes=[], source={"url": "s3://media/", "object_count": 0, "skipped": {}},
+            target={"database": "postgresql://app@db/prod", "scope": None, "state_digest": "ab" * 32},
+            tool_version="0.1.0", created_at="2026-11-21T10:00:00Z")
+write_plan(plan, sys.argv[1])
+write_plan(plan, sys.argv[2], name=lambda p: "named.json")
+"""
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_a_plan_file_is_shared_as_the_umask_says(tmp_path, umask, mode):
+    subprocess.run([sys.executable, "-c", _WRITE_UNDER_UMASK, str(tmp_path / "p.json"), str(tmp_path / "plans")],
+                   umask=umask, check=True)
+    for path in (tmp_path / "p.json", tmp_path / "plans" / "named.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
+    assert leftovers(tmp_path) == [] and leftovers(tmp_path / "plans") == []
 
 
 # --------------------------------------------------------------------------- reading
