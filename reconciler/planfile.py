@@ -40,7 +40,7 @@ from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
 from itertools import repeat
-from typing import IO, Callable, Iterable, Iterator, Protocol
+from typing import IO, Callable, Iterator, Protocol
 
 import orjson
 
@@ -202,10 +202,6 @@ def _hash_body(plan: Plan, signing_key: str | None) -> tuple[str, str | None]:
     return h.finish(plan.envelope())
 
 
-def compute_plan_id(plan: Plan) -> str:
-    return _hash_body(plan, None)[0]
-
-
 def _signature_problem(signature: str | None, mac: str | None, signing_key: str | None, required: bool) -> str | None:
     if signature is None:
         if required:
@@ -218,34 +214,7 @@ def _signature_problem(signature: str | None, mac: str | None, signing_key: str 
     return None
 
 
-def check_signature(plan: Plan, signing_key: str | None, required: bool) -> None:
-    """Refuse a badly signed plan; with ``required``, refuse an unsigned one too."""
-    mac = _hash_body(plan, signing_key)[1] if plan.signature and signing_key else None
-    problem = _signature_problem(plan.signature, mac, signing_key, required)
-    if problem:
-        raise SignatureError(problem)
-
-
 # --------------------------------------------------------------------------- writing
-
-
-def file_chunks(plan: Plan, lines: Iterable[str] | None = None) -> Iterator[str]:
-    """The file's text; ``lines`` are the canonical changes (computed when None)."""
-    rest = json.dumps(plan.top(), indent=2, sort_keys=True, ensure_ascii=False)
-    if lines is None:
-        lines = (canonical(c.to_dict()) for c in plan.changes)
-    first = True
-    batch: list[str] = []
-    for line in lines:
-        batch.append(line)
-        if len(batch) >= 2048:
-            yield ('{\n  "changes": [\n    ' if first else ",\n    ") + ",\n    ".join(batch)
-            first = False
-            batch.clear()
-    if batch:
-        yield ('{\n  "changes": [\n    ' if first else ",\n    ") + ",\n    ".join(batch)
-        first = False
-    yield ('{\n  "changes": [],\n' if first else "\n  ],\n") + rest[2:] + "\n"
 
 
 _LINE_BREAK = '},\n    {"action":'
@@ -266,8 +235,9 @@ def write_plan(
     """Seal the plan (plan_id, and signature with a key) and write it atomically;
     return the path written.
 
-    The changes are encoded once, for the hash and the file alike (the same text as
-    :func:`file_chunks`). The file is written to a temporary file in the same folder,
+    The changes are encoded once, for the hash and the file alike: ``changes`` first,
+    one canonical change per line, then the rest of the plan object pretty-printed
+    (indent 2, sorted keys). The file is written to a temporary file in the same folder,
     synced and renamed: a failure at any point leaves no file (and an existing file
     untouched).
 
