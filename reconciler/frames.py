@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Iterable
 import polars as pl
 
 from . import layout as L
-from .desired import PLAIN_KEY, SKIPPED_EXAMPLES, DesiredState, MediaRow, ModelRow, PostRow, quote_key, url_base
+from .desired import PLAIN_KEY, SKIPPED_EXAMPLES, DesiredState, MediaRow, ModelRow, PostRow, media_url, quote_key, url_base
 from .shards import Shard
 
 if TYPE_CHECKING:
@@ -243,7 +243,6 @@ def desired_of(items: pl.DataFrame, cdn_base_url: str) -> DesiredFrames:
     """The desired rows of classified items (``ITEMS_SCHEMA``): whole models, as a
     batch holds them."""
     state = DesiredFrames()
-    base = url_base(cdn_base_url)
 
     # Models: "the first such key (sorted) wins"; the thumbnail falls back to the first
     # post image; post_count counts the posts.
@@ -259,7 +258,7 @@ def desired_of(items: pl.DataFrame, cdn_base_url: str) -> DesiredFrames:
     )
 
     def url(key: str | None) -> str | None:
-        return None if key is None else base + quote_key(key)
+        return None if key is None else media_url(cdn_base_url, key)
 
     for name, image, post_image, icon, banner, post_count in sorted(per_model.iter_rows()):
         state.models[name] = ModelRow(
@@ -273,7 +272,7 @@ def desired_of(items: pl.DataFrame, cdn_base_url: str) -> DesiredFrames:
     state.media = media.select(
         pl.col("key").alias("s3_key"),
         (pl.col("model") + "/" + pl.col("post_folder")).alias("post"),
-        _urls(media["key"], base),
+        _urls(media["key"], url_base(cdn_base_url)),
         "type", "size_bytes", "etag",
     )
     del media
