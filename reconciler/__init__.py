@@ -20,31 +20,57 @@ Without a database or a bucket, from rows in memory::
     result.changes                       # creates of Alice, Alice/Beach and its image
 """
 
-from .version import __version__
-from .config import Settings, load_settings
-from .errors import ReconcilerError
-from .layout import Layout, ObjectInfo
-from .frames import build_desired_frames
-from .engine import plan_from_rows
-from .planfile import Plan, load_plan, write_plan
-from .commands import apply, history, init, make_plan, plan, rollback
+import importlib
+import sys
+import types
 
-__all__ = [
-    "__version__",
-    "Settings",
-    "load_settings",
-    "ReconcilerError",
-    "Layout",
-    "ObjectInfo",
-    "build_desired_frames",
-    "plan_from_rows",
-    "Plan",
-    "load_plan",
-    "write_plan",
-    "apply",
-    "history",
-    "init",
-    "make_plan",
-    "plan",
-    "rollback",
-]
+from .version import __version__
+
+# The library's names, each imported from its module on first use (PEP 562): the pure
+# core (``import reconciler.layout``, ``diff``, ``safety``, ``events``…) loads neither
+# the database driver, peewee, Polars nor boto3, and ``reconciler --help`` stays quick.
+_LAZY = {
+    "Settings": "config",
+    "load_settings": "config",
+    "ReconcilerError": "errors",
+    "Layout": "layout",
+    "ObjectInfo": "layout",
+    "build_desired_frames": "frames",
+    "plan_from_rows": "engine",
+    "Plan": "planfile",
+    "load_plan": "planfile",
+    "write_plan": "planfile",
+    "apply": "commands",
+    "history": "commands",
+    "init": "commands",
+    "make_plan": "commands",
+    "plan": "commands",
+    "rollback": "commands",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value) -> None:
+        # Importing the submodule reconciler.apply binds it here, by the name that the
+        # library gives its apply() function: the function keeps the name, as it did
+        # when this package imported everything up front.
+        if name == "apply" and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -482,26 +482,6 @@ class PlanFileCopy:
         self.parts = []
 
 
-class _BinaryCopy:
-    """One row of one bytea column in ``COPY``'s binary format, as a file to read."""
-
-    def __init__(self, data: bytes) -> None:
-        head = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!iihi", 0, 0, 1, len(data))
-        self._parts = [memoryview(head), memoryview(data), memoryview(struct.pack("!h", -1))]
-
-    def read(self, size: int = -1) -> bytes:
-        while self._parts and not len(self._parts[0]):
-            self._parts.pop(0)
-        if not self._parts:
-            return b""
-        part = self._parts[0]
-        n = len(part) if size is None or size < 0 else min(size, len(part))
-        self._parts[0] = part[n:]
-        return bytes(part[:n])
-
-    readline = read
-
-
 # --------------------------------------------------------------------------- SQL
 
 # How each kind's staging rows find their live row by natural key (a move's by its old
@@ -760,31 +740,6 @@ def _touch_models(cur, media_models: list[str] | None = None, media_moves: bool 
 # --------------------------------------------------------------------------- apply
 
 
-def apply_plan(
-    db: Database,
-    plan: Plan,
-    stage: Stage,
-    *,
-    lock_timeout: float = 60.0,
-    limits: Limits = Limits(),
-    progress: Progress = lambda msg: None,
-    actor: str | None = None,
-    plan_file: bytes,
-) -> ApplyResult:
-    """Execute a verified plan exactly: ``plan`` and its changes in ``stage`` come from
-    ``verify_plan(path, keep_changes=False, sink=stage)``, which checked the schema,
-    plan_id and signature; ``plan_file`` is that file, zlib-compressed, stored with the
-    audit entry (:class:`PlanFileCopy` makes it while the file is verified).
-
-    Raises a :class:`ReconcilerError` and changes nothing when any check or
-    statement fails. :func:`apply_file` verifies and stages at once.
-    """
-    return _apply(
-        db, lambda conn: (plan, stage), lock_timeout=lock_timeout, limits=limits, progress=progress, actor=actor,
-        plan_file=lambda: plan_file,
-    )
-
-
 def apply_file(
     db: Database,
     verify: Callable[[Stage], Plan],
@@ -798,10 +753,10 @@ def apply_file(
     """Verify a plan file and apply it: ``verify(sink)`` is ``verify_plan(path,
     keep_changes=False, sink=sink, …)``; its changes stream into the staging tables of
     the apply's transaction while it runs (:class:`StreamStage`). Only then, once the
-    file passed every check, does the apply take its locks and go on as
-    :func:`apply_plan`. A plan that fails verification is refused as such, before any
-    database error the staging met; either way nothing changes. ``plan_file`` compresses
-    the file for the audit entry; its parts are stored as they come, with the changes.
+    file passed every check, does the apply take its locks. A plan that fails
+    verification is refused as such, before any database error the staging met; either
+    way nothing changes. ``plan_file`` compresses the file for the audit entry; its
+    parts are stored as they come, with the changes.
     """
 
     def staged(conn):
@@ -814,11 +769,8 @@ def apply_file(
         stage.finish()
         return plan, stage
 
-    def stored() -> None:
-        plan_file.check()  # refuses a file that changed while it was read
-        return None
-
-    return _apply(db, staged, lock_timeout=lock_timeout, limits=limits, progress=progress, actor=actor, plan_file=stored)
+    return _apply(db, staged, lock_timeout=lock_timeout, limits=limits, progress=progress, actor=actor,
+                  check_file=plan_file.check)
 
 
 def _apply(
@@ -829,9 +781,10 @@ def _apply(
     limits: Limits,
     progress: Progress,
     actor: str | None,
-    plan_file: Callable[[], bytes | None],
+    check_file: Callable[[], None],
 ) -> ApplyResult:
-    """``plan_file()``: the compressed file, or None when it is in rc_plan_file already."""
+    """``check_file()`` refuses a plan file that changed while it was read (its
+    compressed copy is in rc_plan_file by then, stored as the stage streamed)."""
     try:
         with db.transaction() as conn, conn.cursor() as cur:
             # PostgreSQL reads lock_timeout 0 as "wait forever": 0 here means "do not wait".
@@ -844,7 +797,7 @@ def _apply(
             if total == 0:
                 return ApplyResult(None, plan.plan_id, summary, db.display)
             deletes = sum(v["delete"] for v in summary.values())
-            plan_bytes = plan_file()
+            check_file()
             progress("waiting for the apply lock")
             try:
                 cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
@@ -873,12 +826,6 @@ def _apply(
                     f"(at {plan.created_at}); make a new plan and review it"
                 )
             check_delete_limits(deletes, current_rows, limits, when="plan being applied")
-            if plan_bytes is not None:
-                # The file goes in as raw bytes in COPY's binary format: no hex text twice
-                # its size, in the client's memory or for the server to parse. (Streamed, it
-                # is in rc_plan_file already, in parts.)
-                cur.execute(_PLAN_FILE_TABLE)
-                cur.copy_expert("COPY rc_plan_file (data) FROM STDIN (FORMAT binary)", _BinaryCopy(plan_bytes))
             cur.execute(
                 """INSERT INTO reconciler_applies
                      (plan_id, os_user, tool_version, source, scope, summary, plan_created_at, rolls_back, plan_file)

@@ -50,26 +50,15 @@ def scope_clause(models: Sequence[str] | None) -> tuple[str, tuple]:
     return "WHERE m.folder_name = ANY(%s)", ([m for m in models if "\x00" not in m],)
 
 
-# The digest of the managed state in scope, computed by the server: per kind, the row
-# count and the sums of the two halves of each row's md5 (an order-free multiset hash,
-# so no sort), then SHA-256 over the three. It covers exactly the managed columns and
-# natural keys that a plan reads, so hand-set ``status`` and the like never make a plan
-# stale. The server does this on its own core while the listing is being read.
-_HALVES = """count(*), coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint), 0),
-       coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint), 0)"""
-_DIGEST = {
-    "model": f"""SELECT {_HALVES} FROM (
-        SELECT md5(row(m.folder_name, m.thumbnail_url, m.icon_url, m.banner_url, m.post_count)::text) AS h
-        FROM whitelabel_models m {{where}}) d""",
-    "post": f"""SELECT {_HALVES} FROM (
-        SELECT md5(row(m.folder_name, p.folder_name, p.title, p.media_cdns::text)::text) AS h
-        FROM whitelabel_posts p JOIN whitelabel_models m ON m.id = p.whitelabel_model_id {{where}}) d""",
-    "media": f"""SELECT {_HALVES} FROM (
-        SELECT md5(row(x.s3_key, m.folder_name, p.folder_name, x.url, x.type, x.size_bytes, x.etag)::text) AS h
-        FROM whitelabel_media x
-        JOIN whitelabel_posts p ON p.id = x.whitelabel_post_id
-        JOIN whitelabel_models m ON m.id = p.whitelabel_model_id {{where}}) d""",
-}
+# The digest of the managed state in scope: per kind, the row count and the sums of the
+# two halves of each row's md5 (an order-free multiset hash, so no sort), then SHA-256
+# over the three. It covers exactly the managed columns and natural keys that a plan
+# reads, so hand-set ``status`` and the like never make a plan stale. The terms are
+# kept per model by triggers on the content tables (migration 0004, in the transaction
+# of every write, reconciler's or the platform's): a scope's digest is a sum over its
+# models' rows in reconciler_digest, whatever the tables hold, and the server adds them
+# up on its own core while the listing is being read. (tests/test_digest_table.py
+# computes the same from the rows themselves, and checks that the two agree.)
 
 
 @dataclass(frozen=True)
@@ -82,42 +71,28 @@ class StateDigest:
         return sum(self.counts.values())
 
 
-# The same terms, kept per model by triggers on the content tables (migration 0004, in
-# the transaction of every write, reconciler's or the platform's): a scope's digest is a
-# sum over its models' rows in reconciler_digest, whatever the tables hold.
 _KEPT = """SELECT d.kind, sum(d.n)::bigint, sum(d.a), sum(d.b)
 FROM reconciler_digest d JOIN whitelabel_models m ON m.id = d.model_id {where} GROUP BY d.kind"""
 
 
 def state_digest(conn, models: Sequence[str] | None = None) -> StateDigest:
     """The digest and row counts of the managed state in scope, from the per-model terms
-    the triggers keep (``reconciler_digest``): the same value as :func:`scan_digest`,
-    without reading the rows."""
+    the triggers keep (``reconciler_digest``), without reading the rows."""
     where, params = scope_clause(models)
     with conn.cursor() as cur:
         cur.execute(_KEPT.format(where=where), params)
-        terms = {kind: (n, a, b) for kind, n, a, b in cur.fetchall()}
+        return digest_of_terms({kind: (n, a, b) for kind, n, a, b in cur.fetchall()})
+
+
+def digest_of_terms(terms: dict[str, tuple[int, int, int]]) -> StateDigest:
+    """The digest of the terms per kind (row count, the two sums; a kind without rows
+    may be left out)."""
     h = hashlib.sha256()
     counts = {}
     for kind in ("model", "post", "media"):
         n, a, b = terms.get(kind, (0, 0, 0))
         counts[kind] = n
         h.update(f"{kind}:{n}:{a}:{b}\n".encode())
-    return StateDigest(h.hexdigest(), counts)
-
-
-def scan_digest(conn, models: Sequence[str] | None = None) -> StateDigest:
-    """:func:`state_digest` computed from every row in scope (one query per kind): what
-    the kept terms must always equal."""
-    where, params = scope_clause(models)
-    h = hashlib.sha256()
-    counts = {}
-    with conn.cursor() as cur:
-        for kind in ("model", "post", "media"):
-            cur.execute(_DIGEST[kind].format(where=where), params)
-            n, a, b = cur.fetchone()
-            counts[kind] = n
-            h.update(f"{kind}:{n}:{a}:{b}\n".encode())
     return StateDigest(h.hexdigest(), counts)
 
 
@@ -180,12 +155,6 @@ def _copy(conn, sql: str, where: str, params: tuple, path: str) -> None:
     with open(path, "wb") as f, conn.cursor() as cur:
         query = cur.mogrify(sql.format(where=where), params).decode("utf-8")
         cur.copy_expert(f"COPY ({query}) TO STDOUT", f)
-
-
-def copy_media(conn, models: Sequence[str] | None, path: str) -> None:
-    """Write the current media in scope to ``path`` with ``COPY … TO STDOUT`` (text
-    format), in ``conn``'s transaction: no Python object per row."""
-    _copy(conn, _MEDIA, *scope_clause(models), path)
 
 
 def _range_clause(models: Sequence[str] | None, lo: str, hi: str | None) -> tuple[str, tuple]:
@@ -381,19 +350,6 @@ def decode_copied(frame):
         fixed = odd.with_columns(pl.col(c).map_elements(_unescape, return_dtype=pl.String) for c in text)
         frame = frame.with_row_index("_i").update(fixed, on="_i").drop("_i")
     return frame
-
-
-def read_media_frame(conn, models: Sequence[str] | None = None):
-    """The current media in scope as a Polars frame (``s3_key``, ``post``, ``url``,
-    ``type``, ``size_bytes``, ``etag``), through ``COPY`` and a temporary file."""
-    import tempfile
-
-    from .frames import MEDIA_SCHEMA
-
-    with tempfile.TemporaryDirectory(prefix="reconciler-media-") as folder:
-        path = folder + "/media.tsv"
-        copy_media(conn, models, path)
-        return decode_copied(_read_copied(path, MEDIA_SCHEMA))
 
 
 def media_counts(conn, models: Sequence[str] | None = None) -> dict[str, int]:

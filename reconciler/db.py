@@ -429,15 +429,16 @@ def migrate(db: Database) -> list[str]:
 
     Idempotent, and safe to run on a database the platform created: the platform
     tables are created only if missing, and nothing of theirs is dropped or renamed.
+    Refused, before anything is applied, when an applied migration has changed since.
     """
+    files = migration_files()
     try:
         with db.transaction() as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
             cur.execute(_MIGRATIONS_TABLE)
-            cur.execute("SELECT version FROM reconciler_migrations")
-            done = {row[0] for row in cur.fetchall()}
+            done = _check_applied(cur, db, files)
             applied = []
-            for f in migration_files():
+            for f in files:
                 if f.version in done:
                     continue
                 cur.execute(f.sql)
@@ -451,16 +452,36 @@ def migrate(db: Database) -> list[str]:
         raise db.error(e, "cannot initialise the schema") from None
 
 
+def _check_applied(cur, db: Database, files: list[MigrationFile]) -> set[int]:
+    """The versions applied to the database, once each applied migration is shown to be
+    the file shipped now (by its checksum). A file changed after it was applied means
+    the schema is not what this version of the tool was written for: refused, naming the
+    file, rather than worked on."""
+    shipped = {f.version: f for f in files}
+    cur.execute("SELECT version, checksum FROM reconciler_migrations ORDER BY version")
+    applied = cur.fetchall()
+    for version, checksum in applied:
+        f = shipped.get(version)
+        if f is not None and f.checksum != checksum:
+            raise DatabaseError(
+                f"migration {f.name} has changed since it was applied to {db.display} (sha256 {checksum[:12]}… "
+                f"then, {f.checksum[:12]}… now): the schema may not be what this reconciler expects; run the "
+                f"reconciler version that applied it (see \"A changed migration\" in the README's Troubleshooting)"
+            )
+    return {version for version, _ in applied}
+
+
 def check_schema(db: Database) -> None:
-    """Refuse to work on a database that ``reconciler init`` has not brought up to date."""
-    latest = max(f.version for f in migration_files())
+    """Refuse to work on a database that ``reconciler init`` has not brought up to date,
+    or whose applied migrations have changed since."""
+    files = migration_files()
+    latest = max(f.version for f in files)
     try:
         with db.transaction() as conn, conn.cursor() as cur:
             cur.execute("SELECT to_regclass('reconciler_migrations') IS NOT NULL")
             if not cur.fetchone()[0]:
                 raise DatabaseError(f"{db.display} is not initialised; run `reconciler init` first")
-            cur.execute("SELECT coalesce(max(version), 0) FROM reconciler_migrations")
-            current = cur.fetchone()[0]
+            current = max(_check_applied(cur, db, files), default=0)
     except psycopg2.Error as e:
         raise db.error(e, "cannot read the schema version") from None
     if current < latest:

@@ -61,23 +61,25 @@ class DesiredState:
         return self.object_count - sum(self.skipped.values())
 
 
-# Keys made only of these characters need no quoting: skip urllib's per-byte work.
-_PLAIN = re.compile(r"[A-Za-z0-9_.~/-]*\Z").match
+# A media URL is the CDN base without trailing "/", then "/" and the key quoted by
+# urllib.parse.quote(key, safe="/"). PLAIN_KEY matches the keys quote leaves as they
+# are (letters, digits, "_.-~/"): most keys, which skip urllib's per-byte work.
+PLAIN_KEY = r"[A-Za-z0-9_.~/-]*"
+_plain = re.compile(PLAIN_KEY + r"\Z").match
 
 
-def _url_maker(cdn_base_url: str):
-    """``url(full_key)``: the base without trailing ``/``, then ``/`` and the quoted key."""
-    base = cdn_base_url.rstrip("/") + "/"
+def url_base(cdn_base_url: str) -> str:
+    return cdn_base_url.rstrip("/") + "/"
 
-    def url(full_key: str) -> str:
-        return base + (full_key if _PLAIN(full_key) else quote(full_key, safe="/"))
 
-    return url
+def quote_key(key: str) -> str:
+    """A key (or any text) as it stands in a media URL."""
+    return key if _plain(key) else quote(key, safe="/")
 
 
 def media_url(cdn_base_url: str, full_key: str) -> str:
-    """The public URL of an object (the same function the planner uses)."""
-    return _url_maker(cdn_base_url)(full_key)
+    """The public URL of an object."""
+    return url_base(cdn_base_url) + quote_key(full_key)
 
 
 def split_post_key(key: str) -> tuple[str, str]:

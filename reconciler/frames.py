@@ -19,12 +19,11 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable
-from urllib.parse import quote
 
 import polars as pl
 
 from . import layout as L
-from .desired import SKIPPED_EXAMPLES, DesiredState, MediaRow, ModelRow, PostRow, _url_maker
+from .desired import PLAIN_KEY, SKIPPED_EXAMPLES, DesiredState, MediaRow, ModelRow, PostRow, media_url, quote_key, url_base
 from .shards import Shard
 
 if TYPE_CHECKING:
@@ -244,7 +243,6 @@ def desired_of(items: pl.DataFrame, cdn_base_url: str) -> DesiredFrames:
     """The desired rows of classified items (``ITEMS_SCHEMA``): whole models, as a
     batch holds them."""
     state = DesiredFrames()
-    url_of = _url_maker(cdn_base_url)
 
     # Models: "the first such key (sorted) wins"; the thumbnail falls back to the first
     # post image; post_count counts the posts.
@@ -260,7 +258,7 @@ def desired_of(items: pl.DataFrame, cdn_base_url: str) -> DesiredFrames:
     )
 
     def url(key: str | None) -> str | None:
-        return None if key is None else url_of(key)
+        return None if key is None else media_url(cdn_base_url, key)
 
     for name, image, post_image, icon, banner, post_count in sorted(per_model.iter_rows()):
         state.models[name] = ModelRow(
@@ -274,7 +272,7 @@ def desired_of(items: pl.DataFrame, cdn_base_url: str) -> DesiredFrames:
     state.media = media.select(
         pl.col("key").alias("s3_key"),
         (pl.col("model") + "/" + pl.col("post_folder")).alias("post"),
-        _urls(media["key"], url_of("")),
+        _urls(media["key"], url_base(cdn_base_url)),
         "type", "size_bytes", "etag",
     )
     del media
@@ -342,22 +340,15 @@ def _classify_chunk(chunk, place, root, scope, layout, meanings, state, examples
     return frame.filter(pl.col("kind") != SKIP).select(list(ITEMS_SCHEMA))
 
 
-# Characters urllib.parse.quote(key, safe="/") leaves alone.
-_PLAIN = r"^[A-Za-z0-9_.~/-]*$"
-
-
 def _urls(keys: pl.Series, base: str) -> pl.Series:
-    """``base + quote(key, safe="/")``, exactly: every character ``quote`` would
-    escape (found among the keys) is replaced by its escape in one pass."""
-    odd = keys.filter(~keys.str.contains(_PLAIN))
+    """``base + quote_key(key)`` for a column of keys, exactly: every character that
+    :func:`~reconciler.desired.quote_key` escapes (found among the keys) is replaced by
+    its escape in one pass."""
+    odd = keys.filter(~keys.str.contains(f"^{PLAIN_KEY}$"))
     if odd.is_empty():
         return (base + keys).alias("url")
-    chars = sorted(set("".join(odd.to_list())) - _SAFE)
-    escaped = keys.str.replace_many(chars, [quote(c, safe="") for c in chars])
-    return (base + escaped).alias("url")
-
-
-_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
+    escapes = {c: e for c in sorted(set("".join(odd.to_list()))) if (e := quote_key(c)) != c}
+    return (base + keys.str.replace_many(list(escapes), list(escapes.values()))).alias("url")
 
 
 def _skip_undecodable(bad, root, scope, layout, state, examples) -> None:

