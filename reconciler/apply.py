@@ -4,8 +4,8 @@ Order (DESIGN.md, "Apply"): the file is verified first (schema, plan_id, signatu
 :func:`reconciler.planfile.verify_plan`, which hands the changes to a :class:`Stage`),
 then, in one transaction: advisory lock (one apply at a time) → table locks that keep
 other writers out until commit → refuse an applied plan → refuse a plan made for
-another database → refuse a stale plan (state digest) → re-check delete limits →
-execute in bulk → audit → commit.
+another database → refuse a stale plan (state digest) → re-check the delete and URL
+limits → execute in bulk → audit → commit.
 
 :func:`apply_file` (what ``reconciler apply`` runs) opens that transaction before
 verifying, to stream the verified changes, and the compressed file for the audit, into
@@ -61,7 +61,7 @@ from .errors import (
     WrongDatabaseError,
 )
 from .planfile import Plan
-from .safety import Limits, check_delete_limits
+from .safety import Limits, check_delete_limits, check_url_rewrites
 
 Progress = Callable[[str], None]
 
@@ -819,13 +819,21 @@ def _apply(
             check_database_identity(conn, plan, db.display)
             progress("checking that the database has not changed since the plan")
             state = state_digest(conn, plan.scope)
-            current_rows = state.rows
             if state.digest != plan.target["state_digest"]:
                 raise StalePlanError(
                     "the plan is stale: the database changed since the plan was made "
                     f"(at {plan.created_at}); make a new plan and review it"
                 )
-            check_delete_limits(deletes, current_rows, limits, when="plan being applied")
+            progress(f"staging {total} changes")
+            stage.load(cur)
+            # The default guards watch for a listing that missed objects and a wrong
+            # cdn_base_url; a rollback is made from the audit log, so only set limits apply.
+            defaults = plan.extra.get("kind") != "rollback"
+            when = "plan being applied"
+            check_delete_limits(deletes, state.rows, limits, when=when, defaults=defaults)
+            if summary["media"]["update"]:
+                cur.execute("SELECT count(*) FROM rc_stage_media WHERE action = 'update' AND 'url' = ANY(fields)")
+                check_url_rewrites(cur.fetchone()[0], state.counts["media"], limits, when=when, defaults=defaults)
             cur.execute(
                 """INSERT INTO reconciler_applies
                      (plan_id, os_user, tool_version, source, scope, summary, plan_created_at, rolls_back, plan_file)
@@ -843,8 +851,6 @@ def _apply(
                 ),
             )
             apply_id = cur.fetchone()[0]
-            progress(f"staging {total} changes")
-            stage.load(cur)
             for kind in ("model", "post", "media"):
                 counts = summary[kind]
                 _resolve(cur, kind, counts["update"] + counts.get("move", 0) + counts["delete"])

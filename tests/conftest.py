@@ -17,6 +17,7 @@ import tempfile
 import unicodedata
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
@@ -31,11 +32,14 @@ from reconciler.db import migrate, open_database
 from reconciler.desired import DesiredState
 from reconciler.diff import full_image
 
+# Machine speed is no test's fault: on a busy 2-core machine an example, or generating
+# one, takes as long as it takes (no deadline, no too_slow). The other health checks
+# hold everywhere; a test that needs the database per example uses fresh_example.
 hsettings.register_profile(
     "default",
     deadline=None,
     max_examples=40,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    suppress_health_check=[HealthCheck.too_slow],
 )
 hsettings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
@@ -184,26 +188,67 @@ def admin_exec(admin_url: str, sql: str) -> None:
         conn.close()
 
 
+@contextlib.contextmanager
+def new_database(admin_url: str, *, schema: bool) -> Iterator[str]:
+    """A new database of its own (with the schema applied, as ``reconciler init`` does,
+    when ``schema``), dropped at the end."""
+    name = "rt_" + uuid.uuid4().hex[:16]
+    admin_exec(admin_url, f'CREATE DATABASE "{name}"')
+    try:
+        url = with_dbname(admin_url, name)
+        if schema:
+            with open_database(url) as db:
+                migrate(db)
+        yield url
+    finally:
+        admin_exec(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def empty_database_url(pg_admin_url):
     """A fresh, empty database (no schema)."""
-    name = "rt_" + uuid.uuid4().hex[:16]
-    admin_exec(pg_admin_url, f'CREATE DATABASE "{name}"')
-    yield with_dbname(pg_admin_url, name)
-    admin_exec(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_database(pg_admin_url, schema=False) as url:
+        yield url
 
 
 @pytest.fixture
-def database_url(empty_database_url):
+def database_url(pg_admin_url):
     """A fresh database with the schema applied (``reconciler init``)."""
-    with open_database(empty_database_url) as db:
-        migrate(db)
-    return empty_database_url
+    with new_database(pg_admin_url, schema=True) as url:
+        yield url
 
 
-@pytest.fixture
-def sql(database_url):
-    """Run SQL on the test database: ``sql("SELECT …", params)`` returns all rows."""
+@pytest.fixture(scope="module")
+def examples_database_url(pg_admin_url):
+    """A database with the schema applied for a module's property tests. Hypothesis runs
+    every example of a test in one call of it, so a function-scoped fixture would hand
+    each example what the one before left there: an example takes this database through
+    :func:`fresh_example` instead."""
+    with new_database(pg_admin_url, schema=True) as url:
+        yield url
+
+
+@dataclass
+class Example:
+    """What one hypothesis example works with: settings of its own (the guards of a
+    listing lifted, since examples delete and rewrite at will), an emptied database, a
+    new folder."""
+
+    settings: Settings
+    tmp_path: Path
+
+
+@contextlib.contextmanager
+def fresh_example(database_url: str, tmp_path_factory) -> Iterator[Example]:
+    reset_content(database_url)
+    settings = Settings(database=database_url, cdn_base_url=CDN, allow_empty_source=True, max_delete_percent=100,
+                        max_url_rewrite_percent=100)
+    yield Example(settings, tmp_path_factory.mktemp("example"))
+
+
+@contextlib.contextmanager
+def sql_on(database_url: str):
+    """``run("SELECT …", params)`` on a connection of its own (autocommit) → all rows."""
     conn = psycopg2.connect(database_url)
     conn.autocommit = True
 
@@ -212,8 +257,17 @@ def sql(database_url):
             cur.execute(statement, params)
             return cur.fetchall() if cur.description else None
 
-    yield run
-    conn.close()
+    try:
+        yield run
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def sql(database_url):
+    """Run SQL on the test database: ``sql("SELECT …", params)`` returns all rows."""
+    with sql_on(database_url) as run:
+        yield run
 
 
 def reset_content(database_url: str) -> None:

@@ -14,6 +14,7 @@ from reconciler.current import StateDigest, digest_of_terms, scope_clause, state
 from reconciler.db import migrate, open_database
 from reconciler.errors import StalePlanError
 
+from .conftest import fresh_example, sql_on
 from .test_apply import STUDIO, apply_files, renamed
 
 
@@ -91,12 +92,12 @@ STATEMENTS = [
 
 @hsettings(max_examples=25)
 @given(st.lists(st.sampled_from(range(len(STATEMENTS))), max_size=8))
-def test_kept_digest_equals_the_scan_after_platform_writes(settings, database_url, sql, tmp_path_factory, picks):
-    sql("TRUNCATE whitelabel_media, whitelabel_posts, whitelabel_models, reconciler_changes, reconciler_applies CASCADE")
-    apply_files(settings, tmp_path_factory.mktemp("p"), STUDIO, "p0.json")
-    for i in picks:
-        sql(STATEMENTS[i])
-        assert_kept_equals_scan(database_url)
+def test_kept_digest_equals_the_scan_after_platform_writes(examples_database_url, tmp_path_factory, picks):
+    with fresh_example(examples_database_url, tmp_path_factory) as example, sql_on(examples_database_url) as sql:
+        apply_files(example.settings, example.tmp_path, STUDIO, "p0.json")
+        for i in picks:
+            sql(STATEMENTS[i])
+            assert_kept_equals_scan(examples_database_url)
 
 
 def test_kept_digest_follows_applies_moves_and_rollbacks(settings, database_url, sql, tmp_path):
