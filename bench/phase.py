@@ -86,7 +86,7 @@ def phase_plan(args) -> dict:
     }
 
 
-# The progress messages of commands.apply / apply_plan, by first word, and what runs
+# The progress messages of commands.apply, by first word, and what runs
 # until the next one (the library is the clock; nothing of it is wrapped).
 _APPLY_STAGES = {
     "verifying": "verify_plan+connect",

@@ -1,7 +1,8 @@
 """Command line: parse arguments, call a library function, print the result.
 
 Results go to stdout; progress goes to stderr only when it is a terminal (and not with
-``--quiet``). Any failure is one line ``error: …`` on stderr and exit code 1; the
+``--quiet``); a warning (a plan that deletes rows) goes to stderr, terminal or not,
+unless ``--quiet``. Any failure is one line ``error: …`` on stderr and exit code 1; the
 traceback only with ``--debug``.
 """
 
@@ -52,7 +53,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--catalogue", metavar="NAME|FILE", default=S,
                    help="the catalogue: a shipped one's name (creators, product-images) or a spec file "
                         "(env RECONCILER_CATALOGUE, config catalogue:; default creators)")
-    g.add_argument("--quiet", "-q", action="store_true", default=S, help="no progress on stderr")
+    g.add_argument("--quiet", "-q", action="store_true", default=S, help="no progress or warnings on stderr")
     g.add_argument("--debug", action="store_true", default=S, help="show tracebacks of errors")
 
 
@@ -89,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sign", action="store_true", help=f"sign the plan with the key in {SIGNING_KEY_ENV}")
     p.add_argument("--allow-empty-source", action="store_true", default=None, help="allow a plan from an empty listing")
     p.add_argument("--max-delete", metavar="N", type=_nonneg_int, help="refuse a plan that deletes more than N rows")
-    p.add_argument("--max-delete-percent", metavar="P", type=_percent, help="refuse deleting more than P%% of rows in scope")
+    p.add_argument("--max-delete-percent", metavar="P", type=_percent,
+                   help="refuse deleting more than P%% of the rows in scope (default 50 from 20 rows; 100: no limit)")
+    p.add_argument("--max-url-rewrite-percent", metavar="P", type=_percent,
+                   help="refuse giving more than P%% of the media rows in scope a new URL (default 50 from 20 rows; "
+                        "100: no limit)")
     p.add_argument("--no-moves", dest="detect_moves", action="store_false", default=None,
                    help="plan renamed folders as delete + create, not as moves (config plan.detect_moves)")
     p.add_argument("--shard", metavar="K/N", type=_shard,
@@ -183,8 +188,8 @@ def _percent(text: str) -> float:
 
 def _settings(args: argparse.Namespace) -> Settings:
     names = ("source", "database", "state_dir", "cdn_base_url", "endpoint_url", "config", "allow_empty_source",
-             "max_delete", "max_delete_percent", "lock_timeout", "require_signature", "detect_moves",
-             "inventory", "max_inventory_age", "catalogue")
+             "max_delete", "max_delete_percent", "max_url_rewrite_percent", "lock_timeout", "require_signature",
+             "detect_moves", "inventory", "max_inventory_age", "catalogue")
     return load_settings({n: getattr(args, n, None) for n in names})
 
 
@@ -272,6 +277,10 @@ def cmd_plan(args, settings: Settings) -> int:
     else:
         print(f"Plan {p.plan_id[:12]} with {n} change(s) written to {path}.")
         print(f"Review it with `reconciler show {path}`, then apply it with `reconciler apply {path}`.")
+    warning = render.deletion_warning(p)
+    if warning and not getattr(args, "quiet", False):
+        # A warning, not progress: printed whether or not stderr is a terminal (CI logs keep it).
+        print(f"warning: {warning}; review them with `reconciler show {path}` before applying", file=sys.stderr)
     if args.detailed_exitcode:
         return Exit.CHANGES if n else Exit.OK
     return Exit.OK

@@ -16,9 +16,9 @@ import psycopg2
 
 from . import audit
 from .execute import ApplyResult, PlanFileCopy, apply_file
-from .config import Settings
+from .config import Settings, check_url
 from .current import RangeCopies, database_identity, read_known, top_keys
-from .db import check_schema, migrate, open_database, redact_url
+from .db import Database, check_schema, migrate, open_database, redact_url
 from .diff import summarize
 from .engine import Current, plan_changes
 from .frames import classify_listing
@@ -26,7 +26,7 @@ from .errors import ConfigError, ReconcilerError
 from .install import InstallReport
 from .objects import ObjectInfo
 from .planfile import Plan, verify_plan, write_plan
-from .safety import check_delete_limits, check_empty_source
+from .safety import check_delete_limits, check_empty_source, check_url_rewrites, url_rewrites
 from .shards import Shard
 from .sources import Source, open_source
 from .spill import Spill
@@ -43,8 +43,19 @@ def _quiet(msg: str) -> None:
 def init(settings: Settings) -> tuple[list[str], InstallReport]:
     """Create or upgrade the schema and install the catalogue (idempotent): return the
     migrations applied and what was done to the catalogue's tables."""
-    with open_database(settings.database, settings.state_dir, create=True) as db:
+    with _database(settings, create=True) as db:
         return migrate(db, settings.catalogue)
+
+
+@contextlib.contextmanager
+def _database(settings: Settings, *, create: bool = False) -> Iterator[Database]:
+    """The catalogue database, named in plans and messages as the user knows it:
+    ``settings.database_display`` when set (``serve`` reaches the embedded default by
+    its socket URL, and its plans still name it as the command line's do)."""
+    with open_database(settings.database, settings.state_dir, create=create) as db:
+        if settings.database_display:
+            db.display = settings.database_display
+        yield db
 
 
 def make_plan(
@@ -90,13 +101,16 @@ def make_plan(
     def shard_scope(conn) -> list[str]:
         in_shard[:] = _models_in_shard(conn, settings.catalogue, shard)
         return in_shard
-    cdn_base_url = settings.cdn_base_url or default_cdn_base_url(settings, source)
+    # Settings read from flags, environment and file were checked; these may be a caller's own.
+    cdn_base_url = check_url(
+        settings.cdn_base_url or default_cdn_base_url(settings, source), "cdn_base_url", schemes=("https", "http", "file")
+    )
     if sign and not settings.signing_key:
         raise ConfigError("--sign needs the signing key in RECONCILER_SIGNING_KEY")
     catalogue = settings.catalogue
     batch_rows = batch_rows or settings.batch_rows
     spill = Spill(batch_rows)
-    with open_database(settings.database, settings.state_dir) as db:
+    with _database(settings) as db:
         check_schema(db, catalogue)
         try:
             digest_scope = shard_scope if shard is not None else scope
@@ -142,6 +156,9 @@ def make_plan(
     check_empty_source(recognised, current_rows, scope, settings.allow_empty_source)
     deletes = sum(counts["delete"] for counts in summarize(result.changes).values())
     check_delete_limits(deletes, current_rows, settings.limits)
+    rewrites, holding = url_rewrites(result.changes, catalogue)
+    check_url_rewrites(rewrites, sum(result.current_counts[k] for k in holding), settings.limits, base=cdn_base_url,
+                       what="/".join(holding))
     extra = {}
     source_extra = {"inventory": inventory.to_dict()} if inventory is not None else {}
     target_extra = {"shard": str(shard)} if shard is not None else {}
@@ -312,7 +329,7 @@ def apply(
             # The database is opened first (here, not in a thread: the embedded server
             # starts in this one), so that the changes stream into it as they are verified.
             try:
-                db = stack.enter_context(open_database(settings.database, settings.state_dir))
+                db = stack.enter_context(_database(settings))
                 check_schema(db, settings.catalogue)
             except ReconcilerError:
                 verify(sink=None)  # a plan that fails verification is refused as such first
@@ -342,7 +359,7 @@ def database_url(settings: Settings) -> Iterator[str]:
 
 def history(settings: Settings, limit: int | None = 20) -> list[audit.HistoryEntry]:
     """The newest ``limit`` applies, newest first; ``None`` (the CLI's ``--limit 0``): all."""
-    with open_database(settings.database, settings.state_dir) as db:
+    with _database(settings) as db:
         check_schema(db, settings.catalogue)
         return audit.history(db, limit)
 
@@ -359,7 +376,7 @@ def write_rollback(settings: Settings, apply_id: int, output: str | None = None)
     """The inverse plan of an apply, written to ``output`` or, without one, to
     ``settings.plans_dir`` as ``rollback-<apply id>-<UTC time>-<short plan id>.json``
     (never replacing a file); return it and the path."""
-    with open_database(settings.database, settings.state_dir) as db:
+    with _database(settings) as db:
         check_schema(db, settings.catalogue)
         p = audit.rollback_plan(db, settings.catalogue, apply_id)
     if output:

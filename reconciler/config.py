@@ -9,13 +9,16 @@ never printed.)
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from .catalogue import Catalogue
 from .errors import ConfigError
@@ -83,7 +86,8 @@ class Settings:
     catalogue: Catalogue = field(default_factory=lambda: default_catalogue())
     allow_empty_source: bool = False
     max_delete: int | None = None
-    max_delete_percent: float | None = None
+    max_delete_percent: float | None = None  # None: the default guard (see reconciler.safety)
+    max_url_rewrite_percent: float | None = None  # None: the default guard
     require_signature: bool = False
     lock_timeout: float = 60.0
     plans_dir: str = "plans"
@@ -91,14 +95,92 @@ class Settings:
     batch_rows: int = BATCH_ROWS  # objects (or current media rows) planned at a time (plan.batch_rows)
     inventory: str | None = None  # an S3 Inventory report instead of listing (--inventory, source.inventory)
     max_inventory_age: float = 48 * 3600.0  # seconds (--max-inventory-age, source.max_inventory_age)
+    # How plans and messages name the database, when ``database`` is not what the user
+    # configured: ``serve`` resolves the embedded default to its socket URL.
+    database_display: str | None = None
 
     @property
     def limits(self) -> Limits:
-        return Limits(self.max_delete, self.max_delete_percent)
+        return Limits(self.max_delete, self.max_delete_percent, self.max_url_rewrite_percent)
 
     @property
     def signing_key(self) -> str | None:
         return os.environ.get(SIGNING_KEY_ENV) or None
+
+
+# The settings that are URLs: (name, config key, schemes). A base of media URLs may be a
+# folder's file:// URL (the default of a folder source is one).
+_URL_SETTINGS = (
+    ("cdn_base_url", "cdn_base_url", ("https", "http", "file")),
+    ("endpoint_url", "source.endpoint_url", ("https", "http")),
+)
+# A host name as botocore accepts one: dot-separated labels of letters, digits and '-'.
+_HOST_NAME = re.compile(r"^((?!-)[a-z\d-]{1,63}(?<!-)\.)*((?!-)[a-z\d-]{1,63}(?<!-))\.?$", re.I)
+
+
+def check_url(value: str, where: str, *, schemes: tuple[str, ...]) -> str:
+    """``value``, if it is an absolute URL of one of ``schemes`` with a valid host
+    (``file``: a path); else a ConfigError that names ``where`` the value was given (a
+    flag, a variable, a config key) and what to write.
+
+    Checked when the settings are read: a base URL without its scheme would otherwise
+    be written into every media URL of the catalogue, and an endpoint without one fails
+    deep inside boto3. The value is shown without a user name or password."""
+    said = f"{where} {_without_userinfo(value)!r}"
+    form = f"{schemes[0]}://HOST[:PORT][/PATH]"
+    if any(c.isspace() or not c.isprintable() for c in value):  # urlsplit drops tabs and newlines silently
+        raise ConfigError(f"{said} holds spaces or control characters; write the URL without them")
+    if "://" not in value:
+        examples = " or ".join(f"{s}://{value}" for s in schemes if s != "file")
+        raise ConfigError(f"{said} is not a URL: write it with its scheme, e.g. {examples}")
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+    except ValueError:  # a bracketed host that is no IPv6 address
+        raise ConfigError(f"{said} is not a valid URL; write {form}") from None
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or past 65535
+        port = 0
+    scheme = parts.scheme.lower()
+    if scheme not in schemes:
+        raise ConfigError(f"{said} must start with " + " or ".join(f"{s}://" for s in schemes))
+    if "@" in parts.netloc:
+        raise ConfigError(f"{said} must not hold a user name or password; remove them from the URL")
+    if parts.query or parts.fragment or value.endswith(("?", "#")):
+        raise ConfigError(f"{said} must not have a query (?…) or a fragment (#…); remove it")
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ConfigError(f"{said} must be file:///ABSOLUTE/PATH")
+        return value
+    if not host:
+        raise ConfigError(f"{said} names no host; write {form}")
+    if port == 0 or parts.netloc.endswith(":"):
+        raise ConfigError(f"{said} has an invalid port; write HOST:PORT with a PORT from 1 to 65535")
+    bracketed = parts.netloc.startswith("[")
+    if bracketed and not re.fullmatch(r"\[[^\]]+\](:\d+)?", parts.netloc):
+        raise ConfigError(f"{said} is not a valid URL; write {form}")
+    if not (_is_ip(host) if bracketed else _HOST_NAME.match(host) or _is_ip(host)):
+        raise ConfigError(f"{said} has an invalid host name {host!r} (write a non-ASCII name in its xn-- form)")
+    return value
+
+
+def _without_userinfo(url: str) -> str:
+    """``url`` with anything before an ``@`` after its scheme (a user name, a password)
+    shown as ``***``; done on the text, since such a URL need not parse."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if not sep or "@" not in authority:
+        return url
+    return f"{scheme}://***@{authority.rpartition('@')[2]}{slash}{path}"
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @lru_cache(maxsize=1)
@@ -195,11 +277,15 @@ def load_settings(
     data = read_config_file(path) if path else {}
     src, dbc, lay, safe = (data.get(k) or {} for k in ("source", "database", "layout", "safety"))
 
+    given_by: dict[str, str] = {}  # a flag's or a variable's name, for the settings checked below
+
     def pick(name: str, file_value, default=None):
         if name in flags:
+            given_by[name] = "--" + name.replace("_", "-")
             return flags[name]
         for var in _ENV_ALSO.get(name, (ENV.get(name),)):
             if var and env.get(var):
+                given_by[name] = var
                 return env[var]
         return file_value if file_value is not None else default
 
@@ -216,6 +302,7 @@ def load_settings(
         allow_empty_source=bool(pick("allow_empty_source", safe.get("allow_empty_source"), False)),
         max_delete=pick("max_delete", safe.get("max_delete")),
         max_delete_percent=pick("max_delete_percent", safe.get("max_delete_percent")),
+        max_url_rewrite_percent=pick("max_url_rewrite_percent", safe.get("max_url_rewrite_percent")),
         require_signature=bool(pick("require_signature", safe.get("require_signature"), False)),
         lock_timeout=float(pick("lock_timeout", (data.get("apply") or {}).get("lock_timeout"), 60.0)),
         plans_dir=pick("plans_dir", data.get("plans_dir"), "plans"),
@@ -223,6 +310,10 @@ def load_settings(
         batch_rows=int(pick("batch_rows", (data.get("plan") or {}).get("batch_rows"), BATCH_ROWS)),
         inventory=pick("inventory", src.get("inventory")),
     )
+    for name, key, schemes in _URL_SETTINGS:
+        value = getattr(s, name)
+        if value:
+            check_url(value, given_by.get(name) or f"config file {path}: {key}", schemes=schemes)
     age = pick("max_inventory_age", src.get("max_inventory_age"))
     if age is not None:
         from .inventory import parse_duration

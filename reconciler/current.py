@@ -6,7 +6,7 @@ each owned entity's rows with their plan keys, their top row's key and their fie
 ranges of top keys, by ``COPY`` (no Python object per row); the plan keys of the
 platform's rows, for lookups; and the state digest, from the terms the triggers keep per
 anchor row (:func:`state_digest`), which equals the digest of a full scan
-(:func:`scan_digest`).
+(:func:`reconciler.catalogue.sql.scan_digest_sql`; tests/test_digest_table.py holds the two together).
 """
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from .catalogue import Catalogue
-from .catalogue.sql import counts_sql, current_select, kept_digest_sql, known_select, range_sql, scan_digest_sql, \
-    scan_query, scope_sql, where
+from .catalogue.sql import counts_sql, current_select, kept_digest_sql, known_select, range_sql, scope_sql, where
 
 
 @dataclass(frozen=True)
@@ -34,7 +33,9 @@ class StateDigest:
         return sum(self.counts.values())
 
 
-def _digest(kinds: Sequence[str], terms: dict) -> StateDigest:
+def digest_of_terms(kinds: Sequence[str], terms: dict) -> StateDigest:
+    """The digest of the terms per kind (row count, the two sums; a kind without rows
+    may be left out), kinds in the catalogue's order."""
     h = hashlib.sha256()
     counts = {}
     for kind in kinds:
@@ -46,8 +47,9 @@ def _digest(kinds: Sequence[str], terms: dict) -> StateDigest:
 
 def state_digest(conn, catalogue: Catalogue, scope: Sequence[str] | None = None) -> StateDigest:
     """The digest and row counts of the managed state in scope, from the terms the
-    triggers keep (``reconciler_digest``): the same value as :func:`scan_digest`,
-    without reading the rows."""
+    triggers keep (``reconciler_digest``), without reading the rows (the terms of a
+    full scan, :func:`reconciler.catalogue.sql.scan_digest_sql`, are what they must
+    always equal: tests/test_digest_table.py)."""
     terms: dict = {}
     with conn.cursor() as cur:
         for sql, query, kinds in kept_digest_sql(catalogue):
@@ -55,20 +57,7 @@ def state_digest(conn, catalogue: Catalogue, scope: Sequence[str] | None = None)
             cur.execute(sql.format(where=where([condition, *kinds])), params)
             for kind, n, a, b in cur.fetchall():
                 terms[kind] = (n, a, b)
-    return _digest(catalogue.kinds, terms)
-
-
-def scan_digest(conn, catalogue: Catalogue, scope: Sequence[str] | None = None) -> StateDigest:
-    """:func:`state_digest` computed from every row in scope (one query per kind): what
-    the kept terms must always equal."""
-    terms = {}
-    with conn.cursor() as cur:
-        for kind in catalogue.kinds:
-            query = scan_query(catalogue, kind)
-            condition, params = scope_sql(query, scope)
-            cur.execute(scan_digest_sql(catalogue, kind).format(where=where([condition])), params)
-            terms[kind] = cur.fetchone()
-    return _digest(catalogue.kinds, terms)
+    return digest_of_terms(catalogue.kinds, terms)
 
 
 def top_counts(conn, catalogue: Catalogue, scope: Sequence[str] | None = None) -> dict[str, int]:

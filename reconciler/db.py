@@ -441,15 +441,16 @@ def migrate(db: Database, catalogue):
 
     Idempotent, and safe to run on a database the platform created: the platform's
     tables are adopted as they are, and nothing of theirs is dropped or renamed.
+    Refused, before anything is applied, when an applied migration has changed since.
     """
     from .install import install
 
+    files = migration_files()
     try:
         with db.transaction() as conn, conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
             cur.execute(_MIGRATIONS_TABLE)
-            cur.execute("SELECT version FROM reconciler_migrations")
-            done = {row[0] for row in cur.fetchall()}
+            done = _check_applied(cur, db, files)
             applied = []
             for f in applicable(catalogue):
                 if f.version in done:
@@ -466,20 +467,38 @@ def migrate(db: Database, catalogue):
         raise db.error(e, "cannot initialise the schema") from None
 
 
+def _check_applied(cur, db: Database, files: list[MigrationFile]) -> set[int]:
+    """The versions applied to the database, once each applied migration is shown to be
+    the file shipped now (by its checksum). A file changed after it was applied means
+    the schema is not what this version of the tool was written for: refused, naming the
+    file, rather than worked on."""
+    shipped = {f.version: f for f in files}
+    cur.execute("SELECT version, checksum FROM reconciler_migrations ORDER BY version")
+    applied = cur.fetchall()
+    for version, checksum in applied:
+        f = shipped.get(version)
+        if f is not None and f.checksum != checksum:
+            raise DatabaseError(
+                f"migration {f.name} has changed since it was applied to {db.display} (sha256 {checksum[:12]}… "
+                f"then, {f.checksum[:12]}… now): the schema may not be what this reconciler expects; run the "
+                f"reconciler version that applied it (see \"A changed migration\" in the README's Troubleshooting)"
+            )
+    return {version for version, _ in applied}
+
+
 def check_schema(db: Database, catalogue) -> None:
     """Refuse to work on a database that ``reconciler init`` has not brought up to date
-    for ``catalogue``."""
+    for ``catalogue``, or whose applied migrations have changed since."""
     from .install import check_installed
 
+    files = migration_files()
     wanted = {f.version for f in applicable(catalogue)}
     try:
         with db.transaction() as conn, conn.cursor() as cur:
             cur.execute("SELECT to_regclass('reconciler_migrations') IS NOT NULL")
             if not cur.fetchone()[0]:
                 raise DatabaseError(f"{db.display} is not initialised; run `reconciler init` first")
-            cur.execute("SELECT version FROM reconciler_migrations")
-            done = {row[0] for row in cur.fetchall()}
-            missing = sorted(wanted - done)
+            missing = sorted(wanted - _check_applied(cur, db, files))
             if missing:
                 raise DatabaseError(f"the schema of {db.display} is behind (migration {missing[0]} of "
                                     f"{max(wanted)} not applied); run `reconciler init`")

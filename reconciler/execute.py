@@ -4,7 +4,7 @@ Order (docs/design.md, "Apply"): the file is verified first (schema, plan_id,
 signature, catalogue: :func:`reconciler.planfile.verify_plan`, which hands the changes
 to a :class:`Stage`), then, in one transaction: advisory lock (one apply at a time) →
 table locks that keep other writers out until commit → refuse an applied plan → refuse
-a plan made for another database → refuse a stale plan (state digest) → re-check delete
+a plan made for another database → refuse a stale plan (state digest) → re-check the delete and URL
 limits → execute in bulk → audit → commit.
 
 :func:`apply_file` (what ``reconciler apply`` runs) opens that transaction before
@@ -64,7 +64,7 @@ from .errors import (
     WrongDatabaseError,
 )
 from .planfile import Plan
-from .safety import Limits, check_delete_limits
+from .safety import Limits, check_delete_limits, check_url_rewrites, url_columns
 from .version import __version__
 
 Progress = Callable[[str], None]
@@ -549,26 +549,6 @@ class PlanFileCopy:
         self.parts = []
 
 
-class _BinaryCopy:
-    """One row of one bytea column in ``COPY``'s binary format, as a file to read."""
-
-    def __init__(self, data: bytes) -> None:
-        head = b"PGCOPY\n\xff\r\n\x00" + struct.pack("!iihi", 0, 0, 1, len(data))
-        self._parts = [memoryview(head), memoryview(data), memoryview(struct.pack("!h", -1))]
-
-    def read(self, size: int = -1) -> bytes:
-        while self._parts and not len(self._parts[0]):
-            self._parts.pop(0)
-        if not self._parts:
-            return b""
-        part = self._parts[0]
-        n = len(part) if size is None or size < 0 else min(size, len(part))
-        self._parts[0] = part[n:]
-        return bytes(part[:n])
-
-    readline = read
-
-
 # --------------------------------------------------------------------------- SQL
 
 
@@ -880,33 +860,6 @@ def _touch(cur, catalogue: Catalogue, layouts: dict[str, StageLayout], stage, su
 # --------------------------------------------------------------------------- apply
 
 
-def apply_plan(
-    db: Database,
-    plan: Plan,
-    stage: Stage,
-    catalogue: Catalogue,
-    *,
-    lock_timeout: float = 60.0,
-    limits: Limits = Limits(),
-    progress: Progress = lambda msg: None,
-    actor: str | None = None,
-    plan_file: bytes,
-) -> ApplyResult:
-    """Execute a verified plan exactly: ``plan`` and its changes in ``stage`` come from
-    ``verify_plan(path, catalogue, keep_changes=False, sink=stage)``, which checked the
-    schema, plan_id, signature and catalogue; ``plan_file`` is that file,
-    zlib-compressed, stored with the audit entry (:class:`PlanFileCopy` makes it while
-    the file is verified).
-
-    Raises a :class:`ReconcilerError` and changes nothing when any check or
-    statement fails. :func:`apply_file` verifies and stages at once.
-    """
-    return _apply(
-        db, catalogue, lambda conn: (plan, stage), lock_timeout=lock_timeout, limits=limits, progress=progress,
-        actor=actor, plan_file=lambda: plan_file,
-    )
-
-
 def apply_file(
     db: Database,
     catalogue: Catalogue,
@@ -921,11 +874,10 @@ def apply_file(
     """Verify a plan file and apply it: ``verify(sink)`` is ``verify_plan(path,
     catalogue, keep_changes=False, sink=sink, …)``; its changes stream into the staging
     tables of the apply's transaction while it runs (:class:`StreamStage`). Only then,
-    once the file passed every check, does the apply take its locks and go on as
-    :func:`apply_plan`. A plan that fails verification is refused as such, before any
-    database error the staging met; either way nothing changes. ``plan_file``
-    compresses the file for the audit entry; its parts are stored as they come, with
-    the changes.
+    once the file passed every check, does the apply take its locks. A plan that fails
+    verification is refused as such, before any database error the staging met; either
+    way nothing changes. ``plan_file`` compresses the file for the audit entry; its
+    parts are stored as they come, with the changes.
     """
 
     def staged(conn):
@@ -938,12 +890,21 @@ def apply_file(
         stage.finish()
         return plan, stage
 
-    def stored() -> None:
-        plan_file.check()  # refuses a file that changed while it was read
-        return None
-
     return _apply(db, catalogue, staged, lock_timeout=lock_timeout, limits=limits, progress=progress, actor=actor,
-                  plan_file=stored)
+                  check_file=plan_file.check)
+
+
+def _url_rewrites(cur, catalogue: Catalogue, layouts: dict, summary: dict, counts: dict) -> tuple[int, int]:
+    """The staged updates that give a row a new URL under the same key, and the rows in
+    scope that hold URLs (see :func:`reconciler.safety.url_rewrites`)."""
+    rewrites = rows = 0
+    for e, columns in url_columns(catalogue).items():
+        rows += counts.get(e, 0)
+        if summary[e]["update"]:
+            named = " OR ".join(f"'{c}' = ANY(fields)" for c in columns)
+            cur.execute(f"SELECT count(*) FROM {layouts[e].table} WHERE action = 'update' AND ({named})")
+            rewrites += cur.fetchone()[0]
+    return rewrites, rows
 
 
 def _lock(cur, catalogue: Catalogue, lock_timeout: float) -> None:
@@ -969,9 +930,10 @@ def _apply(
     limits: Limits,
     progress: Progress,
     actor: str | None,
-    plan_file: Callable[[], bytes | None],
+    check_file: Callable[[], None],
 ) -> ApplyResult:
-    """``plan_file()``: the compressed file, or None when it is in rc_plan_file already."""
+    """``check_file()`` refuses a plan file that changed while it was read (its
+    compressed copy is in rc_plan_file by then, stored as the stage streamed)."""
     try:
         with db.transaction() as conn, conn.cursor() as cur:
             # PostgreSQL reads lock_timeout 0 as "wait forever": 0 here means "do not wait".
@@ -984,7 +946,7 @@ def _apply(
             if total == 0:
                 return ApplyResult(None, plan.plan_id, summary, db.display)
             deletes = sum(v["delete"] for v in summary.values())
-            plan_bytes = plan_file()
+            check_file()
             progress("waiting for the apply lock")
             _lock(cur, catalogue, lock_timeout)
             cur.execute("SELECT id, applied_at FROM reconciler_applies WHERE plan_id = %s", (plan.plan_id,))
@@ -997,19 +959,21 @@ def _apply(
             check_database_identity(conn, plan, db.display)
             progress("checking that the database has not changed since the plan")
             state = state_digest(conn, catalogue, plan.scope)
-            current_rows = state.rows
             if state.digest != plan.target["state_digest"]:
                 raise StalePlanError(
                     "the plan is stale: the database changed since the plan was made "
                     f"(at {plan.created_at}); make a new plan and review it"
                 )
-            check_delete_limits(deletes, current_rows, limits, when="plan being applied")
-            if plan_bytes is not None:
-                # The file goes in as raw bytes in COPY's binary format: no hex text twice
-                # its size, in the client's memory or for the server to parse. (Streamed, it
-                # is in rc_plan_file already, in parts.)
-                cur.execute(_PLAN_FILE_TABLE)
-                cur.copy_expert("COPY rc_plan_file (data) FROM STDIN (FORMAT binary)", _BinaryCopy(plan_bytes))
+            progress(f"staging {total} changes")
+            stage.load(cur)
+            # The default guards watch for a listing that missed objects and a wrong
+            # cdn_base_url; a rollback is made from the audit log, so only set limits apply.
+            defaults = plan.extra.get("kind") != "rollback"
+            when = "plan being applied"
+            check_delete_limits(deletes, state.rows, limits, when=when, defaults=defaults)
+            rewrites, url_rows = _url_rewrites(cur, catalogue, stage.layouts, summary, state.counts)
+            check_url_rewrites(rewrites, url_rows, limits, when=when, defaults=defaults,
+                               what="/".join(url_columns(catalogue)))
             cur.execute(
                 """INSERT INTO reconciler_applies
                      (plan_id, os_user, tool_version, source, scope, summary, plan_created_at, rolls_back, plan_file)
@@ -1027,8 +991,6 @@ def _apply(
                 ),
             )
             apply_id = cur.fetchone()[0]
-            progress(f"staging {total} changes")
-            stage.load(cur)
             layouts = stage.layouts
             kinds = catalogue.kinds
             for kind in kinds:

@@ -27,12 +27,12 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Iterable
-from urllib.parse import quote
 
 import polars as pl
 
 from .catalogue import Catalogue, Entity, read_key
 from .catalogue.descriptor import Source, Template, Value
+from .catalogue.keys import PLAIN_KEY, quote_key, url_base
 from .catalogue.patterns import FileMatcher, Placeholder
 from .objects import ObjectInfo
 from .shards import Shard
@@ -370,20 +370,15 @@ def _uses(catalogue: Catalogue, attr: str) -> bool:
     return attr in names
 
 
-# Characters urllib.parse.quote(key, safe="/") leaves alone.
-_PLAIN = r"^[A-Za-z0-9_.~/-]*$"
-_SAFE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/")
-
-
 def urls(keys: pl.Series, base: str) -> pl.Series:
-    """``base + quote(key, safe="/")``, exactly: every character ``quote`` would
-    escape (found among the keys) is replaced by its escape in one pass."""
-    odd = keys.filter(~keys.str.contains(_PLAIN))
+    """``base + quote_key(key)`` for a column of keys, exactly: every character that
+    :func:`~reconciler.catalogue.keys.quote_key` escapes (found among the keys) is
+    replaced by its escape in one pass."""
+    odd = keys.filter(~keys.str.contains(f"^{PLAIN_KEY}$"))
     if odd.is_empty():
         return (base + keys).alias("_url")
-    chars = sorted(set("".join(odd.to_list())) - _SAFE)
-    escaped = keys.str.replace_many(chars, [quote(c, safe="") for c in chars])
-    return (base + escaped).alias("_url")
+    escapes = {c: e for c in sorted(set("".join(odd.to_list()))) if (e := quote_key(c)) != c}
+    return (base + keys.str.replace_many(list(escapes), list(escapes.values()))).alias("_url")
 
 
 def class_expr(catalogue: Catalogue) -> pl.Expr:
@@ -578,7 +573,7 @@ def desired_of(
                 if keys:
                     held[e.name] = set(keys)
     if _uses(catalogue, "url"):
-        items = items.with_columns(urls(items["key"], cdn_base_url.rstrip("/") + "/"))
+        items = items.with_columns(urls(items["key"], url_base(cdn_base_url)))
     if _uses(catalogue, "class"):
         items = items.with_columns(class_expr(catalogue).alias("_class"))
     if _uses(catalogue, "rel"):

@@ -34,13 +34,13 @@ import json
 import mmap
 import os
 import stat
-import tempfile
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
 from itertools import repeat
-from typing import IO, Callable, Iterable, Iterator, Protocol
+from typing import IO, Callable, Iterator, Protocol
 
 import orjson
 
@@ -194,10 +194,6 @@ def _hash_body(plan: Plan, signing_key: str | None) -> tuple[str, str | None]:
     return h.finish(plan.envelope())
 
 
-def compute_plan_id(plan: Plan) -> str:
-    return _hash_body(plan, None)[0]
-
-
 def _signature_problem(signature: str | None, mac: str | None, signing_key: str | None, required: bool) -> str | None:
     if signature is None:
         if required:
@@ -210,43 +206,19 @@ def _signature_problem(signature: str | None, mac: str | None, signing_key: str 
     return None
 
 
-def check_signature(plan: Plan, signing_key: str | None, required: bool) -> None:
-    """Refuse a badly signed plan; with ``required``, refuse an unsigned one too."""
-    mac = _hash_body(plan, signing_key)[1] if plan.signature and signing_key else None
-    problem = _signature_problem(plan.signature, mac, signing_key, required)
-    if problem:
-        raise SignatureError(problem)
-
-
 # --------------------------------------------------------------------------- writing
-
-
-def file_chunks(plan: Plan, lines: Iterable[str] | None = None) -> Iterator[str]:
-    """The file's text; ``lines`` are the canonical changes (computed when None)."""
-    rest = json.dumps(plan.top(), indent=2, sort_keys=True, ensure_ascii=False)
-    if lines is None:
-        lines = (canonical(c.to_dict()) for c in plan.changes)
-    first = True
-    batch: list[str] = []
-    for line in lines:
-        batch.append(line)
-        if len(batch) >= 2048:
-            yield ('{\n  "changes": [\n    ' if first else ",\n    ") + ",\n    ".join(batch)
-            first = False
-            batch.clear()
-    if batch:
-        yield ('{\n  "changes": [\n    ' if first else ",\n    ") + ",\n    ".join(batch)
-        first = False
-    yield ('{\n  "changes": [],\n' if first else "\n  ],\n") + rest[2:] + "\n"
 
 
 _LINE_BREAK = '},\n    {"action":'
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _new_temporary_file(folder: str) -> tuple[int, str]:
+    """A new, uniquely named file in ``folder``, open for writing. Created with mode
+    0666, which the kernel masks with the umask, as for any file a tool writes: a plan
+    holds no secret and is shared (``mkstemp`` would make it private, 0600), and reading
+    the umask would mean setting it, process-wide, under the server's other threads."""
+    path = os.path.join(folder, f".plan-{uuid.uuid4().hex}.tmp")
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), path
 
 
 def write_plan(
@@ -255,8 +227,9 @@ def write_plan(
     """Seal the plan (plan_id, and signature with a key) and write it atomically;
     return the path written.
 
-    The changes are encoded once, for the hash and the file alike (the same text as
-    :func:`file_chunks`). The file is written to a temporary file in the same folder,
+    The changes are encoded once, for the hash and the file alike: ``changes`` first,
+    one canonical change per line, then the rest of the plan object pretty-printed
+    (indent 2, sorted keys). The file is written to a temporary file in the same folder,
     synced and renamed: a failure at any point leaves no file (and an existing file
     untouched).
 
@@ -269,9 +242,7 @@ def write_plan(
         raise PlanFileError(f"{path} is a folder; give a file name with -o")
     try:
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".plan-", suffix=".tmp", dir=folder)
-        # mkstemp makes the file private (0600); a plan holds no secret and is shared.
-        os.fchmod(fd, 0o666 & ~_umask())
+        fd, tmp = _new_temporary_file(folder)
     except OSError as e:
         raise PlanFileError(f"cannot write {path}: {e.strerror}") from None
     try:

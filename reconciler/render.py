@@ -5,10 +5,10 @@ Pure: takes plans and entries, returns text.
 
 from __future__ import annotations
 
-import html
 import json
+import re
 from collections import defaultdict
-from typing import Iterable
+from typing import Callable, Iterable
 
 from tabulate import tabulate
 
@@ -170,63 +170,92 @@ def summary_table(summary: dict, kinds=None) -> str:
     return tabulate(summary_rows(summary, kinds), headers=["kind", *ACTIONS], tablefmt="simple")
 
 
+Name = Callable[[str], str]  # how a view writes a name or value it did not make (a bucket's, a config's)
+
+
+def _plain(text: str) -> str:
+    return text
+
+
 def _plural(e: Entity) -> str:
     return e.plural.lower()
 
 
-def scope_text(plan: Plan) -> str:
+def scope_text(plan: Plan, name: Name = _plain) -> str:
     """``all models``, ``models A, B``, or ``shard 2/4 (3 models)`` (a shard's list is
     long): in the words of the catalogue's top entity."""
     top = catalogue_of(plan).top
     shard = plan.target.get("shard")
     if shard:
         n = len(plan.scope or ())
-        return f"shard {shard} ({n} {top.name if n == 1 else _plural(top)})"
-    return f"all {_plural(top)}" if plan.scope is None else f"{_plural(top)} " + ", ".join(plan.scope)
+        return f"shard {name(shard)} ({n} {top.name if n == 1 else _plural(top)})"
+    return f"all {_plural(top)}" if plan.scope is None else f"{_plural(top)} " + ", ".join(map(name, plan.scope))
 
 
-def inventory_text(inventory: dict) -> str:
+def inventory_text(inventory: dict, name: Name = _plain) -> str:
     """Where an inventory plan's objects came from, and how old that report was."""
-    fmt = f", {inventory['format']}" if inventory.get("format") else ""
-    return f"S3 Inventory report {inventory.get('manifest')} made {inventory.get('created_at')}{fmt}"
+    fmt = f", {name(inventory['format'])}" if inventory.get("format") else ""
+    return f"S3 Inventory report {name(inventory['manifest'])} made {name(inventory['created_at'])}{fmt}"
 
 
-def plan_header(plan: Plan) -> list[str]:
+def plan_header(plan: Plan, name: Name = _plain) -> list[str]:
+    """The plan's identity, source and target, a line each; ``name`` writes every text
+    that came from the bucket, the config or the file (markdown escapes them; the file's
+    schema holds the rest to numbers, hex and a time)."""
     lines = [
         f"plan {plan.plan_id}",
-        f"made {plan.created_at} by reconciler {plan.tool_version}"
+        f"made {plan.created_at} by reconciler {name(str(plan.tool_version))}"
         + (" (signed)" if plan.signature else "")
         + (f", rolls back apply {plan.extra['rolls_back']}" if plan.extra.get("rolls_back") else ""),
-        f"source: {plan.source.get('url')} ({plan.source.get('object_count', 0)} objects)",
+        f"source: {name(str(plan.source.get('url')))} ({plan.source.get('object_count', 0)} objects)",
     ]
     if plan.source.get("inventory"):
-        lines.append(f"listing: {inventory_text(plan.source['inventory'])}")
+        lines.append(f"listing: {inventory_text(plan.source['inventory'], name)}")
     lines += [
-        f"target: {plan.target.get('database')}, {scope_text(plan)}",
+        f"target: {name(str(plan.target.get('database')))}, {scope_text(plan, name)}",
     ]
     skipped = plan.source.get("skipped") or {}
     if skipped:
-        lines.append("skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())))
+        lines.append("skipped: " + ", ".join(f"{name(k)} {v}" for k, v in sorted(skipped.items())))
     return lines
 
 
-def deletion_note(summary: dict, kinds=None, catalogue: Catalogue | None = None) -> str | None:
-    """``This plan deletes 3 row(s): 1 model, 2 media.``, or None."""
-    kinds = _kinds(summary, kinds)
-    deletes = {k: _count(summary, k, "delete") for k in kinds if _count(summary, k, "delete")}
+def _deleted(summary: dict, kinds=None, catalogue: Catalogue | None = None) -> tuple[int, str] | None:
+    """How many rows the plan deletes, and ``1 model, 2 media``; None without deletions."""
+    deletes = {k: _count(summary, k, "delete") for k in _kinds(summary, kinds) if _count(summary, k, "delete")}
     if not deletes:
         return None
 
     def named(kind: str, n: int) -> str:
-        if n == 1 or catalogue is None:
-            return kind if n == 1 else kind + "s"
+        if n == 1:
+            return kind
         try:
-            return _plural(catalogue.entity(kind))
+            return _plural((catalogue or _default()).entity(kind))
         except KeyError:
             return kind + "s"
 
-    what = ", ".join(f"{n} {named(k, n)}" for k, n in deletes.items())
-    return f"This plan deletes {sum(deletes.values())} row(s): {what}."
+    return sum(deletes.values()), ", ".join(f"{n} {named(k, n)}" for k, n in deletes.items())
+
+
+def _default() -> Catalogue:
+    from .config import default_catalogue
+
+    return default_catalogue()
+
+
+def deletion_note(summary: dict, kinds=None, catalogue: Catalogue | None = None) -> str | None:
+    """``This plan deletes 3 row(s): 1 model, 2 media.``, or None."""
+    deleted = _deleted(summary, kinds, catalogue)
+    return None if deleted is None else f"This plan deletes {deleted[0]} row(s): {deleted[1]}."
+
+
+def deletion_warning(plan: Plan) -> str | None:
+    """``the plan deletes 3 of 40 row(s) in scope: 1 model, 2 media``, or None."""
+    deleted = _deleted(plan.summary, kinds_of(plan), catalogue_of(plan))
+    if deleted is None:
+        return None
+    rows = sum((plan.target.get("current_counts") or {}).values())
+    return f"the plan deletes {deleted[0]} of {rows} row(s) in scope: {deleted[1]}"
 
 
 def table(plan: Plan) -> str:
@@ -305,16 +334,46 @@ def changes_by_model(plan: Plan) -> dict[str, list[Change]]:
 
 
 MD_DETAIL_LINES = 20  # per change; a post's hundred URLs would crowd out every other change
+# What means something to HTML or, inside a line, to GitHub's markdown: tags and
+# entities, escapes, code, emphasis, links and images, table cells, strikethrough, math.
+# Line breaks too (below): a name never starts a line, so "#", "-" or "1." cannot mean
+# anything. (An e-mail address still becomes a link, showing where it goes: GitHub finds
+# those in the text as read, whatever is escaped.)
+_MD_SPECIAL = frozenset("&<>\\`*[]|~$")
+# Special only in some places: "_" where it can open or close emphasis (not inside a
+# word: snake_case stays as it is), and the ":" of "://" and the "." of "www." that
+# GitHub looks for in the text as written to make links.
+_MD_CONTEXT = re.compile(r"(?<![^\W_])_|_(?![^\W_])|:(?=//)|(?<=[wW]{3})\.")
+
+
+def md_text(text: str) -> str:
+    """``text`` as markdown that shows it as it is: each special character written as a
+    numeric character reference (``*`` → ``&#42;``), which reads as the character itself
+    in a paragraph, a table cell (a pipe splits no cell) and an HTML block (``<details>``)
+    alike — where a backslash escape would show. Names and values from the bucket or the
+    plan file go through this: in a pull-request comment a post title is not markup, and
+    a URL in it is no link."""
+    def ref(ch: str) -> str:
+        return f"&#{ord(ch)};"
+
+    text = "".join(ref(ch) if ch in _MD_SPECIAL or not ch.isprintable() else ch for ch in text)
+    return _MD_CONTEXT.sub(lambda m: ref(m.group()), text)
+
+
+def _md_code(text: str) -> str:
+    """A name or value as code, escaped: GitHub mentions no one (``@team``) and links no
+    issue (``#1``) inside it."""
+    return f"<code>{md_text(text)}</code>"
 
 
 def _md_change(c: Change, catalogue: Catalogue) -> str:
-    key = f"<code>{html.escape(c.from_key)}</code> → " if c.action == "move" else ""
-    line = f"- `{SYMBOL[c.action]}` {c.action} {c.kind} {key}<code>{html.escape(c.key)}</code>"
+    key = f"{_md_code(c.from_key)} → " if c.action == "move" else ""
+    line = f"- `{SYMBOL[c.action]}` {c.action} {c.kind} {key}{_md_code(c.key)}"
     details = [d.strip() for d in change_lines(c, width=None, catalogue=catalogue)]
-    shown = details[:MD_DETAIL_LINES]
-    if len(details) > len(shown):
-        shown.append(f"… and {len(details) - len(shown)} more line(s); see the plan file")
-    return "\n".join([line] + [f"  - {html.escape(d, quote=False)}" for d in shown])
+    shown = [_md_code(d) for d in details[:MD_DETAIL_LINES]]
+    if len(details) > MD_DETAIL_LINES:
+        shown.append(f"… and {len(details) - MD_DETAIL_LINES} more line(s); see the plan file")
+    return "\n".join([line] + [f"  - {d}" for d in shown])
 
 
 def markdown(plan: Plan, limit: int = MARKDOWN_LIMIT) -> str:
@@ -323,7 +382,7 @@ def markdown(plan: Plan, limit: int = MARKDOWN_LIMIT) -> str:
     by showing fewer changes per model (every count is always stated)."""
     summary = plan.summary
     head = [f"### reconciler plan `{plan.plan_id[:12]}`", ""]
-    head += [f"- {line}" for line in plan_header(plan)[1:]]
+    head += [f"- {line}" for line in plan_header(plan, _md_code)[1:]]
     head += ["", "| kind | " + " | ".join(ACTIONS) + " |", "| --- |" + " ---: |" * len(ACTIONS)]
     catalogue = catalogue_of(plan)
     head += ["| " + " | ".join(map(str, r)) + " |" for r in summary_rows(summary, kinds_of(plan))]
@@ -356,7 +415,7 @@ def _md_group(name: str, changes: list[Change], per_group: int, catalogue: Catal
     for c in changes:
         counts[c.action] += 1
     label = ", ".join(f"{SYMBOL[a]}{counts[a]}" for a in ACTIONS if counts[a])
-    lines = [f"<details><summary><code>{html.escape(name)}</code>: {len(changes)} change(s) ({label})</summary>", ""]
+    lines = [f"<details><summary>{_md_code(name)}: {len(changes)} change(s) ({label})</summary>", ""]
     lines += [_md_change(c, catalogue) for c in changes[:per_group]]
     if len(changes) > per_group:
         lines.append(f"- … and {len(changes) - per_group} more")

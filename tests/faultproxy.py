@@ -14,6 +14,11 @@ requests the proxy has seen (from 0). Helpers build the usual ones: :func:`alway
 :func:`cycle`, :func:`first_attempt_fails`, :func:`seeded`. The proxy counts what it
 did in ``proxy.counts`` (a Counter of actions) so a test can show faults happened.
 
+A *rewrite* ``rewrite(method, path, body) -> body`` changes the upstream's successful
+answers on their way back, as another server might have written them:
+:func:`reorder_listing` writes a ``ListObjectsV2`` page's elements in another order. The
+paths of the answers it changed are in ``proxy.rewritten``.
+
 Plain standard library: ``http.server.ThreadingHTTPServer`` and ``http.client``.
 """
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import http.client
 import itertools
 import random
+import re
 import socket
 import threading
 import uuid
@@ -31,6 +37,7 @@ from typing import Callable, Sequence
 from urllib.parse import urlsplit
 
 Policy = Callable[[int, str, str], str]
+Rewrite = Callable[[str, str, bytes], bytes]
 ACTIONS = ("pass", "slowdown", "internal", "drop")
 
 _HOP_BY_HOP = {
@@ -112,18 +119,60 @@ def seeded(seed: int, rates: dict[str, float]) -> Policy:
     return policy
 
 
+# --------------------------------------------------------------------------- rewrites
+
+# One element of a page: self-closing, or up to its own end tag (S3's elements do not
+# nest in one of the same name).
+_ELEMENT = re.compile(rb"<(\w+)/>|<(\w+)>.*?</\2>", re.S)
+
+
+def reorder_listing(order: Callable[[list[bytes]], list[bytes]]) -> Rewrite:
+    """A rewrite that writes the top-level elements of every ``ListBucketResult`` in the
+    order ``order`` gives them (a list of the elements' texts in, a list out)."""
+
+    def rewrite(method: str, path: str, body: bytes) -> bytes:
+        if method != "GET" or b"<ListBucketResult" not in body[:512]:
+            return body
+        start = body.index(b">", body.index(b"<ListBucketResult")) + 1
+        end = body.rindex(b"</ListBucketResult>")
+        elements = [m.group(0) for m in _ELEMENT.finditer(body, start, end)]
+        assert b"".join(elements) == body[start:end], "a page with text between its elements"
+        return body[:start] + b"".join(order(elements)) + body[end:]
+
+    return rewrite
+
+
+def prefixes_first(elements: list[bytes]) -> list[bytes]:
+    return sorted(elements, key=lambda e: not e.startswith(b"<CommonPrefixes>"))
+
+
+def in_key_order(elements: list[bytes]) -> list[bytes]:
+    """Objects and prefixes merged in key order, as a server that walks one sorted
+    namespace writes them; the other fields first."""
+
+    def listed(e: bytes) -> bool:
+        return e.startswith((b"<Contents>", b"<CommonPrefixes>"))
+
+    def name(e: bytes) -> bytes:
+        return re.search(rb"<(?:Key|Prefix)>([^<]*)<", e).group(1)
+
+    return [e for e in elements if not listed(e)] + sorted(filter(listed, elements), key=name)
+
+
 # --------------------------------------------------------------------------- proxy
 
 
 class FaultProxy:
     """``with FaultProxy(upstream, policy) as proxy: ... proxy.url ...``"""
 
-    def __init__(self, upstream: str, policy: Policy | None = None) -> None:
+    def __init__(self, upstream: str, policy: Policy | None = None, rewrite: Rewrite | None = None) -> None:
         parts = urlsplit(upstream)
         assert parts.scheme == "http" and parts.hostname, upstream
         self.upstream_host = parts.hostname
         self.upstream_port = parts.port or 80
         self.policy: Policy = policy or always("pass")
+        self.rewrite = rewrite
+        self.rewritten: list[str] = []  # paths of the answers the rewrite changed
         self.counts: Counter = Counter()
         self.log: list[tuple[str, str, str]] = []  # (action, method, path)
         self._n = 0
@@ -235,6 +284,11 @@ class _Handler(BaseHTTPRequestHandler):
             upstream.request(self.command, self.path, body=body or None, headers=headers)
             resp = upstream.getresponse()
             payload = resp.read()
+            if self.owner.rewrite is not None and resp.status == 200:
+                original, payload = payload, self.owner.rewrite(self.command, self.path, payload)
+                if payload != original:
+                    with self.owner._lock:
+                        self.owner.rewritten.append(self.path)
             self.send_response(resp.status, resp.reason)
             for k, v in resp.getheaders():
                 if k.lower() not in _HOP_BY_HOP and k.lower() not in ("content-length", "date", "server"):

@@ -22,7 +22,7 @@ from reconciler.errors import AlreadyAppliedError, DatabaseError, SignatureError
 from reconciler.layout import ObjectInfo
 from reconciler.planfile import load_plan, write_plan
 
-from .conftest import CDN, reset_content
+from .conftest import CDN, fresh_example
 
 # --------------------------------------------------------------------------- helpers
 
@@ -89,37 +89,36 @@ def plan_to(settings, tmp_path, bucket: dict[str, int], name: str, **kwargs) -> 
 
 @hsettings(max_examples=30)
 @given(first=bucket_strategy(), second=bucket_strategy())
-def test_apply_converges_and_rollback_restores(settings, database_url, tmp_path, first, second):
-    reset_content(database_url)
-    settings.allow_empty_source = True
-    p1 = plan_to(settings, tmp_path, first, "p1.json")
-    commands.apply(settings, p1)
-    assert commands.make_plan(settings, objects=listing(first)).changes == []
-
-    before = snapshot(database_url)
-    p2 = plan_to(settings, tmp_path, second, "p2.json")
-    result = commands.apply(settings, p2)
-    assert commands.make_plan(settings, objects=listing(second)).changes == []
-
-    if result.apply_id is not None:
-        with pytest.raises(AlreadyAppliedError):
-            commands.apply(settings, p2)
-        commands.rollback(settings, result.apply_id, str(tmp_path / "rb.json"))
-        commands.apply(settings, str(tmp_path / "rb.json"))
-        assert content(snapshot(database_url)) == content(before)
+def test_apply_converges_and_rollback_restores(examples_database_url, tmp_path_factory, first, second):
+    with fresh_example(examples_database_url, tmp_path_factory) as example:
+        settings, tmp_path = example.settings, example.tmp_path
+        p1 = plan_to(settings, tmp_path, first, "p1.json")
+        commands.apply(settings, p1)
         assert commands.make_plan(settings, objects=listing(first)).changes == []
+
+        before = snapshot(examples_database_url)
+        p2 = plan_to(settings, tmp_path, second, "p2.json")
+        result = commands.apply(settings, p2)
+        assert commands.make_plan(settings, objects=listing(second)).changes == []
+
+        if result.apply_id is not None:
+            with pytest.raises(AlreadyAppliedError):
+                commands.apply(settings, p2)
+            commands.rollback(settings, result.apply_id, str(tmp_path / "rb.json"))
+            commands.apply(settings, str(tmp_path / "rb.json"))
+            assert content(snapshot(examples_database_url)) == content(before)
+            assert commands.make_plan(settings, objects=listing(first)).changes == []
 
 
 @hsettings(max_examples=15)
 @given(bucket=bucket_strategy())
-def test_plan_against_empty_database_creates_exactly_the_desired_rows(settings, database_url, bucket):
-    reset_content(database_url)
-    settings.allow_empty_source = True
-    plan = commands.make_plan(settings, objects=listing(bucket))
-    assert {c.action for c in plan.changes} <= {"create"}
-    again = commands.make_plan(settings, objects=listing(bucket))
-    again.created_at = plan.created_at
-    assert again.seal().plan_id == plan.plan_id
+def test_plan_against_empty_database_creates_exactly_the_desired_rows(examples_database_url, tmp_path_factory, bucket):
+    with fresh_example(examples_database_url, tmp_path_factory) as example:
+        plan = commands.make_plan(example.settings, objects=listing(bucket))
+        assert {c.action for c in plan.changes} <= {"create"}
+        again = commands.make_plan(example.settings, objects=listing(bucket))
+        again.created_at = plan.created_at
+        assert again.seal().plan_id == plan.plan_id
 
 
 # --------------------------------------------------------------------------- examples
@@ -541,18 +540,18 @@ def rename_cases(draw):
 
 @hsettings(max_examples=25)
 @given(case=rename_cases())
-def test_renames_converge_and_rollback_restores_ids(settings, database_url, tmp_path, case):
+def test_renames_converge_and_rollback_restores_ids(examples_database_url, tmp_path_factory, case):
     first, second = case
-    reset_content(database_url)
-    settings.allow_empty_source = True
-    apply_files(settings, tmp_path, first, "p1.json")
-    before = snapshot(database_url)
-    _, result = apply_files(settings, tmp_path, second, "p2.json")
-    assert commands.make_plan(settings, objects=files_listing(second)).changes == []
-    if result.apply_id is not None:
-        commands.rollback(settings, result.apply_id, str(tmp_path / "rb.json"))
-        commands.apply(settings, str(tmp_path / "rb.json"))
-        assert content(snapshot(database_url)) == content(before)
+    with fresh_example(examples_database_url, tmp_path_factory) as example:
+        settings, tmp_path = example.settings, example.tmp_path
+        apply_files(settings, tmp_path, first, "p1.json")
+        before = snapshot(examples_database_url)
+        _, result = apply_files(settings, tmp_path, second, "p2.json")
+        assert commands.make_plan(settings, objects=files_listing(second)).changes == []
+        if result.apply_id is not None:
+            commands.rollback(settings, result.apply_id, str(tmp_path / "rb.json"))
+            commands.apply(settings, str(tmp_path / "rb.json"))
+            assert content(snapshot(examples_database_url)) == content(before)
 
 
 # --------------------------------------------------------------------------- staging streamed while verifying

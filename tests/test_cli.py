@@ -343,3 +343,74 @@ def test_a_renamed_folder_in_s3_plans_moves_unless_no_moves(cli, database_url, b
     assert "model          1         0       0         1" in r.out
     r = cli("apply", "moves.json", *common)
     assert r.code == 0 and "6 change(s)" not in r.out and "4 change(s)" in r.out, r.out
+
+
+def test_a_plan_that_deletes_says_so_on_stderr_unless_quiet(cli, database_url, tmp_path):
+    folder_bucket(tmp_path / "b", "M/P/1.jpg", "M/P/2.jpg", "M/Q/1.jpg")
+    common = ["--source", "b", "--database", database_url, "--cdn-base-url", CDN]
+    r = cli("plan", "-o", "p.json", *common)
+    assert r.code == 0 and r.err == ""  # creates only: nothing to warn about
+    assert cli("apply", "p.json", *common).code == 0
+    (tmp_path / "b" / "M" / "Q" / "1.jpg").unlink()
+    # Not a terminal (pytest captures stderr): a warning is printed all the same, for CI logs.
+    r = cli("plan", "-o", "d.json", *common)
+    assert r.code == 0
+    assert r.err == ("warning: the plan deletes 2 of 6 row(s) in scope: 1 post, 1 media; review them with "
+                     "`reconciler show d.json` before applying\n")
+    r = cli("plan", "-o", "d2.json", "--quiet", *common)
+    assert r.code == 0 and r.err == "" and "change(s) written to d2.json" in r.out
+
+
+@pytest.mark.parametrize(
+    "args, env, config, error",
+    [
+        (["--cdn-base-url", "media.example.internal"], {}, "",
+         "error: --cdn-base-url 'media.example.internal' is not a URL: write it with its scheme, e.g. "
+         "https://media.example.internal or http://media.example.internal\n"),
+        ([], {"RECONCILER_CDN_BASE_URL": "cdn.example.com/media"}, "",
+         "error: RECONCILER_CDN_BASE_URL 'cdn.example.com/media' is not a URL: write it with its scheme, e.g. "
+         "https://cdn.example.com/media or http://cdn.example.com/media\n"),
+        ([], {}, "cdn_base_url: s3://media\n",
+         "error: config file cfg.yaml: cdn_base_url 's3://media' must start with https:// or http:// or file://\n"),
+        (["--endpoint-url", "127.0.0.1:18333"], {}, "",
+         "error: --endpoint-url '127.0.0.1:18333' is not a URL: write it with its scheme, e.g. "
+         "https://127.0.0.1:18333 or http://127.0.0.1:18333\n"),
+        ([], {"AWS_ENDPOINT_URL": "localhost:9000"}, "",
+         "error: AWS_ENDPOINT_URL 'localhost:9000' is not a URL: write it with its scheme, e.g. "
+         "https://localhost:9000 or http://localhost:9000\n"),
+        ([], {}, "source:\n  endpoint_url: http://minio:nine\n",
+         "error: config file cfg.yaml: source.endpoint_url 'http://minio:nine' has an invalid port; write HOST:PORT "
+         "with a PORT from 1 to 65535\n"),
+        (["--cdn-base-url", "https://deploy:hunter2-secret@cdn.example.com"], {}, "",
+         "error: --cdn-base-url 'https://***@cdn.example.com' must not hold a user name or password; remove them "
+         "from the URL\n"),
+    ],
+)
+def test_url_settings_are_checked_when_read(cli, monkeypatch, tmp_path, args, env, config, error):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    if config:
+        (tmp_path / "cfg.yaml").write_text(config)
+        args = [*args, "--config", "cfg.yaml"]
+    folder_bucket(tmp_path / "b", "M/P/1.jpg")
+    r = cli("plan", "--source", "b", "-o", "p.json", *args)
+    assert (r.code, r.out, r.err) == (1, "", error)
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_plans_made_by_serve_name_the_embedded_database_as_the_command_line_does(cli, tmp_path):
+    from .serving import start_server, stop_all
+
+    folder_bucket(tmp_path / "b", "M/P/1.jpg")
+    assert cli("init", "--state-dir", "state").code == 0
+    assert cli("plan", "--source", "b", "--state-dir", "state", "-o", "p.json", "--cdn-base-url", CDN).code == 0
+    by_cli = json.loads((tmp_path / "p.json").read_text())["target"]["database"]
+    assert by_cli == "embedded PostgreSQL in state/pgdata"
+    try:
+        server = start_server(tmp_path, "", str(tmp_path / "b"), "--state-dir", "state")
+        run = server.client().post("/api/runs", json={}).json()
+        assert server.wait_run(run["id"], timeout=60)["status"] == "planned"
+        plan = server.client().get(f"/api/runs/{run['id']}/plan").json()
+    finally:
+        stop_all()
+    assert plan["target"]["database"] == by_cli

@@ -9,7 +9,7 @@ import pytest
 import yaml
 from hypothesis import given, settings, strategies as st
 
-from reconciler.config import Settings, load_settings
+from reconciler.config import Settings, check_url, load_settings
 from reconciler.errors import ConfigError
 from reconciler.layout import Layout
 
@@ -35,6 +35,7 @@ safety:
   allow_empty_source: true
   max_delete: 100
   max_delete_percent: 12.5
+  max_url_rewrite_percent: 100
   require_signature: true
 apply:
   lock_timeout: 5
@@ -79,6 +80,7 @@ def test_every_config_file_key(config):
     assert s.layout == Layout(images=("jpg", "PNG"), videos=("mp4",), profile_folder="_meta",
                               icon_names=("logo",), banner_names=("header",))
     assert (s.allow_empty_source, s.max_delete, s.max_delete_percent, s.require_signature) == (True, 100, 12.5, True)
+    assert s.max_url_rewrite_percent == 100
     assert s.lock_timeout == 5.0 and s.plans_dir == "ops/plans"
     assert s.detect_moves is False
     # --no-moves on the command line turns moves off over a config that has them on.
@@ -88,24 +90,26 @@ def test_every_config_file_key(config):
 
 
 @pytest.mark.parametrize(
-    "name, env_name, file_text, file_value, default",
+    "name, env_name, file_text, file_value, default, given",
     [
-        ("source", "RECONCILER_SOURCE", "source: {url: s3://file}", "s3://file", None),
-        ("database", "DATABASE_URL", "database: {url: postgresql://file/db}", "postgresql://file/db", None),
-        ("cdn_base_url", "RECONCILER_CDN_BASE_URL", "cdn_base_url: https://file.example", "https://file.example", None),
-        ("state_dir", "RECONCILER_STATE_DIR", "database: {state_dir: file-state}", "file-state", "state"),
+        ("source", "RECONCILER_SOURCE", "source: {url: s3://file}", "s3://file", None, "from-{}"),
+        ("database", "DATABASE_URL", "database: {url: postgresql://file/db}", "postgresql://file/db", None, "from-{}"),
+        ("cdn_base_url", "RECONCILER_CDN_BASE_URL", "cdn_base_url: https://file.example", "https://file.example", None,
+         "https://{}.example"),
+        ("state_dir", "RECONCILER_STATE_DIR", "database: {state_dir: file-state}", "file-state", "state", "from-{}"),
     ],
 )
 def test_precedence_flag_then_environment_then_file_then_default(config, name, env_name, file_text, file_value,
-                                                                  default):
+                                                                  default, given):
     path = config(file_text)
-    flags = {name: "from-flag"}
-    env = {env_name: "from-env"}
-    assert getattr(load_settings(flags, env, path), name) == "from-flag"
-    assert getattr(load_settings({}, env, path), name) == "from-env"
+    flag, env_value = given.format("flag"), given.format("env")
+    flags = {name: flag}
+    env = {env_name: env_value}
+    assert getattr(load_settings(flags, env, path), name) == flag
+    assert getattr(load_settings({}, env, path), name) == env_value
     assert getattr(load_settings({}, {}, path), name) == file_value
     assert getattr(load_settings({}, {}, None), name) == default
-    assert getattr(load_settings(flags, {}, None), name) == "from-flag"
+    assert getattr(load_settings(flags, {}, None), name) == flag
 
 
 def test_a_flag_given_as_none_is_not_given(config):
@@ -350,3 +354,75 @@ def test_a_folder_source_base_is_absolute(monkeypatch, tmp_path):
 
     monkeypatch.chdir(tmp_path)
     assert default_cdn_base_url(Settings(source="bucket")) == f"file://{tmp_path}/bucket"
+
+
+# --------------------------------------------------------------------------- URL settings
+
+BASE = ("https", "http", "file")
+
+
+@pytest.mark.parametrize("url", [
+    "https://cdn.example.com", "https://cdn.example.com/media/", "http://127.0.0.1:9000", "http://[::1]:9000/x",
+    "https://CDN.Example.com.", "http://minio:9000", "file:///srv/bucket", "file://localhost/srv/my%20bucket",
+])
+def test_urls_that_are_accepted(url):
+    assert check_url(url, "cdn_base_url", schemes=BASE) == url
+
+
+@pytest.mark.parametrize("url, problem", [
+    ("media.example.internal", "is not a URL: write it with its scheme, e.g. https://media.example.internal or "
+                               "http://media.example.internal"),
+    ("localhost:9000", "is not a URL"),
+    ("s3://media", "must start with https:// or http:// or file://"),
+    ("https://", "names no host; write https://HOST[:PORT][/PATH]"),
+    ("https:///media", "names no host"),
+    ("https://cdn.example.com:", "has an invalid port"),
+    ("https://cdn.example.com:0", "has an invalid port"),
+    ("https://cdn.example.com:70000", "has an invalid port"),
+    ("https://cdn_example.com", "has an invalid host name 'cdn_example.com'"),
+    ("https://-cdn.example.com", "has an invalid host name"),
+    ("https://cdn example.com", "holds spaces or control characters"),
+    ("https://cdn.example.com/a\tb", "holds spaces or control characters"),
+    ("https://cdn.example.com/?v=2", "must not have a query (?…) or a fragment (#…)"),
+    ("https://cdn.example.com/#x", "must not have a query"),
+    ("https://cdn.example.com/?", "must not have a query"),
+    ("file://server/share", "must be file:///ABSOLUTE/PATH"),
+    ("https://user:pw@cdn.example.com", "must not hold a user name or password"),
+    ("https://user:p[w@cdn.example.com", "is not a valid URL"),
+    ("http://[::1", "is not a valid URL; write https://HOST[:PORT][/PATH]"),
+    ("http://[cdn.example.com]", "is not a valid URL"),
+    ("http://[::1]x", "is not a valid URL"),
+    ("https://bücher.example", "has an invalid host name 'bücher.example' (write a non-ASCII name in its xn-- form)"),
+])
+def test_urls_that_are_refused_say_what_to_write(url, problem):
+    with pytest.raises(ConfigError) as e:
+        check_url(url, "--cdn-base-url", schemes=BASE)
+    assert str(e.value).startswith("--cdn-base-url '") and problem in str(e.value)
+    assert "pw@" not in str(e.value)
+
+
+def test_an_endpoint_is_http_or_https(config):
+    with pytest.raises(ConfigError, match=r"source\.endpoint_url 'file:///x' must start with https:// or http://$"):
+        load_settings({}, {}, config("source: {endpoint_url: 'file:///x'}"))
+    assert load_settings({}, {"AWS_ENDPOINT_URL": ""}, None).endpoint_url is None  # empty: not set
+
+
+_URLISH = st.text(st.sampled_from("ab1.-_:/@[]%?#é \t"), max_size=30)
+
+
+@settings(max_examples=300)
+@given(st.text(max_size=40) | st.builds("{}://{}".format, st.sampled_from(["http", "https", "file", "s3", ""]), _URLISH))
+def test_any_url_setting_is_accepted_or_refused_as_a_config_error(value):
+    try:
+        assert check_url(value, "--cdn-base-url", schemes=BASE) == value
+    except ConfigError as e:
+        assert str(e).startswith("--cdn-base-url ")
+
+
+@settings(max_examples=200)
+@given(st.text(st.sampled_from("ab1.-_:@[]%é \t"), max_size=30), _URLISH)  # before: in the URL's authority
+def test_a_password_in_a_url_setting_is_never_shown(before, after):
+    try:
+        check_url(f"https://{before}deploy:s3cretpw@{after}", "--cdn-base-url", schemes=BASE)
+    except ConfigError as e:
+        assert "s3cretpw" not in str(e)

@@ -8,12 +8,13 @@ import psycopg2
 import pytest
 
 from reconciler import commands
+from reconciler import db as db_module
 from reconciler.current import database_identity
 from reconciler.db import check_schema, migrate, migration_files, open_database, redact_url
 from reconciler.errors import DatabaseError
 from reconciler.layout import ObjectInfo
 
-from .conftest import CDN
+from .conftest import CDN, folder_bucket
 
 PLATFORM_SCHEMA = (Path(__file__).parent / "data" / "platform-schema.sql").read_text()
 
@@ -62,6 +63,33 @@ def test_adopted_database_plans_updates_not_recreations(empty_database_url, sql_
     assert {(c.action, c.kind) for c in plan.changes} == {("update", "model"), ("update", "post"), ("update", "media")}
     media = next(c for c in plan.changes if c.kind == "media")
     assert media.before == {"size_bytes": None, "etag": None} and media.after == {"size_bytes": 10, "etag": "e"}
+
+
+def test_a_migration_changed_after_it_was_applied_is_refused(cli, database_url, sql, tmp_path, monkeypatch):
+    """The migrations shipped are a copy of sql/, one edited after a database applied
+    it: init refuses before it applies anything (not even the new 0005), and so does
+    every command that reads the schema; one error line names the file."""
+    shipped = tmp_path / "sql"
+    shipped.mkdir()
+    for f in migration_files():
+        (shipped / f.name).write_text(f.sql, encoding="utf-8")
+    monkeypatch.setattr(db_module, "_migrations_folder", lambda: shipped)
+    folder_bucket(tmp_path / "bucket", "M/P/1.jpg")
+    assert cli("init", "--database", database_url).code == 0  # the files as applied: nothing to do
+    recorded = sql("SELECT * FROM reconciler_migrations ORDER BY version")
+
+    changed = shipped / "0002_reconciler.sql"
+    changed.write_text(changed.read_text(encoding="utf-8") + "\n-- edited after release\n", encoding="utf-8")
+    (shipped / "0005_next.sql").write_text("CREATE TABLE reconciler_next (id int);", encoding="utf-8")
+    for command in (["init"], ["history"], ["plan", "--source", "bucket", "--cdn-base-url", CDN, "-o", "p.json"]):
+        r = cli(*command, "--database", database_url)
+        assert r.code == 1, r
+        assert r.err.startswith(f"error: migration 0002_reconciler.sql has changed since it was applied to "
+                                f"{redact_url(database_url)} "), r.err
+        assert r.err.count("\n") == 1 and r.out == ""
+    assert sql("SELECT * FROM reconciler_migrations ORDER BY version") == recorded
+    assert sql("SELECT to_regclass('reconciler_next')") == [(None,)]
+    assert not (tmp_path / "p.json").exists()
 
 
 def test_check_schema_on_an_empty_database(empty_database_url):

@@ -15,7 +15,7 @@ from reconciler.current import RangeCopies
 from reconciler.layout import ObjectInfo
 from reconciler.planfile import write_plan
 
-from .conftest import reset_content
+from .conftest import fresh_example, sql_on
 from .test_apply import bucket_strategy, listing, renamed
 
 ODD_ROWS = [
@@ -41,20 +41,21 @@ def changes_text(settings, tmp_path, objects, name, **kwargs) -> str:
 @pytest.mark.parametrize("copied", ["a query per range", "one scan, divided"])
 @hsettings(max_examples=25)
 @given(first=bucket_strategy(), second=bucket_strategy(), odd=st.booleans(), batch_rows=st.sampled_from([1, 4]))
-def test_a_plan_in_batches_is_the_plan_in_one(settings, database_url, sql, tmp_path, monkeypatch, copied, first, second,
-                                              odd, batch_rows):
+def test_a_plan_in_batches_is_the_plan_in_one(examples_database_url, tmp_path_factory, copied, first, second, odd,
+                                              batch_rows):
     """The database's rows are copied a range of models at a time, by a query per range
     or (past RangeCopies.RANGED_UP_TO ranges) in one scan divided by the client."""
-    monkeypatch.setattr(RangeCopies, "RANGED_UP_TO", 10**6 if copied == "a query per range" else 1)
-    reset_content(database_url)
-    settings.allow_empty_source = True
-    commands.apply(settings, write_plan(commands.make_plan(settings, objects=listing(first)), str(tmp_path / "1.json")))
-    if odd:
-        for statement in ODD_ROWS:
-            sql(statement)
-    whole = changes_text(settings, tmp_path, listing(second), "whole.json")
-    batched = changes_text(settings, tmp_path, listing(second), "batched.json", batch_rows=batch_rows)
-    assert batched == whole
+    with fresh_example(examples_database_url, tmp_path_factory) as example, pytest.MonkeyPatch.context() as mp:
+        settings, tmp_path = example.settings, example.tmp_path
+        mp.setattr(RangeCopies, "RANGED_UP_TO", 10**6 if copied == "a query per range" else 1)
+        commands.apply(settings, write_plan(commands.make_plan(settings, objects=listing(first)), str(tmp_path / "1.json")))
+        if odd:
+            with sql_on(examples_database_url) as sql:
+                for statement in ODD_ROWS:
+                    sql(statement)
+        whole = changes_text(settings, tmp_path, listing(second), "whole.json")
+        batched = changes_text(settings, tmp_path, listing(second), "batched.json", batch_rows=batch_rows)
+        assert batched == whole
 
 
 def test_a_model_renamed_into_another_batch_is_still_a_move(settings, sql, tmp_path):

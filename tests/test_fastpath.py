@@ -184,7 +184,7 @@ def _media(action, key, post, **extra):
     return Change(action, "media", key, before, after)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.tuples(st.sampled_from(["create", "delete"]), _name, st.booleans()), min_size=1, max_size=40))
 def test_whole_files_stage_the_same_rows_either_way(tmp_path_factory, specs):
     changes, seen = [], set()

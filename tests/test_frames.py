@@ -372,11 +372,14 @@ def test_batches_are_ranges_of_models_in_key_order():
 
 def test_the_current_media_read_back_exactly_as_stored(settings, sql, tmp_path):
     """Values COPY escapes (backslash, tab, line breaks, a literal \\N) and the empty
-    string come back from the frame as they are, NULL as None: the row reader agrees."""
+    string come back from the planner's copy as they are, NULL as None: the row reader
+    agrees."""
+    import itertools
+
     import psycopg2
 
     from reconciler import commands
-    from reconciler.current import read_media_frame, read_state
+    from reconciler.current import RangeCopies, read_state
 
     keys = ["A/P/back\\slash.jpg", "A/P/tab\there.jpg", "A/P/nl\nx.jpg", "A/P/cr\rx.jpg", "A/P/\\N.jpg",
             "A/P/plain.jpg"]
@@ -388,7 +391,11 @@ def test_the_current_media_read_back_exactly_as_stored(settings, sql, tmp_path):
     conn = psycopg2.connect(settings.database)
     try:
         with conn:
-            frame = read_media_frame(conn)
+            names = itertools.count()
+            copies = RangeCopies(batch_rows=10**6, path=lambda suffix: str(tmp_path / f"{next(names)}{suffix}"))
+            copies.run(conn, None)
+            [(_, copied)] = copies.ranges()
+            frame = copied.media()
             rows = dict(read_state(conn).media)
     finally:
         conn.close()

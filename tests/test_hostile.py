@@ -8,18 +8,16 @@ Every bad plan or config file gives exit code 1 and one line ``error: …`` on s
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import re
-import unicodedata
 from urllib.parse import quote, unquote
 
 import pytest
 
 from reconciler.diff import ACTION_ORDER, KIND_ORDER
 
-from .conftest import CDN
+from .conftest import CAFE_NFC, CAFE_NFD, CDN, LONG_KEY, ODD_KEYS
 
 # --------------------------------------------------------------------------- helpers
 
@@ -346,42 +344,6 @@ def test_config_path_not_a_config_file(cli, world):
 
 
 # --------------------------------------------------------------------------- object keys
-
-def _key_of_bytes(prefix: str, size: int, ext: str = ".jpg") -> str:
-    """A key of exactly ``size`` UTF-8 bytes, mixing 1-, 2-, 3- and 4-byte characters."""
-    pad = size - len((prefix + ext).encode())
-    middle = []
-    for ch in itertools.cycle("é€😀a"):
-        if len(ch.encode()) > pad:
-            break
-        middle.append(ch)
-        pad -= len(ch.encode())
-    key = prefix + "".join(middle) + "a" * pad + ext
-    assert len(key.encode("utf-8")) == size
-    return key
-
-
-CAFE_NFC = unicodedata.normalize("NFC", "Café")
-CAFE_NFD = unicodedata.normalize("NFD", "Café")
-ODD_KEYS = [
-    f"{CAFE_NFC}/Été/crème brûlée.jpg",
-    f"{CAFE_NFD}/Été/crème brûlée.jpg",  # another model: NFD is not folded into NFC
-    f"{CAFE_NFC}/Été/{unicodedata.normalize('NFD', 'crème brûlée')}.png",
-    "Quotes/It's \"quoted\"/a'b\"c.jpg",
-    "Percent/100%/50%off.jpg",
-    "Percent/100%/%2F%20literal.jpg",
-    "Plus/a+b/c+d.jpg",
-    "Ask/why?/what?.jpg",
-    "Hash/#1/#tag.jpg",
-    "Amp/R&D/a&b=c.jpg",
-    "Spaces Model/Post  Two/file name .mp4",
-    "Trail /Post /x .jpg",
-    "Emoji/🎉 party/😀.webp",
-    "Back\\slash/a\\b/c\\d.jpg",
-    "Misc/[x]{y}/a;b,c=d~e!$'().jpg",
-    "Tilde~/<tag>/|pipe|.gif",
-]
-LONG_KEY = _key_of_bytes("Long/Post/", 1024)
 
 
 def test_odd_keys_round_trip_from_s3_to_the_database(cli, database_url, bucket, sql, tmp_path):

@@ -7,6 +7,9 @@ import hashlib
 import hmac
 import json
 import os
+import stat
+import subprocess
+import sys
 from functools import lru_cache
 
 import jsonschema
@@ -21,9 +24,6 @@ from reconciler.layout import ObjectInfo
 from reconciler.planfile import (
     Plan,
     check_change,
-    check_signature,
-    compute_plan_id,
-    file_chunks,
     load_plan,
     plan_schema,
     verify_plan,
@@ -120,34 +120,17 @@ def test_the_signature_is_an_hmac_of_the_same_canonical_body():
     mac = hmac.new(b"team-secret", canonical_body(data), hashlib.sha256).hexdigest()
     assert data["signature"] == f"hmac-sha256:{mac}"
     assert data["plan_id"] == hashlib.sha256(canonical_body(data)).hexdigest()
-    assert compute_plan_id(plan) == plan.plan_id
 
 
-def test_check_signature():
-    signed = sample_plan().seal("team-secret")
-    unsigned = sample_plan().seal()
-    check_signature(signed, "team-secret", required=True)
-    check_signature(signed, "team-secret", required=False)
-    check_signature(unsigned, "team-secret", required=False)
-    check_signature(unsigned, None, required=False)
-    with pytest.raises(SignatureError, match="not signed"):
-        check_signature(unsigned, "team-secret", required=True)
+def test_a_signature_covers_the_content(tmp_path):
+    path = write_plan(sample_plan(), str(tmp_path / "p.json"), signing_key="team-secret")
+    data = json.loads(open(path, encoding="utf-8").read())
+    data["changes"][0]["after"]["thumbnail_url"] = "https://evil.example/x.jpg"
+    data["plan_id"] = hashlib.sha256(canonical_body(data)).hexdigest()  # a new plan_id is easy to make ...
+    (tmp_path / "forged.json").write_text(json.dumps(data), encoding="utf-8")  # ... the signature is not
+    verify_plan(str(tmp_path / "forged.json"))
     with pytest.raises(SignatureError, match="does not match"):
-        check_signature(signed, "another-key", required=False)
-    with pytest.raises(SignatureError, match="RECONCILER_SIGNING_KEY"):
-        check_signature(signed, None, required=True)
-
-
-def test_a_signature_covers_the_content():
-    plan = sample_plan().seal("team-secret")
-    first = plan.changes[0]
-    forged = copy.deepcopy(plan)
-    forged.changes = [Change(first.action, first.kind, first.key, None,
-                             {**first.after, "thumbnail_url": "https://evil.example/x.jpg"}), *plan.changes[1:]]
-    forged.seal()  # a new plan_id is easy to make ...
-    forged.signature = plan.signature  # ... the signature is not
-    with pytest.raises(SignatureError):
-        check_signature(forged, "team-secret", required=True)
+        verify_plan(str(tmp_path / "forged.json"), signing_key="team-secret", require_signature=True)
 
 
 def test_a_lone_surrogate_cannot_be_sealed():
@@ -160,9 +143,9 @@ def test_a_lone_surrogate_cannot_be_sealed():
 
 
 @pytest.mark.parametrize("n", [0, 1, 999, 1000, 1001, 2047, 2048, 2049, 4097])
-def test_the_file_is_the_plan_object_with_one_canonical_change_per_line(n):
-    plan = make_plan(many_changes(n), extra={"kind": "rollback", "rolls_back": 7}).seal("k")
-    text = "".join(file_chunks(plan))
+def test_the_file_is_the_plan_object_with_one_canonical_change_per_line(n, tmp_path):
+    plan = make_plan(many_changes(n), extra={"kind": "rollback", "rolls_back": 7})
+    text = open(write_plan(plan, str(tmp_path / "p.json"), signing_key="k"), encoding="utf-8").read()
     assert text == expected_text(plan)
     assert json.loads(text) == plan.to_dict()
 
@@ -238,6 +221,33 @@ def test_a_failed_write_in_the_envelope_leaves_no_temp_file(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+# os.umask refused in the writing process: reading the umask means setting it, for every
+# thread of the process (the server's other threads create files too).
+_WRITE_UNDER_UMASK = """
+import os, sys
+from reconciler.planfile import Plan, write_plan
+
+def refuse(*args):
+    raise AssertionError("os.umask called while writing a plan")
+
+os.umask = refuse
+plan = Plan(changes=[], source={"url": "s3://media/", "object_count": 0, "skipped": {}},
+            target={"database": "postgresql://app@db/prod", "scope": None, "state_digest": "ab" * 32},
+            tool_version="0.1.0", created_at="2026-11-21T10:00:00Z")
+write_plan(plan, sys.argv[1])
+write_plan(plan, sys.argv[2], name=lambda p: "named.json")
+"""
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_a_plan_file_is_shared_as_the_umask_says(tmp_path, umask, mode):
+    subprocess.run([sys.executable, "-c", _WRITE_UNDER_UMASK, str(tmp_path / "p.json"), str(tmp_path / "plans")],
+                   umask=umask, check=True)
+    for path in (tmp_path / "p.json", tmp_path / "plans" / "named.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
+    assert leftovers(tmp_path) == [] and leftovers(tmp_path / "plans") == []
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -249,7 +259,7 @@ def test_load_plan_round_trip(tmp_path):
     assert (loaded.plan_id, loaded.signature, loaded.created_at) == (plan.plan_id, plan.signature, CREATED_AT)
     assert loaded.extra == {"kind": "plan", "limits": {"max_delete": 10, "max_delete_percent": None}}
     assert loaded.scope == ["Alice", "Zoë"]
-    check_signature(loaded, "team-secret", required=True)
+    verify_plan(str(tmp_path / "p.json"), signing_key="team-secret", require_signature=True)
 
 
 def test_load_plan_round_trip_of_a_big_plan(tmp_path):
@@ -267,6 +277,8 @@ def test_verify_plan_checks_the_signature(tmp_path):
         verify_plan(path, signing_key="another-key")
     with pytest.raises(SignatureError, match="not signed"):
         verify_plan(unsigned, signing_key="team-secret", require_signature=True)
+    with pytest.raises(SignatureError, match="RECONCILER_SIGNING_KEY"):
+        verify_plan(path, require_signature=True)
 
 
 @pytest.mark.parametrize(

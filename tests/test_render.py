@@ -1,14 +1,74 @@
-"""Views of a plan: the markdown for pull requests stays under GitHub's limit."""
+"""Views of a plan: the markdown for pull requests stays under GitHub's limit, and
+reads, rendered as GitHub renders it, with every name as it is."""
 
 from __future__ import annotations
 
 import json
+from html.parser import HTMLParser
+
+import cmarkgfm
+from cmarkgfm.cmark import Options
+from hypothesis import given, settings, strategies as st
 
 from reconciler.diff import Change
 from reconciler.planfile import Plan
-from reconciler.render import MARKDOWN_LIMIT, json_view, markdown, table
+from reconciler.render import MARKDOWN_LIMIT, change_head, change_lines, json_view, markdown, scope_text, table
 
 DIGEST = "0" * 64
+
+
+class Rendered(HTMLParser):
+    """A pull-request comment as GitHub renders it: its elements and its text."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.text = ""
+        self.links: list[tuple[str, int]] = []  # (href, where its text starts)
+        self.shown: list[tuple[str, str]] = []  # (href, text) of each link
+        # Raw HTML passes (GitHub sanitises it later): markup a name slipped in would show here.
+        self.feed(cmarkgfm.github_flavored_markdown_to_html(text, options=Options.CMARK_OPT_UNSAFE))
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append(tag)
+        if tag == "a":
+            self.links.append((dict(attrs).get("href") or "", len(self.text)))
+
+    def handle_endtag(self, tag):
+        if tag == "a":
+            href, start = self.links.pop()
+            self.shown.append((href, self.text[start:]))
+
+    def handle_data(self, data):
+        self.text += data
+
+    def markup(self) -> set[str]:
+        """The elements. GitHub links an e-mail address in the text whatever is done to
+        it (it finds them in the text as read); such a link, which shows where it goes,
+        is left out."""
+        tags = set(self.tags)
+        if all(href == "mailto:" + text for href, text in self.shown):
+            tags.discard("a")
+        return tags
+
+    def rows(self) -> list[int]:
+        """The number of cells of each table row."""
+        counts, cells = [], None
+        for tag in self.tags:
+            if tag == "tr":
+                if cells is not None:
+                    counts.append(cells)
+                cells = 0
+            elif tag in ("td", "th"):
+                cells += 1
+        return counts + ([cells] if cells is not None else [])
+
+
+# The elements a plan's comment is made of: nothing a name could add (nor a link of a URL
+# written out: GitHub would make one of a media URL, or of a URL in a title).
+OUR_TAGS = {"h3", "ul", "li", "p", "code", "table", "thead", "tbody", "tr", "th", "td", "details", "summary",
+            "blockquote", "strong"}
 
 
 def media(i: int, action: str = "create") -> Change:
@@ -43,14 +103,60 @@ def test_markdown_lists_changes_grouped_by_model():
     text = markdown(plan)
     assert "No changes" not in text and "[!WARNING]" not in text
     assert text.index("<code>Model 1</code>") < text.index("<code>Model 2</code>")
-    assert "post_count: 1 → 2" in text
+    assert "post_count: 1 → 2" in Rendered(text).text
 
 
-def test_markdown_escapes_html_in_keys():
-    key = "M<script>/P/1.jpg"
-    plan = make_plan([Change("create", "media", key, None, {"s3_key": key, "post": "M<script>/P", "url": "u",
-                                                            "type": "image", "size_bytes": 1, "etag": None})])
-    assert "<script>" not in markdown(plan)
+HOSTILE = [
+    "<img src=x onerror=alert(1)>|*x*",
+    "*bold* _it_ [link](https://evil.example) ![i](https://evil.example/i.png) `code` ~~gone~~ $x^2$",
+    "a | b \\| c &amp; &lt;b&gt; <!-- x --> \\* <details>",
+    "line\n# Heading\n- item\n\n> quote",
+    "see www.evil.example, WWW.evil.example, ftp://evil.example and me@evil.example @team #1 :smile:",
+]
+
+
+def hostile_plan(name: str) -> Plan:
+    """A plan whose model, post, title, key and scope are ``name``: a creator folder named
+    by whoever uploads to the bucket."""
+    key = f"{name}/{name}/1.jpg"
+    post = Change("update", "post", f"{name}/{name}", {"title": "Beach"}, {"title": name})
+    media = Change("create", "media", key, None, {"s3_key": key, "post": f"{name}/{name}", "url": f"{C}/{key}",
+                                                   "type": "image", "size_bytes": 1, "etag": name})
+    plan = make_plan([post, media])
+    plan.target["scope"] = [name, "Bob"]
+    plan.source["skipped"] = {name: 1}
+    return plan.seal()
+
+
+def test_markdown_shows_hostile_names_as_text():
+    for name in HOSTILE:
+        text = markdown(hostile_plan(name))
+        page = Rendered(text)
+        assert page.markup() <= OUR_TAGS, (name, page.markup() - OUR_TAGS)
+        assert page.tags.count("h3") == 1 and page.tags.count("details") == 1
+        assert page.rows() == [5, 5, 5, 5]  # the summary table: a header and three kinds, five columns
+        assert f"models {name}, Bob" in page.text  # the target line
+        assert f"title: Beach → {name}" in page.text
+        assert f"{name}/{name}/1.jpg" in page.text
+
+
+@settings(max_examples=200)
+# Control characters and noncharacters are written as references too; how a browser
+# shows those is its own business (Python's parser drops them), so they are left out here.
+@given(st.text(st.characters(blacklist_categories=("Cs", "Cc", "Cn")) | st.sampled_from("\t\n\r"), min_size=1)
+       | st.lists(st.sampled_from(["www", "WWW", ".", ":", "//", "@", "_", "*", "x", " ", "http", "a.b", "\\", "`",
+                                   "[", "](", ")", "<", ">", "&", "#", "|", "~", "$"]), min_size=1).map("".join))
+def test_markdown_shows_any_name_as_text(name):
+    """Whatever the name, the comment has only its own elements and shows what ``show``
+    shows, character for character."""
+    plan = hostile_plan(name)
+    page = Rendered(markdown(plan))
+    assert page.markup() <= OUR_TAGS
+    assert page.rows() == [5, 5, 5, 5]
+    assert f"target: {plan.target['database']}, {scope_text(plan)}" in page.text
+    for c in plan.changes:
+        assert change_head(c).partition(" ")[2] in page.text
+        assert all(line.strip() in page.text for line in change_lines(c, width=None))
 
 
 def test_empty_plan_views():
@@ -149,4 +255,6 @@ def test_markdown_shows_moves_and_details_without_wrapping():
                   {"s3_key": "B/P/1.jpg", "post": "B/P", "url": "u2"}, from_key="A/P/1.jpg")
     text = markdown(make_plan([move]))
     assert "| media | 0 | 0 | 1 | 0 |" in text
-    assert "- `>` move media <code>A/P/1.jpg</code> → <code>B/P/1.jpg</code>\n  - url: u1 → u2" in text
+    page = Rendered(text)
+    assert "> move media A/P/1.jpg → B/P/1.jpg\n\nurl: u1 → u2\n" in page.text
+    assert page.tags.count("ul") == 3  # the header's, the changes', and the move's details under it

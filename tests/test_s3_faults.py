@@ -10,6 +10,7 @@ error line and no plan file.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 
@@ -19,7 +20,7 @@ from reconciler.errors import SourceError
 from reconciler.sources import S3_MAX_ATTEMPTS, S3Source, open_source
 
 from .conftest import CDN
-from .faultproxy import FaultProxy, always, first_attempt_fails, seeded
+from .faultproxy import FaultProxy, always, first_attempt_fails, in_key_order, prefixes_first, reorder_listing, seeded
 
 # A listing of several model folders (listed concurrently), top-level objects, skipped
 # keys, and one post of 1,100 objects so that its listing takes two pages.
@@ -112,6 +113,25 @@ def test_random_faults_give_the_same_listing(listing, s3_env, monkeypatch):
     assert proxy.faults >= 3 and proxy.counts["drop"] and proxy.counts["slowdown"]
     assert faulty == direct
     assert scoped == [o for o in direct if o.key.startswith(("Big/", "M1/"))]
+
+
+@pytest.mark.parametrize("order", [prefixes_first, in_key_order])
+def test_pages_in_another_element_order_plan_nothing_against_an_in_sync_database(
+        cli, database_url, bucket, s3_env, tmp_path, monkeypatch, caplog, order):
+    """XML does not fix the order of a page's elements. Models whose prefixes a server
+    writes before (or between) the top-level files are still listed: the plan against a
+    database in sync with the bucket is empty, and the fast reader read every page."""
+    bucket.put("Ann/cover.jpg", "Ann/Beach/1.jpg", "Bea.jpg", "Cid/Gym/2.mp4", "Dan.txt", "Eve/Trip/3.png")
+    synced = _plan(cli, tmp_path, "sync.json", database_url, bucket)
+    assert synced["summary"]["model"]["create"] == 3
+    assert cli("apply", "sync.json", "--database", database_url).code == 0
+    caplog.set_level(logging.DEBUG, logger="reconciler.s3pages")
+    with FaultProxy(s3_env, rewrite=reorder_listing(order)) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        again = _plan(cli, tmp_path, "again.json", database_url, bucket)
+    assert any("delimiter=" in path for path in proxy.rewritten), "the top-level page was not reordered"
+    assert again["changes"] == [], again["summary"]
+    assert [r.getMessage() for r in caplog.records if r.name == "reconciler.s3pages"] == []
 
 
 def test_seven_failures_in_a_row_are_retried_by_default(cli, database_url, listing, s3_env, tmp_path, monkeypatch):

@@ -1,16 +1,21 @@
-"""Safety guards against the real PostgreSQL: no accidental wipe, delete limits."""
+"""Safety guards against the real PostgreSQL: no accidental wipe, delete limits, the default
+guards against a partial listing and a wrong cdn_base_url."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from hypothesis import given, strategies as st
 
 from reconciler import commands
+from reconciler.diff import Change, ChangeList
 from reconciler.errors import SafetyError
 from reconciler.layout import ObjectInfo
 from reconciler.planfile import write_plan
-from reconciler.safety import Limits, check_delete_limits
+from reconciler.safety import (
+    DEFAULT_PERCENT, GUARDED_FROM, Limits, check_delete_limits, check_url_rewrites, url_rewrites,
+)
 
 from .conftest import CDN, folder_bucket
 
@@ -56,7 +61,7 @@ def test_max_delete(populated):
 
 
 def test_max_delete_percent(populated):
-    listing = BUCKET[:3]  # 4 of 9 rows in scope (2 models, 2 posts, 5-1 media... ) are deleted
+    listing = BUCKET[:3]  # Bob's model, post and 2 media go: 4 of the 8 rows in scope (50%)
     populated.max_delete_percent = 10
     with pytest.raises(SafetyError, match="max-delete-percent 10"):
         commands.make_plan(populated, objects=listing)
@@ -113,3 +118,156 @@ def test_apply_time_limit_error_on_the_command_line(cli, database_url, tmp_path)
         "file given with --config or RECONCILER_CONFIG); check the source, or raise the limit if the deletion is "
         "intended\n"
     )
+
+
+# --------------------------------------------------------------------------- default guards
+
+# Eleven creators, a post and two media each: 44 rows. A listing that saw only two of
+# them (a reader that dropped pages) plans the deletion of the other nine, and
+# everything under them: 36 of 44 rows.
+ELEVEN = [ObjectInfo(f"Model{m:02d}/Post/{i}.jpg", 1, "e", None) for m in range(11) for i in (1, 2)]
+TWO_OF_ELEVEN = ELEVEN[:4]
+
+
+@pytest.fixture
+def eleven(settings, tmp_path):
+    commands.apply(settings, write_plan(commands.make_plan(settings, objects=ELEVEN), str(tmp_path / "p0.json")))
+    return settings
+
+
+def test_a_partial_listing_is_refused_by_default(eleven):
+    with pytest.raises(SafetyError) as e:
+        commands.make_plan(eleven, objects=TWO_OF_ELEVEN)
+    assert str(e.value) == (
+        "the plan deletes 36 of 44 row(s) in scope (81.8%), more than the default max-delete-percent 50: a listing "
+        "that missed objects plans exactly this. Check the source; if the deletion is intended, set the limit to "
+        "100 (--max-delete-percent or safety.max_delete_percent)"
+    )
+
+
+def test_the_default_delete_guard_is_lifted_by_a_limit(eleven):
+    eleven.max_delete_percent = 100
+    assert commands.make_plan(eleven, objects=TWO_OF_ELEVEN).summary["model"]["delete"] == 9
+    eleven.max_delete_percent = 90  # any limit set replaces the default
+    assert commands.make_plan(eleven, objects=TWO_OF_ELEVEN).summary["model"]["delete"] == 9
+
+
+def test_half_of_the_rows_may_go_without_a_limit(eleven):
+    # Five of eleven models go: 20 of 44 rows.
+    assert commands.make_plan(eleven, objects=ELEVEN[:12]).summary["model"]["delete"] == 5
+
+
+def test_a_small_catalogue_is_not_guarded_by_default(populated):
+    # Bob, and Alice's post, go: 7 of 8 rows, in a catalogue read whole in review.
+    assert commands.make_plan(populated, objects=BUCKET[:1]).summary["media"]["delete"] == 4
+
+
+def test_apply_checks_the_default_delete_guard_again(eleven, tmp_path, sql):
+    eleven.max_delete_percent = 100  # lifted on the command line, at plan time only
+    path = write_plan(commands.make_plan(eleven, objects=TWO_OF_ELEVEN), str(tmp_path / "p1.json"))
+    eleven.max_delete_percent = None  # apply reads the config file, which does not lift it
+    with pytest.raises(SafetyError) as e:
+        commands.apply(eleven, path)
+    assert str(e.value).startswith("the plan being applied deletes 36 of 44 row(s) in scope (81.8%), more than "
+                                   "the default max-delete-percent 50")
+    assert str(e.value).endswith("set the limit to 100 (safety.max_delete_percent in the config file given with "
+                                 "--config or RECONCILER_CONFIG)")
+    assert sql("SELECT count(*) FROM whitelabel_models") == [(11,)]
+    eleven.max_delete_percent = 100
+    commands.apply(eleven, path)
+    assert sql("SELECT count(*) FROM whitelabel_models") == [(2,)]
+
+
+def test_a_rollback_is_not_held_to_the_default_guards(populated, tmp_path, sql):
+    """A rollback is made from the audit log, not from a listing: undoing an import of
+    44 rows into a catalogue of 8 deletes most of it, and is what was asked for. A
+    limit that is set still holds."""
+    result = commands.apply(populated, write_plan(commands.make_plan(populated, objects=BUCKET + ELEVEN),
+                                                  str(tmp_path / "p1.json")))
+    commands.rollback(populated, result.apply_id, str(tmp_path / "rb.json"))
+    populated.max_delete_percent = 80
+    with pytest.raises(SafetyError, match=r"deletes 44 of 52 row\(s\) in scope \(84\.6%\), more than max-delete-percent 80"):
+        commands.apply(populated, str(tmp_path / "rb.json"))
+    populated.max_delete_percent = None
+    commands.apply(populated, str(tmp_path / "rb.json"))
+    assert sql("SELECT count(*) FROM whitelabel_media") == [(4,)]
+
+
+def test_a_new_cdn_base_url_is_refused_by_default(eleven, tmp_path, sql):
+    eleven.cdn_base_url = "https://media.example.internal"
+    with pytest.raises(SafetyError) as e:
+        commands.make_plan(eleven, objects=ELEVEN)
+    assert str(e.value) == (
+        "the plan rewrites the URL of 22 of 22 media row(s) in scope to https://media.example.internal/<key> "
+        "(100.0%), more than the default max-url-rewrite-percent 50. Check cdn_base_url (--cdn-base-url, "
+        "RECONCILER_CDN_BASE_URL); if the new URLs are intended, set the limit to 100 (--max-url-rewrite-percent "
+        "or safety.max_url_rewrite_percent)"
+    )
+    eleven.max_url_rewrite_percent = 100
+    path = write_plan(commands.make_plan(eleven, objects=ELEVEN), str(tmp_path / "p1.json"))
+    eleven.max_url_rewrite_percent = None
+    with pytest.raises(SafetyError, match=r"^the plan being applied rewrites the URL of 22 of 22 media row\(s\) in "
+                                          r"scope \(100\.0%\).*safety\.max_url_rewrite_percent in the config file"):
+        commands.apply(eleven, path)
+    assert sql("SELECT count(*) FROM whitelabel_media WHERE url LIKE 'https://media.%'") == [(0,)]
+    eleven.max_url_rewrite_percent = 100
+    commands.apply(eleven, path)
+    assert sql("SELECT count(*) FROM whitelabel_media WHERE url LIKE 'https://media.%'") == [(22,)]
+
+
+def test_a_changed_object_keeps_its_url_and_is_no_rewrite(eleven):
+    changed = [ObjectInfo(o.key, 2, "f", None) for o in ELEVEN]  # every object replaced: new size and etag
+    plan = commands.make_plan(eleven, objects=changed)
+    assert plan.summary["media"]["update"] == 22
+
+
+def test_a_small_catalogue_may_change_its_urls(populated):
+    populated.cdn_base_url = "https://media.example.internal"
+    assert commands.make_plan(populated, objects=BUCKET).summary["media"]["update"] == 4
+
+
+# --------------------------------------------------------------------------- the guards' arithmetic
+
+
+def test_default_guard_thresholds():
+    for rows, deletes, refused in ((19, 19, False), (20, 10, False), (20, 11, True), (1000, 501, True)):
+        if refused:
+            with pytest.raises(SafetyError, match="default max-delete-percent 50"):
+                check_delete_limits(deletes, rows, Limits())
+            with pytest.raises(SafetyError, match="default max-url-rewrite-percent 50"):
+                check_url_rewrites(deletes, rows, Limits())
+        else:
+            check_delete_limits(deletes, rows, Limits())
+            check_url_rewrites(deletes, rows, Limits())
+        check_delete_limits(deletes, rows, Limits(), defaults=False)
+        check_url_rewrites(deletes, rows, Limits(), defaults=False)
+        check_delete_limits(deletes, rows, Limits(max_delete_percent=100))
+        check_url_rewrites(deletes, rows, Limits(max_url_rewrite_percent=100))
+
+
+@given(rows=st.integers(0, 10**7), share=st.floats(0, 1), limit=st.none() | st.floats(0, 100), defaults=st.booleans())
+def test_a_percentage_guard_refuses_exactly_above_its_limit(rows, share, limit, defaults):
+    count = int(rows * share)
+    in_force = limit if limit is not None else (DEFAULT_PERCENT if defaults and rows >= GUARDED_FROM else None)
+    refused = in_force is not None and rows > 0 and 100.0 * count / rows > in_force
+    for check, limits in ((check_delete_limits, Limits(max_delete_percent=limit)),
+                          (check_url_rewrites, Limits(max_url_rewrite_percent=limit))):
+        try:
+            check(count, rows, limits, defaults=defaults)
+        except SafetyError:
+            assert refused
+        else:
+            assert not refused
+
+
+def test_url_rewrites_counts_media_whose_url_changes_under_the_same_key():
+    url = {"url": "https://a/M/P/1.jpg"}, {"url": "https://b/M/P/1.jpg"}
+    changes = [
+        Change("update", "media", "M/P/1.jpg", *url),
+        Change("update", "media", "M/P/2.jpg", {"etag": "a"}, {"etag": "b"}),
+        Change("move", "media", "N/P/1.jpg", {"s3_key": "M/P/3.jpg", **url[0]}, {"s3_key": "N/P/1.jpg", **url[1]},
+               from_key="M/P/3.jpg"),
+        Change("update", "model", "M", {"icon_url": "https://a/i"}, {"icon_url": "https://b/i"}),
+    ]
+    assert url_rewrites(changes) == 1
+    assert url_rewrites(ChangeList([changes[:2], changes[2:]])) == 1

@@ -17,7 +17,9 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import psycopg2
 import pytest
 
-from .conftest import CDN, admin_exec
+from reconciler.db import migrate, open_database
+
+from .conftest import CDN, admin_exec, embedded_cluster, with_dbname
 
 PASSWORD = "Pw-" + uuid.uuid4().hex[:8] + "!p@ss:w/rd%&?#"
 SIGNING_KEY = "sign-" + uuid.uuid4().hex
@@ -95,46 +97,48 @@ def secret_role(pg_admin_url, database_url, sql):
     admin_exec(pg_admin_url, f"DROP ROLE IF EXISTS {role}")
 
 
-@pytest.fixture
-def password_checked(pg_admin_url, secret_role):
-    """Make the server check the role's password (the test server trusts local
-    connections): a rule for this role alone, first in pg_hba.conf; restored after."""
-    role, url = secret_role
-    conn = psycopg2.connect(pg_admin_url)
-    conn.autocommit = True
-    cur = conn.cursor()
-    cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-    if not cur.fetchone()[0]:
-        pytest.skip("needs a superuser to change pg_hba.conf")
-    cur.execute("SHOW hba_file")
-    hba = cur.fetchone()[0]
-    try:
-        with open(hba) as f:
-            original = f.read()
-    except OSError:
-        pytest.skip("pg_hba.conf is not on this machine")
-    rules = "".join(f"{kind} all {role} {addr} scram-sha-256\n"
-                    for kind, addr in (("local", ""), ("host", "127.0.0.1/32"), ("host", "::1/128")))
-    with open(hba, "w") as f:
-        f.write(rules + original)
-    try:
-        cur.execute("SELECT pg_reload_conf()")
-        wrong = with_user(url, role, "not-the-password")
-        for _ in range(200):  # the reload is asynchronous
-            try:
-                psycopg2.connect(wrong).close()
-            except psycopg2.OperationalError as e:
-                if "password authentication failed" in str(e):
-                    break
-            time.sleep(0.025)
-        else:
-            pytest.fail("the server did not start checking passwords")
+@pytest.fixture(scope="module")
+def password_checked():
+    """A database on a PostgreSQL cluster of this module's own, which checks passwords
+    (the shared test server trusts local connections, and its pg_hba.conf is never
+    touched: a run killed midway leaves nothing changed behind). A role with a password
+    owns the database, initialised; (role, its URL)."""
+    role, dbname = "rt_secret_" + uuid.uuid4().hex[:8], "secrets"
+    with embedded_cluster("reconciler-test-hba-") as server:
+        admin = server.get_uri("postgres")
+        admin_exec(admin, f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
+        admin_exec(admin, f'CREATE DATABASE "{dbname}" OWNER {role}')
+        conn = psycopg2.connect(admin)
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                cur.execute("SHOW hba_file")
+                with open(cur.fetchone()[0], "w") as f:  # the superuser alone is trusted
+                    f.write("local all postgres trust\n" + "".join(
+                        f"{kind} all all {addr} scram-sha-256\n"
+                        for kind, addr in (("local", ""), ("host", "127.0.0.1/32"), ("host", "::1/128"))))
+                cur.execute("SELECT pg_reload_conf()")
+        finally:
+            conn.close()
+        url = with_user(with_dbname(admin, dbname), role, PASSWORD)
+        _wait_until_passwords_are_checked(with_user(url, role, "not-the-password"))
+        with open_database(url) as db:
+            migrate(db)
         yield role, url
-    finally:
-        with open(hba, "w") as f:
-            f.write(original)
-        cur.execute("SELECT pg_reload_conf()")
-        conn.close()
+
+
+def _wait_until_passwords_are_checked(wrong_url: str, timeout: float = 30) -> None:
+    """pg_reload_conf() only signals the server: wait until it refuses a wrong password."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            psycopg2.connect(wrong_url).close()
+        except psycopg2.OperationalError as e:
+            if "password authentication failed" in str(e):
+                return
+        if time.monotonic() > deadline:
+            pytest.fail(f"the server did not start checking passwords within {timeout:g}s")
+        time.sleep(0.02)
 
 
 def test_database_password_never_shows(cli, secret_role, sql, tmp_path, monkeypatch):

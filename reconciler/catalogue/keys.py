@@ -7,6 +7,7 @@ columnar classifier (:mod:`reconciler.frames`) is held to, key by key, by proper
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
@@ -43,10 +44,25 @@ def read_key(catalogue: Catalogue, rel: str) -> Reading:
     return Reading(None, {}, "unmatched")
 
 
+# An object's URL is the CDN base without trailing "/", then "/" and the key quoted by
+# urllib.parse.quote(key, safe="/"). PLAIN_KEY matches the keys quote leaves as they
+# are (letters, digits, "_.-~/"): most keys, which skip urllib's per-byte work.
+PLAIN_KEY = r"[A-Za-z0-9_.~/-]*"
+_plain = re.compile(PLAIN_KEY + r"\Z").match
+
+
+def url_base(cdn_base_url: str) -> str:
+    return cdn_base_url.rstrip("/") + "/"
+
+
+def quote_key(key: str) -> str:
+    """A key (or any text) as it stands in an object's URL."""
+    return key if _plain(key) else quote(key, safe="/")
+
+
 def url_of(cdn_base_url: str, key: str) -> str:
-    """An object's public URL: the base without its trailing ``/``, then ``/`` and the
-    full key, quoted (``urllib.parse.quote(key, safe="/")``)."""
-    return cdn_base_url.rstrip("/") + "/" + quote(key, safe="/")
+    """An object's public URL (``{url}`` in a template)."""
+    return url_base(cdn_base_url) + quote_key(key)
 
 
 def attributes(catalogue: Catalogue, key: str, rel: str, *, size=None, etag=None, last_modified=None,

@@ -129,7 +129,7 @@ def _serve(settings: Settings, options: ServeOptions, tokens: Tokens) -> int:
     sock = bind(host, port)
     with open_database(settings.database, settings.state_dir) as db:
         check_schema(db, settings.catalogue)
-        resolved = dataclasses.replace(settings, database=db.url)
+        resolved = dataclasses.replace(settings, database=db.url, database_display=db.display)
         controller = Controller(resolved, options, display=db.display)
         app = create_app(controller, tokens)
         actual = sock.getsockname()[1]
