@@ -87,7 +87,7 @@ class Result:
     changes: ChangeList
     current_counts: dict[str, int]
     batches: int
-    held: dict[str, list[str]] = field(default_factory=dict)  # plan keys kept as they are, by entity
+    held: dict[str, list[str]] = field(default_factory=dict)  # rows kept as they are (their objects' parent is missing)
 
 
 def _order(name: str) -> str:
@@ -183,8 +183,12 @@ def plan_changes(
         del desired, have
     if unknown:
         listing.skip(UNKNOWN_PARENT, unknown)
+    kept: dict[str, list[str]] = {}
     if held:
         # An object under a missing platform row is still in the bucket: its row stays.
+        for c in others:
+            if c.action == "delete" and c.key in held.get(c.kind, ()):
+                kept.setdefault(c.kind, []).append(c.key)
         others = [c for c in others if not (c.action == "delete" and c.key in held.get(c.kind, ()))]
 
     skip: dict[str, set[str]] = {e.name: set() for e in owned}
@@ -207,8 +211,7 @@ def plan_changes(
         if e.name in update_lines:
             segments.append(Lines(e.name, _sorted(update_lines[e.name], spill), action="update"))
         segments.append(by_kind[e.name])
-    held_keys = {k: sorted(v) for k, v in held.items()}
-    return Result(ChangeList(segments, catalogue.kinds, spill=spill), rows_read, n, held_keys)
+    return Result(ChangeList(segments, catalogue.kinds, spill=spill), rows_read, n, {k: sorted(v) for k, v in kept.items()})
 
 
 def _sorted(parts: Parts, spill: Spill | None) -> Parts:

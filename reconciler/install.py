@@ -113,24 +113,33 @@ def install(cur, catalogue: Catalogue) -> InstallReport:
             f"catalogue: {held[0]} for it, or give catalogue {catalogue.name!r} a database of its own"
         )
     report = InstallReport()
+    # Everything is checked before anything is done: a database that does not fit is
+    # left as it was (init's transaction would roll it back anyway; this says why first).
     problems: list[str] = []
-    ids: dict[str, str] = {}  # entity → its id column's type
+    found: dict[str, dict[str, str] | None] = {e.name: columns_of(cur, e.table) for e in catalogue.entities}
     for e in catalogue.entities:
-        cols = columns_of(cur, e.table)
+        cols = found[e.name]
         if cols is None:
             if not e.owned:
                 problems.append(f"table {e.table} ({e.name}) does not exist; it is the platform's: create it first, "
                                 "or check the spec's table name")
-                continue
-            parent_type = ids.get(e.parent) if e.parent else None
-            for statement in create_table_sql(catalogue, e, parent_type):
+            continue
+        problems += _check(cur, e, cols)
+    if problems:
+        raise CatalogueError(f"catalogue {catalogue.name} does not fit the database: " + "; ".join(problems))
+    ids: dict[str, str] = {}  # entity → its id column's type
+    for e in catalogue.entities:
+        cols = found[e.name]
+        if cols is None:
+            for statement in create_table_sql(catalogue, e, ids.get(e.parent) if e.parent else None):
                 cur.execute(statement)
             report.created.append(e.table)
             cols = columns_of(cur, e.table)
         ids[e.name] = cols.get(e.id_column, "integer")
-        problems += _check(cur, catalogue, e, cols, report)
-    if problems:
-        raise CatalogueError(f"catalogue {catalogue.name} does not fit the database: " + "; ".join(problems))
+        for c in e.columns:
+            if c.name not in cols:
+                cur.execute(f"ALTER TABLE {q(e.table)} ADD COLUMN {q(c.name)} {c.type}")
+                report.added.append(f"{e.table}.{c.name}")
     for e in catalogue.owned:
         if e.fk and not _indexed(cur, e.table, e.fk):
             # Joins from a child to its parent need it; the platform indexes only unique columns.
@@ -146,7 +155,9 @@ def install(cur, catalogue: Catalogue) -> InstallReport:
     return report
 
 
-def _check(cur, catalogue: Catalogue, e, cols: dict[str, str], report: InstallReport) -> list[str]:
+def _check(cur, e, cols: dict[str, str]) -> list[str]:
+    """What does not fit in an existing table (a managed column it lacks is added, not
+    a problem: the tool fills it)."""
     problems = []
     where = f"{e.table}"
     if e.id_column not in cols:
@@ -164,9 +175,6 @@ def _check(cur, catalogue: Catalogue, e, cols: dict[str, str], report: InstallRe
         if c.name not in cols:
             if not e.owned:
                 problems.append(f"{where}.{c.name} does not exist")
-                continue
-            cur.execute(f"ALTER TABLE {q(e.table)} ADD COLUMN {q(c.name)} {c.type}")
-            report.added.append(f"{e.table}.{c.name}")
         elif _family(cols[c.name]) != FAMILIES[c.type]:
             problems.append(f"{where}.{c.name} is {cols[c.name]}, which does not hold {c.type} values; "
                             f"declare type: {_family(cols[c.name]) or cols[c.name]} or change the column")
@@ -174,7 +182,7 @@ def _check(cur, catalogue: Catalogue, e, cols: dict[str, str], report: InstallRe
         if c not in cols:
             problems.append(f"{where}.{c} (a platform column the spec declares) does not exist")
     need = set(natural_key_columns(e))
-    if cols and all(c in cols for c in need) and need not in unique_keys(cur, e.table):
+    if all(c in cols for c in need) and need not in unique_keys(cur, e.table):
         columns = ", ".join(natural_key_columns(e))
         problems.append(f"{where} has no unique index on its natural key ({columns}); "
                         f"add one: CREATE UNIQUE INDEX ON {e.table} ({columns})")
