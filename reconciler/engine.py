@@ -109,12 +109,16 @@ def batch_bounds(counts: dict[str, int], size: int) -> list[str]:
 
 
 def _top_ordered(catalogue: Catalogue, e: Entity) -> bool:
-    """Whether the entity's plan keys sort as their top rows' do (then the batches'
-    creates follow one another): keys within their parent begin with the top key; a
-    key that is the object's own begins with the scope's folders."""
+    """Whether the entity's plan keys sort as their batches do (then the batches'
+    creates follow one another): keys within their parent begin with the top key and a
+    "/", as batches are ordered (``key + "/"``); a key that is the object's own begins
+    with the scope's folders. The top rows' own keys do not: ``"a"`` sorts before
+    ``"a b"``, but ``"a b/"`` before ``"a/"``."""
     from .frames import scope_segment
 
-    if e.unique == "parent" or e is catalogue.top:
+    if e is catalogue.top:
+        return False
+    if e.unique == "parent":
         return True
     segment = scope_segment(catalogue)
     names = [t.single for _, t in e.key]
