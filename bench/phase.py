@@ -11,6 +11,11 @@ timings of its steps.
     python bench/phase.py list       --bucket B [--workers W]        (S3Source; endpoint from AWS_ENDPOINT_URL)
     python bench/phase.py import                                     (interpreter + import baseline)
     python bench/phase.py createdb   --database ADMIN_URL --name NAME (then run `reconciler init`)
+    python bench/phase.py platform   --database URL --objects N --catalogue product-images  (the shop's own rows)
+
+Every phase takes ``--catalogue creators|product-images`` (creators by default): the
+synthetic bucket (``synth.synthetic_bucket`` or ``synth.synthetic_products``) and the
+settings follow it. A checkout from before catalogues ignores it (it has only creators).
     python bench/phase.py dropdb     --database ADMIN_URL --name NAME
 
 ``plan`` and ``apply`` go through the library's own entry points
@@ -48,10 +53,24 @@ def _timed(store: dict, name: str, fn):
     return wrapper
 
 
+def _catalogue(args):
+    from reconciler.catalogue import load_catalogue
+
+    return load_catalogue(args.catalogue)
+
+
+def _bucket(args, delta: bool | None = None):
+    from synth import synthetic_bucket, synthetic_products
+
+    make = synthetic_products if args.catalogue == "product-images" else synthetic_bucket
+    return make(args.objects, args.seed, args.delta if delta is None else delta)
+
+
 def _settings(args):
     from reconciler import Settings
 
-    settings = Settings(database=args.database, cdn_base_url=CDN, source=f"synthetic://{args.objects}", state_dir=args.workdir)
+    settings = Settings(database=args.database, cdn_base_url=CDN, source=f"synthetic://{args.objects}", state_dir=args.workdir,
+                        catalogue=_catalogue(args), max_delete_percent=100, max_url_rewrite_percent=100)
     if os.environ.get("RECONCILER_BENCH_BATCH_ROWS"):  # to try other batch sizes (plan.batch_rows)
         settings.batch_rows = int(os.environ["RECONCILER_BENCH_BATCH_ROWS"])
     return settings
@@ -59,7 +78,6 @@ def _settings(args):
 
 def phase_plan(args) -> dict:
     from reconciler import commands, planfile
-    from synth import synthetic_bucket
 
     steps: dict[str, float] = {}
     # Step timings: wrap the module attributes make_plan calls (in this process only).
@@ -67,7 +85,7 @@ def phase_plan(args) -> dict:
         if hasattr(commands, attr):
             setattr(commands, attr, _timed(steps, label, getattr(commands, attr)))
     settings = _settings(args)
-    objects = synthetic_bucket(args.objects, args.seed, args.delta)
+    objects = _bucket(args)
     t = time.perf_counter()
     # What `reconciler plan` does: make_plan leaves the sealing to write_plan, which
     # hashes the changes as it writes them.
@@ -119,22 +137,20 @@ def phase_apply(args) -> dict:
 
 
 def phase_read_state(args) -> dict:
-    from reconciler.current import read_state, state_digest
+    from reconciler.current import read_rows, state_digest
     from reconciler.db import open_database
 
+    catalogue = _catalogue(args)
     with open_database(args.database) as db, db.transaction() as conn:
         conn.cursor().execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         t = time.perf_counter()
-        state = read_state(conn)
-        counts = {}
-        for kind, rows in (("model", state.models), ("post", state.posts), ("media", state.media)):
-            counts[kind] = sum(1 for _ in rows)
+        counts = {kind: read_rows(conn, catalogue, kind).height for kind in catalogue.kinds}
         took = time.perf_counter() - t
         t = time.perf_counter()
-        digest = state_digest(conn).digest
+        digest = state_digest(conn, catalogue).digest
         took_digest = time.perf_counter() - t
     return {"rows": counts, "digest": digest[:12],
-            "steps": {"read_state": round(took, 3), "state_digest (server)": round(took_digest, 3)}}
+            "steps": {"read_rows": round(took, 3), "state_digest (server)": round(took_digest, 3)}}
 
 
 def _esc(v) -> str:
@@ -155,32 +171,32 @@ def phase_copy(args) -> dict:
     """
     import psycopg2
 
-    from reconciler.frames import build_desired_frames
-    from synth import synthetic_bucket
+    from reconciler.frames import build_desired
 
+    if args.catalogue != "creators":
+        return {"rows": {}, "steps": {}, "skipped": "the raw COPY reference is written for creators"}
     steps: dict[str, float] = {}
     t = time.perf_counter()
-    d = build_desired_frames(synthetic_bucket(args.objects, args.seed), cdn_base_url=CDN)
-    model_id = {name: i for i, name in enumerate(sorted(d.models), 1)}
+    d, _ = build_desired(_bucket(args, delta=False), _catalogue(args), cdn_base_url=CDN)
+    model_rows = d.rows["model"].sort("k.model")
+    model_id = {name: i for i, name in enumerate(model_rows["k.model"].to_list(), 1)}
     models = io.StringIO()
-    for name, i in model_id.items():
-        r = d.models[name]
-        models.write("\t".join(map(_esc, (i, name, r.thumbnail_url, r.icon_url, r.banner_url, r.post_count))) + "\n")
+    for name, thumb, icon, banner, count in model_rows.select(
+            "k.model", "thumbnail_url", "icon_url", "banner_url", "post_count").iter_rows():
+        models.write("\t".join(map(_esc, (model_id[name], name, thumb, icon, banner, count))) + "\n")
     post_id = {}
     posts = io.StringIO()
-    post_rows = d.posts  # made from the frame once
-    for i, key in enumerate(sorted(post_rows), 1):
+    for i, (key, model, folder, title, cdns) in enumerate(
+            d.rows["post"].sort("k.post").select("k.post", "model", "folder_name", "title", "media_cdns").iter_rows(), 1):
         post_id[key] = i
-        r = post_rows[key]
-        model, _, folder = key.partition("/")
-        cdns = json.dumps(r.media_cdns, sort_keys=True, ensure_ascii=False)
-        posts.write("\t".join(map(_esc, (i, model_id[model], folder, r.title, cdns))) + "\n")
+        posts.write("\t".join(map(_esc, (i, model_id[model], folder, title,
+                                           json.dumps(cdns, sort_keys=True, ensure_ascii=False)))) + "\n")
     media = io.StringIO()
-    rows = d.media.sort("s3_key").select("s3_key", "post", "url", "type", "size_bytes", "etag").iter_rows()
+    rows = d.rows["media"].sort("k.media").select("s3_key", "post", "url", "type", "size_bytes", "etag").iter_rows()
     for i, (key, post, url, kind, size, etag) in enumerate(rows, 1):
         media.write("\t".join(map(_esc, (i, post_id[post], key, url, kind, size, etag))) + "\n")
     steps["prepare_rows"] = round(time.perf_counter() - t, 3)
-    rows = {"model": len(model_id), "post": len(post_id), "media": d.media.height}
+    rows = {"model": len(model_id), "post": len(post_id), "media": d.rows["media"].height}
     del d
     conn = psycopg2.connect(args.database)
     try:
@@ -205,25 +221,29 @@ def phase_desired(args) -> dict:
     """The engine's pure part, as make_plan runs it: the listing classified
     (``classify_listing``), then the desired rows of its items (``desired_of``)."""
     from reconciler.frames import classify_listing, desired_of
-    from synth import synthetic_bucket
 
+    catalogue = _catalogue(args)
     t = time.perf_counter()
-    listing = classify_listing(synthetic_bucket(args.objects, args.seed, args.delta))
+    listing = classify_listing(_bucket(args), catalogue)
     classified = time.perf_counter()
-    d = desired_of(listing.items.frame(), CDN)
+    known = None
+    if args.catalogue == "product-images":  # every product and variant of the synthetic shop exists
+        from synth import PRODUCT_WEIGHTS, product_ids
+
+        ids = product_ids(args.objects)
+        known = {"product": set(ids), "variant": {f"{p}/{w}" for p in ids for w in PRODUCT_WEIGHTS}}
+    d = desired_of(listing.items.frame(), catalogue, CDN, known=known)
     done = time.perf_counter()
     return {
-        "rows": {"model": len(d.models), "post": d.post_frame.height, "media": d.media.height},
+        "rows": {kind: frame.height for kind, frame in d.rows.items()},
         "steps": {"classify_listing": round(classified - t, 3), "desired_of": round(done - classified, 3),
                   "total": round(done - t, 3)},
     }
 
 
 def phase_gen(args) -> dict:
-    from synth import synthetic_bucket
-
     t = time.perf_counter()
-    n = sum(1 for _ in synthetic_bucket(args.objects, args.seed, args.delta))
+    n = sum(1 for _ in _bucket(args))
     return {"objects": n, "steps": {"generate": round(time.perf_counter() - t, 3)}}
 
 
@@ -266,6 +286,29 @@ def phase_createdb(args) -> dict:
     return {"created": args.name}
 
 
+def phase_platform(args) -> dict:
+    """The product platform's own tables and rows for the synthetic shop (its products
+    and their variants), as the platform made them, before ``reconciler init``."""
+    import psycopg2
+
+    from synth import PRODUCT_WEIGHTS, product_ids
+
+    schema = os.path.join(HERE, "..", "tests", "data", "platform-schema-products.sql")
+    ids = product_ids(args.objects)
+    t = time.perf_counter()
+    conn = psycopg2.connect(args.database)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(open(schema, encoding="utf-8").read())
+            cur.copy_expert("COPY products (id, name) FROM STDIN", io.StringIO("".join(f"{p}\t{p}\n" for p in ids)))
+            rows = "".join(f"{p}\t{w}\n" for p in ids for w in PRODUCT_WEIGHTS)
+            cur.copy_expert("COPY product_variants (product_id, weight) FROM STDIN", io.StringIO(rows))
+        conn.commit()
+    finally:
+        conn.close()
+    return {"products": len(ids), "steps": {"platform": round(time.perf_counter() - t, 3)}}
+
+
 def phase_dropdb(args) -> dict:
     _admin(args.database, f'DROP DATABASE IF EXISTS "{args.name}" WITH (FORCE)')
     return {"dropped": args.name}
@@ -281,6 +324,7 @@ PHASES = {
     "list": phase_list,
     "import": phase_import,
     "createdb": phase_createdb,
+    "platform": phase_platform,
     "dropdb": phase_dropdb,
 }
 
@@ -291,6 +335,7 @@ def main(argv=None) -> int:
     ap.add_argument("--database", metavar="URL")
     ap.add_argument("--objects", type=int, default=100_000)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--catalogue", default="creators", choices=["creators", "product-images"])
     ap.add_argument("--delta", action="store_true")
     ap.add_argument("--out", metavar="FILE")
     ap.add_argument("--plan", metavar="FILE")

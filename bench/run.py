@@ -122,15 +122,41 @@ def run_process(argv: list[str], env: dict | None = None, cwd: str | None = None
     return result
 
 
+class Checkout:
+    """A checkout whose phases are measured: its own ``bench/phase.py`` and package, run
+    by its own Python (an environment where it is installed: an editable install's
+    ``reconciler.sql`` resources point at that checkout's ``sql/``)."""
+
+    def __init__(self, root: str, python: str = sys.executable, label: str = "this checkout") -> None:
+        self.root, self.python, self.label = os.path.abspath(root), python, label
+
+    def env(self, extra: dict | None = None) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RECONCILER_", "AWS_")) and k != "DATABASE_URL"}
+        if os.environ.get("RECONCILER_BENCH_BATCH_ROWS"):
+            env["RECONCILER_BENCH_BATCH_ROWS"] = os.environ["RECONCILER_BENCH_BATCH_ROWS"]
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [self.root, env.get("PYTHONPATH")]))
+        env.update(extra or {})
+        return env
+
+    def phase(self, name: str, *args: str, env: dict | None = None, cwd: str | None = None) -> dict:
+        script = os.path.join(self.root, "bench", "phase.py")
+        return run_process([self.python, script, name, *args], env=env or self.env(), cwd=cwd)
+
+    def init(self, url: str, workdir: str, catalogue: str) -> None:
+        extra = ["--catalogue", catalogue] if catalogue != "creators" else []
+        run_process([self.python, "-m", "reconciler", "init", "--database", url, "--quiet", *extra], env=self.env(),
+                    cwd=workdir)
+
+
+HERE_CHECKOUT = Checkout(ROOT)
+
+
 def child_env(extra: dict | None = None) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RECONCILER_", "AWS_")) and k != "DATABASE_URL"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, env.get("PYTHONPATH")]))
-    env.update(extra or {})
-    return env
+    return HERE_CHECKOUT.env(extra)
 
 
 def phase(name: str, *args: str, env: dict | None = None, cwd: str | None = None) -> dict:
-    return run_process([sys.executable, PHASE, name, *args], env=env or child_env(), cwd=cwd)
+    return HERE_CHECKOUT.phase(name, *args, env=env, cwd=cwd)
 
 
 def with_dbname(url: str, name: str) -> str:
@@ -138,11 +164,14 @@ def with_dbname(url: str, name: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
-def fresh_database(admin_url: str, name: str, workdir: str) -> str:
+def fresh_database(admin_url: str, name: str, workdir: str, checkout: Checkout = HERE_CHECKOUT,
+                   catalogue: str = "creators", objects: int = 0) -> str:
     phase("dropdb", "--database", admin_url, "--name", name)
     phase("createdb", "--database", admin_url, "--name", name)
     url = with_dbname(admin_url, name)
-    run_process([sys.executable, "-m", "reconciler", "init", "--database", url, "--quiet"], env=child_env(), cwd=workdir)
+    if catalogue == "product-images":  # the platform's tables and rows come first
+        phase("platform", "--database", url, "--objects", str(objects), "--catalogue", catalogue)
+    checkout.init(url, workdir, catalogue)
     return url
 
 
@@ -165,15 +194,19 @@ def server_info(admin_url: str) -> dict:
 # --------------------------------------------------------------------------- plan / apply
 
 
-def bench_n(n: int, admin_url: str, workdir: str, seed: int, keep: bool) -> dict:
-    tag = f"bench_n{n}_{os.getpid()}"
+def bench_n(n: int, admin_url: str, workdir: str, seed: int, keep: bool, checkout: Checkout = HERE_CHECKOUT,
+            catalogue: str = "creators", references: bool = True) -> dict:
+    tag = f"bench_n{n}_{os.getpid()}_{'b' if checkout is not HERE_CHECKOUT else 'a'}"
     name, copy_name = tag, tag + "_copy"
-    res: dict = {"n": n, "phases": {}, "reference": {}}
+    res: dict = {"n": n, "checkout": checkout.label, "catalogue": catalogue, "phases": {}, "reference": {}}
     P, R = res["phases"], res["reference"]
     common = ["--objects", str(n), "--seed", str(seed), "--workdir", workdir]
+    if catalogue != "creators":
+        common += ["--catalogue", catalogue]
+    phase = checkout.phase  # noqa: F811 (this checkout's phases)
     try:
-        log(f"N={n}: fresh database {name} + reconciler init")
-        url = fresh_database(admin_url, name, workdir)
+        log(f"N={n} ({checkout.label}, {catalogue}): fresh database {name} + reconciler init")
+        url = fresh_database(admin_url, name, workdir, checkout, catalogue, n)
         db = ["--database", url]
         plans = {k: os.path.join(workdir, f"plan-{n}-{k}.json") for k in ("cold", "noop", "delta")}
 
@@ -190,12 +223,12 @@ def bench_n(n: int, admin_url: str, workdir: str, seed: int, keep: bool) -> dict
         log(f"N={n}: delta plan {P['delta_plan']['wall_s']} s, {P['delta_plan']['changes']} changes; apply")
         P["delta_apply"] = phase("apply", *db, *common, "--plan", plans["delta"])
         log(f"N={n}: delta apply {P['delta_apply']['wall_s']} s; references")
-        if n >= BIG:
+        if n >= BIG or not references:
             return res
 
         R["read_state"] = phase("read-state", *db, *common)
         log(f"N={n}: read state {R['read_state']['wall_s']} s; raw COPY into {copy_name}")
-        copy_url = fresh_database(admin_url, copy_name, workdir)
+        copy_url = fresh_database(admin_url, copy_name, workdir, checkout, catalogue, n)
         R["raw_copy"] = phase("copy", "--database", copy_url, *common)
         log(f"N={n}: raw COPY {R['raw_copy']['steps']['copy+commit']} s; pure phases")
         R["desired_only"] = phase("desired", *common)
@@ -227,13 +260,12 @@ def summary_of(r: dict) -> str:
     if "summary" in r:
         s = r["summary"]
         parts = []
-        for kind in ("model", "post", "media"):
-            c = s[kind]
+        for kind, c in s.items():
             if any(c.values()):
-                parts.append(f"{kind} +{c['create']} ~{c['update']} -{c['delete']}")
+                parts.append(f"{kind} +{c['create']} ~{c['update']} >{c.get('move', 0)} -{c['delete']}")
         return f"{r['changes']} changes ({'; '.join(parts) or 'none'}), plan {r['plan_mb']} MB"
     if "rows" in r:
-        return "rows " + "/".join(str(v) for v in r["rows"].values()) + " (model/post/media)"
+        return "rows " + "/".join(str(v) for v in r["rows"].values()) + f" ({'/'.join(r['rows'])})"
     if "changes" in r:
         return f"{r['changes']} changes applied"
     if "objects" in r:
@@ -279,6 +311,25 @@ def plan_table(results: list[dict]) -> str:
         headers=["N", "phase", "wall s", "peak RSS MB", "CPU s", "result", "in-process steps (s)"],
         floatfmt="g",
     )
+
+
+def side_by_side_table(ours: list[dict], base: list[dict]) -> str:
+    """Each phase's wall time and peak RSS, this checkout next to the baseline, and their ratio."""
+    rows = []
+    for a, b in zip(ours, base):
+        for key in a["phases"]:
+            if key not in b["phases"]:
+                continue
+            pa, pb = a["phases"][key], b["phases"][key]
+            rows.append([f"{a['n']:,}", LABELS.get(key, key), pa["wall_s"], pb["wall_s"],
+                         round(pa["wall_s"] / pb["wall_s"], 3) if pb["wall_s"] else "",
+                         pa["peak_rss_mb"], pb["peak_rss_mb"]])
+        if "raw_copy" in a["reference"] and "cold_apply" in a["phases"] and "raw_copy" in b["reference"]:
+            ra = a["phases"]["cold_apply"]["wall_s"] / a["reference"]["raw_copy"]["steps"]["copy+commit"]
+            rb = b["phases"]["cold_apply"]["wall_s"] / b["reference"]["raw_copy"]["steps"]["copy+commit"]
+            rows.append([f"{a['n']:,}", "apply ÷ raw COPY", round(ra, 3), round(rb, 3), round(ra / rb, 3), "", ""])
+    return tabulate(rows, headers=["N", "phase", "wall s", "baseline wall s", "÷", "peak RSS MB", "baseline RSS MB"],
+                    floatfmt="g")
 
 
 def evaluate(results: list[dict], listing: dict | None, peer: dict | None = None) -> list[dict]:
@@ -475,6 +526,13 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", metavar="DIR", help="where plan files go (default: a temporary folder)")
     ap.add_argument("--keep", action="store_true", help="keep the databases and plan files")
     ap.add_argument("--json-out", metavar="FILE", help="also write the JSON result to FILE")
+    ap.add_argument("--catalogue", default="creators", choices=["creators", "product-images"],
+                    help="the catalogue and synthetic bucket to plan (default creators)")
+    ap.add_argument("--baseline", metavar="CHECKOUT",
+                    help="another checkout (a git worktree of an earlier commit) measured in the same session, "
+                         "each size's phases of both in turn")
+    ap.add_argument("--baseline-python", metavar="PYTHON", default=sys.executable,
+                    help="the Python of an environment where the baseline is installed (default: this one)")
     args = ap.parse_args(argv)
     sizes = parse_objects(args.objects or ["200000,1000000"])
 
@@ -510,8 +568,13 @@ def main(argv=None) -> int:
                 admin.close()
             report["postgres"] = server_info(admin_url)
             report["postgres"]["embedded"] = server is not None
+            baseline = Checkout(args.baseline, args.baseline_python, "baseline") if args.baseline else None
+            base_results = []
             for n in sizes:
-                results.append(bench_n(n, admin_url, workdir, args.seed, args.keep))
+                results.append(bench_n(n, admin_url, workdir, args.seed, args.keep, catalogue=args.catalogue))
+                if baseline is not None:
+                    base_results.append(bench_n(n, admin_url, workdir, args.seed, args.keep, baseline, args.catalogue))
+            report["baseline"] = base_results
             if PEER_N in sizes and not args.skip_peer:
                 import peer as peer_bench
 
@@ -541,8 +604,13 @@ def main(argv=None) -> int:
               f"synchronous_commit {pg['synchronous_commit']}; {os.cpu_count()} CPUs, Python {platform.python_version()}")
     if results:
         print()
-        print("Plan / apply (each phase a whole process; peak RSS of that process, not PostgreSQL's)")
+        print(f"Plan / apply, catalogue {args.catalogue} (each phase a whole process; peak RSS of that process, "
+              "not PostgreSQL's)")
         print(plan_table(results))
+    if report.get("baseline"):
+        print()
+        print(f"Side by side with the baseline {args.baseline} (run in turn with this checkout, in this session)")
+        print(side_by_side_table(results, report["baseline"]))
     if listing and "runs" in listing:
         print()
         print(f"S3 listing: {listing['objects']:,} objects in 200 model prefixes on moto (set by --list-objects; "

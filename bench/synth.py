@@ -34,7 +34,7 @@ from typing import Iterator
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from reconciler.layout import ObjectInfo  # noqa: E402
+from reconciler.objects import ObjectInfo  # noqa: E402
 
 N_MODELS = 200
 POST_MIN, POST_MAX = 40, 60
@@ -153,6 +153,41 @@ def synthetic_bucket(n: int, seed: int = 1, delta: bool = False, root: str = "")
                 ObjectInfo(f"{m}thumb-2.jpg", 310_000 + mi, "%032x" % (mi + 4), LAST_MODIFIED),
             )
         )
+
+# The product-images catalogue's bucket: products/{id}/{weight}/{image type}/{file}.
+PRODUCT_WEIGHTS = ("250g", "500g")
+PRODUCT_TYPES = (("hero-card", 1), ("info-card", 4), ("other-images", 20))  # images of each type per variant
+PER_PRODUCT = len(PRODUCT_WEIGHTS) * sum(n for _, n in PRODUCT_TYPES)  # 50
+
+
+def product_ids(n: int) -> list[str]:
+    """The synthetic shop's products: one per 50 objects, as the platform holds them."""
+    return [f"p{i:07d}" for i in range(max(1, n // PER_PRODUCT))]
+
+
+def synthetic_products(n: int, seed: int = 1, delta: bool = False, root: str = "") -> Iterator[ObjectInfo]:
+    """A product-image bucket of about ``n`` objects, in key order: every product has two
+    variants of 25 images (a hero card, 4 info cards, 20 others). ``delta=True``: 0.5 %
+    deleted, 0.5 % added, 0.1 % re-uploaded, as :func:`synthetic_bucket`'s delta."""
+    rng = random.Random(seed)
+    ordinal = 0
+    for product in product_ids(n):
+        for weight in PRODUCT_WEIGHTS:
+            for kind, count in PRODUCT_TYPES:
+                folder = f"{root}products/{product}/{weight}/{kind}/"
+                for k in range(count):
+                    r = rng.getrandbits(128)
+                    size, etag = 40_000 + ((r >> 96) & 0x3FFFFF), "%032x" % r
+                    ordinal += 1
+                    h = _h(ordinal)
+                    if delta and h < _DELETE_BELOW:
+                        continue
+                    if delta and h < _RESIZE_BELOW:
+                        size, etag = size + 1, etag[::-1]
+                    yield ObjectInfo(f"{folder}{k:03d}.jpg", size, etag, LAST_MODIFIED)
+                    if delta and _RESIZE_BELOW <= h < _ADD_BELOW:
+                        yield ObjectInfo(f"{folder}{k:03d}_edit.jpg", size // 2, etag[:31] + "e", LAST_MODIFIED)
+
 
 def write_folder(objects, folder: str) -> int:
     """Materialise a listing as a folder tree of sparse files; returns the count."""
