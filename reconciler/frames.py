@@ -33,7 +33,7 @@ import polars as pl
 from .catalogue import Catalogue, Entity, read_key
 from .catalogue.descriptor import Source, Template, Value
 from .catalogue.keys import PLAIN_KEY, quote_key, url_base
-from .catalogue.patterns import FileMatcher, Placeholder
+from .catalogue.patterns import Placeholder
 from .objects import ObjectInfo
 from .shards import Shard
 
@@ -124,7 +124,14 @@ def _ext(value: pl.Expr) -> pl.Expr:
 
 class Classifier:
     """The rules of a catalogue over chunks of a listing below ``root``, limited to a
-    ``scope`` of top-entity names (a set, or a :class:`~reconciler.shards.Shard`)."""
+    ``scope`` of top-entity names (a set, or a :class:`~reconciler.shards.Shard`).
+
+    What a key means depends only on its folders and its extension — unless a rule
+    that could take it reads the file name itself (a stem among words, a literal
+    name): so each distinct (folder, extension) is read once, by :func:`read_key` (the
+    reference), and joined back to its keys; keys in folders where a file name matters
+    are read one by one. A million keys in twenty thousand folders cost some forty
+    thousand readings; the file-name captures (``{file}``) come from the key itself."""
 
     def __init__(self, catalogue: Catalogue, root: str = "", scope=None) -> None:
         self.catalogue, self.root = catalogue, root
@@ -138,82 +145,56 @@ class Classifier:
         self.rules = catalogue.rules
         # Captures the desired rows read (those of rules that make rows or facets).
         self.kept = sorted({n for r in self.rules if r.action != "skip" for n in r.pattern.names})
-        self.dirs: dict[str, tuple] = {}  # a folder → what each rule's folder pattern makes of it
-        self.dir_columns = ["dir"]
-        self.dir_schema: dict = {"dir": pl.String}
-        for r in self.rules:
-            self.dir_columns += [f"d{r.index}", f"e{r.index}"]
-            self.dir_schema.update({f"d{r.index}": pl.Boolean, f"e{r.index}": pl.Boolean})
-            for n in r.pattern.dir_names:
-                self.dir_columns.append(f"r{r.index}.{n}")
-                self.dir_schema[f"r{r.index}.{n}"] = pl.String
+        # A folder's reading (per distinct folder and extension), across chunks; a
+        # folder's kind: where file names matter ("k") or not ("d").
+        self.meanings: dict[tuple, tuple] = {}
+        self.dirs: dict[str, bool] = {}
         self.needs_place = any(not e.owned for e in catalogue.entities)
         self.top_key = top_key_expr(catalogue)
+        self.schema = {"_d": pl.String, "_s": pl.UInt8, "rule": pl.Int16, "reason": pl.String, "_fcap": pl.String,
+                       **{capture(n): pl.String for n in self.kept}}
 
-    # ---- folders, once each
-
-    def _dir_row(self, d: str) -> tuple:
-        row: list = [d]
+    def _by_name(self, d: str) -> bool:
+        """Whether keys in folder ``d`` (with its trailing "/") are read one by one: a
+        rule that may take one of them tests more of the file name than its extension."""
         for r in self.rules:
-            p = r.pattern
-            m = p.dir_regex.match(d)
-            values = m.groupdict() if m is not None else {}
-            ok = m is not None and all(
-                _satisfies(h, values[h.name], self.catalogue.classes)
-                for seg in p.segments[:-1] if seg != ("**",) for h in seg if isinstance(h, Placeholder)
-            )
-            row += [ok, ok and any(v == "" for v in values.values())]
-            row += [values.get(n) if ok else None for n in p.dir_names]
-        return tuple(row)
+            m = r.pattern.dir_regex.match(d)
+            if m is None:
+                continue
+            fm = r.pattern.file
+            if fm.how == "any":
+                return False  # this rule takes every key its folders' constraints allow
+            if fm.how != "whole" or fm.placeholders[0].words:
+                return True
+        return False
 
-    def dir_table(self, dirs: list[str]) -> pl.DataFrame:
+    def _reading(self, d: str, bits: int, rel: str) -> tuple:
+        reading = read_key(self.catalogue, rel)
+        rule = reading.rule.index if reading.rule is not None else (_MARKER if reading.reason == FOLDER_MARKER
+                                                                     else _UNMATCHED)
+        fcap = None
+        captures = dict(reading.captures)
+        if bits != 255 and reading.rule is not None:
+            # Keys of this folder and extension differ only in their file name: a
+            # capture of the whole file name is each key's own.
+            holders = reading.rule.pattern.file.placeholders
+            if reading.rule.pattern.file.how in ("any", "whole") and holders:
+                fcap = holders[0].name
+                captures.pop(fcap, None)
+        return (d, bits, rule, reading.reason, fcap, *[captures.get(n) for n in self.kept])
+
+    def readings(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """The reading of each distinct (``_d``, ``_s``) of ``frame``: a folder and the
+        extension's class bits, or a key read on its own (``_s`` 255)."""
         rows = []
-        for d in dirs:
-            row = self.dirs.get(d)
+        for d, bits, rel in frame.group_by("_d", "_s").agg(pl.col("rel").first()).iter_rows():
+            row = self.meanings.get((d, bits))
             if row is None:
-                row = self.dirs[d] = self._dir_row(d)
+                row = self._reading(d, bits, rel)
+                if bits != 255:  # a folder and extension: the same for every chunk
+                    self.meanings[(d, bits)] = row
             rows.append(row)
-        return pl.DataFrame(rows, orient="row", schema=self.dir_schema)
-
-    # ---- file names, as columns
-
-    def _sat(self, p: Placeholder, value: pl.Expr, ext: pl.Expr | None = None) -> pl.Expr:
-        conds = []
-        if p.words:
-            conds.append(value.str.to_lowercase().is_in(list(p.words)))
-        if p.classes:
-            exts = sorted(set().union(*(self.catalogue.classes[c] for c in p.classes)))
-            target = value.str.to_lowercase() if p.after_dot else (ext if ext is not None else _ext(value))
-            conds.append(target.is_in(exts))
-        if not conds:
-            return pl.lit(True)
-        out = conds[0]
-        for c in conds[1:]:
-            out = out | c
-        return out.fill_null(False)
-
-    def _file_test(self, fm: FileMatcher) -> tuple[pl.Expr, dict[str, pl.Expr]]:
-        file, ext = pl.col("_file"), pl.col("_ext")
-        if fm.how == "any":
-            return pl.lit(True), ({fm.placeholders[0].name: file} if fm.placeholders else {})
-        if fm.how == "whole":
-            p = fm.placeholders[0]
-            return self._sat(p, file, ext), {p.name: file}
-        if fm.how == "literal":
-            return file == fm.text, {}
-        if fm.how == "stem_ext":
-            a, b = fm.placeholders
-            stem = file.str.replace(r"\.[^.]*$", "")
-            tail = file.str.extract(r"\.([^.]*)$", 1)
-            ok = file.str.contains(".", literal=True) & self._sat(a, stem) & self._sat(b, tail, ext)
-            return ok, {a.name: stem, b.name: tail}
-        groups = {p.name: file.str.extract(fm.regex, i + 1) for i, p in enumerate(fm.placeholders)}
-        ok = file.str.contains(fm.regex)
-        for p in fm.placeholders:
-            ok = ok & self._sat(p, groups[p.name])
-        return ok.fill_null(False), groups
-
-    # ---- a chunk
+        return pl.DataFrame(rows, orient="row", schema=self.schema)
 
     def classify(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int]:
         """A chunk (``key``, ``size_bytes``, ``etag``, ``last_modified``, ``i`` its
@@ -231,58 +212,40 @@ class Classifier:
             names = frame.filter(pl.col("_inside")).select(part.unique()).to_series().drop_nulls().to_list()
             frame = frame.filter(~pl.col("_inside") | part.is_in([n for n in names if n in self.scope]))
         rel = pl.col("rel")
+        # Folders and the file name once each (an expression used twice is computed twice).
         frame = frame.with_columns(
             pl.when(rel.str.contains("/", literal=True)).then(rel.str.replace(r"[^/]*$", "")).otherwise(pl.lit(""))
-            .alias("dir"),
+            .alias("_dir"),
             rel.str.extract(r"([^/]*)$", 1).alias("_file"),
-        ).with_columns(_ext(pl.col("_file")).alias("_ext"))
-        dirs = frame.select(pl.col("dir").unique()).to_series().to_list()
-        frame = frame.join(self.dir_table(dirs), on="dir", how="left", maintain_order="left")
-
-        tests = [self._file_test(r.pattern.file) for r in self.rules]
-        rule = pl.lit(_UNMATCHED, pl.Int16)
-        for r, (ok, _) in zip(reversed(self.rules), reversed(tests)):
-            rule = pl.when(pl.col(f"d{r.index}") & ok).then(pl.lit(r.index, pl.Int16)).otherwise(rule)
-        marker = (rel == "") | rel.str.ends_with("/")
-        frame = frame.with_columns(pl.when(marker).then(pl.lit(_MARKER, pl.Int16)).otherwise(rule).alias("rule"))
-
-        which = pl.col("rule")
-
-        def value(r, name: str) -> pl.Expr:
-            if name in r.pattern.dir_names:
-                return pl.col(f"r{r.index}.{name}")
-            return tests[r.index][1][name]
-
-        captures = []
-        for n in self.kept:
-            e = pl.lit(None, pl.String)
-            for r in reversed(self.rules):
-                if n in r.pattern.names:
-                    e = pl.when(which == r.index).then(value(r, n)).otherwise(e)
-            captures.append(e.alias(capture(n)))
-        empty = pl.lit(False)
-        reason = pl.lit(None, pl.String)
-        for r in reversed(self.rules):
-            file_names = [h.name for h in r.pattern.file.placeholders]
-            here = pl.col(f"e{r.index}")
-            for n in file_names:
-                here = here | (tests[r.index][1][n] == "")
-            empty = pl.when(which == r.index).then(here).otherwise(empty)
-            if r.action == "skip":
-                reason = pl.when(which == r.index).then(pl.lit(r.reason)).otherwise(reason)
-        reason = (
-            pl.when(~pl.col("_inside")).then(pl.lit(OUTSIDE_ROOT))
-            .when(which == _MARKER).then(pl.lit(FOLDER_MARKER))
-            .when(which == _UNMATCHED).then(pl.lit(UNMATCHED))
-            .when(empty.fill_null(False)).then(pl.lit(EMPTY_SEGMENT))
-            .otherwise(reason)
         )
-        frame = frame.with_columns(*captures, reason.alias("reason"))
-        # PostgreSQL text cannot hold NUL: a recognised key with one is skipped.
+        dirs = frame.select(pl.col("_dir").unique()).to_series().to_list()
+        by_name = []
+        for d in dirs:
+            hit = self.dirs.get(d)
+            if hit is None:
+                hit = self.dirs[d] = self._by_name(d)
+            if hit:
+                by_name.append(d)
+        # Only which classes the extension is in matters (image, video, neither): a bit each.
+        ext = pl.col("_file").str.extract(r"\.([^.]*)$", 1).str.to_lowercase()
+        bits = pl.lit(0, pl.UInt8)
+        for i, exts in enumerate(self.catalogue.classes.values()):
+            bits = bits + ext.is_in(sorted(exts)).fill_null(False).cast(pl.UInt8) * (1 << i)
+        one_by_one = ((rel == "") | rel.str.ends_with("/")) | pl.col("_dir").is_in(by_name)
         frame = frame.with_columns(
-            pl.when(pl.col("reason").is_null() & pl.col("key").str.contains("\x00", literal=True))
-            .then(pl.lit(INVALID_KEY)).otherwise(pl.col("reason")).alias("reason")
+            pl.when(one_by_one).then(pl.lit("k\x00") + rel).otherwise(pl.col("_dir")).alias("_d"),
+            pl.when(one_by_one).then(pl.lit(255, pl.UInt8)).otherwise(bits).alias("_s"),
         )
+        frame = frame.join(self.readings(frame.select("_d", "_s", "rel")), on=["_d", "_s"], how="left",
+                           maintain_order="left")
+        file_capture = pl.col("_fcap")
+        captures = [pl.when(file_capture == n).then(pl.col("_file")).otherwise(pl.col(capture(n))).alias(capture(n))
+                    for n in self.kept]
+        reason = pl.when(~pl.col("_inside")).then(pl.lit(OUTSIDE_ROOT)).otherwise(pl.col("reason"))
+        # PostgreSQL text cannot hold NUL: a recognised key with one is skipped.
+        reason = pl.when(reason.is_null() & pl.col("key").str.contains("\x00", literal=True)).then(
+            pl.lit(INVALID_KEY)).otherwise(reason)
+        frame = frame.with_columns(*captures, reason.alias("reason"))
         skipped = frame.filter(pl.col("reason").is_not_null()).select("i", "key", "reason")
         items = frame.filter(pl.col("reason").is_null())
         items = items.with_columns(self.top_key.alias(plan_key(self.catalogue.top.name)))
@@ -299,12 +262,6 @@ class Classifier:
                 return None
         reading = read_key(self.catalogue, rel)
         return reading.reason or INVALID_UTF8
-
-
-def _satisfies(p: Placeholder, value: str, classes: dict) -> bool:
-    from .catalogue.patterns import satisfies
-
-    return satisfies(p, value, classes)
 
 
 def item_columns(catalogue: Catalogue, place: bool = False) -> list[str]:

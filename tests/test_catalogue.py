@@ -219,8 +219,16 @@ def test_the_columnar_classifier_reads_every_key_as_read_key_does(listing, catal
     assert dict(found.skipped) == skipped
 
 
-def test_the_classifier_matches_each_folder_once():
+def test_each_folder_and_class_of_extension_is_read_once():
+    """Keys of one folder whose extensions are of one class mean the same: read once,
+    across chunks; keys in a folder where file names matter are read one by one."""
+    import polars as pl
+
     classifier = Classifier(CREATORS)
-    classify_listing([ObjectInfo(f"M/P/{i}.jpg") for i in range(1000)], CREATORS)
-    classifier.dir_table(["M/P/", "M/P/", "M/"])
-    assert len(classifier.dirs) == 2
+    keys = [f"M/P/{i}.jpg" for i in range(1000)] + [f"M/P/{i}.png" for i in range(5)] + ["M/P/v.mp4",
+                                                                                      "M/profile/icon.png"]
+    frame = pl.DataFrame({"key": keys, "size_bytes": [1] * len(keys), "etag": ["e"] * len(keys),
+                          "last_modified": [None] * len(keys)}, schema_overrides={"last_modified": pl.String})
+    for _ in range(2):  # two chunks
+        classifier.classify(frame.with_row_index("i"))
+    assert sorted(classifier.meanings) == [("M/P/", 1), ("M/P/", 2)]  # images, videos; the profile key on its own

@@ -95,6 +95,14 @@ class Pattern:
     def dir_names(self) -> list[str]:
         return [p.name for seg in self.segments[:-1] if seg != ("**",) for p in seg if isinstance(p, Placeholder)]
 
+    @property
+    def constrained(self) -> tuple[Placeholder, ...]:
+        found = self.__dict__.get("_constrained")
+        if found is None:  # computed once: match() runs for every distinct folder of a listing
+            found = tuple(p for p in self.placeholders if p.constrained)
+            object.__setattr__(self, "_constrained", found)
+        return found
+
     def match(self, rel: str) -> dict[str, str] | None:
         """The captures of a key below the root, or None when the pattern does not
         match it (constraints included)."""
@@ -102,7 +110,7 @@ class Pattern:
         if m is None:
             return None
         captures = m.groupdict()
-        for p in self.placeholders:
+        for p in self.constrained:
             if not satisfies(p, captures[p.name], self.classes):
                 return None
         return captures
