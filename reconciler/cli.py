@@ -247,11 +247,11 @@ def cmd_catalogue(args, settings: Settings) -> int:
         return Exit.OK
     print(f"# catalogue {catalogue.name}, fingerprint {catalogue.fingerprint}")
     if args.format == "json":
-        print(json.dumps(catalogue.spec, indent=2, ensure_ascii=False))
+        print(json.dumps(catalogue.source, indent=2, ensure_ascii=False))
     else:
         import yaml
 
-        print(yaml.safe_dump(catalogue.spec, sort_keys=False, allow_unicode=True), end="")
+        print(yaml.safe_dump(catalogue.source, sort_keys=False, allow_unicode=True, width=120), end="")
     return Exit.OK
 
 

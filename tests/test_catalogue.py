@@ -4,6 +4,7 @@ classifier held to the per-key reading (``read_key``), the reference."""
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import yaml
@@ -232,3 +233,73 @@ def test_each_folder_and_class_of_extension_is_read_once():
     for _ in range(2):  # two chunks
         classifier.classify(frame.with_row_index("i"))
     assert sorted(classifier.meanings) == [("M/P/", 1), ("M/P/", 2)]  # images, videos; the profile key on its own
+
+
+# --------------------------------------------------------------------------- authoring commands
+
+
+def test_explain_says_which_rule_takes_a_key_and_what_it_makes(cli):
+    r = cli("explain", "Alice/Beach Day/01.jpg", "Alice/profile/ICON.png", "Alice/notes.txt", "stray.jpg",
+            "--cdn-base-url", "https://cdn.example.test")
+    assert r.code == 0, r.err
+    assert r.out.split("\n\n")[0].splitlines() == [
+        "Alice/Beach Day/01.jpg",
+        "  rule 7 post-media: {model}/{post}/**/{file:image|video}",
+        "  captures: model='Alice', post='Beach Day', file='01.jpg'",
+        "  row of media 'Alice/Beach Day/01.jpg'",
+        "    under post 'Alice/Beach Day'",
+        "    under model 'Alice'",
+        "  url: https://cdn.example.test/Alice/Beach%20Day/01.jpg",
+        "  type: image",
+        "  size_bytes: null",
+        "  etag: null",
+        "Alice/profile/ICON.png",
+        "  rule 4 profile-icon: {model}/profile/{stem:icon|avatar}.{ext:image}",
+        "  captures: model='Alice', stem='ICON', ext='png'",
+        "  facet icon of model 'Alice'",
+        "Alice/notes.txt",
+        "  rule 3 model-other-file: {model}/{file}",
+        "  captures: model='Alice', file='notes.txt'",
+        "  skipped: unsupported_extension",
+        "stray.jpg",
+        "  rule 1 not-in-a-folder: {file}",
+        "  captures: file='stray.jpg'",
+        "  skipped: not_in_model_folder",
+    ]
+
+
+def test_explain_reads_keys_below_the_sources_prefix_and_other_catalogues(cli):
+    r = cli("explain", "media/products/p1/500g/hero-card/a.JPG", "products/p1/500g/banner/b.jpg", "--catalogue",
+            "product-images", "--source", "s3://shop/media", "--cdn-base-url", "https://img.test")
+    assert r.code == 0, r.err
+    assert "  row of image 'media/products/p1/500g/hero-card/a.JPG'" in r.out
+    assert "    under variant 'p1/500g'" in r.out and "    under product 'p1'" in r.out
+    assert "  image_url: https://img.test/media/products/p1/500g/hero-card/a.JPG" in r.out
+    assert "  skipped: unknown_image_type" in r.out
+
+
+def test_catalogue_prints_the_resolved_spec_and_its_fingerprint(cli, tmp_path):
+    r = cli("catalogue")
+    assert r.code == 0 and r.out.startswith(f"# catalogue creators, fingerprint {CREATORS.fingerprint}\n")
+    assert yaml.safe_load(r.out)["name"] == "creators"
+    spec = tmp_path / "mine.yaml"
+    spec.write_text(r.out.replace("name: creators", "name: mine"))
+    mine = cli("catalogue", "--catalogue", str(spec), "--format", "json")
+    assert mine.code == 0 and '"name": "mine"' in mine.out
+    schema = json.loads(cli("catalogue", "--catalogue", "product-images", "--plan-schema").out)
+    assert schema["$defs"]["change"]["properties"]["kind"] == {"enum": ["image"]}
+    assert schema["$defs"]["imageImage"]["required"] == ["file_name", "variant", "product_id", "variant_weight",
+                                                          "image_type", "image_url", "size_bytes", "etag"]
+
+
+def test_a_bad_catalogue_is_one_error_line(cli, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nentities: {}\nrules: []\n")
+    r = cli("plan", "--catalogue", str(bad), "--source", str(tmp_path))
+    assert r.code == 1 and r.err.startswith("error: catalogue spec ") and r.err.count("\n") == 1
+    missing = cli("plan", "--catalogue", "no-such-catalogue", "--source", str(tmp_path))
+    assert "there is no shipped catalogue 'no-such-catalogue' (shipped: creators, product-images)" in missing.err
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: [x\n")
+    r = cli("plan", "--catalogue", str(broken), "--source", str(tmp_path))
+    assert "is not valid YAML at line" in r.err and r.err.count("\n") == 1

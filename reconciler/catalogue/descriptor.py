@@ -234,6 +234,7 @@ class Catalogue:
     rules: tuple[Rule, ...]
     spec: dict = field(repr=False)  # the normalized spec (what the fingerprint hashes)
     fingerprint: str = ""
+    source: dict = field(default_factory=dict, repr=False)  # the spec as written (resolved): what to copy and edit
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Catalogue) and other.fingerprint == self.fingerprint
@@ -430,7 +431,7 @@ def compile_spec(spec: dict, where: str = "catalogue") -> Catalogue:
     if problems.found:
         raise SpecErrors(problems.found)
     return Catalogue(catalogue.name, catalogue.description, classes, catalogue.entities, catalogue.rules,
-                     spec=catalogue.spec, fingerprint=fingerprint_of(catalogue.spec))
+                     spec=catalogue.spec, fingerprint=fingerprint_of(catalogue.spec), source=spec)
 
 
 class SpecErrors(Exception):
