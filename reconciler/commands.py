@@ -93,7 +93,11 @@ def make_plan(
         if settings.inventory:
             progress("reading the inventory manifest")
             inventory = source.report  # checked (bucket, age) before anything else is read
-        source_url, root, objects = source.url, source.root, source.list(shard if shard is not None else scope)
+        from .frames import scope_segment
+
+        segment = scope_segment(settings.catalogue)
+        under = "".join(p + "/" for p in segment.prefix) if segment is not None else ""
+        source_url, root, objects = source.url, source.root, source.list(shard if shard is not None else scope, under)
     else:
         source_url = settings.source
     in_shard: list[str] = []  # the shard's models in the database
@@ -153,7 +157,7 @@ def make_plan(
     # A shard whose top rows all left the bucket is not an empty source when other shards'
     # are there: only a source with nothing at all is refused.
     recognised = len(desired_tops) or int(shard is not None and shard.saw_others)
-    check_empty_source(recognised, current_rows, scope, settings.allow_empty_source)
+    check_empty_source(recognised, current_rows, scope, settings.allow_empty_source, catalogue.top.name)
     deletes = sum(counts["delete"] for counts in summarize(result.changes).values())
     check_delete_limits(deletes, current_rows, settings.limits)
     rewrites, holding = url_rewrites(result.changes, catalogue)

@@ -245,12 +245,12 @@ class InventorySource:
 
     # ------------------------------------------------------------------ the rows
 
-    def list(self, models: Iterable[str] | Shard | None = None) -> Iterator[ObjectInfo]:
+    def list(self, models: Iterable[str] | Shard | None = None, under: str = "") -> Iterator[ObjectInfo]:
         """The report's current objects under the root (with ``models``: under those
-        model folders only), a data file at a time, in the report's order."""
+        top folders only, below ``under``), a data file at a time, in the report's order."""
         report = self.report
         dest, _ = _split_s3(report.url)
-        root = self.s3.prefix
+        root = self.s3.prefix + (under if models is not None else "")
         scope = models if models is None or isinstance(models, Shard) else frozenset(models)
         with tempfile.TemporaryDirectory(prefix="reconciler-inventory-") as tmp:
             for f in report.files:

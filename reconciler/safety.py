@@ -65,10 +65,12 @@ def _knob(when: str, flag: str, key: str) -> str:
     return f"safety.{key} in the config file given with --config or RECONCILER_CONFIG"
 
 
-def check_empty_source(recognised: int, current_rows: int, scope: list[str] | None, allow: bool) -> None:
-    """Refuse a listing with nothing recognised against a database with rows in scope."""
+def check_empty_source(recognised: int, current_rows: int, scope: list[str] | None, allow: bool,
+                       top: str = "model") -> None:
+    """Refuse a listing with nothing recognised against a database with rows in scope
+    (``top``: the catalogue's top entity, which a scope names)."""
     if recognised == 0 and current_rows > 0 and not allow:
-        where = "the source" if scope is None else f"the source under model(s) {', '.join(scope)}"
+        where = "the source" if scope is None else f"the source under {top}(s) {', '.join(scope)}"
         raise SafetyError(
             f"{where} holds no recognised object, but the database holds {current_rows} row(s) in scope: "
             "refusing to plan their deletion. Check the source URL, prefix and --model; "

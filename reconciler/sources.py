@@ -32,9 +32,11 @@ class Source(Protocol):
     root: str
     public_url: str  # the default base of media URLs
 
-    def list(self, models: Iterable[str] | Shard | None = None) -> Iterator[ObjectInfo]:
+    def list(self, models: Iterable[str] | Shard | None = None, under: str = "") -> Iterator[ObjectInfo]:
         """Every object under the root; with ``models`` (names, or a :class:`Shard`)
-        only the objects under those model folders."""
+        only the objects under those top folders, which stand below ``under`` (the
+        catalogue's literal folders before its top entity's: ``products/``; "" for
+        creators' models)."""
         ...
 
 
@@ -172,19 +174,19 @@ class S3Source:
         self.progress(f"S3 request failed ({why}); retrying, {left} of {self.max_attempts} attempts left")
         return None
 
-    def list(self, models: Iterable[str] | Shard | None = None) -> Iterator[ObjectInfo]:
+    def list(self, models: Iterable[str] | Shard | None = None, under: str = "") -> Iterator[ObjectInfo]:
         if models is not None and not isinstance(models, Shard):
-            prefixes = [self.prefix + m + "/" for m in sorted(set(models))]
+            prefixes = [self.prefix + under + m + "/" for m in sorted(set(models))]
             yield from self._parallel(prefixes)
             return
         # One delimited call finds the top-level folders; each is then listed on its own.
         top_objects: list[ObjectInfo] = []
         prefixes: list[str] = []
-        for page in self._pages(self.prefix, delimiter="/"):
+        for page in self._pages(self.prefix + (under if models is not None else ""), delimiter="/"):
             top_objects.extend(_s3_object(o) for o in page.get("Contents", ()))
             prefixes.extend(p["Prefix"] for p in page.get("CommonPrefixes", ()))
-        if models is not None:  # a shard: only its models' folders, no top-level keys
-            n = len(self.prefix)
+        if models is not None:  # a shard: only its top rows' folders, no keys beside them
+            n = len(self.prefix + under)
             prefixes = [p for p in prefixes if p[n:-1] in models]
             top_objects = []
         yield from top_objects
@@ -289,21 +291,24 @@ class FolderSource:
         """``file://`` and the folder's absolute path: the default base of media URLs."""
         return Path(os.path.abspath(self.path)).as_uri()
 
-    def list(self, models: Iterable[str] | Shard | None = None) -> Iterator[ObjectInfo]:
+    def list(self, models: Iterable[str] | Shard | None = None, under: str = "") -> Iterator[ObjectInfo]:
         base = os.path.realpath(self.path)
         if not os.path.isdir(base):
             raise SourceError(f"source folder {self.path!r} does not exist or is not a folder; check --source")
-        if isinstance(models, Shard):  # the shard's folders among the top level
-            with os.scandir(base) as entries:
-                models = [e.name for e in entries if e.is_dir(follow_symlinks=False) and e.name in models]
         if models is None:
             yield from self._walk(base, base, "")
             return
+        top = os.path.join(base, *under.split("/")[:-1]) if under else base
+        if os.path.islink(top) or not os.path.isdir(top):
+            return
+        if isinstance(models, Shard):  # the shard's folders among those at the top
+            with os.scandir(top) as entries:
+                models = [e.name for e in entries if e.is_dir(follow_symlinks=False) and e.name in models]
         for m in sorted(set(models)):
-            sub = os.path.join(base, m)
+            sub = os.path.join(top, m)
             if "/" in m or m in ("", ".", "..") or os.path.islink(sub) or not os.path.isdir(sub):
                 continue
-            yield from self._walk(base, sub, m + "/")
+            yield from self._walk(base, sub, under + m + "/")
 
     def _walk(self, base: str, folder: str, prefix: str) -> Iterator[ObjectInfo]:
         """Depth first, each folder's entries by name (a folder's objects where its name

@@ -224,3 +224,33 @@ def test_a_changed_spec_needs_init_before_plans(shop_settings, shop, tmp_path):
 def test_one_database_holds_one_catalogue(shop, database_url):
     with pytest.raises(CatalogueError, match="holds catalogue 'creators'"):
         init(Settings(database=database_url, catalogue=PRODUCTS))
+
+
+@pytest.mark.parametrize("where", ["s3", "folder"])
+def test_a_scoped_plan_lists_only_its_products_folders(shop_settings, shop, bucket, tmp_path, where):
+    """``--model p42``: the listing goes to products/p42/ (the spec's literal folder first),
+    and nothing of another product is planned or deleted."""
+    from .conftest import folder_bucket
+
+    keys = (HERO, INFO, COFFEE)
+    if where == "s3":
+        for key in keys:
+            put(bucket, key)
+        settings = shop_settings
+    else:
+        settings = Settings(database=shop, source=str(folder_bucket(tmp_path / "bucket", *keys)), cdn_base_url=CDN,
+                            catalogue=PRODUCTS)
+    init(settings)
+    plan_and_apply(settings, tmp_path, "all")
+    if where == "s3":
+        bucket.delete(COFFEE, HERO)
+    else:
+        (tmp_path / "bucket" / COFFEE).unlink()
+        (tmp_path / "bucket" / HERO).unlink()
+    scoped = make_plan(settings, models=["p42"])
+    assert scoped.scope == ["p42"] and scoped.source["object_count"] == 1
+    assert [(c.action, c.key) for c in scoped.changes] == [("delete", HERO)]
+    from reconciler.errors import SafetyError
+
+    with pytest.raises(SafetyError, match="the source under product[(]s[)] p7 holds no recognised object"):
+        make_plan(settings, models=["p7"])  # its one object gone: the empty-source guard, as for a model
