@@ -303,3 +303,27 @@ def test_a_bad_catalogue_is_one_error_line(cli, tmp_path):
     broken.write_text("name: [x\n")
     r = cli("plan", "--catalogue", str(broken), "--source", str(tmp_path))
     assert "is not valid YAML at line" in r.err and r.err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- plans made before catalogues
+
+
+def test_a_plan_made_before_catalogues_applies_as_a_creators_plan(database_url, tmp_path):
+    """A plan file without ``target.catalogue`` was made by the hand-written engine,
+    whose rows, digest and changes the creators catalogue makes too: it verifies and
+    applies as a creators plan, and is refused under any other catalogue."""
+    from reconciler import Settings
+    from reconciler.commands import apply, make_plan
+    from reconciler.errors import WrongCatalogueError
+    from reconciler.planfile import load_plan, write_plan
+
+    from .conftest import CDN
+
+    settings = Settings(database=database_url, cdn_base_url=CDN)
+    plan = make_plan(settings, objects=[ObjectInfo("Alice/Beach/1.jpg", 3, "e1")], seal=False)
+    del plan.target["catalogue"]  # as plans were written before catalogues
+    path = write_plan(plan, str(tmp_path / "old.json"))
+    assert "catalogue" not in json.loads(open(path).read())["target"]
+    with pytest.raises(WrongCatalogueError, match="made before catalogues, for the creators catalogue"):
+        load_plan(path, PRODUCTS)
+    assert apply(settings, path).summary["media"]["create"] == 1
