@@ -46,7 +46,6 @@ WEBHOOK_TOKEN_ENV = "RECONCILER_WEBHOOK_TOKEN"
 # plan files are scrubbed of. (``RECONCILER_API_TOKENS`` is ``name:token,…``: its
 # tokens are secrets on their own; see :func:`secret_values`.)
 SECRET_ENV = (SIGNING_KEY_ENV, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", API_TOKENS_ENV, WEBHOOK_TOKEN_ENV)
-MAX_CONFIG_BYTES = 1024 * 1024
 
 
 
@@ -204,33 +203,10 @@ def _describe(error, path: str) -> str:
 def read_config_file(path: str) -> dict:
     """Parse and validate a YAML config file."""
     import jsonschema
-    import yaml
 
-    if os.path.exists(path) and not os.path.isdir(path) and not os.path.isfile(path):
-        raise ConfigError(f"config file {path} is not a regular file; check --config / RECONCILER_CONFIG")
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist; check --config / RECONCILER_CONFIG") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a folder; check --config / RECONCILER_CONFIG") from None
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config file {path} is larger than 1 MiB; it is not a reconciler config")
-    try:
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not UTF-8 text") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"config file {path} is not valid YAML{where}; fix the syntax") from None
-    except RecursionError:
-        raise ConfigError(f"config file {path} is nested too deeply") from None
-    except Exception:  # PyYAML's constructors raise plain errors too: "2001-13-01", "!!int abc"
-        raise ConfigError(f"config file {path} is not valid YAML: a value cannot be read; fix it") from None
+    from .yamlfile import read_yaml
+
+    data = read_yaml(path, "config file", "check --config / RECONCILER_CONFIG")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -20,7 +20,6 @@ from ..errors import CatalogueError
 from .descriptor import Catalogue, SpecErrors, compile_spec
 
 DEFAULT = "creators"
-MAX_SPEC_BYTES = 1024 * 1024
 
 
 def shipped_names() -> list[str]:
@@ -89,32 +88,11 @@ def compile_checked(spec: Any, origin: str) -> Catalogue:
         raise CatalogueError(_summary(origin, [str(x) for x in e.errors])) from None
 
 
-def read_spec_file(path: str) -> dict:
-    import yaml
+def read_spec_file(path: str):
+    from ..yamlfile import read_yaml
 
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_SPEC_BYTES + 1)
-    except FileNotFoundError:
-        raise CatalogueError(f"catalogue spec {path} does not exist; check catalogue: in the config "
-                             f"(a file, or a shipped catalogue: {', '.join(shipped_names())})") from None
-    except IsADirectoryError:
-        raise CatalogueError(f"catalogue spec {path} is a folder; name a YAML file") from None
-    except OSError as e:
-        raise CatalogueError(f"cannot read catalogue spec {path}: {e.strerror}") from None
-    if len(raw) > MAX_SPEC_BYTES:
-        raise CatalogueError(f"catalogue spec {path} is larger than 1 MiB; it is not a catalogue spec")
-    try:
-        data = yaml.safe_load(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise CatalogueError(f"catalogue spec {path} is not UTF-8 text") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise CatalogueError(f"catalogue spec {path} is not valid YAML{at}: {getattr(e, 'problem', None) or e}") from None
-    except RecursionError:
-        raise CatalogueError(f"catalogue spec {path} is nested too deeply") from None
-    return data
+    return read_yaml(path, "catalogue spec", "check catalogue: in the config (a file, or a shipped catalogue: "
+                     f"{', '.join(shipped_names())})", CatalogueError)
 
 
 def shipped_spec(name: str) -> dict:
