@@ -1,6 +1,6 @@
 """A deterministic synthetic bucket for the benchmarks.
 
-Shape (the platform's layout, DESIGN.md "Layout rules"):
+Shape (the creators catalogue, docs/design.md "Layout rules"):
 
 * 200 models (a few with spaces and non-ASCII letters, so URL quoting is exercised);
 * per model ``profile/icon.jpg`` (or ``avatar.png``), ``profile/banner.jpg`` (or

@@ -357,7 +357,7 @@ class StreamStage(Stage):
     and stores them while the client goes on verifying the file.
 
     The tables are created first (temporary tables take no lock another session
-    waits for, so this precedes the locks, as DESIGN.md orders it). A database error
+    waits for, so this precedes the locks, as docs/design.md orders it). A database error
     is held back: :meth:`finish` raises it, which the caller does only once
     verification passed (a plan that fails verification is refused as such).
     :meth:`abort` ends the stream without a verdict (the transaction is then rolled

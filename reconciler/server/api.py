@@ -1,4 +1,4 @@
-"""The JSON API (DESIGN.md, "Controller mode"). Every handler gathers its data through
+"""The JSON API (docs/design.md, "Controller mode"). Every handler gathers its data through
 the library (:class:`reconciler.controller.Controller`, :class:`reconciler.runs.Runs`);
 blocking calls run in the thread pool."""
 

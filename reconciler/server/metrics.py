@@ -1,5 +1,5 @@
 """Prometheus metrics, in a registry of the app's own (two apps in one process do not
-clash). Names as in DESIGN.md. The gauges that describe the catalogue (in sync,
+clash). Names as in docs/design.md. The gauges that describe the catalogue (in sync,
 drift, objects listed, last check, last apply) are read from the database at every
 scrape, so every replica reports the same; counters and histograms count what this
 replica did.
