@@ -29,7 +29,7 @@ from reconciler.planfile import (
     write_plan,
 )
 
-from .conftest import CDN, CREATORS
+from .conftest import CDN, CREATORS, PRODUCTS
 
 CREATED_AT = "2026-11-21T10:00:00Z"
 DIGEST = "ab" * 32
@@ -588,6 +588,18 @@ def test_random_bytes_are_refused_with_plan_file_error(tmp_path_factory, content
 def change_validator() -> jsonschema.Draft202012Validator:
     schema = plan_schema()
     return jsonschema.Draft202012Validator({"$ref": "#/$defs/change", "$defs": schema["$defs"]})
+
+
+def test_each_catalogue_has_a_schema_of_its_own():
+    """Making one catalogue's schema leaves another's, and the envelope every plan file
+    is checked against, as they were (a summary of creators' kinds once made every
+    product-images plan fail to verify in a process that had printed creators' schema)."""
+    creators = plan_schema(CREATORS)
+    products = plan_schema(PRODUCTS)
+    assert list(creators["properties"]["summary"]["required"]) == list(CREATORS.kinds)
+    assert list(products["properties"]["summary"]["required"]) == list(PRODUCTS.kinds)
+    assert "mediaImage" in creators["$defs"] and "mediaImage" not in products["$defs"]
+    assert plan_schema(CREATORS) == creators
 
 
 # Integral floats (3.0) are left out on purpose: JSON Schema counts them as integers,
