@@ -71,30 +71,35 @@ def _general(c: dict) -> str | None:
     return check_change(c) or check_identity(c) or check_values(c)
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
-@given(media_changes())
-def test_a_line_the_fast_path_admits_is_accepted_and_staged_as_the_general_path_does(c):
+def assert_fast_path_agrees(c: dict) -> None:
+    """If the fast path admits the change's line, the general path accepts the change,
+    and the two stage it as the same text."""
     text = canonical(c)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return  # a lone surrogate: never in text decoded from a file
-    line = "    " + text + ","
-    rows = FAST_SHAPES[("media", c["action"])].findall(line)
     assert json.loads(text) == c
+    rows = FAST_SHAPES[(c["kind"], c["action"])].findall("    " + text + ",")
     if not rows:
         return
     assert _general(c) is None
     fast, slow = Stage(CREATORS), Stage(CREATORS)
     try:
-        fast.add_rows("media", rows)
+        fast.add_rows(c["kind"], rows)
         slow.add_batch([c])
-        for f in (fast.files["media"], slow.files["media"]):
+        for f in (fast.files[c["kind"]], slow.files[c["kind"]]):
             f.seek(0)
-        assert fast.files["media"].read() == slow.files["media"].read()
+        assert fast.files[c["kind"]].read() == slow.files[c["kind"]].read()
     finally:
         fast.close()
         slow.close()
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(media_changes())
+def test_a_line_the_fast_path_admits_is_accepted_and_staged_as_the_general_path_does(c):
+    assert_fast_path_agrees(c)
 
 
 @st.composite
@@ -123,25 +128,7 @@ def model_changes(draw):
 def test_a_model_line_the_fast_path_admits_is_accepted_and_staged_as_the_general_path_does(c):
     """The catalogue's fast path also takes a model's creates and deletes (a row keyed
     on its own by one column, with text and integer fields)."""
-    text = canonical(c)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return  # a lone surrogate: never in text decoded from a file
-    rows = FAST_SHAPES[("model", c["action"])].findall("    " + text + ",")
-    if not rows:
-        return
-    assert _general(c) is None
-    fast, slow = Stage(CREATORS), Stage(CREATORS)
-    try:
-        fast.add_rows("model", rows)
-        slow.add_batch([c])
-        for f in (fast.files["model"], slow.files["model"]):
-            f.seek(0)
-        assert fast.files["model"].read() == slow.files["model"].read()
-    finally:
-        fast.close()
-        slow.close()
+    assert_fast_path_agrees(c)
 
 
 _cdn_text = st.one_of(_odd, st.sampled_from([":a", "a,", ",", ":", "", "a\":b", "x,\"y", "https://c/a%20b.jpg"]))
@@ -167,25 +154,7 @@ def post_updates(draw):
 @settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
 @given(post_updates())
 def test_a_post_update_the_fast_path_admits_is_accepted_and_staged_as_the_general_path_does(c):
-    text = canonical(c)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return  # a lone surrogate: never in text decoded from a file
-    rows = FAST_SHAPES[("post", "update")].findall("    " + text + ",")
-    if not rows:
-        return
-    assert _general(c) is None
-    fast, slow = Stage(CREATORS), Stage(CREATORS)
-    try:
-        fast.add_rows("post", rows)
-        slow.add_batch([c])
-        for f in (fast.files["post"], slow.files["post"]):
-            f.seek(0)
-        assert fast.files["post"].read() == slow.files["post"].read()
-    finally:
-        fast.close()
-        slow.close()
+    assert_fast_path_agrees(c)
 
 
 def test_plain_post_updates_take_the_fast_path():
@@ -240,8 +209,8 @@ def _staged(path: str, fast: bool):
 
 
 def _media(action, key, post, **extra):
-    image = {"s3_key": key, "post": post, "url": "https://cdn.example.test/" + key, "type": "image", "size_bytes": 1, "etag": None,
-             **extra}
+    image = {"s3_key": key, "post": post, "url": "https://cdn.example.test/" + key, "type": "image", "size_bytes": 1,
+             "etag": None, **extra}
     before, after = (None, image) if action == "create" else (image, None)
     return Change(action, "media", key, before, after)
 
