@@ -102,6 +102,18 @@ def test_a_line_the_fast_path_admits_is_accepted_and_staged_as_the_general_path_
     assert_fast_path_agrees(c)
 
 
+def test_a_post_of_a_name_and_slashes_is_refused_by_both_paths():
+    """'M//' is no post key ('/'s at its ends do not count): the fast path must not take
+    the line the general path refuses (found by the property above)."""
+    image = {"s3_key": "M///a.jpg", "post": "M//", "url": "https://cdn.example.test/M///a.jpg", "type": "image",
+             "size_bytes": 0, "etag": None}
+    c = {"action": "create", "kind": "media", "key": "M///a.jpg", "before": None, "after": image}
+    assert _general(c) == "names post 'M//'; a post key is MODEL/POST"
+    assert not FAST_SHAPES[("media", "create")].findall("    " + canonical(c) + ",")
+    assert _general({**c, "after": {**image, "post": "M//P"}}) is None
+    assert FAST_SHAPES[("media", "create")].findall("    " + canonical({**c, "after": {**image, "post": "M//P"}}) + ",")
+
+
 @st.composite
 def model_changes(draw):
     name = draw(_name)
