@@ -187,7 +187,7 @@ class StageLayout:
             restored = {f: image[f] for f in e.restore_fields if f in image and f != e.id_column}
             if restored:
                 restore = _csv(json.dumps(restored, ensure_ascii=False))
-        head = f"{row_id},{fields},{restore},{_csv(c.get('from'))},{action}"
+        head = f"{row_id},{fields},{restore},{_csv(c.get('from'))},{_csv(action)}"
         values = [_csv(image.get(f)) if not (self.self_keyed and f == self.e.key_columns[0]) else _csv(key)
                   for f in self.fields]
         if not self.self_keyed:
@@ -219,7 +219,7 @@ def _json_update_row(layout: StageLayout, row: tuple[str, str, str]) -> str:
     column = plan_rules(layout.catalogue).fast_columns[layout.e.name][1]
     spaced = value.replace('":', '": ').replace(',"', ', "').replace('"', '""')
     values = [f'"{spaced}"' if f == column else "null" for f in layout.fields]
-    return f'null,"{{{column}}}",null,null,{action[1:-1]},' + ",".join(values) + f",{key}\n"
+    return f'null,"{{{column}}}",null,null,{action},' + ",".join(values) + f",{key}\n"
 
 
 class Stage:

@@ -318,10 +318,9 @@ def plan_schema(catalogue: Catalogue | None = None) -> dict:
     from .catalogue import load_catalogue
 
     rules = plan_rules(catalogue or load_catalogue())
-    schema = _envelope_schema()
-    schema["$defs"] = rules.schema_defs()
-    schema["properties"]["summary"] = rules.summary_schema()
-    return schema
+    envelope = _envelope_schema()  # cached, and the envelope every plan is checked against: not changed here
+    return {**envelope, "$defs": rules.schema_defs(),
+            "properties": {**envelope["properties"], "summary": rules.summary_schema()}}
 
 
 @lru_cache(maxsize=1)

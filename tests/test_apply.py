@@ -19,10 +19,10 @@ from hypothesis import given, settings as hsettings, strategies as st
 
 from reconciler import commands
 from reconciler.errors import AlreadyAppliedError, DatabaseError, SignatureError, StalePlanError
-from reconciler.layout import ObjectInfo
+from reconciler.objects import ObjectInfo
 from reconciler.planfile import load_plan, write_plan
 
-from .conftest import CDN, fresh_example
+from .conftest import CDN, CREATORS, fresh_example
 
 # --------------------------------------------------------------------------- helpers
 
@@ -502,7 +502,7 @@ def test_a_plan_for_another_database_is_refused(settings, pg_admin_url, database
     try:
         other_url = with_dbname(pg_admin_url, other)
         with open_database(other_url) as db:
-            migrate(db)
+            migrate(db, CREATORS)
         # Both are empty: the state digests are equal, only the identity tells them apart.
         with pytest.raises(WrongDatabaseError, match="this plan was made for another database"):
             commands.apply(Settings(database=other_url, cdn_base_url=CDN), path)
@@ -567,7 +567,7 @@ def test_a_staging_error_waits_for_the_verdict_and_never_blocks_the_verifier(dat
         for end in ("abort", "finish"):
             with pytest.raises(psycopg2.Error) if end == "finish" else contextlib.nullcontext():
                 with db.transaction() as conn:
-                    stage = StreamStage(conn)
+                    stage = StreamStage(conn, CREATORS)
                     stage.add_rows("media", [bad])
                     # Far more than the stream's queue holds: the failed stream keeps draining it.
                     for _ in range(40):
@@ -577,7 +577,7 @@ def test_a_staging_error_waits_for_the_verdict_and_never_blocks_the_verifier(dat
                     else:
                         stage.finish()
         with db.transaction() as conn:  # the connection is usable after both
-            stage = StreamStage(conn)
+            stage = StreamStage(conn, CREATORS)
             stage.add_rows("media", [good])
             stage.reset()
             stage.add_rows("media", [good, good])

@@ -12,9 +12,9 @@ from reconciler import db as db_module
 from reconciler.current import database_identity
 from reconciler.db import check_schema, migrate, migration_files, open_database, redact_url
 from reconciler.errors import DatabaseError
-from reconciler.layout import ObjectInfo
+from reconciler.objects import ObjectInfo
 
-from .conftest import CDN, folder_bucket
+from .conftest import CDN, CREATORS, folder_bucket
 
 PLATFORM_SCHEMA = (Path(__file__).parent / "data" / "platform-schema.sql").read_text()
 
@@ -37,8 +37,8 @@ def test_init_adopts_an_existing_platform_database_without_losing_a_row(empty_da
 
     for _ in range(2):  # idempotent
         with open_database(empty_database_url) as db:
-            migrate(db)
-            check_schema(db)
+            migrate(db, CREATORS)
+            check_schema(db, CREATORS)
 
     assert run("SELECT * FROM whitelabel_models ORDER BY id") == before[0]
     media = run("SELECT id, s3_key, url, type, size_bytes, etag FROM whitelabel_media ORDER BY id")
@@ -54,7 +54,7 @@ def test_adopted_database_plans_updates_not_recreations(empty_database_url, sql_
     run("INSERT INTO whitelabel_media (whitelabel_post_id, s3_key, url, type) "
         f"VALUES (1, 'Alice/Beach/1.jpg', '{CDN}/Alice/Beach/1.jpg', 'image')")
     with open_database(empty_database_url) as db:
-        migrate(db)
+        migrate(db, CREATORS)
     from reconciler import Settings
 
     plan = commands.make_plan(
@@ -94,7 +94,7 @@ def test_a_migration_changed_after_it_was_applied_is_refused(cli, database_url, 
 
 def test_check_schema_on_an_empty_database(empty_database_url):
     with open_database(empty_database_url) as db, pytest.raises(DatabaseError, match="reconciler init"):
-        check_schema(db)
+        check_schema(db, CREATORS)
 
 
 @pytest.mark.parametrize(
@@ -117,7 +117,7 @@ def test_embedded_default_starts_and_stops_and_keeps_its_identity(tmp_path):
             pass
     assert not state.exists()  # refused before anything was created
     with open_database(None, str(state), create=True) as db:
-        migrate(db)
+        migrate(db, CREATORS)
         assert "embedded PostgreSQL" in db.display
         pid = db.embedded.get_pid()
         identity = database_identity(db.conn)
@@ -176,4 +176,6 @@ def test_python_m_reconciler_from_a_checkout_without_an_editable_install(tmp_pat
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     names = ", ".join(f.name for f in migration_files())
-    assert r.stdout == f"Schema created or upgraded: applied {names}.\n"
+    assert r.stdout == (f"Schema created or upgraded: applied {names}.\n"
+                        f"Catalogue creators ({CREATORS.short_fingerprint}) is installed: "
+                        "whitelabel_models, whitelabel_posts, whitelabel_media.\n")

@@ -10,17 +10,20 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from reconciler import commands
-from reconciler.current import StateDigest, digest_of_terms, scope_clause, state_digest
+from reconciler.catalogue.sql import scan_digest_sql, scan_query, scope_sql, where
+from reconciler.current import StateDigest, digest_of_terms, state_digest
 from reconciler.db import migrate, open_database
 from reconciler.errors import StalePlanError
 
-from .conftest import fresh_example, sql_on
+from .conftest import CREATORS, fresh_example, sql_on
 from .test_apply import STUDIO, apply_files, renamed
 
 
-# The digest's terms computed from every row in scope (one query per kind): what the
-# terms the triggers keep must always add up to. Per kind, the row count and the sums of
-# the two halves of each row's md5 over the managed columns and natural keys.
+# The digest's terms computed from every row in scope (one query per kind), written out
+# by hand for creators: what the terms the triggers keep must always add up to, and what
+# the catalogue's own full scan (scan_digest_sql) must give. Per kind, the row count and
+# the sums of the two halves of each row's md5 over the managed columns and natural keys
+# (the hand-written engine's row hash, which the catalogue keeps).
 _HALVES = """count(*), coalesce(sum(('x' || substr(h, 1, 16))::bit(64)::bigint), 0),
        coalesce(sum(('x' || substr(h, 17, 16))::bit(64)::bigint), 0)"""
 _SCAN = {
@@ -39,13 +42,25 @@ _SCAN = {
 
 
 def scan_digest(conn, models=None) -> StateDigest:
-    where, params = scope_clause(models)
+    """The digest of the hand-written full scan (every query's models aliased ``m``)."""
+    condition, params = ("", ()) if models is None else ("WHERE m.folder_name = ANY(%s)", (list(models),))
     terms = {}
     with conn.cursor() as cur:
         for kind, query in _SCAN.items():
-            cur.execute(query.format(where=where), params)
+            cur.execute(query.format(where=condition), params)
             terms[kind] = cur.fetchone()
-    return digest_of_terms(terms)
+    return digest_of_terms(CREATORS.kinds, terms)
+
+
+def catalogue_scan_digest(conn, models=None) -> StateDigest:
+    """The digest of the catalogue's own full scan, scoped as the planner scopes."""
+    terms = {}
+    with conn.cursor() as cur:
+        for kind in CREATORS.kinds:
+            condition, params = scope_sql(scan_query(CREATORS, kind), models)
+            cur.execute(scan_digest_sql(CREATORS, kind).format(where=where([condition])), params)
+            terms[kind] = cur.fetchone()
+    return digest_of_terms(CREATORS.kinds, terms)
 
 
 def assert_kept_equals_scan(url: str) -> None:
@@ -54,7 +69,9 @@ def assert_kept_equals_scan(url: str) -> None:
         with conn:
             names = [r[0] for r in _rows(conn, "SELECT folder_name FROM whitelabel_models ORDER BY id")]
             for scope in (None, names[:1], names[1:], ["nobody"]):
-                assert state_digest(conn, scope) == scan_digest(conn, scope), scope
+                kept = state_digest(conn, CREATORS, scope)
+                assert kept == scan_digest(conn, scope), scope
+                assert kept == catalogue_scan_digest(conn, scope), scope
     finally:
         conn.close()
 
@@ -134,7 +151,7 @@ def test_migration_adopts_a_database_with_rows(empty_database_url):
         cur.execute("INSERT INTO whitelabel_media (whitelabel_post_id, s3_key, url, type) VALUES (1, 'A/P/x.jpg', 'u', 'image')")
     conn.close()
     with open_database(empty_database_url) as db:
-        migrate(db)
+        migrate(db, CREATORS)
     assert_kept_equals_scan(empty_database_url)
 
 

@@ -1,4 +1,5 @@
-"""The fast path of plan verification (planfile.FAST_SHAPES) against the general path:
+"""The fast path of plan verification (the creators catalogue's ``plan_rules(…).fast_shapes``)
+against the general path:
 every line the fast path admits is one the general path accepts, and it is staged as
 the same text; whole files verify to the same plan and the same staged rows either way."""
 
@@ -9,10 +10,15 @@ import os
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from reconciler.execute import Stage
-from reconciler.diff import Change
+from reconciler.catalogue.planrules import plan_rules
+from reconciler.diff import Change, change_order
 from reconciler.errors import PlanFileError
-from reconciler.planfile import FAST_SHAPES, Plan, canonical, check_change, check_identity, check_values, verify_plan, write_plan
+from reconciler.execute import Stage
+from reconciler.planfile import Plan, canonical, check_change, check_identity, check_values, verify_plan, write_plan
+
+from .conftest import CREATORS
+
+FAST_SHAPES = plan_rules(CREATORS).fast_shapes
 
 _odd = st.text(
     alphabet=st.one_of(
@@ -65,30 +71,76 @@ def _general(c: dict) -> str | None:
     return check_change(c) or check_identity(c) or check_values(c)
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
-@given(media_changes())
-def test_a_line_the_fast_path_admits_is_accepted_and_staged_as_the_general_path_does(c):
+def assert_fast_path_agrees(c: dict) -> None:
+    """If the fast path admits the change's line, the general path accepts the change,
+    and the two stage it as the same text."""
     text = canonical(c)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return  # a lone surrogate: never in text decoded from a file
-    line = "    " + text + ","
-    rows = FAST_SHAPES[("media", c["action"])].findall(line)
     assert json.loads(text) == c
+    rows = FAST_SHAPES[(c["kind"], c["action"])].findall("    " + text + ",")
     if not rows:
         return
     assert _general(c) is None
-    fast, slow = Stage(), Stage()
+    fast, slow = Stage(CREATORS), Stage(CREATORS)
     try:
-        fast.add_rows("media", rows)
+        fast.add_rows(c["kind"], rows)
         slow.add_batch([c])
-        for f in (fast.files["media"], slow.files["media"]):
+        for f in (fast.files[c["kind"]], slow.files[c["kind"]]):
             f.seek(0)
-        assert fast.files["media"].read() == slow.files["media"].read()
+        assert fast.files[c["kind"]].read() == slow.files[c["kind"]].read()
     finally:
         fast.close()
         slow.close()
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(media_changes())
+def test_a_line_the_fast_path_admits_is_accepted_and_staged_as_the_general_path_does(c):
+    assert_fast_path_agrees(c)
+
+
+def test_a_post_of_a_name_and_slashes_is_refused_by_both_paths():
+    """'M//' is no post key ('/'s at its ends do not count): the fast path must not take
+    the line the general path refuses (found by the property above)."""
+    image = {"s3_key": "M///a.jpg", "post": "M//", "url": "https://cdn.example.test/M///a.jpg", "type": "image",
+             "size_bytes": 0, "etag": None}
+    c = {"action": "create", "kind": "media", "key": "M///a.jpg", "before": None, "after": image}
+    assert _general(c) == "names post 'M//'; a post key is MODEL/POST"
+    assert not FAST_SHAPES[("media", "create")].findall("    " + canonical(c) + ",")
+    assert _general({**c, "after": {**image, "post": "M//P"}}) is None
+    assert FAST_SHAPES[("media", "create")].findall("    " + canonical({**c, "after": {**image, "post": "M//P"}}) + ",")
+
+
+@st.composite
+def model_changes(draw):
+    name = draw(_name)
+    image = {
+        "folder_name": _or(draw, name, _name),
+        "thumbnail_url": draw(st.one_of(st.none(), _name)),
+        "icon_url": draw(st.one_of(st.none(), _name)),
+        "banner_url": draw(st.one_of(st.none(), _name)),
+        "post_count": _or(draw, draw(st.integers(0, 10**4)), st.one_of(_int, st.just(True), st.just(1.0))),
+    }
+    if draw(st.integers(0, 3)) == 0:
+        for extra in draw(st.sets(st.sampled_from(["id", "status", "title", "-folder_name", "-icon_url"]), max_size=2)):
+            if extra.startswith("-"):
+                image.pop(extra[1:], None)
+            else:
+                image[extra] = draw(st.one_of(st.integers(-1, 5), _name))
+    action = draw(st.sampled_from(["create", "delete"]))
+    return {"action": action, "kind": "model", "key": name,
+            "before": image if action == "delete" else None, "after": image if action == "create" else None}
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(model_changes())
+def test_a_model_line_the_fast_path_admits_is_accepted_and_staged_as_the_general_path_does(c):
+    """The catalogue's fast path also takes a model's creates and deletes (a row keyed
+    on its own by one column, with text and integer fields)."""
+    assert_fast_path_agrees(c)
 
 
 _cdn_text = st.one_of(_odd, st.sampled_from([":a", "a,", ",", ":", "", "a\":b", "x,\"y", "https://c/a%20b.jpg"]))
@@ -114,25 +166,7 @@ def post_updates(draw):
 @settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
 @given(post_updates())
 def test_a_post_update_the_fast_path_admits_is_accepted_and_staged_as_the_general_path_does(c):
-    text = canonical(c)
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return  # a lone surrogate: never in text decoded from a file
-    rows = FAST_SHAPES[("post", "update")].findall("    " + text + ",")
-    if not rows:
-        return
-    assert _general(c) is None
-    fast, slow = Stage(), Stage()
-    try:
-        fast.add_rows("post", rows)
-        slow.add_batch([c])
-        for f in (fast.files["post"], slow.files["post"]):
-            f.seek(0)
-        assert fast.files["post"].read() == slow.files["post"].read()
-    finally:
-        fast.close()
-        slow.close()
+    assert_fast_path_agrees(c)
 
 
 def test_plain_post_updates_take_the_fast_path():
@@ -140,6 +174,15 @@ def test_plain_post_updates_take_the_fast_path():
     c = {"action": "update", "after": {"media_cdns": {"images": urls, "videos": []}},
          "before": {"media_cdns": {"images": urls[:1]}}, "key": "Alice/Beach", "kind": "post"}
     assert FAST_SHAPES[("post", "update")].findall("    " + canonical(c) + ",")
+
+
+def test_plain_model_lines_take_the_fast_path():
+    image = {"banner_url": None, "folder_name": "Alice", "icon_url": "https://cdn.example.test/Alice/profile/icon.png",
+             "post_count": 2, "thumbnail_url": "https://cdn.example.test/Alice/a.jpg"}
+    for action in ("create", "delete"):
+        c = {"action": action, "after": image if action == "create" else None,
+             "before": image if action == "delete" else None, "key": "Alice", "kind": "model"}
+        assert FAST_SHAPES[("model", action)].findall("    " + canonical(c) + ",")
 
 
 def test_plain_media_lines_take_the_fast_path():
@@ -165,7 +208,7 @@ class _DictsOnly:
 
 
 def _staged(path: str, fast: bool):
-    stage = Stage()
+    stage = Stage(CREATORS)
     try:
         plan = verify_plan(path, keep_changes=False, sink=stage if fast else _DictsOnly(stage))
         out = {}
@@ -178,8 +221,8 @@ def _staged(path: str, fast: bool):
 
 
 def _media(action, key, post, **extra):
-    image = {"post": post, "url": "https://cdn.example.test/" + key, "type": "image", "size_bytes": 1, "etag": None,
-             **extra}
+    image = {"s3_key": key, "post": post, "url": "https://cdn.example.test/" + key, "type": "image", "size_bytes": 1,
+             "etag": None, **extra}
     before, after = (None, image) if action == "create" else (image, None)
     return Change(action, "media", key, before, after)
 
@@ -195,10 +238,11 @@ def test_whole_files_stage_the_same_rows_either_way(tmp_path_factory, specs):
         seen.add(key)
         extra = {"id": 7} if with_id and action == "create" else {}
         changes.append(_media(action, key, "Alice/Beach", **extra))
-    changes.sort(key=lambda c: c.sort_key)
+    changes.sort(key=change_order(CREATORS.kinds))
     folder = tmp_path_factory.mktemp("fast")
     plan = Plan(changes=changes, source={"url": "s3://b/", "object_count": 0, "skipped": {}},
-                target={"database": "x", "scope": None, "state_digest": "0" * 64}, tool_version="0")
+                target={"database": "x", "scope": None, "state_digest": "0" * 64}, tool_version="0",
+                kinds=CREATORS.kinds)
     try:
         path = write_plan(plan, os.path.join(folder, "p.json"))
     except PlanFileError:
@@ -220,8 +264,9 @@ def test_a_list_closing_after_the_changes_is_not_taken_for_their_end(tmp_path):
     """The end of the changes is looked for from the end of the file: a top-level list
     after them, closed on a line like theirs, makes the file be read as a whole, with
     the verdict the whole file gets."""
-    plan = Plan(changes=[_media("create", "Alice/Beach/1.jpg", "Alice/Beach", s3_key="Alice/Beach/1.jpg")], source={"url": "s3://b/", "object_count": 0, "skipped": {}},
-                target={"database": "x", "scope": None, "state_digest": "0" * 64}, tool_version="0")
+    plan = Plan(changes=[_media("create", "Alice/Beach/1.jpg", "Alice/Beach")], source={"url": "s3://b/", "object_count": 0, "skipped": {}},
+                target={"database": "x", "scope": None, "state_digest": "0" * 64}, tool_version="0",
+                kinds=CREATORS.kinds)
     path = write_plan(plan, str(tmp_path / "p.json"))
     assert verify_plan(path).plan_id == plan.plan_id
     with open(path, encoding="utf-8") as f:

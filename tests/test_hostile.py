@@ -15,9 +15,11 @@ from urllib.parse import quote, unquote
 
 import pytest
 
-from reconciler.diff import ACTION_ORDER, KIND_ORDER
+from reconciler.diff import ACTION_ORDER
 
-from .conftest import CAFE_NFC, CAFE_NFD, CDN, LONG_KEY, ODD_KEYS
+from .conftest import CAFE_NFC, CAFE_NFD, CDN, CREATORS, LONG_KEY, ODD_KEYS
+
+KIND_ORDER = {kind: i for i, kind in enumerate(CREATORS.kinds)}
 
 # --------------------------------------------------------------------------- helpers
 
@@ -35,7 +37,7 @@ def canonical(obj) -> str:
 
 
 def summarize(changes) -> dict:
-    summary = {k: {a: 0 for a in ("create", "update", "delete")} for k in ("model", "post", "media")}
+    summary = {k: {a: 0 for a in ("create", "update", "delete")} for k in CREATORS.kinds}
     for c in changes:
         if isinstance(c, dict) and c.get("kind") in summary and c.get("action") in summary["model"]:
             summary[c["kind"]][c["action"]] += 1

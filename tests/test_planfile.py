@@ -17,10 +17,9 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from reconciler import plan_from_rows
-from reconciler.current import CurrentState
-from reconciler.diff import ACTIONS, FIELDS, KINDS, Change
+from reconciler.diff import ACTIONS, Change
 from reconciler.errors import PlanFileError, SignatureError
-from reconciler.layout import ObjectInfo
+from reconciler.objects import ObjectInfo
 from reconciler.planfile import (
     Plan,
     check_change,
@@ -30,7 +29,8 @@ from reconciler.planfile import (
     write_plan,
 )
 
-CDN = "https://cdn.example.test"
+from .conftest import CDN, CREATORS, PRODUCTS
+
 CREATED_AT = "2026-11-21T10:00:00Z"
 DIGEST = "ab" * 32
 
@@ -47,7 +47,7 @@ def make_plan(changes: list[Change], **kwargs) -> Plan:
     kwargs.setdefault("target", {"database": "postgresql://app@db/prod", "scope": None, "state_digest": DIGEST})
     kwargs.setdefault("tool_version", "0.1.0")
     kwargs.setdefault("created_at", CREATED_AT)
-    return Plan(changes=changes, **kwargs)
+    return Plan(changes=changes, kinds=CREATORS.kinds, **kwargs)
 
 
 def many_changes(n: int) -> list[Change]:
@@ -59,7 +59,7 @@ def sample_plan() -> Plan:
     """A realistic plan: the planner's changes from a small bucket to an empty database."""
     objects = [ObjectInfo(k, 3, "etag") for k in
                ("Alice/a.jpg", "Alice/profile/icon.png", "Alice/Beach/1.jpg", "Alice/Beach/2.mp4", "Zoë/Été/x.png")]
-    result = plan_from_rows(objects, CurrentState(), cdn_base_url=CDN)
+    result = plan_from_rows(objects, {}, CREATORS, cdn_base_url=CDN)
     return make_plan(
         result.changes,
         source={"url": "s3://media/", "object_count": len(objects), "skipped": {}, "skipped_examples": {}},
@@ -590,6 +590,18 @@ def change_validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator({"$ref": "#/$defs/change", "$defs": schema["$defs"]})
 
 
+def test_each_catalogue_has_a_schema_of_its_own():
+    """Making one catalogue's schema leaves another's, and the envelope every plan file
+    is checked against, as they were (a summary of creators' kinds once made every
+    product-images plan fail to verify in a process that had printed creators' schema)."""
+    creators = plan_schema(CREATORS)
+    products = plan_schema(PRODUCTS)
+    assert list(creators["properties"]["summary"]["required"]) == list(CREATORS.kinds)
+    assert list(products["properties"]["summary"]["required"]) == list(PRODUCTS.kinds)
+    assert "mediaImage" in creators["$defs"] and "mediaImage" not in products["$defs"]
+    assert plan_schema(CREATORS) == creators
+
+
 # Integral floats (3.0) are left out on purpose: JSON Schema counts them as integers,
 # check_change refuses them (see test_check_change_refuses_integral_floats).
 _scalars = (
@@ -620,6 +632,11 @@ VALID = {  # a valid value of every field a change image may hold
     "created_at": _nullable_text,
     "media_cdns": st.none() | st.fixed_dictionaries({"images": st.lists(st.text(max_size=2), max_size=1)}),
 }
+# The creators plan format, written out: the fields an update may change, the fields
+# that name a row, those a move carries, and those a rollback's create may restore.
+KINDS = ("model", "post", "media")
+FIELDS = {"model": ("thumbnail_url", "icon_url", "banner_url", "post_count"), "post": ("title", "media_cdns"),
+          "media": ("post", "url", "type", "size_bytes", "etag")}
 IDENTITY = {"model": ("folder_name",), "post": ("model", "folder_name"), "media": ("s3_key",)}
 MOVE_KEYS = {"model": ("folder_name",), "post": ("model", "folder_name"), "media": ("s3_key", "post")}
 OPTIONAL = {"model": ("id", "created_at", "status"), "post": ("id", "created_at"), "media": ("id", "created_at")}

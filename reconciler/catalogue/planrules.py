@@ -459,7 +459,9 @@ def _field_pattern(rules: PlanRules, k: KindRules, name: str, key_col: str | Non
         if k.parent_parts == 1:
             return rf'("{_NAME}+")'
         if k.parent_parts == 2:
-            return rf'("{_NAME}+/{_S}+")'
+            # A name, '/', and a rest that is not only '/' (key_ok strips the key's '/'s
+            # at its ends: 'M//' is no post key).
+            return rf'("{_NAME}+/+{_NAME}{_S}*")'
         return None
     r = k.fields[name]
     if r.enum:
