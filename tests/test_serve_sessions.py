@@ -63,28 +63,44 @@ def test_a_loopback_server_makes_its_own_token(serve, tmp_path):
     assert not path.exists()
 
 
+def read_terminal(terminal, until, seconds: float = 30) -> bytes:
+    """What a program writes to a terminal, until ``until(seen)`` or its end."""
+    seen, deadline = b"", time.monotonic() + seconds
+    while not until(seen):
+        ready, _, _ = select.select([terminal], [], [], max(0.0, deadline - time.monotonic()))
+        assert ready, f"timed out reading the terminal:\n{seen.decode(errors='replace')}"
+        try:
+            chunk = os.read(terminal, 4096)
+        except OSError:  # EIO: every writer is gone
+            break
+        if not chunk:
+            break
+        seen += chunk
+    return seen
+
+
 def test_on_a_terminal_the_login_link_is_printed(tmp_path, database_url):
     """The link with the token goes to the person at the terminal (as Jupyter prints
-    one), never to a log: with stderr a file, the tests above see no token."""
+    one), never to a log: with stderr a file, the tests above see no token. The
+    SIGTERM sent as soon as the link shows comes before uvicorn has its own handlers:
+    the server still stops cleanly (exit 0, the token file removed)."""
     config = write_config(tmp_path / "c.yaml", str(folder_bucket(tmp_path / "bucket", *KEYS)))
     env = {k: v for k, v in os.environ.items() if k not in ("RECONCILER_API_TOKENS", "RECONCILER_CONFIG")}
-    leader, follower = pty.openpty()
+    terminal, follower = pty.openpty()
     proc = subprocess.Popen([sys.executable, "-m", "reconciler", "--config", str(config), "serve", "--listen",
                              "127.0.0.1:0"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=follower,
                             env={**env, "DATABASE_URL": database_url}, cwd=tmp_path)
     os.close(follower)
-    seen, deadline = b"", time.monotonic() + 30
     try:
-        with os.fdopen(leader, "rb", buffering=0) as terminal:
-            while b"log in: " not in seen or not seen.endswith(b"\n"):
-                ready, _, _ = select.select([terminal], [], [], max(0.0, deadline - time.monotonic()))
-                assert ready, f"no login link within 30 s:\n{seen.decode(errors='replace')}"
-                seen += terminal.read(4096)
+        seen = read_terminal(terminal, lambda seen: re.search(rb"log in: \S+\r?\n", seen))  # a tty ends lines with \r\n
     finally:
         proc.send_signal(signal.SIGTERM)
+        read_terminal(terminal, lambda seen: False)  # the terminal stays open while the server stops
         proc.wait(30)
+        os.close(terminal)
     m = re.search(rb"log in: (http://127\.0\.0\.1:(\d+))/login\?token=(\S+)", seen)
     assert m, seen.decode(errors="replace")
+    assert proc.returncode == 0
     assert not (tmp_path / "state" / f"serve-{m.group(2).decode()}.token").exists()  # removed at exit
     assert len(m.group(3)) >= 40
 

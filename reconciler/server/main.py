@@ -147,6 +147,37 @@ def token_file(state_dir: str, port: int, token: str) -> Iterator[str]:
             os.unlink(path)
 
 
+class EarlyStop:
+    """The SIGTERM / SIGINT handler from the start of ``serve`` until uvicorn installs
+    its own (and again after uvicorn is done): a signal while the database opens or the
+    app is built is remembered, and uvicorn, once started, shuts down at once — the
+    controller stopped, the embedded database too. (uvicorn raises the signal again
+    after a graceful shutdown, for the handler it found: this one, so a clean stop still
+    exits 0.) Before, a SIGTERM in that moment was either fatal or ignored."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.server = None
+
+    def __call__(self, signum, frame) -> None:
+        self.requested = True
+        if self.server is not None:
+            self.server.should_exit = True
+
+    def attach(self, server) -> None:
+        self.server = server
+        server.should_exit = server.should_exit or self.requested
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["EarlyStop"]:
+        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
 def _serve(settings: Settings, options: ServeOptions, tokens: Tokens) -> int:
     import uvicorn
 
@@ -154,7 +185,8 @@ def _serve(settings: Settings, options: ServeOptions, tokens: Tokens) -> int:
     sock = bind(host, port)
     actual = sock.getsockname()[1]
     where = f"http://{host if ':' not in host else f'[{host}]'}:{actual}"
-    with open_database(settings.database, settings.state_dir) as db, contextlib.ExitStack() as stack:
+    with EarlyStop().installed() as stop, open_database(settings.database, settings.state_dir) as db, \
+            contextlib.ExitStack() as stack:
         check_schema(db)
         resolved = dataclasses.replace(settings, database=db.url)
         controller = Controller(resolved, options, display=db.display)
@@ -176,10 +208,7 @@ def _serve(settings: Settings, options: ServeOptions, tokens: Tokens) -> int:
                                 proxy_headers=bool(options.trusted_proxies),
                                 forwarded_allow_ips=list(options.trusted_proxies))
         server = uvicorn.Server(config)
-        # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again
-        # for the handler it found: make that one a no-op so a clean stop exits 0.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)
+        stop.attach(server)
         server.run(sockets=[sock])
         started = server.started
     return 0 if started else 1
