@@ -6,9 +6,11 @@ Python with a :class:`~reconciler.config.Settings`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import re
+import unicodedata
 from typing import Callable, Iterable, Iterator, Sequence
 
 import psycopg2
@@ -133,6 +135,10 @@ def make_plan(
                     batch_rows=batch_rows, spill=spill,
                 )
                 database_id = database_identity(conn)
+            # A typo'd --model lists nothing and changes nothing: a drift check would read
+            # that as "in sync", so it is an error, not a note.
+            if shard is None and scope:
+                _check_models(db, source, scope, known=set(listing.counts) | in_database, hint="check --model")
         except psycopg2.Error as e:
             spill.close()
             raise db.error(e, "cannot read the current state") from None
@@ -178,16 +184,64 @@ def make_plan(
         tool_version=__version__,
         extra=extra,
     )
-    # A typo'd --model lists nothing and changes nothing: a drift check would read that as
-    # "in sync", so it is an error, not a note.
-    named = scope if shard is None else None  # a shard's scope is found, not named
-    unknown = [name for name in named or () if name not in desired_models and name not in in_database]
-    if unknown:
-        names = ", ".join(repr(n) for n in unknown)
-        what = f"model {names} is" if len(unknown) == 1 else f"models {names} are"
-        raise ConfigError(f"{what} neither in the source nor in the database: check --model")
     # write_plan seals as it streams the changes, so plan() skips this pass.
     return plan.seal(settings.signing_key if sign else None) if seal else plan
+
+
+def check_models(settings: Settings, names: Sequence[str], hint: str = "check --model") -> None:
+    """Refuse model names that are neither in the source nor in the database, before
+    anything is planned (``reconciler serve`` checks the models a person names so).
+    Looks each name up (:func:`find_models`); ``plan --model`` makes the same check on
+    its own listing."""
+    source = _open_source(dataclasses.replace(settings, inventory=None))
+    with open_database(settings.database, settings.state_dir) as db:
+        _check_models(db, source, names, known=find_models(db, source, names), hint=hint)
+
+
+def _check_models(db, source: Source | None, names: Sequence[str], *, known: set[str], hint: str) -> None:
+    """Raise a ConfigError naming the ``names`` not ``known``. One that is there in
+    another Unicode normal form (a folder written in NFC, a name typed in NFD: they
+    look the same) is said to be, with both spellings escaped."""
+    unknown = [n for n in names if n not in known]
+    if not unknown:
+        return
+    variants = {n: [v for v in dict.fromkeys(unicodedata.normalize(f, n) for f in ("NFC", "NFD")) if v != n]
+                for n in unknown}
+    there = find_models(db, source, sorted({v for vs in variants.values() for v in vs}))
+    listed = ", ".join(repr(n) for n in unknown)
+    what = f"model {listed} is" if len(unknown) == 1 else f"models {listed} are"
+    message = f"{what} neither in the source nor in the database: {hint}"
+    forms = [f"{ascii(n)} is {_form(n)}, {ascii(v)} ({_form(v)}) is there"
+             for n in unknown for v in variants[n] if v in there]
+    if forms:
+        message += f" (in another Unicode normal form: {'; '.join(forms)})"
+    raise ConfigError(message)
+
+
+def _form(name: str) -> str:
+    return next((f for f in ("NFC", "NFD") if unicodedata.is_normalized(f, name)), "in mixed forms")
+
+
+def find_models(db, source: Source | None, names: Sequence[str]) -> set[str]:
+    """Which of ``names`` are model folders in the database, or folders in the source
+    holding an object (the first page of each folder's listing, no more; an inventory
+    source's bucket is asked directly, not its report)."""
+    if not names:
+        return set()
+    try:
+        with db.transaction() as conn, conn.cursor() as cur:
+            cur.execute("SELECT folder_name FROM whitelabel_models WHERE folder_name = ANY(%s)", (list(names),))
+            found = {name for (name,) in cur}
+    except psycopg2.Error as e:
+        raise db.error(e, "cannot read the models") from None
+    live = getattr(source, "s3", source)  # an InventorySource lists through its S3Source
+    for name in names:
+        if name not in found and live is not None and "/" not in name:
+            objects = live.list([name])
+            if next(iter(objects), None) is not None:
+                found.add(name)
+            objects.close()
+    return found
 
 
 def _models_in_shard(conn, shard: Shard) -> list[str]:
