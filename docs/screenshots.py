@@ -49,12 +49,15 @@ def main() -> None:
     subprocess.run([*base, "init"], check=True, env=env, cwd=work, stdout=subprocess.DEVNULL)
     proc = subprocess.Popen([*base, "serve", "--listen", f"127.0.0.1:{port}", "--interval", "3600"], env=env, cwd=work)
     url = f"http://127.0.0.1:{port}"
+    token_file = work / "state" / f"serve-{port}.token"  # the token serve makes without RECONCILER_API_TOKENS
     try:
         c = httpx.Client(base_url=url, timeout=60)
         for _ in range(300):
             try:
-                if c.get("/healthz").status_code == 200 and c.get("/api/runs").json()["runs"]:
-                    break
+                if token_file.exists() and c.get("/healthz").status_code == 200:
+                    c.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+                    if c.get("/api/runs").json()["runs"]:
+                        break
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
@@ -74,6 +77,7 @@ def main() -> None:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"{url}/login?token={token_file.read_text().strip()}")
             for path, name in (("/", "overview"), (f"/runs/{pending['id']}", "run")):
                 page.goto(url + path)
                 page.screenshot(path=str(ROOT / "docs" / f"dashboard-{name}.png"), full_page=True)

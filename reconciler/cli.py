@@ -366,13 +366,13 @@ def _stop(signum, frame):
 
 def cmd_serve(args, settings: Settings) -> int:
     from .controller import load_serve_options
-    from .server.auth import API_TOKENS_ENV, WEBHOOK_TOKEN_ENV, parse_tokens
+    from .server.auth import API_TOKENS_ENV, METRICS_TOKEN_ENV, WEBHOOK_TOKEN_ENV, parse_tokens
     from .server.main import serve
 
     config = getattr(args, "config", None) or os.environ.get("RECONCILER_CONFIG")
     flags = {"listen": args.listen, "interval": args.interval, "auto_apply": args.auto_apply, "debounce": args.debounce}
     options = load_serve_options(config, flags)
-    tokens = parse_tokens(os.environ.get(API_TOKENS_ENV), os.environ.get(WEBHOOK_TOKEN_ENV))
+    tokens = parse_tokens(*(os.environ.get(n) for n in (API_TOKENS_ENV, WEBHOOK_TOKEN_ENV, METRICS_TOKEN_ENV)))
     return serve(settings, options, tokens, quiet=bool(getattr(args, "quiet", False)), secrets=_secrets(args, settings))
 
 

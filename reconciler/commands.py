@@ -6,10 +6,12 @@ Python with a :class:`~reconciler.config.Settings`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import gc
 import re
 from dataclasses import dataclass, field
+import unicodedata
 from typing import Callable, Iterable, Iterator, Sequence
 
 import psycopg2
@@ -93,11 +95,8 @@ def make_plan(
         if settings.inventory:
             progress("reading the inventory manifest")
             inventory = source.report  # checked (bucket, age) before anything else is read
-        from .frames import scope_segment
-
-        segment = scope_segment(settings.catalogue)
-        under = "".join(p + "/" for p in segment.prefix) if segment is not None else ""
-        source_url, root, objects = source.url, source.root, source.list(shard if shard is not None else scope, under)
+        source_url, root, objects = (source.url, source.root,
+                                     source.list(shard if shard is not None else scope, _under(settings.catalogue)))
     else:
         source_url = settings.source
     in_shard: list[str] = []  # the shard's models in the database
@@ -141,6 +140,10 @@ def make_plan(
                     batch_rows=batch_rows, spill=spill,
                 )
                 database_id = database_identity(conn)
+            # A typo'd --model lists nothing and changes nothing: a drift check would read
+            # that as "in sync", so it is an error, not a note.
+            if shard is None and scope:
+                _check_models(db, catalogue, source, scope, known=set(listing.counts) | in_database, hint="check --model")
         except psycopg2.Error as e:
             spill.close()
             raise db.error(e, "cannot read the current state") from None
@@ -195,29 +198,84 @@ def make_plan(
         kinds=catalogue.kinds,
         descriptor=catalogue,
     )
-    # A typo'd --model lists nothing and changes nothing: a drift check would read that as
-    # "in sync", so it is an error, not a note.
-    named = scope if shard is None else None  # a shard's scope is found, not named
-    unknown = [name for name in named or () if name not in desired_tops and name not in in_database]
-    if unknown:
-        names = ", ".join(repr(n) for n in unknown)
-        top = catalogue.top.name
-        what = f"{top} {names} is" if len(unknown) == 1 else f"{top}s {names} are"
-        flag = "--model" if catalogue.name == "creators" else "the scope"
-        raise ConfigError(f"{what} neither in the source nor in the database: check {flag}")
     # write_plan seals as it streams the changes, so plan() skips this pass.
     return plan.seal(settings.signing_key if sign else None) if seal else plan
 
 
 def _top_keys_in(conn, catalogue, scope) -> set[str]:
     """The top rows' keys in the database, in scope (read in ``conn``'s snapshot)."""
-    keys = top_keys(conn, catalogue)
-    return set(keys) if scope is None else {k for k in keys if k in set(scope)}
+    return set(top_keys(conn, catalogue, scope))
 
 
 def _models_in_shard(conn, catalogue, shard: Shard) -> list[str]:
     """The database's top keys that fall in ``shard`` (read in ``conn``'s snapshot)."""
     return sorted(name for name in top_keys(conn, catalogue) if name in shard)
+
+
+def _under(catalogue) -> str:
+    """The literal folders before the top entity's (``products/``; "" for creators)."""
+    from .frames import scope_segment
+
+    segment = scope_segment(catalogue)
+    return "".join(p + "/" for p in segment.prefix) if segment is not None else ""
+
+
+def check_models(settings: Settings, names: Sequence[str], hint: str = "check --model") -> None:
+    """Refuse top-entity names (models, for creators) that are neither in the source
+    nor in the database, before anything is planned (``reconciler serve`` checks the
+    names a person gives so). Looks each name up (:func:`find_models`); ``plan
+    --model`` makes the same check on its own listing."""
+    source = _open_source(dataclasses.replace(settings, inventory=None))
+    with open_database(settings.database, settings.state_dir) as db:
+        known = find_models(db, settings.catalogue, source, names)
+        _check_models(db, settings.catalogue, source, names, known=known, hint=hint)
+
+
+def _check_models(db, catalogue, source: Source | None, names: Sequence[str], *, known: set[str], hint: str) -> None:
+    """Raise a ConfigError naming the ``names`` not ``known``. One that is there in
+    another Unicode normal form (a folder written in NFC, a name typed in NFD: they
+    look the same) is said to be, with both spellings escaped."""
+    unknown = [n for n in names if n not in known]
+    if not unknown:
+        return
+    variants = {n: [v for v in dict.fromkeys(unicodedata.normalize(f, n) for f in ("NFC", "NFD")) if v != n]
+                for n in unknown}
+    there = find_models(db, catalogue, source, sorted({v for vs in variants.values() for v in vs}))
+    listed = ", ".join(repr(n) for n in unknown)
+    top = catalogue.top.name
+    what = f"{top} {listed} is" if len(unknown) == 1 else f"{top}s {listed} are"
+    message = f"{what} neither in the source nor in the database: {hint}"
+    forms = [f"{ascii(n)} is {_form(n)}, {ascii(v)} ({_form(v)}) is there"
+             for n in unknown for v in variants[n] if v in there]
+    if forms:
+        message += f" (in another Unicode normal form: {'; '.join(forms)})"
+    raise ConfigError(message)
+
+
+def _form(name: str) -> str:
+    return next((f for f in ("NFC", "NFD") if unicodedata.is_normalized(f, name)), "in mixed forms")
+
+
+def find_models(db, catalogue, source: Source | None, names: Sequence[str]) -> set[str]:
+    """Which of ``names`` are top rows in the database, or folders in the source
+    holding an object (the first page of each folder's listing, no more; an inventory
+    source's bucket is asked directly, not its report)."""
+    if not names:
+        return set()
+    try:
+        with db.transaction() as conn:
+            found = set(top_keys(conn, catalogue, list(names)))
+    except psycopg2.Error as e:
+        raise db.error(e, "cannot read the top rows") from None
+    live = getattr(source, "s3", source)  # an InventorySource lists through its S3Source
+    under = _under(catalogue)
+    for name in names:
+        if name not in found and live is not None and "/" not in name:
+            objects = live.list([name], under)
+            if next(iter(objects), None) is not None:
+                found.add(name)
+            objects.close()
+    return found
 
 
 def _open_source(settings: Settings, progress: Progress | None = None) -> Source:

@@ -42,10 +42,12 @@ _ENV_ALSO = {
 SIGNING_KEY_ENV = "RECONCILER_SIGNING_KEY"
 API_TOKENS_ENV = "RECONCILER_API_TOKENS"
 WEBHOOK_TOKEN_ENV = "RECONCILER_WEBHOOK_TOKEN"
+METRICS_TOKEN_ENV = "RECONCILER_METRICS_TOKEN"
 # Every environment variable that holds a secret: what error messages, logs, pages and
 # plan files are scrubbed of. (``RECONCILER_API_TOKENS`` is ``name:token,…``: its
 # tokens are secrets on their own; see :func:`secret_values`.)
-SECRET_ENV = (SIGNING_KEY_ENV, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", API_TOKENS_ENV, WEBHOOK_TOKEN_ENV)
+SECRET_ENV = (SIGNING_KEY_ENV, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", API_TOKENS_ENV, WEBHOOK_TOKEN_ENV,
+              METRICS_TOKEN_ENV)
 
 
 

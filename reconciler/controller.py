@@ -21,6 +21,7 @@ or a direct connection for ``serve``).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import random
@@ -29,6 +30,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 import peewee as pw
 import psycopg2
@@ -60,6 +62,13 @@ class ServeOptions:
     leader_retry: float = 2.0  # seconds between leadership attempts (± 20 % jitter)
     tick: float = 0.5  # seconds the loop sleeps between looks at its work
     sqs_wait: int = 10  # SQS long-poll seconds
+    # Behind a proxy (see reconciler/server/guard.py): the names the server answers for
+    # beyond loopback and the listen address, its address as browsers see it, and the
+    # proxies whose X-Forwarded-Proto / -For are believed.
+    allowed_hosts: list[str] = field(default_factory=list)
+    public_url: str | None = None
+    trusted_proxies: list[str] = field(default_factory=list)
+    public_metrics: bool = False  # /metrics without a token
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -73,7 +82,8 @@ def load_serve_options(config_path: str | None, flags: dict) -> ServeOptions:
     """Flags, then the config file's ``serve:`` section, then defaults."""
     data = (read_config_file(config_path) or {}).get("serve") or {} if config_path else {}
     o = ServeOptions()
-    for name in ("listen", "interval", "auto_apply", "debounce", "sqs_queue_url", "leader_retry"):
+    for name in ("listen", "interval", "auto_apply", "debounce", "sqs_queue_url", "leader_retry",
+                 "allowed_hosts", "public_url", "trusted_proxies", "public_metrics"):
         value = flags.get(name)
         if value is None:
             value = data.get(name)
@@ -82,7 +92,32 @@ def load_serve_options(config_path: str | None, flags: dict) -> ServeOptions:
     if o.auto_apply not in POLICIES:
         raise ConfigError(f"auto-apply {o.auto_apply!r} is not one of {', '.join(POLICIES)}")
     o.host_port  # noqa: B018 — validates
+    if o.public_url is not None:
+        o.public_url = public_origin(o.public_url)
+    for proxy in o.trusted_proxies:
+        try:
+            ipaddress.ip_network(proxy, strict=False)
+        except ValueError:
+            raise ConfigError(f"serve.trusted_proxies: {proxy!r} is not an IP address or network (like 10.0.0.0/8)")
     return o
+
+
+def public_origin(url: str) -> str:
+    """``serve.public_url`` as an origin, ``scheme://host[:port]`` (the form browsers send
+    in ``Origin``); anything more than a path of ``/`` is refused: the server answers at
+    the root of its address."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
+            or parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"serve.public_url {url!r} is not like https://reconciler.example.com "
+                          "(http or https, a host, an optional port, no path)")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ConfigError(f"serve.public_url {url!r} has a port that is not a number") from None
+    default = {"http": 80, "https": 443}[parts.scheme]
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
 def replica_name() -> str:
@@ -355,9 +390,13 @@ class Controller:
     # ------------------------------------------------------------------ what people ask for
 
     def start_run(self, models: list[str] | None = None, trigger: str = "manual") -> int:
-        """A run now, planned in the background on this replica; returns its id."""
+        """A run now, planned in the background on this replica; returns its id. Model
+        names that are neither in the source nor in the database are refused at once
+        (:class:`reconciler.runs.BadRequest`), as ``plan --model`` refuses them."""
         if self.stopping.is_set():
             raise ReconcilerError("the server is shutting down; try another replica")
+        if models:
+            self.runs.check_models(models)
         run_id = self.runs.create_run(trigger, models)
         self.workers.submit(self._execute_quietly, run_id)
         return run_id

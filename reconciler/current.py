@@ -95,11 +95,12 @@ def read_known(conn, catalogue: Catalogue, scope: Sequence[str] | None = None) -
     return out
 
 
-def top_keys(conn, catalogue: Catalogue) -> list[str]:
-    """Every top row's key in the database (for shards)."""
-    sql, _ = known_select(catalogue, catalogue.top.name)
+def top_keys(conn, catalogue: Catalogue, scope: Sequence[str] | None = None) -> list[str]:
+    """The top rows' keys in the database (every one; or those named in ``scope``)."""
+    sql, query = known_select(catalogue, catalogue.top.name)
+    condition, params = scope_sql(query, scope)
     with conn.cursor() as cur:
-        cur.execute(sql.format(where=""))
+        cur.execute(sql.format(where=where([condition])), params)
         return [row[0] for row in cur]
 
 

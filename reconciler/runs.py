@@ -41,6 +41,7 @@ from .current import state_digest
 from .db import CONTROLLER_MODELS, Apply, ControllerState, Run, describe_pg_error, migration_files
 from .errors import (
     AlreadyAppliedError,
+    ConfigError,
     DatabaseError,
     LockTimeoutError,
     ReconcilerError,
@@ -74,6 +75,10 @@ class RunNotFound(RunError):
 
 class RunConflict(RunError):
     status = 409
+
+
+class BadRequest(RunError):
+    status = 400
 
 
 class Observer(Protocol):
@@ -283,42 +288,48 @@ class Runs:
         """The drift summary the API's ``/api/status`` and the overview page show.
 
         The baseline is the newest full-scope run that made a plan (rollback runs
-        aside): its summary while its plan is open (planned, discarded, stale, …), zero
-        once it found no changes or was applied. When that baseline is clean, scoped
-        runs made since that are still open add their summaries. ``in_sync`` is true
-        when the drift is zero and no run since the baseline was refused.
+        aside). While its plan is open (planned, discarded, stale, …) the drift is its
+        summary; once it found no changes or was applied, the drift is what the scoped
+        runs made since that are still open found. ``drift_runs`` are those runs (with
+        their state and who decided: the drift of a discarded plan is still drift, and
+        the overview says where it comes from). ``in_sync`` is true when the drift is
+        zero and no run since the baseline was refused (``refused_run``).
         """
         made = Run.status.not_in(["planning", "errored", "refused"]) & (Run.trigger != "rollback")
-        fields = [f for f in self._LIST_FIELDS]
         with self.session() as db:
-            base = Run.select(*fields).where(made & Run.scope.is_null()).order_by(Run.id.desc()).first()
+            base = Run.select(*self._LIST_FIELDS).where(made & Run.scope.is_null()).order_by(Run.id.desc()).first()
             since = base.id if base else 0
-            newer = list(Run.select(*fields).where((Run.id > since) & made & Run.scope.is_null(False)).order_by(Run.id))
-            refused = Run.select(Run.id).where((Run.id > since) & (Run.status == "refused")).exists()
+            if base is not None and base.status not in ("no_changes", "applied") and total(base.summary):
+                sources = [base]
+            else:
+                sources = [r for r in Run.select(*self._LIST_FIELDS).where(
+                    (Run.id > since) & made & Run.scope.is_null(False) & Run.status.in_(OPEN)).order_by(Run.id)
+                    if total(r.summary)]
+            refused = (Run.select(Run.id).where((Run.id > since) & (Run.status == "refused"))
+                       .order_by(Run.id.desc()).first())
             pending = Run.select(Run.id).where(Run.status == "planned").order_by(Run.id.desc()).first()
             last_check = Run.select(pw.fn.MAX(Run.planned_at)).where(Run.planned_at.is_null(False)).scalar()
             last_apply = Apply.select(pw.fn.MAX(Apply.applied_at)).scalar()
             state = ControllerState.get_or_none(ControllerState.id == 1)
             # Live, from the per-model terms the triggers keep: no scan of the rows.
             rows_now = state_digest(db.connection(), self.settings.catalogue).rows
-        drift: dict = {}
-        if base is not None and base.summary is not None:
-            drift = zeroed(base.summary) if base.status in ("no_changes", "applied") else base.summary
-            if total(drift) == 0:
-                for r in newer:
-                    if r.status in OPEN and r.summary:
-                        for kind, actions in r.summary.items():
-                            for action, n in actions.items():
-                                drift.setdefault(kind, {}).setdefault(action, 0)
-                                drift[kind][action] += n
+        drift: dict = zeroed(base.summary) if base is not None and base.summary is not None else {}
+        for r in sources:
+            for kind, actions in r.summary.items():
+                for action, n in actions.items():
+                    drift.setdefault(kind, {}).setdefault(action, 0)
+                    drift[kind][action] += n
         return {
-            "in_sync": base is not None and total(drift) == 0 and not refused,
+            "in_sync": base is not None and total(drift) == 0 and refused is None,
             "last_check_at": _utc(last_check),
             "last_apply_at": _utc(last_apply),
             "next_check_at": _utc(state.next_check_at) if state else None,
             "leader_name": state.leader if state else None,
             "pending_run": pending.id if pending else None,
             "drift": drift,
+            "drift_runs": [{"id": r.id, "status": r.status, "decided_by": r.decided_by,
+                            "decided_at": _utc(r.decided_at)} for r in sources],
+            "refused_run": refused.id if refused else None,
             "objects_listed": base.object_count if base else None,
             "rows_in_database": rows_now,
             "last_full_run": base.id if base else None,
@@ -330,21 +341,6 @@ class Runs:
 
         with self.plan_path(run_id) as path:
             return load_plan(path, self.settings.catalogue)
-
-    def drift_runs(self) -> list[int]:
-        """The runs whose plans make up :meth:`status`'s drift: the newest full-scope
-        run while its plan is open, else the open scoped runs made since (the same
-        rule as ``status``). Their changes, grouped by model, are the per-model drift."""
-        made = Run.status.not_in(["planning", "errored", "refused"]) & (Run.trigger != "rollback")
-        with self.session():
-            base = (Run.select(Run.id, Run.status, Run.summary).where(made & Run.scope.is_null())
-                    .order_by(Run.id.desc()).first())
-            since = base.id if base else 0
-            if base is not None and base.status not in ("no_changes", "applied") and total(base.summary):
-                return [base.id]
-            newer = Run.select(Run.id, Run.summary).where(
-                (Run.id > since) & made & Run.scope.is_null(False) & Run.status.in_(OPEN)).order_by(Run.id)
-            return [r.id for r in newer if total(r.summary)]
 
     def models_page(self, search: str = "", names: list[str] | None = None, only: bool = False,
                     offset: int = 0, limit: int = 50) -> tuple[list[dict], int]:
@@ -399,8 +395,10 @@ class Runs:
 
     def apply_runs(self, apply_ids: list[int]) -> dict[int, dict]:
         """For each apply: the run that applied it and who approved it (none for an
-        apply made on the command line), and the rollback runs made of it."""
-        out: dict[int, dict] = {a: {"run_id": None, "decided_by": None, "rollbacks": []} for a in apply_ids}
+        apply made on the command line), the rollback runs made of it, and the apply
+        that rolled it back (from the audit log: on the command line too), if any."""
+        out: dict[int, dict] = {a: {"run_id": None, "decided_by": None, "rollbacks": [], "rolled_back_by": None}
+                                for a in apply_ids}
         if not apply_ids:
             return out
         with self.session():
@@ -408,6 +406,8 @@ class Runs:
                 out[r.apply_id].update(run_id=r.id, decided_by=r.decided_by)
             for r in Run.select(Run.id, Run.rolls_back, Run.status).where(Run.rolls_back << apply_ids).order_by(Run.id):
                 out[r.rolls_back]["rollbacks"].append({"id": r.id, "status": r.status})
+            for a in Apply.select(Apply.id, Apply.rolls_back).where(Apply.rolls_back << apply_ids).order_by(Apply.id.desc()):
+                out[a.rolls_back]["rolled_back_by"] = a.id
         return out
 
     def _apply_entry(self, apply_id: int) -> dict:
@@ -589,9 +589,7 @@ class Runs:
     def rollback(self, apply_id: int, by: str) -> dict:
         """A new ``planned`` run (trigger ``rollback``) holding the inverse plan of an
         apply, made by :func:`reconciler.commands.rollback`; it is applied like any run."""
-        with self.session():
-            if Apply.get_or_none(Apply.id == apply_id) is None:
-                raise RunNotFound(f"there is no apply {apply_id}; see GET /api/history")
+        self._not_rolled_back(apply_id)
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="reconciler-rollback-") as d:
             path = os.path.join(d, "rollback.json")
@@ -599,7 +597,8 @@ class Runs:
                 plan = commands.rollback(self.settings, apply_id, path)
             except DatabaseError:
                 raise
-            except ReconcilerError as e:  # already rolled back, or rows changed since
+            except ReconcilerError as e:  # rows changed since, or rolled back a moment ago
+                self._not_rolled_back(apply_id)
                 raise RunConflict(str(e)) from None
             with open(path, "rb") as f:
                 data = f.read()
@@ -616,6 +615,24 @@ class Runs:
         run = self.get_run(run_id)
         self._notify("run_finished", run)
         return run
+
+    def _not_rolled_back(self, apply_id: int) -> None:
+        """Refuse an apply that is not there or was rolled back already, in words that
+        fit the API and the dashboard alike (the library's name a command to run)."""
+        with self.session():
+            if Apply.get_or_none(Apply.id == apply_id) is None:
+                raise RunNotFound(f"there is no apply {apply_id}")
+            undone = Apply.select(Apply.id).where(Apply.rolls_back == apply_id).order_by(Apply.id).first()
+        if undone is not None:
+            raise RunConflict(f"apply {apply_id} was rolled back already, by apply {undone.id}")
+
+    def check_models(self, models: list[str]) -> None:
+        """Refuse, before a run is made, model names that are neither in the source nor
+        in the database — the check ``plan --model`` makes (:func:`reconciler.commands.check_models`)."""
+        try:
+            commands.check_models(self.settings, models, hint="check the model names")
+        except ConfigError as e:
+            raise BadRequest(str(e)) from None
 
     def history(self, limit: int = 20) -> list[dict]:
         """Applies, as ``reconciler history --format json``."""

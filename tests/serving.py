@@ -1,16 +1,20 @@
 """Start ``reconciler serve`` as a user would — ``python -m reconciler … serve`` in a
-subprocess on a free loopback port — and talk to it with httpx.
+subprocess — and talk to it with httpx.
 
-``start_server`` polls ``/healthz`` until the server answers and fails with the
-server's output if it exits first; :func:`stop_all` terminates, then kills, every
-server a test started.
+The server binds port 0 (the system picks a free one, which no other process can take
+in between) and prints the address it listens on; ``start_server`` reads that line, and
+without configured tokens the token the server made for itself from the file that line
+names, then polls ``/healthz`` until the server answers. It fails with the server's
+output if the server exits first. :func:`stop_all` terminates, then kills, every server
+a test started.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,18 +30,17 @@ from .conftest import CDN
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+LISTENING = re.compile(r"^listening on (http://\S+) \((.*)\)$", re.M)
+TOKEN_FILE = re.compile(r"this process's token is in (\S+)$")
 
 
 @dataclass
 class Server:
     proc: subprocess.Popen
-    url: str
     log: Path
+    cwd: Path
     token: str | None = None
+    url: str = ""
     clients: list = field(default_factory=list)
 
     def client(self, token: str | None = "default", timeout: float = 60) -> httpx.Client:
@@ -79,6 +82,20 @@ class Server:
         assert r.status_code == 200, r.text
         return r.json()["runs"]
 
+    def wait_listening(self, timeout: float = 30) -> None:
+        """The address from the server's "listening on" line, and its minted token
+        when no token was configured."""
+        deadline = time.monotonic() + timeout
+        while not (m := LISTENING.search(self.output())):
+            if self.proc.poll() is not None:
+                raise AssertionError(f"reconciler serve exited with {self.proc.returncode}:\n{self.output()}")
+            assert time.monotonic() < deadline, f"reconciler serve did not start listening:\n{self.output()}"
+            time.sleep(0.05)
+        self.url = m.group(1)
+        minted = TOKEN_FILE.search(m.group(2))
+        if self.token is None and minted:
+            self.token = (self.cwd / minted.group(1)).read_text("ascii").strip()
+
     def stop(self, sig=signal.SIGTERM, timeout: float = 20) -> int:
         for c in self.clients:
             c.close()
@@ -93,6 +110,7 @@ class Server:
 
 
 _started: list[Server] = []
+_numbers = itertools.count(1)
 
 
 def write_config(path: Path, source: str, serve: dict | None = None, safety: dict | None = None) -> Path:
@@ -113,34 +131,33 @@ def start_server(
     safety: dict | None = None,
     env: dict | None = None,
     token: str | None = None,
-    wait: bool = True,
+    listen: str = "127.0.0.1:0",
 ) -> Server:
-    port = free_port()
-    config = write_config(tmp_path / f"serve-{port}.yaml", source, serve, safety)
-    log = tmp_path / f"serve-{port}.log"
+    n = next(_numbers)
+    config = write_config(tmp_path / f"serve-{n}.yaml", source, serve, safety)
+    log = tmp_path / f"serve-{n}.log"
     full_env = {**os.environ, "DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1", **(env or {})}
     for name in ("RECONCILER_CONFIG", "RECONCILER_SOURCE", "RECONCILER_CDN_BASE_URL"):
         full_env.pop(name, None)
+    if not env or "RECONCILER_API_TOKENS" not in env:
+        full_env.pop("RECONCILER_API_TOKENS", None)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "reconciler", "--config", str(config), "serve", "--listen", f"127.0.0.1:{port}", *args],
+            [sys.executable, "-m", "reconciler", "--config", str(config), "serve", "--listen", listen, *args],
             stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=tmp_path,
         )
-    server = Server(proc, f"http://127.0.0.1:{port}", log, token)
+    server = Server(proc, log, tmp_path, token)
     _started.append(server)
-    if wait:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"reconciler serve exited with {proc.returncode}:\n{server.output()}")
-            try:
-                if httpx.get(server.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"reconciler serve did not answer:\n{server.output()}"
-            time.sleep(0.1)
+    server.wait_listening()
+    server.wait_for(lambda: _healthy(server.url), what="/healthz")
     return server
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def stop_all() -> None:

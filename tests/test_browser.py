@@ -1,6 +1,8 @@
 """The operator's path in a real browser: the system Chromium driven by Playwright
 (the pip package only; never ``playwright install``), once with JavaScript off and once
-on. Any console error or uncaught page error fails the test.
+on. Any console error or uncaught page error fails the test. And an attacker's page,
+served from another local origin, that tries to drive the server through the same
+browser: nothing it sends changes anything.
 
 Chromium is found from ``RECONCILER_TEST_CHROMIUM``, else ``/usr/bin/chromium`` or
 ``chromium`` on the PATH; without one the tests skip and say how to get one.
@@ -8,14 +10,19 @@ Chromium is found from ``RECONCILER_TEST_CHROMIUM``, else ``/usr/bin/chromium`` 
 
 from __future__ import annotations
 
+import html
+import http.server
+import json
 import os
 import shutil
+import threading
 
 import pytest
 
 from .conftest import folder_bucket
 from .serving import serve  # noqa: F401 — the fixture
-from .test_dashboard import KEYS, seed_gone
+from .test_dashboard import KEYS, csrf_of, seed_gone
+from .test_serve_guard import snapshot
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +30,9 @@ TOKEN = "ops-token-0123456789abcdef0123"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
         "--disable-background-networking", "--disable-component-update", "--disable-default-apps",
         "--disable-sync", "--no-first-run", "--metrics-recording-only", "--disable-extensions",
-        "--disable-features=Translate,OptimizationHints,MediaRouter"]
+        "--disable-features=Translate,OptimizationHints,MediaRouter",
+        # A name of the attacker's that resolves to this machine: DNS rebinding, without DNS.
+        "--host-resolver-rules=MAP rebound.test 127.0.0.1"]
 
 
 def chromium_path() -> str | None:
@@ -117,3 +126,110 @@ def test_operator_path(browser, serve, tmp_path, sql, javascript):
         ctx.close()
     assert problems == [], problems
     assert sql("SELECT count(*) FROM whitelabel_models WHERE folder_name = 'Gone'")[0][0] == 1  # rolled back
+
+
+ATTACK = """<!doctype html>
+<html><head><title>cute cats</title></head><body>
+<form id="page-form" method="post" action="{server}/runs/{run}/apply"><input name="csrf" value="{csrf}"></form>
+<form id="api-form" method="post" action="{server}/api/runs/{run}/apply" enctype="text/plain">
+  <input name='{{"x": "' value='"}}'></form>
+<script>
+const server = {server_js}, run = {run}, csrf = {csrf_js}, token = {token_js};
+const form = new URLSearchParams({{csrf: csrf}});
+const attempts = [
+  // Requests a page may send without asking (no preflight): no body, or a form or text body.
+  [server + "/api/runs/" + run + "/apply", {{method: "POST", mode: "no-cors", credentials: "include"}}],
+  [server + "/api/runs/" + run + "/apply", {{method: "POST", mode: "no-cors", credentials: "include",
+                                            headers: {{"Content-Type": "text/plain"}}, body: "{{}}"}}],
+  [server + "/api/runs", {{method: "POST", mode: "no-cors", body: '{{"models": ["Alice"]}}'}}],
+  [server + "/hooks/s3", {{method: "POST", mode: "no-cors", body: '{{"Records": []}}'}}],
+  [server + "/runs/" + run + "/apply", {{method: "POST", mode: "no-cors", credentials: "include", body: form}}],
+  [server + "/runs/" + run + "/discard", {{method: "POST", mode: "no-cors", credentials: "include", body: form}}],
+  [server + "/runs", {{method: "POST", mode: "no-cors", credentials: "include", body: form}}],
+  // Requests that need the server's consent (a preflight), even with a stolen token.
+  [server + "/api/runs/" + run + "/apply", {{method: "POST", headers: {{"Content-Type": "application/json",
+                                            "Authorization": "Bearer " + token}}, body: "{{}}"}}],
+  // Reading a page (for its CSRF token) or the API.
+  [server + "/runs/" + run, {{credentials: "include"}}],
+  [server + "/api/status", {{headers: {{"Authorization": "Bearer " + token}}}}],
+];
+(async () => {{
+  const results = [];
+  for (const [url, init] of attempts) {{
+    try {{
+      const r = await fetch(url, init);
+      results.push(r.type === "opaque" ? "opaque" : "read " + r.status + " " + (await r.text()).slice(0, 80));
+    }} catch (e) {{
+      results.push("blocked");
+    }}
+  }}
+  document.body.dataset.results = JSON.stringify(results);
+  document.title = "done";
+}})();
+</script></body></html>"""
+
+
+def attacker_site(page_html: str):
+    """A web server of its own on another port: another origin (the same site, to a browser)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = page_html.encode("utf-8")
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def test_a_page_of_another_origin_cannot_drive_the_server(browser, serve, tmp_path, sql):
+    """The operator is logged in (the link ``serve`` gives), then opens an attacker's
+    page in the same browser. Even with the page's CSRF token and the API token leaked
+    to it, nothing it sends is applied, started or discarded, and it reads nothing."""
+    seed_gone(sql)
+    s = serve(folder_bucket(tmp_path / "bucket", *KEYS))
+    c = s.client()
+    run = s.wait_run(s.wait_for(lambda: s.runs(), what="the first run")[-1]["id"])
+    ctx = browser.new_context()
+    ctx.set_default_timeout(20_000)
+    page = ctx.new_page()
+    page.goto(f"{s.url}/login?token={s.token}")
+    assert page.url == s.url + "/"
+    csrf = csrf_of(page.content())  # leaked, for the worst case
+    before = snapshot(sql)
+    evil = attacker_site(ATTACK.format(
+        server=s.url, run=run["id"], csrf=html.escape(csrf), server_js=json.dumps(s.url), csrf_js=json.dumps(csrf),
+        token_js=json.dumps(s.token)))
+    try:
+        page.goto(f"http://127.0.0.1:{evil.server_address[1]}/")
+        page.wait_for_function("document.title === 'done'")
+        results = json.loads(page.locator("body").get_attribute("data-results"))
+        assert all(r in ("opaque", "blocked") for r in results), results  # nothing was read
+        assert results[-3:] == ["blocked"] * 3  # no consent to the preflight, nor to reading
+
+        # Plain HTML forms, as a page posts them to another origin (top-level navigations).
+        for form in ("page-form", "api-form"):
+            with page.expect_navigation() as nav:
+                page.evaluate(f"document.getElementById('{form}').submit()")
+            assert nav.value.status == 403 and "comes from another" in nav.value.text(), (form, nav.value.text()[:500])
+            page.go_back()
+
+        # DNS rebinding: the attacker's name pointing at this machine reaches the server, which refuses it.
+        rebound = s.url.replace("127.0.0.1", "rebound.test")
+        for path in ("/", f"/runs/{run['id']}", "/api/status"):
+            response = page.goto(rebound + path)
+            assert response.status == 421, (path, response.status)
+        assert "Wrong address" in page.goto(rebound + "/").text()
+    finally:
+        evil.shutdown()
+        ctx.close()
+    assert snapshot(sql) == before
+    assert c.get(f"/api/runs/{run['id']}").json()["status"] == "planned"
+    assert sql("SELECT count(*) FROM whitelabel_models WHERE folder_name = 'Gone'")[0][0] == 1

@@ -174,6 +174,13 @@ def test_unknown_model_is_an_error_and_writes_no_plan(cli, database_url, tmp_pat
     assert r.code == 1 and not (tmp_path / "plans").exists()
     assert r.err == "error: model 'Nobody' is neither in the source nor in the database: check --model\n"
     assert cli("plan", "--model", "M", "-o", "p.json", *common).code == 2
+    # A name typed in another Unicode normal form looks the same: the message says the forms differ.
+    nfc, nfd = "Zo\u00eb", "Zoe\u0308"
+    folder_bucket(tmp_path / "b", f"{nfc}/P/1.jpg")
+    r = cli("plan", "--model", nfd, *common)
+    assert r.code == 1 and r.err == (
+        f"error: model {nfd!r} is neither in the source nor in the database: check --model "
+        "(in another Unicode normal form: 'Zoe\\u0308' is NFD, 'Zo\\xeb' (NFC) is there)\n")
 
 
 def test_secret_scrubbing_keeps_words_whole():

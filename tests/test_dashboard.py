@@ -53,20 +53,24 @@ def first_planned(s) -> dict:
 
 
 def test_every_page_every_state_loopback(serve, tmp_path, sql):
-    """Without tokens: no login; every page renders; buttons only where allowed; the
-    forms work (Post/Redirect/Get) and need their CSRF token."""
+    """Without configured tokens: the link with the token the server made logs in;
+    every page renders; buttons only where allowed; the forms work
+    (Post/Redirect/Get) and need their CSRF token."""
     seed_gone(sql)
     s = serve(folder_bucket(tmp_path / "bucket", *KEYS))
     c = s.client(token=None)
     run = first_planned(s)
     assert run["status"] == "planned"
 
+    assert c.get("/").headers["location"] == "/login?next=%2F"
+    login = c.get("/login", params={"token": s.token, "next": "/runs"})
+    assert login.status_code == 303 and login.headers["location"] == "/runs"
     home = c.get("/")
     assert home.status_code == 200, s.output()
     assert "Out of sync" in home.text and "Plan now" in home.text
-    assert "Log in" not in home.text and "local (no login)" in home.text
-    assert "reconciler_session" in home.headers["set-cookie"]
-    assert "HttpOnly" in home.headers["set-cookie"] and "SameSite=strict" in home.headers["set-cookie"].replace("Strict", "strict")
+    assert "Signed in as <strong>local</strong>" in home.text
+    assert "reconciler_session" in login.headers["set-cookie"]
+    assert "HttpOnly" in login.headers["set-cookie"] and "samesite=strict" in login.headers["set-cookie"].lower()
     assert "default-src 'none'" in home.headers["content-security-policy"]
     for name in ("Alice", "Bob", "Gone"):
         assert f"Plan model {name}" in home.text
@@ -93,7 +97,7 @@ def test_every_page_every_state_loopback(serve, tmp_path, sql):
     import httpx
 
     stranger = httpx.post(f"{s.url}/runs/{run['id']}/apply", data={"csrf": token})  # no session cookie
-    assert stranger.status_code == 403
+    assert stranger.status_code == 303 and stranger.headers["location"].startswith("/login")
     assert s.runs()[0]["status"] == "planned"
 
     # Approve: Post/Redirect/Get to the run's page, which shows the result
@@ -204,6 +208,70 @@ def test_login_csrf_and_no_secrets(serve, tmp_path, sql):
     r = c.post("/logout", data={"csrf": csrf_of(home.text)})
     assert r.status_code == 303 and r.headers["location"] == "/login"
     assert c.get("/").status_code == 303
+
+
+def test_an_apply_rolled_back_on_the_command_line_offers_no_roll_back(serve, tmp_path, sql, cli, database_url):
+    s = serve(folder_bucket(tmp_path / "bucket", *KEYS))
+    c = s.client()
+    run = first_planned(s)
+    apply_id = c.post(f"/api/runs/{run['id']}/apply").json()["apply_id"]
+    assert cli("rollback", apply_id, "-o", "rb.json", "--database", database_url).code == 0
+    assert cli("apply", "rb.json", "--database", database_url).code == 0
+
+    history = c.get("/history").text
+    assert f"Roll back apply {apply_id}" not in history
+    assert f'rolled back by <a href="/history/{apply_id + 1}">apply {apply_id + 1}</a>' in history
+    assert f"Roll back apply {apply_id + 1}" in history  # the rollback itself can be undone
+    page = c.get(f"/history/{apply_id}").text
+    assert "rolled back by" in page and f"Roll back apply {apply_id}" not in page
+    # A stale form (the page was open before): a page in the dashboard's words, no command to type.
+    r = c.post(f"/history/{apply_id}/rollback", data={"csrf": csrf_of(history)})
+    assert r.status_code == 409 and "Not possible now" in r.text
+    assert f"Apply {apply_id} was rolled back already, by apply {apply_id + 1}." in r.text
+    assert "reconciler history" not in r.text and "`" not in r.text and "Error 409" not in r.text
+    api = c.post(f"/api/applies/{apply_id}/rollback")
+    assert api.status_code == 409 and api.json()["error"] == f"apply {apply_id} was rolled back already, by apply {apply_id + 1}"
+    assert c.post("/api/applies/999/rollback").json()["error"] == "there is no apply 999"
+
+
+def test_the_overview_says_where_its_numbers_come_from(serve, tmp_path, sql):
+    seed_gone(sql)
+    s = serve(folder_bucket(tmp_path / "bucket", *KEYS))
+    c = s.client()
+    run = first_planned(s)
+    home = c.get("/").text
+    assert f"Review run {run['id']}" in home and f"Found by <a href=\"/runs/{run['id']}\">run {run['id']}</a>" in home
+    assert "No plan waits for review" not in home
+    assert c.post(f"/api/runs/{run['id']}/discard").status_code == 200
+    home = c.get("/").text
+    n = run["change_count"]
+    assert f"Out of sync: {n} changes not applied" in home and "pending change" not in home.lower()
+    assert "state-discarded" in home and "by local" in home and "No plan waits for review" in home
+    assert "Review run" not in home
+    st = c.get("/api/status").json()
+    assert st["pending_run"] is None and st["drift_runs"] == [
+        {"id": run["id"], "status": "discarded", "decided_by": "local", "decided_at": st["drift_runs"][0]["decided_at"]}]
+    # A check refused by a guard: not in sync, and the overview says which run and why to look.
+    sql("INSERT INTO reconciler_runs (status, trigger, owner, error) VALUES ('refused', 'manual', 1, 'a guard')")
+    refused = s.runs()[0]["id"]
+    home = c.get("/").text
+    assert f"run {refused}</a>, was refused by a safety guard" in home
+    assert c.get("/api/status").json()["refused_run"] == refused
+
+
+def test_page_errors_speak_the_dashboards_words(serve, tmp_path, sql):
+    s = serve(folder_bucket(tmp_path / "bucket", *KEYS))
+    c = s.client()
+    first_planned(s)
+    home = c.get("/").text
+    r = c.post("/runs", data={"csrf": csrf_of(home), "model": "Nobody"})
+    assert r.status_code == 400 and "That request is not valid" in r.text
+    assert "model &#39;Nobody&#39; is neither in the source nor in the database: check the model names" in r.text
+    assert "--model" not in r.text
+    r = c.get("/runs", params={"page": "abc"})
+    assert r.status_code == 400 and "page must be a whole number" in r.text
+    assert c.get("/", params={"page": "0"}).status_code == 400
+    assert c.get("/runs/1", params={"page": "99999"}).status_code == 200  # past the end: the last page
 
 
 def test_templates_and_static_are_package_data():

@@ -4,6 +4,7 @@ against the real server (a subprocess on a loopback port) and a real PostgreSQL.
 from __future__ import annotations
 
 import json
+import unicodedata
 import zlib
 
 import psycopg2
@@ -19,7 +20,9 @@ pytestmark = pytest.mark.slow
 API_TOKEN = "alice-token-0123456789abcdef"
 OTHER_TOKEN = "bob-token-0123456789abcdef00"
 HOOK_TOKEN = "hook-token-0123456789abcdef"
-TOKENS_ENV = {"RECONCILER_API_TOKENS": f"alice:{API_TOKEN}, bob:{OTHER_TOKEN}", "RECONCILER_WEBHOOK_TOKEN": HOOK_TOKEN}
+METRICS_TOKEN = "prometheus-token-0123456789ab"
+TOKENS_ENV = {"RECONCILER_API_TOKENS": f"alice:{API_TOKEN}, bob:{OTHER_TOKEN}", "RECONCILER_WEBHOOK_TOKEN": HOOK_TOKEN,
+              "RECONCILER_METRICS_TOKEN": METRICS_TOKEN}
 
 KEYS = ("Alice/cover.jpg", "Alice/Beach/1.jpg", "Alice/Beach/2.mp4", "Bob/Hike/a.jpg", "Bob/profile/icon.png")
 
@@ -144,12 +147,34 @@ def test_states_discard_supersede_stale_rollback(serve, tmp_path, sql):
         r = c.request(method, path)
         assert r.status_code == 404 and "error" in r.json(), (path, r.text)
     for body in (b"[1]", b"{", b'{"models": "Alice"}', b'{"models": ["a/b"]}', b'{"model": ["A"]}'):
-        r = c.post("/api/runs", content=body)
+        r = c.post("/api/runs", content=body, headers={"Content-Type": "application/json"})
         assert r.status_code == 400 and r.json()["error"], body
     assert c.get("/api/runs", params={"status": "bogus"}).status_code == 400
     assert c.get("/api/runs", params={"limit": "x"}).status_code == 400
     assert c.get(f"/api/runs/{newer['id']}/plan").status_code == 200
     assert [r["status"] for r in s.runs(status="superseded,discarded")] == ["discarded", "superseded", "superseded"]
+
+
+def test_unknown_models_are_refused_at_once(serve, tmp_path, sql):
+    """As ``plan --model`` refuses them (the same check): a name neither in the source
+    nor in the database is a 400, and no run is made."""
+    src = folder_bucket(tmp_path / "bucket", *KEYS, "Zoë Ortiz/Beach/1.jpg")  # written in NFC
+    sql("INSERT INTO whitelabel_models (folder_name) VALUES ('Gone')")
+    s = serve(src)
+    c = s.client()
+    first_run(s)
+    before = s.runs()
+    r = c.post("/api/runs", json={"models": ["Alice", "Nobody", "Typo"]})
+    assert r.status_code == 400
+    assert r.json()["error"] == "models 'Nobody', 'Typo' are neither in the source nor in the database: check the model names"
+    # Typed in NFD, the name looks the same as the folder's: the message says the forms differ.
+    r = c.post("/api/runs", json={"models": [unicodedata.normalize("NFD", "Zoë Ortiz")]})
+    assert r.status_code == 400
+    assert r.json()["error"].endswith(": check the model names (in another Unicode normal form: "
+                                      "'Zoe\\u0308 Ortiz' is NFD, 'Zo\\xeb Ortiz' (NFC) is there)")
+    assert s.runs() == before
+    for models in (["Gone"], ["Zoë Ortiz"], ["Alice", "Gone"]):  # in the database only, in the source only
+        assert c.post("/api/runs", json={"models": models}).status_code == 202, models
 
 
 def test_refused_plans_and_delete_limits(serve, tmp_path, sql):
@@ -212,8 +237,15 @@ def test_tokens(serve, tmp_path, sql, s3_env):
             assert r.headers["www-authenticate"].startswith("Bearer")
     assert anon.post("/api/runs").status_code == 401
     assert s.client(f"{API_TOKEN}x").get("/api/status").status_code == 401
-    for path in ("/healthz", "/readyz", "/metrics"):
+    for path in ("/healthz", "/readyz"):
         assert anon.get(path).status_code == 200, path
+    # /metrics: the metrics token (Prometheus' authorization) or an API token; it opens nothing else.
+    prometheus = s.client(METRICS_TOKEN)
+    for c in (anon, wrong, s.client(HOOK_TOKEN)):
+        r = c.get("/metrics")
+        assert r.status_code == 401 and "metrics token" in r.json()["error"]
+    assert prometheus.get("/metrics").status_code == 200 and alice.get("/metrics").status_code == 200
+    assert prometheus.get("/api/status").status_code == 401 and prometheus.post("/hooks/s3", json={}).status_code == 401
     assert alice.get("/api/status").status_code == 200
     run = first_run(s)
     r = bob.post(f"/api/runs/{run['id']}/apply")
@@ -227,7 +259,7 @@ def test_tokens(serve, tmp_path, sql, s3_env):
     assert anon.head("/hooks/s3").status_code == 200
     # No secret in any answer or in the log.
     answers = "".join(alice.get(p).text for p in ("/api/status", "/api/runs", "/api/history", "/metrics"))
-    for secret in (API_TOKEN, OTHER_TOKEN, HOOK_TOKEN, "testing-secret-key-do-not-print"):
+    for secret in (API_TOKEN, OTHER_TOKEN, HOOK_TOKEN, METRICS_TOKEN, "testing-secret-key-do-not-print"):
         assert secret not in answers and secret not in s.output()
     assert s.stop() == 0
 

@@ -1,7 +1,8 @@
 """The HTTP side of ``reconciler serve``: a Starlette app over the controller.
 
-``app.py`` builds the application; ``api.py`` is the JSON API, ``hooks.py`` the S3
-event webhook, ``metrics.py`` the Prometheus metrics, ``auth.py`` the tokens. The
+``app.py`` builds the application; ``guard.py`` turns away requests for another host
+or from another site, ``api.py`` is the JSON API, ``hooks.py`` the S3 event webhook,
+``metrics.py`` the Prometheus metrics, ``auth.py`` the tokens. The
 dashboard's pages sit next to them (``pages.py``, ``sessions.py``, ``charts.py``,
 ``templates/``, ``static/``) and call the same library functions (:mod:`reconciler.runs`,
 :mod:`reconciler.controller`). Nothing in the library imports this package.

@@ -1,4 +1,5 @@
-"""The application object: routes, authentication, errors, and the controller's life.
+"""The application object: routes, the request guard, authentication, errors, and the
+controller's life.
 
 ``create_app(controller, tokens)`` returns a Starlette app; its lifespan starts the
 controller (leader election, loop, SQS) and stops it on shutdown — uvicorn first
@@ -23,50 +24,55 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..config import secret_values
+from ..db import redact_url, scrub
 from ..errors import DatabaseError, ReconcilerError
 from ..runs import RunError
-from ..db import redact_url, scrub
 from . import api, hooks, pages
-from .auth import API_TOKENS_ENV, LOCAL_USER, WEBHOOK_TOKEN_ENV, Tokens
+from .auth import API_TOKENS_ENV, METRICS_TOKEN_ENV, WEBHOOK_TOKEN_ENV, Tokens
+from .guard import Guard, Site
 from .http import JSONResponse, error
 from .metrics import Metrics
-from .sessions import Sessions
+from .sessions import Sessions, Store
 
 log = logging.getLogger("reconciler.server")
 
-# Open without a token: liveness, readiness and metrics (for probes and Prometheus),
-# and the webhook, which has a token of its own.
-PUBLIC = ("/healthz", "/readyz", "/metrics", "/hooks/")
+# Open without an API token: liveness and readiness (for probes), and the webhook, which
+# has a token of its own. /metrics takes the metrics token unless serve.public_metrics.
+PUBLIC = ("/healthz", "/readyz", "/hooks/")
 
 
 class TokenAuth:
-    """Pure ASGI middleware: with API tokens, every path but the public ones needs
-    ``Authorization: Bearer <token>``; the token's name becomes ``request.state.user``.
-    Without tokens (loopback only) the user is ``local``. The dashboard's pages check
-    their session cookie (or a bearer header) themselves: see :mod:`.pages`."""
+    """Pure ASGI middleware: every path but the public ones needs ``Authorization:
+    Bearer <token>`` (configured, or minted for a loopback-only server); the token's
+    name becomes ``request.state.user``. The dashboard's pages check their session
+    cookie (or a bearer header) themselves: see :mod:`.pages`."""
 
-    def __init__(self, app, tokens: Tokens) -> None:
-        self.app, self.tokens = app, tokens
+    def __init__(self, app, tokens: Tokens, public_metrics: bool) -> None:
+        self.app, self.tokens, self.public_metrics = app, tokens, public_metrics
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope.get("path", "")
-        user = LOCAL_USER
-        if pages.is_page(path):
+        if pages.is_page(path) or path.startswith(PUBLIC):
             return await self.app(scope, receive, send)
-        if self.tokens.required and not path.startswith(PUBLIC):
-            header = None
-            for k, v in scope.get("headers") or ():
-                if k == b"authorization":
-                    header = v.decode("latin-1")
+        header = None
+        for k, v in scope.get("headers") or ():
+            if k == b"authorization":
+                header = v.decode("latin-1")
+        if path == "/metrics":
+            if self.public_metrics or self.tokens.metrics_ok(header):
+                return await self.app(scope, receive, send)
+            response = error(401, f"a metrics token is required (Authorization: Bearer <{METRICS_TOKEN_ENV}> "
+                                  "or an API token)")
+        else:
             user = self.tokens.who(header)
-            if user is None:
-                response = error(401, "a valid API token is required (Authorization: Bearer <token>)")
-                response.headers["WWW-Authenticate"] = 'Bearer realm="reconciler"'
-                return await response(scope, receive, send)
-        scope.setdefault("state", {})["user"] = user
-        return await self.app(scope, receive, send)
+            if user is not None:
+                scope.setdefault("state", {})["user"] = user
+                return await self.app(scope, receive, send)
+            response = error(401, "a valid API token is required (Authorization: Bearer <token>)")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="reconciler"'
+        return await response(scope, receive, send)
 
 
 async def healthz(request: Request):
@@ -145,8 +151,14 @@ def effective_config(controller, tokens: Tokens) -> list[tuple[str, str, str]]:
         ("serve", "debounce", f"{o.debounce:g} s"),
         ("serve", "sqs_queue_url", url(o.sqs_queue_url)),
         ("serve", "leader_retry", f"{o.leader_retry:g} s"),
-        ("serve", API_TOKENS_ENV, ", ".join(f"{n} (hidden)" for n, _ in tokens.api) or "not set: loopback only, no login"),
+        ("serve", "allowed_hosts", ", ".join(o.allowed_hosts) or "–"),
+        ("serve", "public_url", o.public_url or "–"),
+        ("serve", "trusted_proxies", ", ".join(o.trusted_proxies) or "none: forwarded headers are ignored"),
+        ("serve", "public_metrics", str(o.public_metrics).lower()),
+        ("serve", API_TOKENS_ENV, "not set: loopback only, a token made for this process (local)" if tokens.minted
+         else ", ".join(f"{n} (hidden)" for n, _ in tokens.api)),
         ("serve", WEBHOOK_TOKEN_ENV, hidden if tokens.webhook else "not set"),
+        ("serve", METRICS_TOKEN_ENV, hidden if tokens.metrics else "not set"),
         ("serve", "replica", controller.name),
     ]
     secrets = sorted({x for x in (*tokens.secrets, *secret_values()) if x},
@@ -156,7 +168,10 @@ def effective_config(controller, tokens: Tokens) -> list[tuple[str, str, str]]:
 
 def create_app(controller, tokens: Tokens, *, manage_controller: bool = True) -> Starlette:
     """The ASGI app over ``controller``; with ``manage_controller`` its lifespan starts
-    and stops the controller."""
+    and stops the controller. ``tokens`` must hold an API token (see
+    :meth:`.auth.Tokens.minted_for_local`)."""
+    if not tokens.api:
+        raise ValueError("create_app needs an API token; see Tokens.minted_for_local")
     m = Metrics()
     controller.observer = m
     controller.runs.observer = m
@@ -192,8 +207,12 @@ def create_app(controller, tokens: Tokens, *, manage_controller: bool = True) ->
     app.state.controller = controller
     app.state.tokens = tokens
     app.state.metrics = m
-    app.state.sessions = Sessions(tokens)
+    app.state.sessions = Sessions(tokens, Store(controller.runs))
     app.state.plan_cache = pages.Cache()
     app.state.effective_config = lambda: effective_config(controller, tokens)
-    app.add_middleware(TokenAuth, tokens=tokens)
+    o = controller.options
+    app.add_middleware(TokenAuth, tokens=tokens, public_metrics=o.public_metrics)
+    # The outermost check: a request for another host, or from another site, goes no further.
+    app.add_middleware(Guard, site=Site.of(o.host_port[0], o.allowed_hosts, o.public_url),
+                       is_page=pages.is_page, page_error=pages.error_page)
     return app

@@ -1,4 +1,4 @@
-"""Small helpers shared by the API, the hooks and (later) the pages."""
+"""Small helpers shared by the API, the hooks and the pages."""
 
 from __future__ import annotations
 

@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import signal
 import socket
 import sys
+from typing import Iterator
 
 from ..config import Settings
 from ..controller import Controller, ServeOptions
@@ -84,7 +86,7 @@ def server_logging(quiet: bool, secrets):
 
 def check_listen(options: ServeOptions, tokens: Tokens) -> tuple[str, int]:
     host, port = options.host_port
-    if not tokens.required and not is_loopback(host):
+    if not tokens.configured and not is_loopback(host):
         raise ConfigError(
             f"refusing to listen on {options.listen} without {API_TOKENS_ENV}: anyone who reaches it could apply "
             f"plans; set {API_TOKENS_ENV}=name:token,… or listen on 127.0.0.1"
@@ -118,8 +120,62 @@ def serve(settings: Settings, options: ServeOptions, tokens: Tokens, *, quiet: b
             "--auto-apply within-limits needs a delete limit (safety.max_delete or safety.max_delete_percent "
             "in the config file); without one every plan would be applied"
         )
+    tokens = tokens.minted_for_local()
     with server_logging(quiet, [*secrets, *tokens.secrets]):
         return _serve(settings, options, tokens)
+
+
+@contextlib.contextmanager
+def token_file(state_dir: str, port: int, token: str) -> Iterator[str]:
+    """The minted token in ``STATE_DIR/serve-PORT.token``, readable by this user alone,
+    for as long as the server runs (scripts read it: ``Authorization: Bearer $(cat …)``)."""
+    path = os.path.join(state_dir, f"serve-{port}.token")
+    try:
+        os.makedirs(state_dir, mode=0o700, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a stale one (a server killed): made anew, never written through a link
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(token + "\n")
+    except OSError as e:
+        raise ConfigError(f"cannot write the token file {path}: {e.strerror}; set {API_TOKENS_ENV} "
+                          "or --state-dir to a folder this user can write") from None
+    try:
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+class EarlyStop:
+    """The SIGTERM / SIGINT handler from the start of ``serve`` until uvicorn installs
+    its own (and again after uvicorn is done): a signal while the database opens or the
+    app is built is remembered, and uvicorn, once started, shuts down at once — the
+    controller stopped, the embedded database too. (uvicorn raises the signal again
+    after a graceful shutdown, for the handler it found: this one, so a clean stop still
+    exits 0.) Before, a SIGTERM in that moment was either fatal or ignored."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.server = None
+
+    def __call__(self, signum, frame) -> None:
+        self.requested = True
+        if self.server is not None:
+            self.server.should_exit = True
+
+    def attach(self, server) -> None:
+        self.server = server
+        server.should_exit = server.should_exit or self.requested
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["EarlyStop"]:
+        previous = {sig: signal.signal(sig, self) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _serve(settings: Settings, options: ServeOptions, tokens: Tokens) -> int:
@@ -127,24 +183,32 @@ def _serve(settings: Settings, options: ServeOptions, tokens: Tokens) -> int:
 
     host, port = options.host_port
     sock = bind(host, port)
-    with open_database(settings.database, settings.state_dir) as db:
+    actual = sock.getsockname()[1]
+    where = f"http://{host if ':' not in host else f'[{host}]'}:{actual}"
+    with EarlyStop().installed() as stop, open_database(settings.database, settings.state_dir) as db, \
+            contextlib.ExitStack() as stack:
         check_schema(db, settings.catalogue)
         resolved = dataclasses.replace(settings, database=db.url, database_display=db.display)
         controller = Controller(resolved, options, display=db.display)
         app = create_app(controller, tokens)
-        actual = sock.getsockname()[1]
-        where = f"http://{host if ':' not in host else f'[{host}]'}:{actual}"
-        access = "API tokens required" if tokens.required else f"loopback only: no {API_TOKENS_ENV} set, no token asked"
+        if tokens.minted:
+            path = stack.enter_context(token_file(settings.state_dir, actual, tokens.api[0][1]))
+            access = f"loopback only, no {API_TOKENS_ENV}: this process's token is in {path}"
+        else:
+            access = "API tokens required"
         log.info("reconciler serve on %s (%s); database %s; source %s; every %gs, auto-apply %s",
                  where, access, db.display, settings.source, options.interval, options.auto_apply)
         print(f"listening on {where} ({access})", file=sys.stderr, flush=True)
+        if tokens.minted and sys.stderr.isatty():
+            # To the person at the terminal, as Jupyter does; never to a log.
+            print(f"log in: {where}/login?token={tokens.api[0][1]}", file=sys.stderr, flush=True)
+        # Forwarded headers (the scheme, the client's address) only from the proxies named.
         config = uvicorn.Config(app, log_config=None, lifespan="on", access_log=False,
-                                timeout_graceful_shutdown=None, server_header=False)
+                                timeout_graceful_shutdown=None, server_header=False,
+                                proxy_headers=bool(options.trusted_proxies),
+                                forwarded_allow_ips=list(options.trusted_proxies))
         server = uvicorn.Server(config)
-        # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again
-        # for the handler it found: make that one a no-op so a clean stop exits 0.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)
+        stop.attach(server)
         server.run(sockets=[sock])
         started = server.started
     return 0 if started else 1

@@ -44,9 +44,6 @@ class Metrics:
         if run.get("apply_seconds") is not None:
             self.apply_seconds.observe(run["apply_seconds"])
 
-    def apply_failed(self, run: dict) -> None:
-        self.applied(run)
-
     def leader_changed(self, leading: bool) -> None:
         self.leader.set(1 if leading else 0)
 

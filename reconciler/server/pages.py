@@ -4,10 +4,12 @@
 
 Every view gathers its data through the library in the thread pool and renders a
 template; no SQL here or in the templates. Every form posts, then redirects
-(Post/Redirect/Get). Authentication: with API tokens, a login form takes a token and
-sets a signed session cookie (:mod:`.sessions`); a bearer header works too (then no
-CSRF token is needed: nothing ambient is sent). Every form carries a CSRF token; a
-POST without the right one is refused with 403.
+(Post/Redirect/Get). Authentication: a login form takes an API token and sets a signed
+session cookie (:mod:`.sessions`); the token minted for a loopback-only server also
+logs in from the link ``serve`` prints (``/login?token=…``); a bearer header works too
+(then no CSRF token is needed: nothing ambient is sent). Every form carries a CSRF
+token; a POST without the right one is refused with 403. Errors are pages in the
+dashboard's words, never a command to type.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ from starlette.staticfiles import StaticFiles
 from .. import render
 from ..diff import ACTIONS
 from ..errors import DatabaseError, ReconcilerError
-from ..runs import STATUSES, RunError, RunNotFound, total
+from ..runs import STATUSES, RunConflict, RunError, RunNotFound, total
 from ..version import __version__
 from . import charts
-from .http import path_id, read_body
+from .http import int_param, path_id, read_body
 from .sessions import COOKIE, MAX_AGE
 
 # Paths the dashboard answers; TokenAuth leaves them to the session checks here.
@@ -124,18 +126,38 @@ class Cache:
         return value
 
 
+def _render(template: str, status: int = 200, *, user: str | None, csrf: str, path: str, **ctx) -> HTMLResponse:
+    ctx.setdefault("title", "")
+    ctx.setdefault("KINDS", ())
+    body = _templates.get_template(template).render(user=user, csrf=csrf, path=path, **ctx)
+    response = HTMLResponse(body, status_code=status)
+    for k, v in SECURITY_HEADERS.items():
+        response.headers.setdefault(k, v)
+    return response
+
+
 def _html(request: Request, template: str, status: int = 200, **ctx) -> HTMLResponse:
     page = request.state.page
-    ctx.setdefault("title", "")
-    catalogue = request.app.state.controller.settings.catalogue
-    body = _templates.get_template(template).render(
-        request=request, user=page["user"], csrf=page["csrf"], login=request.app.state.tokens.required,
-        path=request.url.path, KINDS=catalogue.kinds, **ctx)
-    return HTMLResponse(body, status_code=status)
+    kinds = request.app.state.controller.settings.catalogue.kinds  # the catalogue's entities, in plan order
+    return _render(template, status, user=page["user"], csrf=page["csrf"], path=request.url.path, KINDS=kinds, **ctx)
+
+
+# Error pages say what happened in the dashboard's words (the message says why).
+_ERROR_TITLES = {
+    400: "That request is not valid", 403: "Refused", 404: "Not found", 409: "Not possible now",
+    413: "Too large", 415: "Refused", 421: "Wrong address", 503: "The database cannot be reached",
+}
 
 
 def _error(request: Request, status: int, message: str) -> HTMLResponse:
-    return _html(request, "error.html", status, title=f"Error {status}", message=message)
+    return _html(request, "error.html", status, title=_ERROR_TITLES.get(status, "Something went wrong"),
+                 message=message)
+
+
+def error_page(status: int, message: str) -> HTMLResponse:
+    """An error page for a request refused before any session was looked at."""
+    return _render("error.html", status, user=None, csrf="", path="",
+                   title=_ERROR_TITLES.get(status, "Something went wrong"), message=message)
 
 
 def _redirect(url: str) -> RedirectResponse:
@@ -168,9 +190,17 @@ SECURITY_HEADERS = {
 }
 
 
+def _secure(request: Request) -> bool:
+    """Whether browsers reach the dashboard over HTTPS: ``serve.public_url`` says so;
+    else the request's scheme (a trusted proxy's ``X-Forwarded-Proto`` included)."""
+    public = request.app.state.controller.options.public_url
+    return (public or request.url.scheme).startswith("https")
+
+
 def page(public: bool = False):
-    """A dashboard view: the session (a new one when there is none), who is logged in,
-    the CSRF check of a POST, errors as HTML pages, the security headers."""
+    """A dashboard view: the session (a new one when there is none, or when it was
+    logged out), who is logged in, the CSRF check of a POST, errors as HTML pages, the
+    security headers."""
 
     def wrap(handler):
         @functools.wraps(handler)
@@ -181,20 +211,24 @@ def page(public: bool = False):
             fresh = session is None
             if fresh:
                 session = sessions.new(None)
-            user = session.user
-            by_bearer = False
-            if user is None and tokens.required and request.headers.get("authorization"):
-                user = tokens.who(request.headers.get("authorization"))
-                by_bearer = user is not None
-            request.state.page = {"session": session, "user": user, "csrf": sessions.csrf(session)}
-            request.state.user = user
+            request.state.page = {"session": session, "user": None, "csrf": sessions.csrf(session)}
+            request.state.user = None
+            request.state.new_session = None
             try:
+                if session.user is not None and not await run_in_threadpool(sessions.store.alive, session):
+                    session, fresh = sessions.new(None), True  # logged out, on this replica or another
+                    request.state.page.update(session=session, csrf=sessions.csrf(session))
+                user, by_bearer = session.user, False
+                if user is None and request.headers.get("authorization"):
+                    user = tokens.who(request.headers.get("authorization"))
+                    by_bearer = user is not None
+                request.state.page["user"] = request.state.user = user
                 if user is None and not public:
                     target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                     response: Response = _redirect("/login?" + urlencode({"next": target}))
-                elif request.method == "POST" and not by_bearer:
+                elif request.method == "POST":
                     form = await _read_form(request)
-                    if fresh or not sessions.csrf_ok(session, form.get("csrf")):
+                    if not by_bearer and (fresh or not sessions.csrf_ok(session, form.get("csrf"))):
                         response = _error(request, 403, "This form has expired or did not come from this dashboard "
                                                         "(its CSRF token is missing or wrong). Go back, reload the "
                                                         "page and try again.")
@@ -212,10 +246,9 @@ def page(public: bool = False):
                 response = _error(request, 409, str(e))
             except HTTPException as e:
                 response = _error(request, e.status_code, str(e.detail))
-            if fresh or getattr(request.state, "new_session", None):
-                s = getattr(request.state, "new_session", None) or session
-                response.set_cookie(COOKIE, sessions.dump(s), max_age=MAX_AGE, path="/", httponly=True,
-                                    samesite="strict", secure=request.url.scheme == "https")
+            if fresh or request.state.new_session:
+                response.set_cookie(COOKIE, sessions.dump(request.state.new_session or session), max_age=MAX_AGE,
+                                    path="/", httponly=True, samesite="strict", secure=_secure(request))
             for k, v in SECURITY_HEADERS.items():
                 response.headers.setdefault(k, v)
             return response
@@ -225,11 +258,8 @@ def page(public: bool = False):
     return wrap
 
 
-def _int(request: Request, name: str, default: int = 1, low: int = 1, high: int = 10**7) -> int:
-    raw = request.query_params.get(name, "")
-    if not raw.isdigit():
-        return default
-    return max(low, min(high, int(raw)))
+def _page_no(request: Request) -> int:
+    return int_param(request, "page", 1, low=1, high=10**6)
 
 
 def _pages(page_no: int, count: int, per: int) -> dict:
@@ -296,11 +326,11 @@ async def overview(request: Request):
     c = app.state.controller
     q = request.query_params.get("q", "").strip()[:200]
     only = request.query_params.get("drift") == "1"
-    page_no = _int(request, "page")
+    page_no = _page_no(request)
 
     def gather():
         st = c.status()
-        drift = _model_drift(app, c.runs.drift_runs())
+        drift = _model_drift(app, [r["id"] for r in st["drift_runs"]])
         models, count = c.runs.models_page(q, list(drift), only, (page_no - 1) * PER_PAGE, PER_PAGE)
         for m in models:
             m["drift"] = drift.get(m["name"])
@@ -328,7 +358,7 @@ async def runs_list(request: Request):
     wanted = request.query_params.get("status", "")
     if wanted and wanted not in STATUSES:
         raise HTTPException(400, f"status must be one of {', '.join(STATUSES)}")
-    page_no = _int(request, "page")
+    page_no = _page_no(request)
     rows = await run_in_threadpool(c.runs.list_runs, wanted or None, PER_PAGE + 1, (page_no - 1) * PER_PAGE)
     more = len(rows) > PER_PAGE
     return _html(request, "runs.html", title="Runs", runs=rows[:PER_PAGE], wanted=wanted, statuses=STATUSES,
@@ -353,7 +383,7 @@ async def run_page(request: Request):
     action = request.query_params.get("action", "")
     if action and action not in ACTIONS:
         action = ""
-    page_no = _int(request, "page")
+    page_no = _page_no(request)
 
     def gather():
         run = c.runs.get_run(run_id)
@@ -449,7 +479,7 @@ async def history(request: Request):
 async def apply_page(request: Request):
     c = request.app.state.controller
     apply_id = path_id(request)
-    page_no = _int(request, "page")
+    page_no = _page_no(request)
 
     def gather():
         entry = c.runs.get_apply(apply_id)
@@ -466,7 +496,13 @@ async def apply_page(request: Request):
 @page()
 async def rollback(request: Request):
     c = request.app.state.controller
-    run = await run_in_threadpool(c.runs.rollback, path_id(request), request.state.user)
+    apply_id = path_id(request)
+    try:
+        run = await run_in_threadpool(c.runs.rollback, apply_id, request.state.user)
+    except RunConflict as e:  # rolled back already, or its rows changed since
+        why = str(e)
+        return _error(request, 409, f"{why[:1].upper()}{why[1:]}. Apply {apply_id}'s page in the History shows "
+                                    "what became of it.")
     return _redirect(f"/runs/{run['id']}")
 
 
@@ -477,24 +513,32 @@ async def settings_page(request: Request):
 
 @page(public=True)
 async def login(request: Request):
-    tokens = request.app.state.tokens
-    target = _safe_next(request.query_params.get("next"))
-    if not tokens.required:
-        return _redirect(target)
-    if request.method == "GET":
-        return _html(request, "login.html", title="Log in", next=target, failed=False)
-    sessions = request.app.state.sessions
-    name = sessions.login(request.state.form.get("token", ""))
+    sessions, tokens = request.app.state.sessions, request.app.state.tokens
+    if request.method == "POST":
+        target = _safe_next(request.state.form.get("next"))
+        given = request.state.form.get("token", "")
+    else:
+        target = _safe_next(request.query_params.get("next"))
+        # Only the token minted for this process logs in from a link (the one ``serve``
+        # prints): a configured token lives long and does not belong in a browser's history.
+        given = request.query_params.get("token", "") if tokens.minted else ""
+        if not given:
+            return _html(request, "login.html", title="Log in", next=target, failed=False, minted=tokens.minted)
+    name = sessions.login(given)
     if name is None:
-        return _html(request, "login.html", 401, title="Log in", next=target, failed=True)
-    request.state.new_session = sessions.new(name)  # a new sid: no session fixation
-    return _redirect(_safe_next(request.state.form.get("next")))
+        return _html(request, "login.html", 401, title="Log in", next=target, failed=True, minted=tokens.minted)
+    session = sessions.new(name)  # a new sid: no session fixation
+    await run_in_threadpool(sessions.store.add, session)
+    request.state.new_session = session
+    return _redirect(target)
 
 
 @page()
 async def logout(request: Request):
-    request.state.new_session = request.app.state.sessions.new(None)
-    return _redirect("/login" if request.app.state.tokens.required else "/")
+    sessions = request.app.state.sessions
+    await run_in_threadpool(sessions.store.end, request.state.page["session"])
+    request.state.new_session = sessions.new(None)
+    return _redirect("/login")
 
 
 def _static() -> StaticFiles:
