@@ -71,6 +71,16 @@ class Plan:
     kinds: tuple[str, ...] | None = field(default=None, repr=False)  # the catalogue's, for the summary's lines
     descriptor: Catalogue | None = field(default=None, repr=False)  # the catalogue read or made under
 
+    def __post_init__(self) -> None:
+        if self.kinds is None and self.descriptor is not None:
+            self.kinds = self.descriptor.kinds
+        if self.kinds is None and self.catalogue is None:
+            # A plan naming no catalogue is read as a creators plan, whose summary has
+            # a line for every creators kind: written so, it reads back.
+            from .catalogue import load_catalogue
+
+            self.kinds = load_catalogue().kinds
+
     @property
     def summary(self) -> dict[str, dict[str, int]]:
         if self.summary_override is not None:
