@@ -126,10 +126,12 @@ def test_the_catalogue_flag_then_environment_then_file_then_creators(config, tmp
     assert load_settings({}, {}, None).catalogue == CREATORS
     assert load_settings({}, {}, path).catalogue == PRODUCTS
     assert load_settings({}, {"RECONCILER_CATALOGUE": "creators"}, path).catalogue == CREATORS
-    assert load_settings({"catalogue": "product-images"}, {"RECONCILER_CATALOGUE": "creators"}, path).catalogue == PRODUCTS
+    flag = {"catalogue": "product-images"}
+    assert load_settings(flag, {"RECONCILER_CATALOGUE": "creators"}, path).catalogue == PRODUCTS
     # A spec file is found next to the config file, wherever the tool runs.
     (tmp_path / "specs").mkdir()
-    (tmp_path / "specs" / "shop.yaml").write_text(yaml.safe_dump(shipped_spec("product-images"), sort_keys=False), "utf-8")
+    spec = yaml.safe_dump(shipped_spec("product-images"), sort_keys=False)  # its order is part of its meaning
+    (tmp_path / "specs" / "shop.yaml").write_text(spec, "utf-8")
     monkeypatch.chdir(tmp_path / "specs")
     assert load_settings({}, {}, config("catalogue: specs/shop.yaml\n")).catalogue == PRODUCTS
 
@@ -244,7 +246,7 @@ def test_unknown_keys_are_named(config, text, expected):
         ("safety: {max_delete_percent: .nan}\n", "safety.max_delete_percent must be a finite number"),
         ("plan: {batch_rows: 0}\n", "plan.batch_rows"),
         ("plan: {batch_rows: many}\n", "plan.batch_rows must be of type integer"),
-        ("catalogue: 5\n", "catalogue"),
+        ("catalogue: 5\n", "catalogue: 5 is not valid"),
         ("catalogue: shop\n", "there is no shipped catalogue 'shop'"),
         ("catalogue: shop.yaml\n", "shop.yaml does not exist"),
         ("catalogue: {name: x}\n", "catalogue spec in the config file"),
@@ -318,9 +320,9 @@ def test_random_yaml_text_raises_only_config_error(text):
         os.unlink(path)
 
 
-_KEYS = st.sampled_from(["source", "database", "layout", "catalogue", "safety", "apply", "cdn_base_url", "plans_dir", "url",
-                         "endpoint_url", "region", "addressing_style", "max_workers", "state_dir", "images", "videos",
-                         "profile_folder", "icon_names", "banner_names", "allow_empty_source", "max_delete",
+_KEYS = st.sampled_from(["source", "database", "layout", "catalogue", "safety", "apply", "cdn_base_url", "plans_dir",
+                         "url", "endpoint_url", "region", "addressing_style", "max_workers", "state_dir", "images",
+                         "videos", "profile_folder", "icon_names", "banner_names", "allow_empty_source", "max_delete",
                          "max_delete_percent", "require_signature", "lock_timeout", "bucket"])
 _VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 200) | st.floats(allow_nan=False) | st.text(max_size=6)
