@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 from reconciler import ObjectInfo, plan_from_rows
 from reconciler.diff import Change, change_order, summarize
 
-from .conftest import CDN, CREATORS, database_holding, desired_state, images, patch
+from .conftest import CDN, CREATORS, database_holding, desired_state, images, patch, reordered
 
 # Rows as full images: what a create carries and a delete's before holds.
 ALICE = {"folder_name": "Alice", "thumbnail_url": f"{CDN}/Alice/a.jpg", "icon_url": None, "banner_url": None,
@@ -116,9 +116,6 @@ def test_update_carries_only_the_changed_fields():
 def test_equal_rows_make_no_change_whatever_the_order_of_their_fields():
     # Equal values are no change: fields, and the keys of a JSON value, in another order
     # (jsonb hands back its own) are the same row.
-    def reordered(image: dict) -> dict:
-        return {name: reordered(v) if isinstance(v, dict) else v for name, v in reversed(image.items())}
-
     result = plan(ALICE_LISTING, current_of([reordered(ALICE)], [reordered(BEACH)], [reordered(ONE)]))
     assert list(reordered(BEACH)["media_cdns"]) == ["videos", "images"]
     assert result.changes == []
