@@ -48,7 +48,7 @@ from .canonical import canonical, canonical_checked
 from .catalogue import Catalogue
 from .catalogue.planrules import PlanRules, plan_rules
 from .diff import ACTION_ORDER, ACTIONS, Change, ChangeList, Lines, summarize
-from .config import SIGNING_KEY_ENV
+from .config import SIGNING_KEY_ENV, default_catalogue
 from .errors import PlanFileError, SignatureError, WrongCatalogueError
 
 FORMAT_VERSION = 1
@@ -72,14 +72,10 @@ class Plan:
     descriptor: Catalogue | None = field(default=None, repr=False)  # the catalogue read or made under
 
     def __post_init__(self) -> None:
-        if self.kinds is None and self.descriptor is not None:
-            self.kinds = self.descriptor.kinds
         if self.kinds is None and self.catalogue is None:
             # A plan naming no catalogue is read as a creators plan, whose summary has
             # a line for every creators kind: written so, it reads back.
-            from .catalogue import load_catalogue
-
-            self.kinds = load_catalogue().kinds
+            self.kinds = default_catalogue().kinds
 
     @property
     def summary(self) -> dict[str, dict[str, int]]:
