@@ -48,7 +48,7 @@ from .canonical import canonical, canonical_checked
 from .catalogue import Catalogue
 from .catalogue.planrules import PlanRules, plan_rules
 from .diff import ACTION_ORDER, ACTIONS, Change, ChangeList, Lines, summarize
-from .config import SIGNING_KEY_ENV
+from .config import SIGNING_KEY_ENV, default_catalogue
 from .errors import PlanFileError, SignatureError, WrongCatalogueError
 
 FORMAT_VERSION = 1
@@ -70,6 +70,12 @@ class Plan:
     notes: list[str] = field(default_factory=list, repr=False)  # for the person running plan; not in the file
     kinds: tuple[str, ...] | None = field(default=None, repr=False)  # the catalogue's, for the summary's lines
     descriptor: Catalogue | None = field(default=None, repr=False)  # the catalogue read or made under
+
+    def __post_init__(self) -> None:
+        if self.kinds is None and self.catalogue is None:
+            # A plan naming no catalogue is read as a creators plan, whose summary has
+            # a line for every creators kind: written so, it reads back.
+            self.kinds = default_catalogue().kinds
 
     @property
     def summary(self) -> dict[str, dict[str, int]]:

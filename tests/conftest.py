@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, settings as hsettings
 from reconciler import Settings, load_catalogue
 from reconciler.cli import main
 from reconciler.db import migrate, open_database
-from reconciler.frames import build_desired, plan_key
+from reconciler.frames import UNKNOWN_PARENT, build_desired, plan_key
 
 # Machine speed is no test's fault: on a busy 2-core machine an example, or generating
 # one, takes as long as it takes (no deadline, no too_slow). The other health checks
@@ -52,12 +52,14 @@ PRODUCTS = load_catalogue("product-images")
 @dataclass
 class Desired:
     """The desired rows of a listing as full images (what a create carries), by kind
-    and plan key, and what the listing skipped."""
+    and plan key, what the listing skipped, and how many objects make rows (or values
+    of rows)."""
 
     images: dict
     object_count: int
     skipped: dict
     skipped_examples: dict
+    recognised: int
 
     def __getitem__(self, kind: str) -> dict:
         return self.images[kind]
@@ -66,14 +68,16 @@ class Desired:
 def desired_state(objects, *, cdn_base_url: str = CDN, root: str = "", models=None, catalogue=CREATORS,
                   known=None) -> Desired:
     """The desired rows of a listing (``root`` and the scope ``models`` as the planner
-    takes them), read back from the engine's frames."""
+    takes them), read back from the engine's frames, in key order."""
     desired, listing = build_desired(objects, catalogue, cdn_base_url=cdn_base_url, root=root, scope=models,
                                      known=known)
     images = {}
     for e in catalogue.owned:
         frame = desired.rows[e.name]
-        images[e.name] = {row[plan_key(e.name)]: {f: row[f] for f in e.fields} for row in frame.to_dicts()}
-    return Desired(images, listing.object_count, dict(listing.skipped), listing.skipped_examples)
+        images[e.name] = {row[plan_key(e.name)]: {f: row[f] for f in e.fields}
+                          for row in sorted(frame.to_dicts(), key=lambda row: row[plan_key(e.name)])}
+    recognised = sum(listing.counts.values()) - listing.skipped.get(UNKNOWN_PARENT, 0)
+    return Desired(images, listing.object_count, dict(listing.skipped), listing.skipped_examples, recognised)
 
 
 def _top(catalogue, kind: str, image: dict) -> str:
@@ -104,6 +108,12 @@ def images(state) -> dict:
         e = CREATORS.entity(kind) if kind in CREATORS.kinds else PRODUCTS.entity(kind)
         out[kind] = {_plan_key_of(e, image): dict(image) for image in rows}
     return out
+
+
+def reordered(image: dict) -> dict:
+    """A row with its fields, and the keys of its JSON values, in reverse order: the
+    same row, as another writer (or jsonb) may hand it back."""
+    return {name: reordered(v) if isinstance(v, dict) else v for name, v in reversed(image.items())}
 
 
 def patch(tables: dict, changes) -> dict:

@@ -1,8 +1,9 @@
 """Case files as data: each ``tests/cases/*.json`` is a small bucket listing with the
-desired rows it must give, through the planner's engine (``build_desired_frames``, and
-``plan_from_rows`` for the plans). Add a case by adding a file; no code.
+desired rows it must give under the creators catalogue, through the planner's engine
+(``build_desired``, and ``plan_from_rows`` for the plans). Add a case by adding a file; no code.
 
-A case file holds::
+A case file holds (each row without the fields its plan key spells: a model's
+``folder_name``, a post's ``model`` and ``folder_name``, a media item's ``s3_key``)::
 
     {
       "description": "what the case shows",
@@ -29,9 +30,9 @@ from pathlib import Path
 import pytest
 
 from reconciler import ObjectInfo, plan_from_rows
-from reconciler.current import CurrentState
+from reconciler.engine import _plan_key_of
 
-from .conftest import database_holding, desired_state
+from .conftest import CREATORS, database_holding, desired_state
 
 CASES = sorted((Path(__file__).parent / "cases").glob("*.json"))
 
@@ -44,24 +45,37 @@ def objects_of(case: dict) -> list[ObjectInfo]:
     return [ObjectInfo(o) if isinstance(o, str) else ObjectInfo(**o) for o in case["objects"]]
 
 
+SECTIONS = {"model": "models", "post": "posts", "media": "media"}
+
+
+def case_row(kind: str, key: str, image: dict) -> dict:
+    """A row's full image in the case files' shape: without the fields its plan key
+    spells — its key columns, and its parent when the key is unique within the parent
+    (``Alice/Beach``: model and folder_name) — which must spell it."""
+    e = CREATORS.entity(kind)
+    assert _plan_key_of(e, image) == key
+    spelled = e.key_columns + ((e.parent,) if e.unique == "parent" else ())
+    return {f: v for f, v in image.items() if f not in spelled}
+
+
 def rows_of(state) -> dict:
     """The desired state as plain JSON-like data, in the case files' shape."""
-    return {
-        "models": {k: row._asdict() for k, row in state.models.items()},
-        "posts": {k: row._asdict() for k, row in state.posts.items()},
-        "media": {k: row._asdict() for k, row in state.media.items()},
-        "object_count": state.object_count,
-        "skipped": dict(state.skipped),
-    }
+    rows = {section: {key: case_row(kind, key, image) for key, image in state[kind].items()}
+            for kind, section in SECTIONS.items()}
+    return {**rows, "object_count": state.object_count, "skipped": dict(state.skipped)}
 
 
 def options(case: dict) -> dict:
     """The planner's options a case file sets."""
-    return {"cdn_base_url": case["cdn_base_url"], "root": case.get("root", ""), "models": case.get("models")}
+    return {"cdn_base_url": case["cdn_base_url"], "root": case.get("root", "")}
 
 
 def build(case: dict, objects: list[ObjectInfo]):
-    return desired_state(objects, **options(case))
+    return desired_state(objects, models=case.get("models"), **options(case))
+
+
+def plan(case: dict, objects: list[ObjectInfo], current: dict, **kwargs):
+    return plan_from_rows(objects, current, CREATORS, scope=case.get("models"), **options(case), **kwargs)
 
 
 def test_there_are_case_files():
@@ -93,16 +107,13 @@ def test_case_does_not_depend_on_listing_order(path):
 def test_case_against_an_empty_database_creates_every_row(path):
     case = load_case(path)
     expected = case["expected"]
-    changes = plan_from_rows(objects_of(case), CurrentState(), **options(case)).changes
-    assert {(c.kind, c.key) for c in changes} == (
-        {("model", k) for k in expected["models"]}
-        | {("post", k) for k in expected["posts"]}
-        | {("media", k) for k in expected["media"]}
-    )
+    changes = plan(case, objects_of(case), {}).changes
+    assert {(c.kind, c.key) for c in changes} == {(kind, k) for kind, s in SECTIONS.items() for k in expected[s]}
     assert all(c.action == "create" for c in changes)
     created = {(c.kind, c.key): c.after for c in changes}
-    for key, row in expected["media"].items():
-        assert created["media", key] == {"s3_key": key, **row}
+    for kind, section in SECTIONS.items():
+        for key, row in expected[section].items():
+            assert case_row(kind, key, created[kind, key]) == row
 
 
 @pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
@@ -112,7 +123,7 @@ def test_case_against_a_database_that_holds_it_plans_nothing(path):
     current = database_holding(build(case, objects))
     expected = case["expected"]
     for batch_rows in (1, 100_000):  # a model at a time, or all at once
-        result = plan_from_rows(objects, current, **options(case), batch_rows=batch_rows)
+        result = plan(case, objects, current, batch_rows=batch_rows)
         assert list(result.changes) == []
         assert result.current_counts == {
             "model": len(expected["models"]), "post": len(expected["posts"]), "media": len(expected["media"]),

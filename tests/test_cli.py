@@ -27,7 +27,8 @@ def test_version(cli):
 def test_every_command_has_help(cli):
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices
-    assert set(commands) == {"init", "plan", "show", "validate", "apply", "history", "rollback", "db-url", "serve"}
+    assert set(commands) == {"init", "plan", "show", "validate", "apply", "history", "rollback", "db-url", "serve",
+                             "explain", "catalogue"}
     for name, sub in commands.items():
         assert sub.description, f"{name} lacks help text"
         r = cli(name, "--help")

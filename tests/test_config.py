@@ -9,9 +9,12 @@ import pytest
 import yaml
 from hypothesis import given, settings, strategies as st
 
+from reconciler.catalogue import load_catalogue, read_key
+from reconciler.catalogue.spec import shipped_spec
 from reconciler.config import Settings, check_url, load_settings
 from reconciler.errors import ConfigError
-from reconciler.layout import Layout
+
+from .conftest import CREATORS, PRODUCTS
 
 FULL_CONFIG = """\
 # every key the config file knows
@@ -25,6 +28,7 @@ database:
   url: postgresql://app@db/prod
   state_dir: /var/lib/reconciler
 cdn_base_url: https://cdn.example.com
+catalogue: creators
 layout:
   images: [jpg, PNG]
   videos: [mp4]
@@ -67,7 +71,7 @@ def test_defaults_without_flags_environment_or_file():
     s = load_settings({}, {}, None)
     assert (s.source, s.database, s.cdn_base_url, s.state_dir, s.plans_dir) == (None, None, None, "state", "plans")
     assert (s.max_workers, s.lock_timeout, s.allow_empty_source, s.require_signature) == (8, 60.0, False, False)
-    assert s.layout == Layout()
+    assert s.catalogue == CREATORS
 
 
 def test_every_config_file_key(config):
@@ -77,8 +81,13 @@ def test_every_config_file_key(config):
     assert (s.region, s.addressing_style, s.max_workers) == ("nyc3", "path", 4)
     assert (s.database, s.state_dir) == ("postgresql://app@db/prod", "/var/lib/reconciler")
     assert s.cdn_base_url == "https://cdn.example.com"
-    assert s.layout == Layout(images=("jpg", "PNG"), videos=("mp4",), profile_folder="_meta",
-                              icon_names=("logo",), banner_names=("header",))
+    # layout: adjusts the creators catalogue: its classes and its profile rules.
+    assert s.catalogue == load_catalogue("creators", None, {
+        "images": ["jpg", "PNG"], "videos": ["mp4"], "profile_folder": "_meta", "icon_names": ["Logo"],
+        "banner_names": ["header"]})
+    assert (s.catalogue.classes["image"], s.catalogue.classes["video"]) == ({"jpg", "png"}, {"mp4"})
+    assert read_key(s.catalogue, "Alice/_meta/logo.png").rule.name == "profile-icon"
+    assert read_key(s.catalogue, "Alice/_meta/header.jpg").rule.name == "profile-banner"
     assert (s.allow_empty_source, s.max_delete, s.max_delete_percent, s.require_signature) == (True, 100, 12.5, True)
     assert s.max_url_rewrite_percent == 100
     assert s.lock_timeout == 5.0 and s.plans_dir == "ops/plans"
@@ -110,6 +119,21 @@ def test_precedence_flag_then_environment_then_file_then_default(config, name, e
     assert getattr(load_settings({}, {}, path), name) == file_value
     assert getattr(load_settings({}, {}, None), name) == default
     assert getattr(load_settings(flags, {}, None), name) == flag
+
+
+def test_the_catalogue_flag_then_environment_then_file_then_creators(config, tmp_path, monkeypatch):
+    path = config("catalogue: product-images\n")
+    assert load_settings({}, {}, None).catalogue == CREATORS
+    assert load_settings({}, {}, path).catalogue == PRODUCTS
+    assert load_settings({}, {"RECONCILER_CATALOGUE": "creators"}, path).catalogue == CREATORS
+    flag = {"catalogue": "product-images"}
+    assert load_settings(flag, {"RECONCILER_CATALOGUE": "creators"}, path).catalogue == PRODUCTS
+    # A spec file is found next to the config file, wherever the tool runs.
+    (tmp_path / "specs").mkdir()
+    spec = yaml.safe_dump(shipped_spec("product-images"), sort_keys=False)  # its order is part of its meaning
+    (tmp_path / "specs" / "shop.yaml").write_text(spec, "utf-8")
+    monkeypatch.chdir(tmp_path / "specs")
+    assert load_settings({}, {}, config("catalogue: specs/shop.yaml\n")).catalogue == PRODUCTS
 
 
 def test_a_flag_given_as_none_is_not_given(config):
@@ -222,6 +246,11 @@ def test_unknown_keys_are_named(config, text, expected):
         ("safety: {max_delete_percent: .nan}\n", "safety.max_delete_percent must be a finite number"),
         ("plan: {batch_rows: 0}\n", "plan.batch_rows"),
         ("plan: {batch_rows: many}\n", "plan.batch_rows must be of type integer"),
+        ("catalogue: 5\n", "catalogue: 5 is not valid"),
+        ("catalogue: shop\n", "there is no shipped catalogue 'shop'"),
+        ("catalogue: shop.yaml\n", "shop.yaml does not exist"),
+        ("catalogue: {name: x}\n", "catalogue spec in the config file"),
+        ("catalogue: product-images\nlayout: {images: [jpg]}\n", "adjusts the creators catalogue only"),
     ],
 )
 def test_wrong_types_and_values_name_the_key(config, text, expected):
@@ -291,9 +320,9 @@ def test_random_yaml_text_raises_only_config_error(text):
         os.unlink(path)
 
 
-_KEYS = st.sampled_from(["source", "database", "layout", "safety", "apply", "cdn_base_url", "plans_dir", "url",
-                         "endpoint_url", "region", "addressing_style", "max_workers", "state_dir", "images", "videos",
-                         "profile_folder", "icon_names", "banner_names", "allow_empty_source", "max_delete",
+_KEYS = st.sampled_from(["source", "database", "layout", "catalogue", "safety", "apply", "cdn_base_url", "plans_dir",
+                         "url", "endpoint_url", "region", "addressing_style", "max_workers", "state_dir", "images",
+                         "videos", "profile_folder", "icon_names", "banner_names", "allow_empty_source", "max_delete",
                          "max_delete_percent", "require_signature", "lock_timeout", "bucket"])
 _VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 200) | st.floats(allow_nan=False) | st.text(max_size=6)

@@ -12,7 +12,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 
 from reconciler import commands
 from reconciler.current import RangeCopies
-from reconciler.layout import ObjectInfo
+from reconciler.objects import ObjectInfo
 from reconciler.planfile import write_plan
 
 from .conftest import fresh_example, sql_on

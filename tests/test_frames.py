@@ -1,30 +1,32 @@
 """The planner's engine on its own terms (reconciler.frames, reconciler.engine).
 
-The desired state a listing gives follows the layout rules key by key, whatever the
-keys hold (lone surrogates, NUL, control characters), the root and the scope; and a
-plan made a batch of models at a time — in memory or spilled to files — is the plan
-made in one batch, byte for byte, over generated listings and database states."""
+The desired state a listing gives follows the creators catalogue's reading
+(:func:`reconciler.catalogue.read_key`) key by key, whatever the keys hold (lone
+surrogates, NUL, control characters), the root and the scope; and a plan made a batch
+of models at a time — in memory or spilled to files — is the plan made in one batch,
+byte for byte, over generated listings and database states."""
 
 from __future__ import annotations
 
 import bisect
 import random
 from collections import Counter
+from typing import NamedTuple
 from urllib.parse import quote
 
+import polars as pl
 from hypothesis import given, settings, strategies as st
 
-from reconciler import plan_from_rows
-from reconciler.current import CurrentState
-from reconciler.desired import SKIPPED_EXAMPLES, MediaRow, ModelRow, PostRow
-from reconciler.engine import Current, Rows, batch_bounds, plan_changes
-from reconciler.frames import classify_listing
-from reconciler.layout import OUTSIDE_ROOT, Banner, Icon, Layout, Media, ModelImage, ObjectInfo, Skip, classify
+from reconciler import ObjectInfo, plan_from_rows
+from reconciler.catalogue import read_key
+from reconciler.diff import change_order
+from reconciler.engine import Current, Rows, batch_bounds, current_of_rows, plan_changes
+from reconciler.frames import OUTSIDE_ROOT, SKIPPED_EXAMPLES, classify_listing, plan_key
 from reconciler.planfile import Plan, write_plan
 from reconciler.shards import Shard
 from reconciler.spill import Spill
 
-from .conftest import desired_state, images, patch
+from .conftest import CREATORS, database_holding, desired_state, images, patch, reordered
 
 CDN = "https://cdn.example.test/"  # with its trailing "/": URLs have one "/" after the base
 
@@ -56,8 +58,30 @@ _scopes = (st.none() | st.lists(st.sampled_from(["Alice", "Bob", "Zo\u00eb", "A&
 # --------------------------------------------------------------------------- the desired state
 
 
-def by_the_rules(objects, root: str, scope, layout: Layout):
-    """Each object in scope, one key at a time, as the layout rules and the database
+class Item(NamedTuple):
+    """What a recognised key gives: a model's ``image``, ``icon`` or ``banner``, or a
+    ``media`` item of a post, of type ``image`` or ``video``."""
+
+    model: str
+    what: str
+    post: str | None = None
+    type: str | None = None
+
+
+def item_of(o: ObjectInfo, rel: str) -> Item | str:
+    """The creators catalogue's reading of a key below the root: an item, or the reason it is skipped."""
+    reading = read_key(CREATORS, rel)
+    if reading.reason is not None:
+        return reading.reason
+    model, rule = reading.captures["model"], reading.rule
+    if rule.action == "facet":
+        return Item(model, rule.facet)
+    ext = o.key.rpartition(".")[2].lower()
+    return Item(model, "media", reading.captures["post"], "image" if ext in CREATORS.classes["image"] else "video")
+
+
+def by_the_rules(objects, root: str, scope):
+    """Each object in scope, one key at a time, as the catalogue's rules and the database
     take it: ``(object, item)`` if recognised, ``(key, reason)`` if skipped."""
     recognised, skipped = [], []
     for o in objects:
@@ -67,9 +91,9 @@ def by_the_rules(objects, root: str, scope, layout: Layout):
         rel = o.key[len(root):]
         if scope is not None and rel.partition("/")[0] not in scope:
             continue  # another model's: not counted at all
-        item = classify(rel, layout)
-        if type(item) is Skip:
-            skipped.append((o.key, item.reason))
+        item = item_of(o, rel)
+        if isinstance(item, str):
+            skipped.append((o.key, item))
         elif not is_text(o.key):
             skipped.append((o.key, "invalid_utf8_key"))  # a folder's undecodable file name
         elif "\x00" in o.key:
@@ -87,10 +111,10 @@ def is_text(key: str) -> bool:
         return False
 
 
-def first_key(recognised, model: str, kind, media_type: str | None = None) -> str | None:
+def first_key(recognised, model: str, what: str, media_type: str | None = None) -> str | None:
     """The first key (sorted) of a kind of item of ``model``, or None."""
     return min((o.key for o, i in recognised
-                if i.model == model and type(i) is kind and (media_type is None or i.type == media_type)),
+                if i.model == model and i.what == what and (media_type is None or i.type == media_type)),
                default=None)
 
 
@@ -106,10 +130,9 @@ def url(key: str | None) -> str | None:
 
 @settings(max_examples=300)
 @given(listings, _roots, _scopes)
-def test_the_desired_state_follows_the_layout_rules_key_by_key(objects, root, scope):
-    layout = Layout()
-    state = desired_state(objects, cdn_base_url=CDN, root=root, layout=layout, models=scope)
-    recognised, skipped = by_the_rules(objects, root, scope, layout)
+def test_the_desired_state_follows_the_catalogue_key_by_key(objects, root, scope):
+    state = desired_state(objects, cdn_base_url=CDN, root=root, models=scope)
+    recognised, skipped = by_the_rules(objects, root, scope)
 
     # Every object in scope is counted once: recognised, or skipped for its reason.
     assert state.object_count == len(recognised) + len(skipped)
@@ -120,27 +143,31 @@ def test_the_desired_state_follows_the_layout_rules_key_by_key(objects, root, sc
     }
 
     # Every recognised media key is one media row, its URL the key quoted ...
-    media = [(o, i) for o, i in recognised if type(i) is Media]
-    assert state.media == {
-        o.key: MediaRow(f"{i.model}/{i.post}", url(o.key), i.type, o.size, o.etag) for o, i in media
+    media = [(o, i) for o, i in recognised if i.what == "media"]
+    assert state["media"] == {
+        o.key: {"s3_key": o.key, "post": f"{i.model}/{i.post}", "url": url(o.key), "type": i.type,
+                "size_bytes": o.size, "etag": o.etag}
+        for o, i in media
     }
     # ... listed exactly once, in its own post, by type, in key order.
-    assert set(state.posts) == {row.post for row in state.media.values()}
-    for pkey, post in state.posts.items():
-        mine = sorted((k, row) for k, row in state.media.items() if row.post == pkey)
-        assert post == PostRow(pkey.partition("/")[2], {
-            "images": [row.url for _, row in mine if row.type == "image"],
-            "videos": [row.url for _, row in mine if row.type == "video"],
-        })
+    assert set(state["post"]) == {row["post"] for row in state["media"].values()}
+    for pkey, post in state["post"].items():
+        mine = sorted((k, row) for k, row in state["media"].items() if row["post"] == pkey)
+        model, _, folder = pkey.partition("/")
+        assert post == {"model": model, "folder_name": folder, "title": folder, "media_cdns": {
+            "images": [row["url"] for _, row in mine if row["type"] == "image"],
+            "videos": [row["url"] for _, row in mine if row["type"] == "video"],
+        }}
 
-    # A model for every model folder with a recognised key, in name order; the first
-    # key (sorted) of each kind wins; the thumbnail falls back to the first post image.
-    assert list(state.models) == sorted({i.model for _, i in recognised})
-    for name, row in state.models.items():
-        thumbnail = first_key(recognised, name, ModelImage) or first_key(recognised, name, Media, "image")
+    # A model for every model folder with a recognised key; the first key (sorted) of
+    # each kind wins; the thumbnail falls back to the first post image.
+    assert sorted(state["model"]) == sorted({i.model for _, i in recognised})
+    for name, row in state["model"].items():
+        thumbnail = first_key(recognised, name, "image") or first_key(recognised, name, "media", "image")
         posts = {i.post for _, i in media if i.model == name}
-        assert row == ModelRow(url(thumbnail), url(first_key(recognised, name, Icon)),
-                               url(first_key(recognised, name, Banner)), len(posts))
+        assert row == {"folder_name": name, "thumbnail_url": url(thumbnail),
+                       "icon_url": url(first_key(recognised, name, "icon")),
+                       "banner_url": url(first_key(recognised, name, "banner")), "post_count": len(posts)}
 
 
 @settings(max_examples=100)
@@ -148,7 +175,7 @@ def test_the_desired_state_follows_the_layout_rules_key_by_key(objects, root, sc
 def test_the_order_of_the_listing_does_not_matter(objects, root, scope, rng: random.Random):
     def rows(listing):
         state = desired_state(listing, cdn_base_url=CDN, root=root, models=scope)
-        return state.models, state.posts, state.media, state.object_count, state.skipped
+        return state.images, state.object_count, state.skipped
 
     shuffled = list(objects)
     rng.shuffle(shuffled)
@@ -161,12 +188,12 @@ def test_shard_scopes_divide_the_desired_state(objects, root, n):
     whole = desired_state(objects, cdn_base_url=CDN, root=root)
     parts = [desired_state(objects, cdn_base_url=CDN, root=root, models=Shard(k, n)) for k in range(1, n + 1)]
     for k, part in enumerate(parts, 1):
-        assert all(name in Shard(k, n) for name in part.models)
-    for kind in ("models", "posts", "media"):
-        union = [item for part in parts for item in getattr(part, kind).items()]
-        assert len(union) == len(getattr(whole, kind)) and dict(union) == getattr(whole, kind)
+        assert all(name in Shard(k, n) for name in part["model"])
+    for kind in CREATORS.kinds:
+        union = [item for part in parts for item in part[kind].items()]
+        assert len(union) == len(whole[kind]) and dict(union) == whole[kind]
     # Keys outside the root belong to no model: every shard counts them.
-    assert sum(p.object_count for p in parts) == whole.object_count + (n - 1) * whole.skipped[OUTSIDE_ROOT]
+    assert sum(p.object_count for p in parts) == whole.object_count + (n - 1) * whole.skipped.get(OUTSIDE_ROOT, 0)
 
 
 @settings(max_examples=100)
@@ -239,68 +266,78 @@ def earlier_listings(draw, objects: list[ObjectInfo], root: str) -> list[ObjectI
 
 
 @st.composite
-def databases(draw, objects: list[ObjectInfo], root: str) -> CurrentState:
+def databases(draw, objects: list[ObjectInfo], root: str) -> dict:
     """A database as a plan for ``objects`` finds it: the rows an earlier listing gave
     (:func:`earlier_listings`), then changed by other writers — fields edited, rows
-    gone, rows as plain tuples, a row whose key names another model than the post it
-    is filed under, a key outside the root, a model the bucket no longer has."""
+    gone, rows handed back with their fields (and JSON keys) in another order, a row
+    whose key names another model than the post it is filed under, a key outside the
+    root, a model the bucket no longer has."""
     state = desired_state(earlier_listings(draw, objects, root), cdn_base_url=CDN, root=root)
-    models, posts, media = dict(state.models), dict(state.posts), dict(state.media)
+    models, posts, media = dict(state["model"]), dict(state["post"]), dict(state["media"])
 
     if draw(st.booleans()):  # a model the bucket no longer has
-        models["Gone"] = ModelRow(None, None, None, 1)
-        posts["Gone/P"] = PostRow("P", {"images": ["u"], "videos": []})
-        media[root + "Gone/P/1.jpg"] = MediaRow("Gone/P", "u", "image", 3, "e3")
+        models["Gone"] = {"folder_name": "Gone", "thumbnail_url": None, "icon_url": None, "banner_url": None,
+                          "post_count": 1}
+        posts["Gone/P"] = {"model": "Gone", "folder_name": "P", "title": "P",
+                           "media_cdns": {"images": ["u"], "videos": []}}
+        media[root + "Gone/P/1.jpg"] = media_row(root + "Gone/P/1.jpg", "Gone/P", size_bytes=3, etag="e3")
 
     def edit(rows: dict, edits: dict) -> None:
-        """Some rows dropped or replaced by one of ``edits`` (name → new row from old)."""
+        """Some rows dropped or replaced by one of ``edits`` (name → the fields it changes)."""
         for key in sorted(draw(st.sets(st.sampled_from(sorted(rows)), max_size=4))) if rows else ():
-            how = draw(st.sampled_from(["drop", "tuple", *edits]))
+            how = draw(st.sampled_from(["drop", "reordered", *edits]))
             row = rows.pop(key)
-            if how == "tuple":
-                rows[key] = tuple(row)
+            if how == "reordered":
+                rows[key] = reordered(row)
             elif how != "drop":
-                rows[key] = edits[how](row)
+                rows[key] = {**row, **edits[how](row)}
 
     # The database's foreign keys hold: a dropped model takes its posts, a post its media.
     edit(models, {
-        "post_count": lambda row: row._replace(post_count=row.post_count + 1),
-        "thumbnail_url": lambda row: row._replace(thumbnail_url=draw(st.sampled_from([None, "u"]))),
+        "post_count": lambda row: {"post_count": row["post_count"] + 1},
+        "thumbnail_url": lambda row: {"thumbnail_url": draw(st.sampled_from([None, "u"]))},
     })
-    posts = {k: row for k, row in posts.items() if k.partition("/")[0] in models}
+    posts = {k: row for k, row in posts.items() if row["model"] in models}
     edit(posts, {
-        "title": lambda row: row._replace(title="T"),
-        "media_cdns": lambda row: row._replace(media_cdns={"images": [], "videos": []}),
+        "title": lambda row: {"title": "T"},
+        "media_cdns": lambda row: {"media_cdns": {"images": [], "videos": []}},
     })
-    media = {k: row for k, row in media.items() if row[0] in posts}
+    media = {k: row for k, row in media.items() if row["post"] in posts}
     edit(media, {
-        "etag": lambda row: row._replace(etag=draw(st.sampled_from([None, "", "e1", "e2"]))),
-        "size_bytes": lambda row: row._replace(size_bytes=draw(st.sampled_from([None, 0, 7]))),
-        "url": lambda row: row._replace(url="u\\v"),
-        "type": lambda row: row._replace(type="video" if row.type == "image" else "image"),
-        "post": lambda row: row._replace(post=draw(st.sampled_from(sorted(posts)))),  # filed under another
+        "etag": lambda row: {"etag": draw(st.sampled_from([None, "", "e1", "e2"]))},
+        "size_bytes": lambda row: {"size_bytes": draw(st.sampled_from([None, 0, 7]))},
+        "url": lambda row: {"url": "u\\v"},
+        "type": lambda row: {"type": "video" if row["type"] == "image" else "image"},
+        "post": lambda row: {"post": draw(st.sampled_from(sorted(posts)))},  # filed under another
     })
     if posts and draw(st.booleans()):  # a key filed under a post of another model than the key names
         keys = sorted(o.key for o in objects if o.key.startswith(root) and is_text(o.key) and "\x00" not in o.key)
         key = draw(st.sampled_from(keys)) if keys and draw(st.booleans()) else root + "Zo\u00eb/raw/1.jpg"
-        media[key] = MediaRow(draw(st.sampled_from(sorted(posts))), "u", "image", 1, "e1")
+        media[key] = media_row(key, draw(st.sampled_from(sorted(posts))), size_bytes=1, etag="e1")
     if posts and draw(st.booleans()):  # a key outside the root, with characters COPY escapes
-        media["elsewhere\tx.jpg"] = MediaRow(draw(st.sampled_from(sorted(posts))), "u", "image", None, "")
-    return CurrentState(models=sorted(models.items()), posts=sorted(posts.items()), media=sorted(media.items()))
+        media["elsewhere\tx.jpg"] = media_row("elsewhere\tx.jpg", draw(st.sampled_from(sorted(posts))), etag="")
+    return database_holding({"model": models, "post": posts, "media": media})
 
 
-def engine_reading(rows: CurrentState, starts: list[str]) -> Current:
-    """The database ``rows`` as the engine reads one: posts and media in ranges of the
-    models they are filed under, a range from each of ``starts`` (a model's key order,
+def media_row(key: str, post: str, *, size_bytes=None, etag=None) -> dict:
+    return {"s3_key": key, "post": post, "url": "u", "type": "image", "size_bytes": size_bytes, "etag": etag}
+
+
+def engine_reading(rows: dict, starts: list[str]) -> Current:
+    """The database ``rows`` as the engine reads one: every row in the range of the
+    model it is filed under, a range from each of ``starts`` (a model's key order,
     ``name + "/"``) to the next, as the database is copied a range at a time."""
     los = ["", *sorted(set(starts) - {""})]
-    posts: list[list] = [[] for _ in los]
-    media: list[list] = [[] for _ in los]
-    for key, row in rows.posts:
-        posts[bisect.bisect_right(los, key.partition("/")[0] + "/") - 1].append((key, row))
-    for key, row in rows.media:
-        media[bisect.bisect_right(los, row[0].partition("/")[0] + "/") - 1].append((key, row))
-    return Current(models=list(rows.models), ranges=[(lo, Rows.of(p, m)) for lo, p, m in zip(los, posts, media)])
+    whole = current_of_rows(CREATORS, rows)
+    [(_, held)] = whole.ranges
+    top = plan_key(CREATORS.top.name)
+
+    def in_range(frame: pl.DataFrame, i: int) -> pl.DataFrame:
+        where = [bisect.bisect_right(los, name + "/") - 1 == i for name in frame[top]]
+        return frame.filter(pl.Series(where, dtype=pl.Boolean))
+
+    ranges = [(lo, Rows({kind: in_range(held.frame(kind), i) for kind in CREATORS.kinds})) for i, lo in enumerate(los)]
+    return Current(ranges=ranges, counts=whole.counts)
 
 
 def plan_file(changes, path) -> bytes:
@@ -319,21 +356,23 @@ def test_a_plan_in_batches_is_the_plan_in_one_byte_for_byte(tmp_path_factory, da
     one range of models or in several: the same plan file."""
     objects = data.draw(plan_listings(root), label="listing")
     current = data.draw(databases(objects, root), label="database")
-    one = plan_from_rows(objects, current, cdn_base_url=CDN, root=root, moves=moves)
+    one = plan_from_rows(objects, current, CREATORS, cdn_base_url=CDN, root=root, moves=moves)
     assert one.batches == 1
     expected = [c.to_dict() for c in one.changes]
     folder = tmp_path_factory.mktemp("plans")
     reference = plan_file(one.changes, folder / "one.json")
 
-    batched = plan_from_rows(objects, current, cdn_base_url=CDN, root=root, moves=moves, batch_rows=batch_rows)
+    batched = plan_from_rows(objects, current, CREATORS, cdn_base_url=CDN, root=root, moves=moves,
+                             batch_rows=batch_rows)
     if batch_rows == 1:  # every model with a recognised key is a batch of its own
-        assert batched.batches >= len(desired_state(objects, cdn_base_url=CDN, root=root).models)
-    filed_under = sorted({key.partition("/")[0] + "/" for key, _ in current.posts})
+        assert batched.batches >= len(desired_state(objects, cdn_base_url=CDN, root=root)["model"])
+    filed_under = sorted({post["model"] + "/" for post in current["post"]})
     starts = data.draw(st.lists(st.sampled_from(filed_under)), label="ranges") if filed_under else []
     spill = Spill(rows=2)
     try:
-        spilled = plan_changes(classify_listing(objects, root=root, spill=spill), engine_reading(current, starts),
-                               cdn_base_url=CDN, moves=moves, batch_rows=batch_rows, spill=spill)
+        spilled = plan_changes(classify_listing(objects, CREATORS, root=root, spill=spill),
+                               engine_reading(current, starts), CREATORS, cdn_base_url=CDN, root=root, moves=moves,
+                               batch_rows=batch_rows, spill=spill)
         for name, got in (("batched", batched), ("spilled", spilled)):
             assert [c.to_dict() for c in got.changes] == expected
             assert got.changes.summary() == one.changes.summary()
@@ -350,12 +389,11 @@ def test_the_plan_takes_any_database_to_the_desired_state(data, root, moves):
     ``before`` is what the row held, and nothing is left over."""
     objects = data.draw(plan_listings(root), label="listing")
     current = data.draw(databases(objects, root), label="database")
-    result = plan_from_rows(objects, current, cdn_base_url=CDN, root=root, moves=moves)
+    result = plan_from_rows(objects, current, CREATORS, cdn_base_url=CDN, root=root, moves=moves)
     changes = list(result.changes)
     assert patch(images(current), changes) == images(desired_state(objects, cdn_base_url=CDN, root=root))
-    assert [c.sort_key for c in changes] == sorted(c.sort_key for c in changes)
-    assert result.current_counts == {"model": len(current.models), "post": len(current.posts),
-                                     "media": len(current.media)}
+    assert changes == sorted(changes, key=change_order(CREATORS.kinds))
+    assert result.current_counts == {kind: len(current[kind]) for kind in CREATORS.kinds}
 
 
 def test_batches_are_ranges_of_models_in_key_order():
@@ -372,14 +410,14 @@ def test_batches_are_ranges_of_models_in_key_order():
 
 def test_the_current_media_read_back_exactly_as_stored(settings, sql, tmp_path):
     """Values COPY escapes (backslash, tab, line breaks, a literal \\N) and the empty
-    string come back from the planner's copy as they are, NULL as None: the row reader
-    agrees."""
+    string come back from the planner's copy as they are, NULL as None: a plain query
+    of the table agrees."""
     import itertools
 
     import psycopg2
 
     from reconciler import commands
-    from reconciler.current import RangeCopies, read_state
+    from reconciler.current import RangeCopies
 
     keys = ["A/P/back\\slash.jpg", "A/P/tab\there.jpg", "A/P/nl\nx.jpg", "A/P/cr\rx.jpg", "A/P/\\N.jpg",
             "A/P/plain.jpg"]
@@ -392,14 +430,18 @@ def test_the_current_media_read_back_exactly_as_stored(settings, sql, tmp_path):
     try:
         with conn:
             names = itertools.count()
-            copies = RangeCopies(batch_rows=10**6, path=lambda suffix: str(tmp_path / f"{next(names)}{suffix}"))
+            copies = RangeCopies(CREATORS, batch_rows=10**6,
+                                 path=lambda suffix: str(tmp_path / f"{next(names)}{suffix}"))
             copies.run(conn, None)
             [(_, copied)] = copies.ranges()
-            frame = copied.media()
-            rows = dict(read_state(conn).media)
+            frame = copied.frame("media")
     finally:
         conn.close()
-    assert {k: tuple(r) for k, *r in frame.iter_rows()} == {k: tuple(r) for k, r in rows.items()}
+    stored = sql("SELECT m.s3_key, mo.folder_name || '/' || p.folder_name, m.url, m.type, m.size_bytes, m.etag "
+                 "FROM whitelabel_media m JOIN whitelabel_posts p ON p.id = m.whitelabel_post_id "
+                 "JOIN whitelabel_models mo ON mo.id = p.whitelabel_model_id")
+    fields = CREATORS.entity("media").fields
+    assert sorted(frame.select(fields).iter_rows()) == sorted(stored)
     got = dict((k, e) for k, e in frame.select("s3_key", "etag").iter_rows())
     assert got["A/P/plain.jpg"] == "" and got["A/P/nl\nx.jpg"] is None and set(got) == set(keys)
     # The planner sees the edited ETags as drift: two updates, nothing else.

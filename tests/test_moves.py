@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from reconciler import ObjectInfo, plan_from_rows
 from reconciler.diff import Change
-from reconciler.moves import find_moves, natural_key
+from reconciler.moves import find_moves
+from reconciler.planfile import check_identity
 
-from .conftest import CDN, database_holding, desired_state
+from .conftest import CDN, CREATORS, database_holding, desired_state
 
 
 def obj(key: str, etag: str | None = None, size: int = 10) -> ObjectInfo:
@@ -16,7 +17,7 @@ def obj(key: str, etag: str | None = None, size: int = 10) -> ObjectInfo:
 def plan_between(old: list[ObjectInfo], new: list[ObjectInfo], moves: bool = True):
     """The changes that take a database holding ``old`` to ``new``."""
     current = database_holding(desired_state(old))
-    return plan_from_rows(new, current, cdn_base_url=CDN, moves=moves).changes
+    return plan_from_rows(new, current, CREATORS, cdn_base_url=CDN, moves=moves).changes
 
 
 def actions(changes) -> list[tuple]:
@@ -76,7 +77,7 @@ def test_a_model_renamed_into_another_batch_is_still_a_move():
     old = BEACH + [obj("Bob/Trip/1.jpg"), obj("Bob/Trip/2.jpg")]
     new = [obj("Zed/" + o.key.partition("/")[2], o.etag) for o in BEACH] + old[3:]
     current = database_holding(desired_state(old))
-    batched = plan_from_rows(new, current, cdn_base_url=CDN, batch_rows=2)
+    batched = plan_from_rows(new, current, CREATORS, cdn_base_url=CDN, batch_rows=2)
     assert batched.batches > 1
     assert actions(batched.changes) == [
         ("model", "move", "Alice", "Zed"),
@@ -181,7 +182,7 @@ def test_no_moves_plans_renames_as_delete_and_create():
 def test_find_moves_leaves_plans_without_deletes_alone():
     changes = [Change("create", "media", "A/P/1.jpg", None, {"s3_key": "A/P/1.jpg", "post": "A/P", "url": "u",
                                                              "type": "image", "size_bytes": 1, "etag": "e"})]
-    assert find_moves(changes) is changes
+    assert find_moves(changes, CREATORS) is changes
 
 
 def test_a_move_inverts_to_the_move_back():
@@ -190,7 +191,9 @@ def test_a_move_inverts_to_the_move_back():
     back = move.inverse()
     assert (back.action, back.key, back.from_key) == ("move", move.from_key, move.key)
     assert back.before == move.after and back.after == move.before
-    assert natural_key("media", back.after) == back.key
+    # Its images name its keys: the new one after, the old one before.
+    assert (back.after["s3_key"], back.before["s3_key"]) == (back.key, back.from_key)
+    assert check_identity(back.to_dict(), CREATORS) is None
 
 
 def test_a_move_round_trips_through_a_dict():

@@ -10,9 +10,11 @@ import cmarkgfm
 from cmarkgfm.cmark import Options
 from hypothesis import given, settings, strategies as st
 
-from reconciler.diff import Change
+from reconciler.diff import Change, change_order
 from reconciler.planfile import Plan
 from reconciler.render import MARKDOWN_LIMIT, change_head, change_lines, json_view, markdown, scope_text, table
+
+from .conftest import CREATORS
 
 DIGEST = "0" * 64
 
@@ -81,7 +83,7 @@ def media(i: int, action: str = "create") -> Change:
 
 
 def make_plan(changes) -> Plan:
-    changes = sorted(changes, key=lambda c: c.sort_key)
+    changes = sorted(changes, key=change_order(CREATORS.kinds))
     return Plan(changes=changes, source={"url": "s3://media/", "object_count": len(changes), "skipped": {}},
                 target={"database": "postgresql://app@db/prod", "scope": None, "state_digest": DIGEST},
                 tool_version="0.1.0", created_at="2026-11-21T10:00:00Z").seal()

@@ -11,13 +11,13 @@ from hypothesis import given, strategies as st
 from reconciler import commands
 from reconciler.diff import Change, ChangeList
 from reconciler.errors import SafetyError
-from reconciler.layout import ObjectInfo
+from reconciler.objects import ObjectInfo
 from reconciler.planfile import write_plan
 from reconciler.safety import (
     DEFAULT_PERCENT, GUARDED_FROM, Limits, check_delete_limits, check_url_rewrites, url_rewrites,
 )
 
-from .conftest import CDN, folder_bucket
+from .conftest import CDN, CREATORS, folder_bucket
 
 BUCKET = [ObjectInfo(k, 1, "e", None) for k in
           ["Alice/a.jpg", "Alice/Beach/1.jpg", "Alice/Beach/2.jpg", "Bob/Trip/1.jpg", "Bob/Trip/2.jpg"]]
@@ -269,5 +269,6 @@ def test_url_rewrites_counts_media_whose_url_changes_under_the_same_key():
                from_key="M/P/3.jpg"),
         Change("update", "model", "M", {"icon_url": "https://a/i"}, {"icon_url": "https://b/i"}),
     ]
-    assert url_rewrites(changes) == 1
-    assert url_rewrites(ChangeList([changes[:2], changes[2:]])) == 1
+    # Of the creators catalogue's rows, media alone hold an object's URL ({url}).
+    assert url_rewrites(changes, CREATORS) == (1, ["media"])
+    assert url_rewrites(ChangeList([changes[:2], changes[2:]], CREATORS.kinds), CREATORS) == (1, ["media"])

@@ -19,7 +19,7 @@ import pytest
 
 from reconciler.db import migrate, open_database
 
-from .conftest import CDN, admin_exec, embedded_cluster, with_dbname
+from .conftest import CDN, CREATORS, admin_exec, embedded_cluster, with_dbname
 
 PASSWORD = "Pw-" + uuid.uuid4().hex[:8] + "!p@ss:w/rd%&?#"
 SIGNING_KEY = "sign-" + uuid.uuid4().hex
@@ -123,7 +123,7 @@ def password_checked():
         url = with_user(with_dbname(admin, dbname), role, PASSWORD)
         _wait_until_passwords_are_checked(with_user(url, role, "not-the-password"))
         with open_database(url) as db:
-            migrate(db)
+            migrate(db, CREATORS)
         yield role, url
 
 

@@ -11,12 +11,11 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from reconciler import commands, plan_from_rows
-from reconciler.current import CurrentState
 from reconciler.errors import ConfigError
-from reconciler.layout import ObjectInfo
+from reconciler.objects import ObjectInfo
 from reconciler.shards import Shard, parse_shard, shard_index
 
-from .conftest import CDN, database_holding, desired_state, folder_bucket
+from .conftest import CDN, CREATORS, database_holding, desired_state, folder_bucket
 from .inventory_reports import put_report, rows_from_listing
 
 # --------------------------------------------------------------------------- the hash
@@ -70,7 +69,7 @@ def objects_of(bucket: dict) -> list[ObjectInfo]:
     return [ObjectInfo(k, size, etag, None) for k, (size, etag) in sorted(bucket.items())]
 
 
-def current_from(bucket: dict, shard: Shard | None = None) -> CurrentState:
+def current_from(bucket: dict, shard: Shard | None = None) -> dict:
     """The database after applying ``bucket``, restricted to ``shard`` as the SQL scope is."""
     return database_holding(desired_state(objects_of(bucket)), shard)
 
@@ -84,12 +83,12 @@ def model_of(change) -> str:
 def test_shard_plans_are_disjoint_and_their_union_is_the_unsharded_plan(before, after, n):
     """Compared with moves off: with moves, a rename across shards is a move unsharded
     but a delete and a create sharded (see test_rename_across_shards below)."""
-    whole = plan_from_rows(objects_of(after), current_from(before), cdn_base_url=CDN, moves=False).changes
+    whole = plan_from_rows(objects_of(after), current_from(before), CREATORS, cdn_base_url=CDN, moves=False).changes
     union = []
     for k in range(1, n + 1):
         shard = Shard(k, n)
-        part = list(plan_from_rows(objects_of(after), current_from(before, shard), cdn_base_url=CDN, models=shard,
-                                   moves=False).changes)
+        part = list(plan_from_rows(objects_of(after), current_from(before, shard), CREATORS, cdn_base_url=CDN,
+                                   scope=shard, moves=False).changes)
         assert all(model_of(c) in shard for c in part)
         union += part
     assert sorted(c.to_dict().__repr__() for c in union) == sorted(c.to_dict().__repr__() for c in whole)

@@ -1,5 +1,7 @@
-"""The layout rules (DESIGN.md, "Layout rules"): key → item, listing → desired rows
-(``build_desired_frames``, the planner's own).
+"""The creators catalogue (``reconciler/catalogue/shipped/creators.yaml``): the layout
+rules of DESIGN.md ("Layout rules") as its spec says them. What a key means
+(:func:`reconciler.catalogue.read_key`), and the desired rows a listing gives
+(``build_desired``, the planner's own).
 
 Pure: no database, no network. Every row of the design's layout table has a test here.
 """
@@ -7,27 +9,61 @@ Pure: no database, no network. Every row of the design's layout table has a test
 from __future__ import annotations
 
 import unicodedata
+from typing import NamedTuple
 from urllib.parse import quote
 
 import pytest
 
-from reconciler.desired import SKIPPED_EXAMPLES, MediaRow, ModelRow, PostRow, media_url
-from reconciler.layout import (
-    DEFAULT_IMAGES,
-    DEFAULT_VIDEOS,
-    Banner,
-    Icon,
-    Layout,
-    Media,
-    ModelImage,
-    ObjectInfo,
-    Skip,
-    classify,
-)
+from reconciler.catalogue import load_catalogue, read_key, url_of
+from reconciler.catalogue.patterns import class_of
+from reconciler.frames import SKIPPED_EXAMPLES
+from reconciler.objects import ObjectInfo
 
-from .conftest import CDN, desired_state
+from .conftest import CDN, CREATORS, desired_state
 
-LAYOUT = Layout()
+# The design's default extensions.
+DEFAULT_IMAGES = ("jpg", "jpeg", "png", "gif", "webp", "avif", "heic")
+DEFAULT_VIDEOS = ("mp4", "mov", "m4v", "webm", "mkv")
+
+
+# What a key means, in the layout table's words.
+class ModelImage(NamedTuple):
+    model: str
+
+
+class Icon(NamedTuple):
+    model: str
+
+
+class Banner(NamedTuple):
+    model: str
+
+
+class Media(NamedTuple):
+    model: str
+    post: str
+    type: str  # "image" | "video"
+
+
+class Skip(NamedTuple):
+    reason: str
+
+
+FACETS = {"image": ModelImage, "icon": Icon, "banner": Banner}
+
+
+def classify(key: str, catalogue=CREATORS):
+    """The catalogue's reading of a key below the root, in the layout table's words: a
+    facet of a model (its image, icon or banner), a media row of a post, or a skip."""
+    reading = read_key(catalogue, key)
+    if reading.reason is not None:
+        return Skip(reading.reason)
+    rule, captures = reading.rule, reading.captures
+    if rule.action == "facet":
+        assert rule.entity == "model"
+        return FACETS[rule.facet](captures["model"])
+    assert (rule.action, rule.entity) == ("row", "media")
+    return Media(captures["model"], captures["post"], class_of(key, catalogue.classes))
 
 
 def desired(*keys: str, **kwargs):
@@ -39,7 +75,22 @@ def url(key: str) -> str:
     return f"{CDN}/{key}"
 
 
-# --------------------------------------------------------------------------- classify: the table
+def model_row(name: str, thumbnail_url=None, icon_url=None, banner_url=None, post_count=0) -> dict:
+    return {"folder_name": name, "thumbnail_url": thumbnail_url, "icon_url": icon_url, "banner_url": banner_url,
+            "post_count": post_count}
+
+
+def post_row(key: str, images=(), videos=()) -> dict:
+    model, _, folder = key.partition("/")
+    return {"model": model, "folder_name": folder, "title": folder,
+            "media_cdns": {"images": list(images), "videos": list(videos)}}
+
+
+def media_row(key: str, post: str, type: str, size_bytes=None, etag=None) -> dict:
+    return {"s3_key": key, "post": post, "url": url(key), "type": type, "size_bytes": size_bytes, "etag": etag}
+
+
+# --------------------------------------------------------------------------- reading keys: the table
 
 
 @pytest.mark.parametrize(
@@ -85,21 +136,25 @@ def url(key: str) -> str:
         ("Alice/profile/old/icon.jpg", Skip("unrecognised_profile_file")),
     ],
 )
-def test_classify_follows_the_layout_table(key, item):
-    assert classify(key, LAYOUT) == item
+def test_the_catalogue_reads_keys_as_the_layout_table_says(key, item):
+    assert classify(key) == item
+
+
+def test_the_default_extensions_are_the_catalogues_classes():
+    assert CREATORS.classes == {"image": frozenset(DEFAULT_IMAGES), "video": frozenset(DEFAULT_VIDEOS)}
 
 
 @pytest.mark.parametrize("ext", DEFAULT_IMAGES)
 def test_every_default_image_extension(ext):
-    assert classify(f"Alice/a.{ext}", LAYOUT) == ModelImage("Alice")
-    assert classify(f"Alice/Beach/a.{ext}", LAYOUT) == Media("Alice", "Beach", "image")
-    assert classify(f"Alice/profile/icon.{ext}", LAYOUT) == Icon("Alice")
+    assert classify(f"Alice/a.{ext}") == ModelImage("Alice")
+    assert classify(f"Alice/Beach/a.{ext}") == Media("Alice", "Beach", "image")
+    assert classify(f"Alice/profile/icon.{ext}") == Icon("Alice")
 
 
 @pytest.mark.parametrize("ext", DEFAULT_VIDEOS)
 def test_every_default_video_extension(ext):
-    assert classify(f"Alice/Beach/a.{ext}", LAYOUT) == Media("Alice", "Beach", "video")
-    assert classify(f"Alice/a.{ext}", LAYOUT) == Skip("unsupported_extension")
+    assert classify(f"Alice/Beach/a.{ext}") == Media("Alice", "Beach", "video")
+    assert classify(f"Alice/a.{ext}") == Skip("unsupported_extension")
 
 
 @pytest.mark.parametrize(
@@ -114,7 +169,7 @@ def test_every_default_video_extension(ext):
     ],
 )
 def test_extensions_and_profile_names_are_case_insensitive(key, item):
-    assert classify(key, LAYOUT) == item
+    assert classify(key) == item
 
 
 # --------------------------------------------------------------------------- models
@@ -124,20 +179,21 @@ def test_first_model_image_by_key_order_is_the_thumbnail_whatever_the_listing_or
     keys = ["Alice/b.jpg", "Alice/c.png", "Alice/a.webp", "Alice/B.jpg"]
     for listing in (keys, sorted(keys), sorted(keys, reverse=True)):
         # Python string order is S3's order: "B" (0x42) sorts before "a" (0x61).
-        assert desired(*listing).models["Alice"].thumbnail_url == url("Alice/B.jpg")
+        assert desired(*listing)["model"]["Alice"]["thumbnail_url"] == url("Alice/B.jpg")
 
 
 def test_a_model_with_only_profile_images():
     state = desired("Alice/profile/icon.png", "Alice/profile/banner.jpg")
-    assert state.models == {
-        "Alice": ModelRow(
+    assert state["model"] == {
+        "Alice": model_row(
+            "Alice",
             thumbnail_url=None,
             icon_url=url("Alice/profile/icon.png"),
             banner_url=url("Alice/profile/banner.jpg"),
             post_count=0,
         )
     }
-    assert state.posts == {} and state.media == {}
+    assert state["post"] == {} and state["media"] == {}
 
 
 @pytest.mark.parametrize(
@@ -152,19 +208,19 @@ def test_a_model_with_only_profile_images():
 )
 def test_competing_profile_images_first_by_key_order_wins(keys, field, winner):
     for listing in (keys, keys[::-1]):
-        assert getattr(desired(*listing).models["Alice"], field) == url(winner)
+        assert desired(*listing)["model"]["Alice"][field] == url(winner)
 
 
 def test_a_model_exists_only_if_a_key_under_it_is_recognised():
     state = desired("Bob/notes.txt", "Bob/profile/readme.md", "Bob/Trip/list.csv", "Carol/", "Carol/Trip/")
-    assert state.models == {} and state.posts == {} and state.media == {}
+    assert state["model"] == {} and state["post"] == {} and state["media"] == {}
     assert state.object_count == 5 and state.recognised == 0
 
 
 def test_profile_is_never_a_post():
     state = desired("Alice/profile/icon.jpg", "Alice/profile/extra.jpg", "Alice/profile/clip.mp4")
-    assert list(state.posts) == []
-    assert state.models["Alice"].post_count == 0
+    assert list(state["post"]) == []
+    assert state["model"]["Alice"]["post_count"] == 0
     assert state.skipped == {"unrecognised_profile_file": 2}
 
 
@@ -175,33 +231,33 @@ def test_posts_and_media_with_deeper_paths():
         "Alice/Beach/raw/deeper/3.mp4",
         "Alice/Beach/notes/readme.txt",
     )
-    assert list(state.posts) == ["Alice/Beach"]
-    assert state.posts["Alice/Beach"].media_cdns == {
+    assert list(state["post"]) == ["Alice/Beach"]
+    assert state["post"]["Alice/Beach"]["media_cdns"] == {
         "images": [url("Alice/Beach/1.jpg"), url("Alice/Beach/raw/2.jpg")],
         "videos": [url("Alice/Beach/raw/deeper/3.mp4")],
     }
-    assert state.media["Alice/Beach/raw/deeper/3.mp4"] == MediaRow(
-        post="Alice/Beach", url=url("Alice/Beach/raw/deeper/3.mp4"), type="video", size_bytes=None, etag=None
+    assert state["media"]["Alice/Beach/raw/deeper/3.mp4"] == media_row(
+        "Alice/Beach/raw/deeper/3.mp4", post="Alice/Beach", type="video", size_bytes=None, etag=None
     )
     assert state.skipped == {"unsupported_extension": 1}
 
 
 def test_a_post_exists_only_if_it_has_media():
     state = desired("Alice/a.jpg", "Alice/Empty/readme.txt", "Alice/Empty/")
-    assert state.posts == {}
-    assert state.models["Alice"].post_count == 0
+    assert state["post"] == {}
+    assert state["model"]["Alice"]["post_count"] == 0
 
 
 def test_post_count_counts_posts_not_media():
     state = desired("Alice/Beach/1.jpg", "Alice/Beach/2.jpg", "Alice/Trip/1.mp4", "Bob/Solo/x.png")
-    assert state.models["Alice"].post_count == 2
-    assert state.models["Bob"].post_count == 1
+    assert state["model"]["Alice"]["post_count"] == 2
+    assert state["model"]["Bob"]["post_count"] == 1
 
 
 def test_title_is_the_post_folder_name():
     state = desired("Alice/Summer at the Beach/1.jpg", "Alice/Été 2024/raw/1.jpg")
-    assert state.posts["Alice/Summer at the Beach"].title == "Summer at the Beach"
-    assert state.posts["Alice/Été 2024"].title == "Été 2024"
+    assert state["post"]["Alice/Summer at the Beach"]["title"] == "Summer at the Beach"
+    assert state["post"]["Alice/Été 2024"]["title"] == "Été 2024"
 
 
 # --------------------------------------------------------------------------- thumbnails and media_cdns
@@ -210,30 +266,30 @@ def test_title_is_the_post_folder_name():
 def test_thumbnail_falls_back_to_the_first_post_image_of_the_model():
     state = desired("Alice/Beach/2.jpg", "Alice/Another/9.jpg", "Alice/Another/1.mp4", "Alice/profile/icon.png")
     # "Alice/Another/9.jpg" < "Alice/Beach/2.jpg": first by key, over all the model's posts.
-    assert state.models["Alice"].thumbnail_url == url("Alice/Another/9.jpg")
+    assert state["model"]["Alice"]["thumbnail_url"] == url("Alice/Another/9.jpg")
 
 
 def test_a_model_image_beats_any_post_image_for_the_thumbnail():
     state = desired("Alice/A/1.jpg", "Alice/z.jpg")
-    assert state.models["Alice"].thumbnail_url == url("Alice/z.jpg")
+    assert state["model"]["Alice"]["thumbnail_url"] == url("Alice/z.jpg")
 
 
 def test_no_thumbnail_without_any_image():
     state = desired("Alice/Beach/1.mp4", "Alice/profile/icon.jpg", "Alice/profile/banner.jpg")
-    assert state.models["Alice"].thumbnail_url is None
+    assert state["model"]["Alice"]["thumbnail_url"] is None
 
 
 def test_media_cdns_always_has_both_lists():
     state = desired("Alice/Photos/1.jpg", "Alice/Videos/1.mp4")
-    assert state.posts["Alice/Photos"].media_cdns == {"images": [url("Alice/Photos/1.jpg")], "videos": []}
-    assert state.posts["Alice/Videos"].media_cdns == {"images": [], "videos": [url("Alice/Videos/1.mp4")]}
+    assert state["post"]["Alice/Photos"]["media_cdns"] == {"images": [url("Alice/Photos/1.jpg")], "videos": []}
+    assert state["post"]["Alice/Videos"]["media_cdns"] == {"images": [], "videos": [url("Alice/Videos/1.mp4")]}
 
 
 def test_media_cdns_urls_are_sorted_by_key_not_by_url():
     # By key "z" (0x7a) sorts before "é" (0xe9); by URL "%C3%A9" sorts before "z".
     keys = ["Alice/Beach/é.jpg", "Alice/Beach/z.jpg", "Alice/Beach/10.jpg", "Alice/Beach/9.jpg"]
     state = desired(*keys[::-1])
-    assert state.posts["Alice/Beach"].media_cdns["images"] == [
+    assert state["post"]["Alice/Beach"]["media_cdns"]["images"] == [
         url("Alice/Beach/10.jpg"),
         url("Alice/Beach/9.jpg"),
         url("Alice/Beach/z.jpg"),
@@ -249,15 +305,15 @@ def test_full_rows_of_a_small_bucket():
         ObjectInfo("Alice/Beach/2.mp4", 13, "e4"),
     ]
     state = desired_state(objects)
-    assert state.models == {
-        "Alice": ModelRow(url("Alice/a.jpg"), url("Alice/profile/icon.png"), None, 1),
+    assert state["model"] == {
+        "Alice": model_row("Alice", url("Alice/a.jpg"), url("Alice/profile/icon.png"), None, 1),
     }
-    assert state.posts == {
-        "Alice/Beach": PostRow("Beach", {"images": [url("Alice/Beach/1.jpg")], "videos": [url("Alice/Beach/2.mp4")]}),
+    assert state["post"] == {
+        "Alice/Beach": post_row("Alice/Beach", [url("Alice/Beach/1.jpg")], [url("Alice/Beach/2.mp4")]),
     }
-    assert state.media == {
-        "Alice/Beach/1.jpg": MediaRow("Alice/Beach", url("Alice/Beach/1.jpg"), "image", 12, "e3"),
-        "Alice/Beach/2.mp4": MediaRow("Alice/Beach", url("Alice/Beach/2.mp4"), "video", 13, "e4"),
+    assert state["media"] == {
+        "Alice/Beach/1.jpg": media_row("Alice/Beach/1.jpg", "Alice/Beach", "image", 12, "e3"),
+        "Alice/Beach/2.mp4": media_row("Alice/Beach/2.mp4", "Alice/Beach", "video", 13, "e4"),
     }
     assert state.object_count == 4 and state.recognised == 4 and not state.skipped
 
@@ -267,7 +323,7 @@ def test_full_rows_of_a_small_bucket():
 
 def test_case_distinct_keys_are_two_models():
     state = desired("Alice/a.jpg", "alice/a.jpg", "ALICE/Beach/1.jpg")
-    assert sorted(state.models) == ["ALICE", "Alice", "alice"]
+    assert sorted(state["model"]) == ["ALICE", "Alice", "alice"]
 
 
 def test_nfc_and_nfd_spellings_are_two_models_and_two_keys():
@@ -275,10 +331,10 @@ def test_nfc_and_nfd_spellings_are_two_models_and_two_keys():
     nfd = unicodedata.normalize("NFD", "Zoë")
     assert nfc != nfd
     state = desired(f"{nfc}/Trip/1.jpg", f"{nfd}/Trip/1.jpg")
-    assert set(state.models) == {nfc, nfd}
-    assert set(state.posts) == {f"{nfc}/Trip", f"{nfd}/Trip"}
-    assert state.media[f"{nfc}/Trip/1.jpg"].url == url("Zo%C3%AB/Trip/1.jpg")
-    assert state.media[f"{nfd}/Trip/1.jpg"].url == url("Zoe%CC%88/Trip/1.jpg")
+    assert set(state["model"]) == {nfc, nfd}
+    assert set(state["post"]) == {f"{nfc}/Trip", f"{nfd}/Trip"}
+    assert state["media"][f"{nfc}/Trip/1.jpg"]["url"] == url("Zo%C3%AB/Trip/1.jpg")
+    assert state["media"][f"{nfd}/Trip/1.jpg"]["url"] == url("Zoe%CC%88/Trip/1.jpg")
 
 
 @pytest.mark.parametrize(
@@ -299,8 +355,8 @@ def test_nfc_and_nfd_spellings_are_two_models_and_two_keys():
 )
 def test_media_urls_quote_the_full_key_except_slashes(key, expected):
     state = desired(key)
-    assert state.media[key].url == f"{CDN}/{expected}"
-    assert state.media[key].url == CDN + "/" + quote(key, safe="/")
+    assert state["media"][key]["url"] == f"{CDN}/{expected}"
+    assert state["media"][key]["url"] == CDN + "/" + quote(key, safe="/")
 
 
 @pytest.mark.parametrize(
@@ -309,23 +365,23 @@ def test_media_urls_quote_the_full_key_except_slashes(key, expected):
 )
 def test_cdn_base_url_trailing_slashes_are_dropped(base):
     state = desired("Alice/Beach/1.jpg", "Alice/a.jpg", cdn_base_url=base)
-    assert state.media["Alice/Beach/1.jpg"].url == "https://cdn.example.test/Alice/Beach/1.jpg"
-    assert state.models["Alice"].thumbnail_url == "https://cdn.example.test/Alice/a.jpg"
-    assert media_url(base, "Alice/Beach/1.jpg") == "https://cdn.example.test/Alice/Beach/1.jpg"
+    assert state["media"]["Alice/Beach/1.jpg"]["url"] == "https://cdn.example.test/Alice/Beach/1.jpg"
+    assert state["model"]["Alice"]["thumbnail_url"] == "https://cdn.example.test/Alice/a.jpg"
+    assert url_of(base, "Alice/Beach/1.jpg") == "https://cdn.example.test/Alice/Beach/1.jpg"
 
 
 def test_cdn_base_url_with_a_path():
     state = desired("Alice/Beach/1.jpg", cdn_base_url="https://example.test/content/")
-    assert state.media["Alice/Beach/1.jpg"].url == "https://example.test/content/Alice/Beach/1.jpg"
+    assert state["media"]["Alice/Beach/1.jpg"]["url"] == "https://example.test/content/Alice/Beach/1.jpg"
 
 
 def test_special_characters_in_model_and_post_names():
     key = "A&B's \"Studio\"/#1 + more?/50% off.mp4"
     state = desired(key)
-    assert list(state.models) == ["A&B's \"Studio\""]
-    assert list(state.posts) == ["A&B's \"Studio\"/#1 + more?"]
-    assert state.posts["A&B's \"Studio\"/#1 + more?"].title == "#1 + more?"
-    assert state.media[key].url == f"{CDN}/A%26B%27s%20%22Studio%22/%231%20%2B%20more%3F/50%25%20off.mp4"
+    assert list(state["model"]) == ["A&B's \"Studio\""]
+    assert list(state["post"]) == ["A&B's \"Studio\"/#1 + more?"]
+    assert state["post"]["A&B's \"Studio\"/#1 + more?"]["title"] == "#1 + more?"
+    assert state["media"][key]["url"] == f"{CDN}/A%26B%27s%20%22Studio%22/%231%20%2B%20more%3F/50%25%20off.mp4"
 
 
 # --------------------------------------------------------------------------- root prefix
@@ -339,13 +395,14 @@ def test_root_prefix_layout_reads_below_the_root_but_keys_and_urls_are_full():
         cdn_base_url=CDN,
         root="media/",
     )
-    assert list(state.models) == ["Alice"]
-    assert list(state.posts) == ["Alice/Beach"]
-    assert list(state.media) == ["media/Alice/Beach/1.jpg"]
-    assert state.media["media/Alice/Beach/1.jpg"].post == "Alice/Beach"
-    assert state.media["media/Alice/Beach/1.jpg"].url == url("media/Alice/Beach/1.jpg")
-    assert state.models["Alice"] == ModelRow(url("media/Alice/a.jpg"), url("media/Alice/profile/icon.png"), None, 1)
-    assert state.posts["Alice/Beach"].media_cdns == {"images": [url("media/Alice/Beach/1.jpg")], "videos": []}
+    assert list(state["model"]) == ["Alice"]
+    assert list(state["post"]) == ["Alice/Beach"]
+    assert list(state["media"]) == ["media/Alice/Beach/1.jpg"]
+    assert state["media"]["media/Alice/Beach/1.jpg"]["post"] == "Alice/Beach"
+    assert state["media"]["media/Alice/Beach/1.jpg"]["url"] == url("media/Alice/Beach/1.jpg")
+    assert state["model"]["Alice"] == model_row("Alice", url("media/Alice/a.jpg"), url("media/Alice/profile/icon.png"),
+                                                None, 1)
+    assert state["post"]["Alice/Beach"]["media_cdns"] == {"images": [url("media/Alice/Beach/1.jpg")], "videos": []}
 
 
 def test_root_prefix_skips_and_counts_what_is_outside_it():
@@ -364,9 +421,9 @@ def test_models_filter_ignores_other_models_without_counting_them():
         "Alice/a.jpg", "Alice/Beach/1.jpg", "Alice/notes.txt", "Bob/b.jpg", "Bob/Trip/1.jpg", "top.jpg", "Alice2/a.jpg",
         models=["Alice"],
     )
-    assert list(state.models) == ["Alice"]
-    assert list(state.posts) == ["Alice/Beach"]
-    assert list(state.media) == ["Alice/Beach/1.jpg"]
+    assert list(state["model"]) == ["Alice"]
+    assert list(state["post"]) == ["Alice/Beach"]
+    assert list(state["media"]) == ["Alice/Beach/1.jpg"]
     assert state.object_count == 3
     assert state.skipped == {"unsupported_extension": 1}
 
@@ -375,7 +432,7 @@ def test_models_filter_with_a_root_and_several_models():
     state = desired(
         "m/Alice/a.jpg", "m/Bob/b.jpg", "m/Carol/c.jpg", "m/alice/a.jpg", root="m/", models=("Alice", "Carol")
     )
-    assert list(state.models) == ["Alice", "Carol"]
+    assert list(state["model"]) == ["Alice", "Carol"]
     assert state.object_count == 2
 
 
@@ -404,7 +461,7 @@ def test_undecodable_file_names_are_skipped_and_their_examples_are_valid_text():
     bad_media = "Alice/Beach/\udcff.jpg"
     bad_other = "Alice/\udcfe.txt"
     state = desired(bad_media, bad_other, "Alice/Beach/ok.jpg")
-    assert list(state.media) == ["Alice/Beach/ok.jpg"]
+    assert list(state["media"]) == ["Alice/Beach/ok.jpg"]
     assert state.skipped == {"invalid_utf8_key": 1, "unsupported_extension": 1}
     for examples in state.skipped_examples.values():
         for example in examples:
@@ -413,30 +470,31 @@ def test_undecodable_file_names_are_skipped_and_their_examples_are_valid_text():
 
 def test_empty_listing():
     state = desired()
-    assert (state.models, state.posts, state.media, state.object_count, state.recognised) == ({}, {}, {}, 0, 0)
+    assert (state["model"], state["post"], state["media"], state.object_count, state.recognised) == ({}, {}, {}, 0, 0)
 
 
-# --------------------------------------------------------------------------- custom layout
+# --------------------------------------------------------------------------- custom layout (config layout:)
 
 
 def test_custom_extensions_normalise_case_and_dots():
-    layout = Layout(images=(".TIF", "png"), videos=("OGV",))
-    assert classify("Alice/a.tif", layout) == ModelImage("Alice")
-    assert classify("Alice/a.TIF", layout) == ModelImage("Alice")
-    assert classify("Alice/Beach/a.ogv", layout) == Media("Alice", "Beach", "video")
-    assert classify("Alice/a.jpg", layout) == Skip("unsupported_extension")
-    assert classify("Alice/Beach/a.mp4", layout) == Skip("unsupported_extension")
+    catalogue = load_catalogue(None, None, {"images": [".TIF", "png"], "videos": ["OGV"]})
+    assert classify("Alice/a.tif", catalogue) == ModelImage("Alice")
+    assert classify("Alice/a.TIF", catalogue) == ModelImage("Alice")
+    assert classify("Alice/Beach/a.ogv", catalogue) == Media("Alice", "Beach", "video")
+    assert classify("Alice/a.jpg", catalogue) == Skip("unsupported_extension")
+    assert classify("Alice/Beach/a.mp4", catalogue) == Skip("unsupported_extension")
 
 
 def test_custom_profile_folder_and_names():
-    layout = Layout(profile_folder="_meta", icon_names=("Logo",), banner_names=("header",))
-    assert classify("Alice/_meta/logo.png", layout) == Icon("Alice")
-    assert classify("Alice/_meta/LOGO.png", layout) == Icon("Alice")
-    assert classify("Alice/_meta/header.jpg", layout) == Banner("Alice")
-    assert classify("Alice/_meta/icon.jpg", layout) == Skip("unrecognised_profile_file")
+    catalogue = load_catalogue(None, None, {"profile_folder": "_meta", "icon_names": ["Logo"],
+                                            "banner_names": ["header"]})
+    assert classify("Alice/_meta/logo.png", catalogue) == Icon("Alice")
+    assert classify("Alice/_meta/LOGO.png", catalogue) == Icon("Alice")
+    assert classify("Alice/_meta/header.jpg", catalogue) == Banner("Alice")
+    assert classify("Alice/_meta/icon.jpg", catalogue) == Skip("unrecognised_profile_file")
     # With another profile folder, "profile" is an ordinary post.
-    assert classify("Alice/profile/icon.jpg", layout) == Media("Alice", "profile", "image")
+    assert classify("Alice/profile/icon.jpg", catalogue) == Media("Alice", "profile", "image")
 
-    state = desired("Alice/_meta/logo.png", "Alice/profile/icon.jpg", layout=layout)
-    assert state.models["Alice"].icon_url == url("Alice/_meta/logo.png")
-    assert list(state.posts) == ["Alice/profile"]
+    state = desired("Alice/_meta/logo.png", "Alice/profile/icon.jpg", catalogue=catalogue)
+    assert state["model"]["Alice"]["icon_url"] == url("Alice/_meta/logo.png")
+    assert list(state["post"]) == ["Alice/profile"]
