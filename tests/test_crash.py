@@ -155,7 +155,7 @@ def holding_and_waiting(row, inside) -> bool:
     return bool(row[3]) and row[4] == "relation"
 
 
-# Locks the test holds to stop an apply inside its transaction, by DESIGN.md's order: it
+# Locks the test holds to stop an apply inside its transaction, by the order in docs/design.md: it
 # takes the apply lock (an advisory lock) first, then the content tables, then reads the
 # audit log to refuse a plan applied before.
 APPLY_LOCK = f"SELECT pg_advisory_lock({LOCK_KEY})"

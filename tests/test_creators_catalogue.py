@@ -1,5 +1,5 @@
 """The creators catalogue (``reconciler/catalogue/shipped/creators.yaml``): the layout
-rules of DESIGN.md ("Layout rules") as its spec says them. What a key means
+rules of docs/design.md ("Layout rules") as its spec says them. What a key means
 (:func:`reconciler.catalogue.read_key`), and the desired rows a listing gives
 (``build_desired``, the planner's own).
 

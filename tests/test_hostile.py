@@ -45,7 +45,7 @@ def summarize(changes) -> dict:
 
 
 def reseal(plan: dict, *, summary: bool = True) -> dict:
-    """Recompute summary and plan_id as anyone can (DESIGN.md), so that a mutated plan
+    """Recompute summary and plan_id as anyone can (docs/design.md), so that a mutated plan
     is refused for what is wrong with it, not for a stale plan_id."""
     plan = dict(plan)
     plan.pop("signature", None)

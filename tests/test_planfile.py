@@ -70,7 +70,7 @@ def sample_plan() -> Plan:
 
 
 def canonical_body(plan_dict: dict) -> bytes:
-    """The canonical body as DESIGN.md defines it, computed here independently."""
+    """The canonical body as docs/design.md defines it, computed here independently."""
     body = {k: v for k, v in plan_dict.items() if k not in ("plan_id", "signature")}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 

@@ -379,6 +379,7 @@ def _run_changes(app, run_id: int, action: str) -> list[tuple[str, Any]]:
 async def run_page(request: Request):
     app = request.app
     c = app.state.controller
+    catalogue = c.settings.catalogue
     run_id = path_id(request)
     action = request.query_params.get("action", "")
     if action and action not in ACTIONS:
@@ -411,9 +412,9 @@ async def run_page(request: Request):
         request.query_params.get("notice", ""))
     return _html(request, "run.html", title=f"Run {run_id}", run=run, groups=groups, action=action,
                  pages=_pages(page_no, count, CHANGES_PER_PAGE), estimate=estimate, notice=notice,
-                 deletion_note=render.deletion_note(run["summary"]) if run["summary"] else None,
+                 deletion_note=render.deletion_note(run["summary"], catalogue.kinds, catalogue) if run["summary"] else None,
                  deletes={k: (run["summary"] or {}).get(k, {}).get("delete", 0)
-                          for k in app.state.controller.settings.catalogue.kinds},
+                          for k in catalogue.kinds},
                  action_counts={a: sum(v.get(a, 0) for v in (run["summary"] or {}).values()) for a in ACTIONS},
                  in_progress=run["status"] in IN_PROGRESS)
 
