@@ -25,7 +25,7 @@ IAM_POLICY = EXAMPLES / "iam-policy.json"
 README = ROOT / "README.md"
 
 YAML_FILES = sorted(p for p in EXAMPLES.rglob("*") if p.suffix in (".yml", ".yaml") and "bucket" not in p.parts)
-CONFIG_FILES = sorted((EXAMPLES / "config").glob("*.yaml")) + [EXAMPLES / "reconciler.yaml"]
+CONFIG_FILES = sorted((EXAMPLES / "config").glob("*.yaml")) + sorted((EXAMPLES / "catalogues").glob("*/reconciler.yaml"))
 
 
 def _ids(paths):
@@ -38,7 +38,7 @@ def _ids(paths):
 def test_the_expected_examples_exist():
     for name in ("aws-s3.yaml", "digitalocean-spaces.yaml", "minio.yaml"):
         assert (EXAMPLES / "config" / name).is_file(), name
-    for path in (WORKFLOW, IAM_POLICY, EXAMPLES / "README.md", EXAMPLES / "reconciler.yaml"):
+    for path in (WORKFLOW, IAM_POLICY, EXAMPLES / "README.md", EXAMPLES / "catalogues" / "creators" / "reconciler.yaml"):
         assert path.is_file(), path
 
 
