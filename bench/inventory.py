@@ -40,7 +40,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from run import child_env, log, parse_objects, run_process, with_dbname  # noqa: E402
+from pgurl import with_dbname  # noqa: E402
+from run import child_env, log, parse_objects, run_process  # noqa: E402
 
 SOURCE_BUCKET = "media"
 DEST_BUCKET = "inventory"
@@ -138,7 +139,7 @@ def phase_read(args) -> dict:
 
 def phase_plan(args) -> dict:
     from reconciler import Settings, commands, planfile
-    from reconciler.shards import parse_shard
+    from reconciler.engine.shards import parse_shard
 
     settings = Settings(database=args.database, cdn_base_url=CDN, source=f"s3://{SOURCE_BUCKET}",
                         inventory=f"s3://{DEST_BUCKET}/{CONFIG}", max_inventory_age=10 * 365 * 86400)
@@ -208,7 +209,8 @@ def run(args) -> dict:
         conn.cursor().execute(f'CREATE DATABASE "{name}"')
         conn.close()
         db = with_dbname(admin_url, name)
-        from reconciler.db import migrate, open_database
+        from reconciler.store.migrations import migrate
+        from reconciler.store.db import open_database
 
         with open_database(db) as d:
             migrate(d)

@@ -162,7 +162,7 @@ def _timed(argv: list[str], cwd: str) -> float:
 def _fresh(admin: str, name: str, workdir: str) -> str:
     import psycopg2
 
-    from run import with_dbname
+    from pgurl import with_dbname
 
     conn = psycopg2.connect(admin)
     conn.autocommit = True

@@ -137,8 +137,8 @@ def phase_apply(args) -> dict:
 
 
 def phase_read_state(args) -> dict:
-    from reconciler.current import read_rows, state_digest
-    from reconciler.db import open_database
+    from reconciler.store.current import read_rows, state_digest
+    from reconciler.store.db import open_database
 
     catalogue = _catalogue(args)
     with open_database(args.database) as db, db.transaction() as conn:
@@ -171,7 +171,7 @@ def phase_copy(args) -> dict:
     """
     import psycopg2
 
-    from reconciler.frames import build_desired
+    from reconciler.engine.frames import build_desired
 
     if args.catalogue != "creators":
         return {"rows": {}, "steps": {}, "skipped": "the raw COPY reference is written for creators"}
@@ -220,7 +220,7 @@ def phase_copy(args) -> dict:
 def phase_desired(args) -> dict:
     """The engine's pure part, as make_plan runs it: the listing classified
     (``classify_listing``), then the desired rows of its items (``desired_of``)."""
-    from reconciler.frames import classify_listing, desired_of
+    from reconciler.engine.frames import classify_listing, desired_of
 
     catalogue = _catalogue(args)
     t = time.perf_counter()

@@ -57,7 +57,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from urllib.parse import urlsplit, urlunsplit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -65,6 +64,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 from tabulate import tabulate  # noqa: E402
+
+from pgurl import with_dbname  # noqa: E402
 
 PHASE = os.path.join(HERE, "phase.py")
 
@@ -157,11 +158,6 @@ def child_env(extra: dict | None = None) -> dict:
 
 def phase(name: str, *args: str, env: dict | None = None, cwd: str | None = None) -> dict:
     return HERE_CHECKOUT.phase(name, *args, env=env, cwd=cwd)
-
-
-def with_dbname(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
 
 
 def fresh_database(admin_url: str, name: str, workdir: str, checkout: Checkout = HERE_CHECKOUT,

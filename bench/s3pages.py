@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from reconciler.s3pages import parse_list_page  # noqa: E402
+from reconciler.sources.s3pages import parse_list_page  # noqa: E402
 
 
 def aws_page(n: int, space: str) -> bytes:

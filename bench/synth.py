@@ -218,7 +218,7 @@ def main(argv=None) -> int:
         print(write_folder(objects, args.write_folder), "objects written to", args.write_folder)
         return 0
     if args.count:
-        from reconciler.frames import build_desired_frames
+        from reconciler.engine.frames import build_desired_frames
 
         d = build_desired_frames(objects, cdn_base_url="https://cdn.example.test")
         print(

@@ -19,7 +19,7 @@ Without a database or a bucket, from rows in memory::
     result.changes                       # creates of Alice, Alice/Beach and its image
 
 The names below are loaded when first used: ``import reconciler.catalogue`` (or
-``reconciler.frames``) does not load the database driver, the S3 client or the apply path.
+``reconciler.engine.frames``) does not load the database driver, the S3 client or the apply path.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ _WHERE = {
     "ObjectInfo": "objects",
     "Catalogue": "catalogue",
     "load_catalogue": "catalogue",
-    "plan_from_rows": "engine",
+    "plan_from_rows": "engine.plan",
     "Plan": "planfile",
     "load_plan": "planfile",
     "write_plan": "planfile",

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import commands, render
 from .config import SIGNING_KEY_ENV, Settings, load_settings, secret_values
-from .db import _password_of, scrub
+from .store.db import _password_of, scrub
 from .errors import ReconcilerError
 from .planfile import load_plan, verify_plan
 from .version import __version__
@@ -158,7 +158,7 @@ def _nonneg_int(text: str) -> int:
 
 def _shard(text: str):
     from .errors import ConfigError
-    from .shards import parse_shard
+    from .engine.shards import parse_shard
 
     try:
         return parse_shard(text)
@@ -365,7 +365,7 @@ def _stop(signum, frame):
 
 
 def cmd_serve(args, settings: Settings) -> int:
-    from .controller import load_serve_options
+    from .controller.options import load_serve_options
     from .server.auth import API_TOKENS_ENV, METRICS_TOKEN_ENV, WEBHOOK_TOKEN_ENV, parse_tokens
     from .server.main import serve
 

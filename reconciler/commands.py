@@ -16,24 +16,25 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import psycopg2
 
-from . import audit
-from .execute import ApplyResult, PlanFileCopy, apply_file
+from .store import audit
+from .store.execute import ApplyResult, PlanFileCopy, apply_file
 from .config import Settings, check_url
-from .current import RangeCopies, database_identity, read_known, top_keys
-from .db import Database, check_schema, migrate, open_database, redact_url
-from .diff import summarize
-from .engine import Current, plan_changes
-from .frames import classify_listing
+from .store.current import RangeCopies, database_identity, read_known, top_keys
+from .store.db import Database, open_database, redact_url
+from .store.migrations import check_schema, migrate
+from .engine.diff import summarize
+from .engine.plan import Current, plan_changes
+from .engine.frames import classify_listing
 from .errors import ConfigError, ReconcilerError
-from .install import InstallReport
+from .store.install import InstallReport
 from .objects import ObjectInfo
 from .planfile import Plan, verify_plan, write_plan
-from .safety import check_delete_limits, check_empty_source, check_url_rewrites, url_rewrites
-from .shards import Shard
+from .engine.safety import check_delete_limits, check_empty_source, check_url_rewrites, url_rewrites
+from .engine.shards import Shard
 from .sources import Source, open_source
-from .spill import Spill
+from .engine.spill import Spill
 from .version import __version__
-from .frames import SKIPPED_EXAMPLES
+from .engine.frames import SKIPPED_EXAMPLES
 
 Progress = Callable[[str], None]
 
@@ -78,9 +79,9 @@ def make_plan(
     (whose keys start with ``root``). Raises SafetyError when a guard refuses.
 
     ``batch_rows`` (default: ``settings.batch_rows``) is how many objects are planned
-    at a time, a batch of whole models (see :mod:`reconciler.engine`).
+    at a time, a batch of whole models (see :mod:`reconciler.engine.plan`).
 
-    ``shard`` (see :mod:`reconciler.shards`) scopes the plan like ``models`` does, to
+    ``shard`` (see :mod:`reconciler.engine.shards`) scopes the plan like ``models`` does, to
     the shard's models found in the source or in the database (read in the plan's own
     snapshot); the plan records them in ``target.scope`` and the shard in
     ``target.shard``.
@@ -214,7 +215,7 @@ def _models_in_shard(conn, catalogue, shard: Shard) -> list[str]:
 
 def _under(catalogue) -> str:
     """The literal folders before the top entity's (``products/``; "" for creators)."""
-    from .frames import scope_segment
+    from .engine.frames import scope_segment
 
     segment = scope_segment(catalogue)
     return "".join(p + "/" for p in segment.prefix) if segment is not None else ""
@@ -374,7 +375,7 @@ def apply(
     settings: Settings, path: str, *, require_signature: bool = False, progress: Progress = _quiet, actor: str | None = None
 ) -> ApplyResult:
     """Verify the plan file (schema, plan_id, signature), then apply it in one
-    transaction (see :mod:`reconciler.execute`). ``actor`` names who approved it (the
+    transaction (see :mod:`reconciler.store.execute`). ``actor`` names who approved it (the
     audit log's ``os_user``)."""
     progress("verifying the plan file")
     copy = PlanFileCopy(path)  # the audit keeps the file itself, compressed

@@ -20,9 +20,11 @@ from importlib import resources
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
-from .catalogue import Catalogue
+from .catalogue import Catalogue, default_catalogue
+from .engine import BATCH_ROWS
 from .errors import ConfigError
-from .safety import Limits
+from .planfile.digest import SIGNING_KEY_ENV
+from .engine.safety import Limits
 
 ENV = {
     "config": "RECONCILER_CONFIG",
@@ -39,7 +41,6 @@ _ENV_ALSO = {
     "endpoint_url": ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
     "region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
 }
-SIGNING_KEY_ENV = "RECONCILER_SIGNING_KEY"
 API_TOKENS_ENV = "RECONCILER_API_TOKENS"
 WEBHOOK_TOKEN_ENV = "RECONCILER_WEBHOOK_TOKEN"
 METRICS_TOKEN_ENV = "RECONCILER_METRICS_TOKEN"
@@ -62,16 +63,6 @@ def secret_values() -> list[str]:
     return found
 
 
-@lru_cache(maxsize=1)
-def default_catalogue() -> Catalogue:
-    """The creators catalogue, as shipped (compiled once)."""
-    from .catalogue import load_catalogue
-
-    return load_catalogue()
-
-
-# Objects planned at a time (whole models): memory follows it (~400-500 MB at the default).
-BATCH_ROWS = 100_000
 
 
 @dataclass
@@ -87,7 +78,7 @@ class Settings:
     catalogue: Catalogue = field(default_factory=lambda: default_catalogue())
     allow_empty_source: bool = False
     max_delete: int | None = None
-    max_delete_percent: float | None = None  # None: the default guard (see reconciler.safety)
+    max_delete_percent: float | None = None  # None: the default guard (see reconciler.engine.safety)
     max_url_rewrite_percent: float | None = None  # None: the default guard
     require_signature: bool = False
     lock_timeout: float = 60.0
@@ -294,7 +285,19 @@ def load_settings(
             check_url(value, given_by.get(name) or f"config file {path}: {key}", schemes=schemes)
     age = pick("max_inventory_age", src.get("max_inventory_age"))
     if age is not None:
-        from .inventory import parse_duration
-
         s.max_inventory_age = parse_duration(age)
     return s
+
+
+def parse_duration(value) -> float:
+    """Seconds from ``48h``, ``2d``, ``90m``, ``3600s`` or a number of seconds."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    else:
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
+        if not m:
+            raise ConfigError(f"max inventory age {value!r} is not a duration such as 48h, 2d or 90m")
+        seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"max inventory age {value!r} must be a positive duration such as 48h")
+    return seconds

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 from tabulate import tabulate
 
 from .catalogue import Catalogue, Entity
-from .diff import ACTIONS, Change
+from .engine.diff import ACTIONS, Change
 from .planfile import Plan
 
 MARKDOWN_LIMIT = 65_000  # GitHub refuses comments over 65,536 characters
@@ -25,7 +25,7 @@ def catalogue_of(plan: Plan) -> Catalogue:
     """The catalogue a plan was read or made under (creators for a plan of old)."""
     if plan.descriptor is not None:
         return plan.descriptor
-    from .config import default_catalogue
+    from .catalogue import default_catalogue
 
     return default_catalogue()
 
@@ -96,7 +96,7 @@ def _lists(e: Entity | None, name: str) -> bool:
 
 def _entity(c: Change, catalogue: Catalogue | None) -> Entity | None:
     if catalogue is None:
-        from .config import default_catalogue
+        from .catalogue import default_catalogue
 
         catalogue = default_catalogue()
     try:
@@ -238,7 +238,7 @@ def _deleted(summary: dict, kinds=None, catalogue: Catalogue | None = None) -> t
 
 
 def _default() -> Catalogue:
-    from .config import default_catalogue
+    from .catalogue import default_catalogue
 
     return default_catalogue()
 
@@ -301,7 +301,7 @@ def _root(plan: Plan) -> str:
 
 def top_of(c: Change, catalogue: Catalogue, root: str = "") -> str:
     """The top row a change belongs to (for grouping: a creator's model); a move's new one."""
-    from .catalogue.planrules import _parts
+    from .planfile.rules import _parts
 
     e = catalogue.entity(c.kind)
     key = c.key
@@ -311,7 +311,7 @@ def top_of(c: Change, catalogue: Catalogue, root: str = "") -> str:
         else:
             image = c.before if c.action == "delete" else c.after
             if not image or e.parent not in image:
-                from .frames import scope_segment
+                from .engine.frames import scope_segment
 
                 segment = scope_segment(catalogue)
                 rel = key[len(root):] if key.startswith(root) else key

@@ -27,8 +27,9 @@ from hypothesis import HealthCheck, settings as hsettings
 
 from reconciler import Settings, load_catalogue
 from reconciler.cli import main
-from reconciler.db import migrate, open_database
-from reconciler.frames import UNKNOWN_PARENT, build_desired, plan_key
+from reconciler.store.migrations import migrate
+from reconciler.store.db import open_database
+from reconciler.engine.frames import UNKNOWN_PARENT, build_desired, plan_key
 
 # Machine speed is no test's fault: on a busy 2-core machine an example, or generating
 # one, takes as long as it takes (no deadline, no too_slow). The other health checks
@@ -81,7 +82,7 @@ def desired_state(objects, *, cdn_base_url: str = CDN, root: str = "", models=No
 
 
 def _top(catalogue, kind: str, image: dict) -> str:
-    from reconciler.engine import _top_key_of
+    from reconciler.engine.plan import _top_key_of
 
     return _top_key_of(catalogue, catalogue.entity(kind), image)
 
@@ -99,7 +100,7 @@ def database_holding(state, models=None, catalogue=CREATORS) -> dict:
 
 def images(state) -> dict:
     """Every row of a desired state or of database rows as its full image, by kind and key."""
-    from reconciler.engine import _plan_key_of
+    from reconciler.engine.plan import _plan_key_of
 
     if isinstance(state, Desired):
         return {kind: dict(rows) for kind, rows in state.images.items()}

@@ -274,7 +274,7 @@ def test_two_concurrent_applies_exactly_one_lands(database_url, tmp_path):
 
 @pytest.mark.parametrize("timeout", [0, 0.3])
 def test_lock_timeout_is_a_clean_error(settings, database_url, tmp_path, timeout):
-    from reconciler.db import LOCK_KEY
+    from reconciler.store.db import LOCK_KEY
     from reconciler.errors import LockTimeoutError
 
     path = plan_to(settings, tmp_path, BUCKET, "p.json")
@@ -487,7 +487,8 @@ def test_a_move_onto_a_taken_key_or_away_from_a_gone_one_is_stale(settings, data
 
 def test_a_plan_for_another_database_is_refused(settings, pg_admin_url, database_url, tmp_path):
     from reconciler import Settings
-    from reconciler.db import migrate, open_database
+    from reconciler.store.migrations import migrate
+    from reconciler.store.db import open_database
     from reconciler.errors import WrongDatabaseError
 
     from .conftest import admin_exec, with_dbname
@@ -558,8 +559,8 @@ def test_renames_converge_and_rollback_restores_ids(examples_database_url, tmp_p
 
 
 def test_a_staging_error_waits_for_the_verdict_and_never_blocks_the_verifier(database_url):
-    from reconciler.execute import StreamStage
-    from reconciler.db import open_database
+    from reconciler.store.execute import StreamStage
+    from reconciler.store.db import open_database
 
     good = ('"create"', "null", '"A/B"', '"A/B/1.jpg"', "1", '"image"', '"u"')
     bad = ('"create"', "null", '"A/B"', '"A/B/2.jpg"', '"not a number"', '"image"', '"u"')
@@ -613,7 +614,7 @@ def test_the_stored_plan_file_is_the_file_applied(settings, database_url, tmp_pa
 
     import importlib
 
-    apply_module = importlib.import_module("reconciler.execute")
+    apply_module = importlib.import_module("reconciler.store.execute")
 
     monkeypatch.setattr(apply_module, "_CHUNK_CHARS", 64)  # many parts, interleaved with the changes
     bucket = {f"M{i % 3}/P{i % 5}/{i}.jpg": i for i in range(300)}

@@ -14,7 +14,8 @@ from hypothesis import given, strategies as st
 
 from reconciler import commands
 from reconciler.errors import StalePlanError
-from reconciler.planfile import canonical_checked, load_plan
+from reconciler.canonical import canonical_checked
+from reconciler.planfile import load_plan
 
 from .test_apply import STUDIO, apply_files, content, renamed, snapshot
 

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import ObjectInfo, plan_from_rows
-from reconciler.engine import _plan_key_of
+from reconciler.engine.plan import _plan_key_of
 
 from .conftest import CREATORS, database_holding, desired_state
 

@@ -14,7 +14,7 @@ from reconciler.catalogue import compile_checked, load_catalogue, read_key, ship
 from reconciler.catalogue.patterns import parse
 from reconciler.catalogue.spec import shipped_spec
 from reconciler.errors import CatalogueError
-from reconciler.frames import Classifier, classify_listing
+from reconciler.engine.frames import Classifier, classify_listing
 from reconciler.objects import ObjectInfo
 
 from .conftest import CREATORS, PRODUCTS

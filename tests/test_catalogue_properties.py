@@ -23,7 +23,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from reconciler import ObjectInfo, Settings
 from reconciler.catalogue import compile_checked
 from reconciler.commands import apply, make_plan, write_rollback
-from reconciler.db import migrate, open_database
+from reconciler.store.migrations import migrate
+from reconciler.store.db import open_database
 from reconciler.errors import DatabaseError
 from reconciler.planfile import write_plan
 

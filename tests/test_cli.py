@@ -185,7 +185,7 @@ def test_unknown_model_is_an_error_and_writes_no_plan(cli, database_url, tmp_pat
 
 
 def test_secret_scrubbing_keeps_words_whole():
-    from reconciler.db import scrub
+    from reconciler.store.db import scrub
 
     assert scrub("signed with another key", "other") == "signed with another key"
     assert scrub("password 'other' rejected for app:other@db", "other") == "password '***' rejected for app:***@db"

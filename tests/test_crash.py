@@ -32,7 +32,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg2
 import pytest
 
-from reconciler.db import LOCK_KEY
+from reconciler.store.db import LOCK_KEY
 
 from .conftest import CDN
 

@@ -16,7 +16,7 @@ import pytest
 
 from reconciler.catalogue import load_catalogue, read_key, url_of
 from reconciler.catalogue.patterns import class_of
-from reconciler.frames import SKIPPED_EXAMPLES
+from reconciler.engine.frames import SKIPPED_EXAMPLES
 from reconciler.objects import ObjectInfo
 
 from .conftest import CDN, CREATORS, desired_state

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.runs import STATUSES
+from reconciler.controller.runs import STATUSES
 
 from .conftest import folder_bucket
 from .serving import ROOT, serve  # noqa: F401 — the fixture

@@ -8,9 +8,10 @@ import psycopg2
 import pytest
 
 from reconciler import commands
-from reconciler import db as db_module
-from reconciler.current import database_identity
-from reconciler.db import check_schema, migrate, migration_files, open_database, redact_url
+from reconciler.store import migrations as migrations_module
+from reconciler.store.current import database_identity
+from reconciler.store.migrations import check_schema, migrate, migration_files
+from reconciler.store.db import open_database, redact_url
 from reconciler.errors import DatabaseError
 from reconciler.objects import ObjectInfo
 
@@ -73,7 +74,7 @@ def test_a_migration_changed_after_it_was_applied_is_refused(cli, database_url, 
     shipped.mkdir()
     for f in migration_files():
         (shipped / f.name).write_text(f.sql, encoding="utf-8")
-    monkeypatch.setattr(db_module, "_migrations_folder", lambda: shipped)
+    monkeypatch.setattr(migrations_module, "_migrations_folder", lambda: shipped)
     folder_bucket(tmp_path / "bucket", "M/P/1.jpg")
     assert cli("init", "--database", database_url).code == 0  # the files as applied: nothing to do
     recorded = sql("SELECT * FROM reconciler_migrations ORDER BY version")

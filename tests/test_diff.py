@@ -9,7 +9,7 @@ import copy
 from hypothesis import given, settings, strategies as st
 
 from reconciler import ObjectInfo, plan_from_rows
-from reconciler.diff import Change, change_order, summarize
+from reconciler.engine.diff import Change, change_order, summarize
 
 from .conftest import CDN, CREATORS, database_holding, desired_state, images, patch, reordered
 

@@ -11,8 +11,9 @@ from hypothesis import given, settings as hsettings, strategies as st
 
 from reconciler import commands
 from reconciler.catalogue.sql import scan_digest_sql, scan_query, scope_sql, where
-from reconciler.current import StateDigest, digest_of_terms, state_digest
-from reconciler.db import migrate, open_database
+from reconciler.store.current import StateDigest, digest_of_terms, state_digest
+from reconciler.store.migrations import migrate
+from reconciler.store.db import open_database
 from reconciler.errors import StalePlanError
 
 from .conftest import CREATORS, fresh_example, sql_on
@@ -142,7 +143,7 @@ def test_a_platform_rename_of_a_model_rehashes_its_posts_and_media(settings, dat
 def test_migration_adopts_a_database_with_rows(empty_database_url):
     conn = psycopg2.connect(empty_database_url)
     conn.autocommit = True
-    with open(__import__("reconciler.db", fromlist=["x"])._migrations_folder().joinpath("0001_platform_tables.sql")) as f:
+    with open(__import__("reconciler.store.migrations", fromlist=["x"])._migrations_folder().joinpath("0001_platform_tables.sql")) as f:
         platform = f.read()
     with conn.cursor() as cur:
         cur.execute(platform)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from reconciler import commands
-from reconciler.current import RangeCopies
+from reconciler.store.current import RangeCopies
 from reconciler.objects import ObjectInfo
 from reconciler.planfile import write_plan
 

@@ -309,7 +309,7 @@ SERVE = EXAMPLES / "serve"
 
 @pytest.mark.parametrize("name", ["aws-s3-sqs.yaml", "minio-webhook.yaml"])
 def test_serve_examples_pass_the_schema(name):
-    from reconciler.controller import load_serve_options
+    from reconciler.controller.options import load_serve_options
 
     path = SERVE / name
     data = read_config_file(str(path))

@@ -10,11 +10,12 @@ import os
 
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from reconciler.catalogue.planrules import plan_rules
-from reconciler.diff import Change, change_order
+from reconciler.planfile.rules import plan_rules
+from reconciler.engine.diff import Change, change_order
 from reconciler.errors import PlanFileError
-from reconciler.execute import Stage
-from reconciler.planfile import Plan, canonical, check_change, check_identity, check_values, verify_plan, write_plan
+from reconciler.store.execute import Stage
+from reconciler.canonical import canonical
+from reconciler.planfile import Plan, check_change, check_identity, check_values, verify_plan, write_plan
 
 from .conftest import CREATORS
 

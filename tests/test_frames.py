@@ -1,4 +1,4 @@
-"""The planner's engine on its own terms (reconciler.frames, reconciler.engine).
+"""The planner's engine on its own terms (reconciler.engine.frames, reconciler.engine.plan).
 
 The desired state a listing gives follows the creators catalogue's reading
 (:func:`reconciler.catalogue.read_key`) key by key, whatever the keys hold (lone
@@ -19,12 +19,12 @@ from hypothesis import given, settings, strategies as st
 
 from reconciler import ObjectInfo, plan_from_rows
 from reconciler.catalogue import read_key
-from reconciler.diff import change_order
-from reconciler.engine import Current, Rows, batch_bounds, current_of_rows, plan_changes
-from reconciler.frames import OUTSIDE_ROOT, SKIPPED_EXAMPLES, classify_listing, plan_key
+from reconciler.engine.diff import change_order
+from reconciler.engine.plan import Current, Rows, batch_bounds, current_of_rows, plan_changes
+from reconciler.engine.frames import OUTSIDE_ROOT, SKIPPED_EXAMPLES, classify_listing, plan_key
 from reconciler.planfile import Plan, write_plan
-from reconciler.shards import Shard
-from reconciler.spill import Spill
+from reconciler.engine.shards import Shard
+from reconciler.engine.spill import Spill
 
 from .conftest import CREATORS, database_holding, desired_state, images, patch, reordered
 
@@ -199,7 +199,7 @@ def test_shard_scopes_divide_the_desired_state(objects, root, n):
 @settings(max_examples=100)
 @given(listings, _roots, _scopes, st.integers(1, 4))
 def test_chunks_of_the_listing_give_the_same_state(objects, root, scope, chunk):
-    from reconciler import frames
+    from reconciler.engine import frames
 
     whole = desired_state(objects, cdn_base_url=CDN, root=root, models=scope)
     saved, frames.CHUNK = frames.CHUNK, chunk
@@ -417,7 +417,7 @@ def test_the_current_media_read_back_exactly_as_stored(settings, sql, tmp_path):
     import psycopg2
 
     from reconciler import commands
-    from reconciler.current import RangeCopies
+    from reconciler.store.current import RangeCopies
 
     keys = ["A/P/back\\slash.jpg", "A/P/tab\there.jpg", "A/P/nl\nx.jpg", "A/P/cr\rx.jpg", "A/P/\\N.jpg",
             "A/P/plain.jpg"]

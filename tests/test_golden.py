@@ -20,7 +20,7 @@ from reconciler import ObjectInfo, Settings, load_catalogue, plan_from_rows
 from reconciler.commands import make_plan
 from reconciler.errors import ConfigError
 from reconciler.planfile import Plan, write_plan
-from reconciler.shards import Shard
+from reconciler.engine.shards import Shard
 
 GOLDEN = Path(__file__).parent / "golden" / "plans.jsonl.gz"
 

@@ -15,7 +15,7 @@ from urllib.parse import quote, unquote
 
 import pytest
 
-from reconciler.diff import ACTION_ORDER
+from reconciler.engine.diff import ACTION_ORDER
 
 from .conftest import CAFE_NFC, CAFE_NFD, CDN, CREATORS, LONG_KEY, ODD_KEYS
 

@@ -1,10 +1,10 @@
-"""Renamed folders as moves (reconciler.moves): pure, listings in memory, no database."""
+"""Renamed folders as moves (reconciler.engine.moves): pure, listings in memory, no database."""
 
 from __future__ import annotations
 
 from reconciler import ObjectInfo, plan_from_rows
-from reconciler.diff import Change
-from reconciler.moves import find_moves
+from reconciler.engine.diff import Change
+from reconciler.engine.moves import find_moves
 from reconciler.planfile import check_identity
 
 from .conftest import CDN, CREATORS, database_holding, desired_state

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from reconciler import plan_from_rows
-from reconciler.diff import ACTIONS, Change
+from reconciler.engine.diff import ACTIONS, Change
 from reconciler.errors import PlanFileError, SignatureError
 from reconciler.objects import ObjectInfo
 from reconciler.planfile import (

@@ -10,7 +10,7 @@ import cmarkgfm
 from cmarkgfm.cmark import Options
 from hypothesis import given, settings, strategies as st
 
-from reconciler.diff import Change, change_order
+from reconciler.engine.diff import Change, change_order
 from reconciler.planfile import Plan
 from reconciler.render import MARKDOWN_LIMIT, change_head, change_lines, json_view, markdown, scope_text, table
 

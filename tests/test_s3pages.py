@@ -18,7 +18,7 @@ from botocore.handlers import decode_list_object_v2
 from botocore.parsers import RestXMLParser
 from hypothesis import given, settings, strategies as st
 
-from reconciler.s3pages import ListingParserFactory, Unsure, parse_list_page
+from reconciler.sources.s3pages import ListingParserFactory, Unsure, parse_list_page
 from reconciler.sources import S3Source
 
 from .conftest import LONG_KEY, ODD_KEYS

@@ -9,13 +9,11 @@ import pytest
 from hypothesis import given, strategies as st
 
 from reconciler import commands
-from reconciler.diff import Change, ChangeList
+from reconciler.engine.diff import Change, ChangeList
 from reconciler.errors import SafetyError
 from reconciler.objects import ObjectInfo
 from reconciler.planfile import write_plan
-from reconciler.safety import (
-    DEFAULT_PERCENT, GUARDED_FROM, Limits, check_delete_limits, check_url_rewrites, url_rewrites,
-)
+from reconciler.engine.safety import DEFAULT_PERCENT, GUARDED_FROM, Limits, check_delete_limits, check_url_rewrites, url_rewrites
 
 from .conftest import CDN, CREATORS, folder_bucket
 

@@ -17,7 +17,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 import psycopg2
 import pytest
 
-from reconciler.db import migrate, open_database
+from reconciler.store.migrations import migrate
+from reconciler.store.db import open_database
 
 from .conftest import CDN, CREATORS, admin_exec, embedded_cluster, with_dbname
 
@@ -356,7 +357,7 @@ def test_signing_key_never_shows(cli, database_url, tmp_path, monkeypatch):
     ],
 )
 def test_a_short_secret_does_not_mangle_words(text, secret):
-    from reconciler.db import scrub
+    from reconciler.store.db import scrub
 
     assert scrub(text, secret) == text
 
@@ -373,13 +374,13 @@ def test_a_short_secret_does_not_mangle_words(text, secret):
     ],
 )
 def test_a_short_secret_is_scrubbed_where_it_stands(text, expected):
-    from reconciler.db import scrub
+    from reconciler.store.db import scrub
 
     assert scrub(text, "pw1") == expected
 
 
 def test_a_long_secret_is_scrubbed_everywhere():
-    from reconciler.db import scrub
+    from reconciler.store.db import scrub
 
     secret = "Long-Secret-42"
     assert scrub(f"x{secret}y and ({secret}) and {secret}'s", secret) == "x***y and (***) and ***'s"

@@ -13,8 +13,8 @@ import psycopg2
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from reconciler.controller import LEADER_KEY
-from reconciler.events import model_of, parse_body
+from reconciler.controller.leader import LEADER_KEY
+from reconciler.controller.events import model_of, parse_body
 
 from .serving import serve  # noqa: F401 — the fixture
 

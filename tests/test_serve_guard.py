@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from reconciler.controller import load_serve_options
+from reconciler.controller.options import load_serve_options
 from reconciler.errors import ConfigError
 from reconciler.server.guard import Site, split_host
 

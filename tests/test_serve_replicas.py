@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import psycopg2
 import pytest
 
-from reconciler.db import LOCK_KEY
+from reconciler.store.db import LOCK_KEY
 
 from .conftest import admin_exec, folder_bucket
 from .serving import serve  # noqa: F401 — the fixture

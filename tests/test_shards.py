@@ -13,7 +13,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 from reconciler import commands, plan_from_rows
 from reconciler.errors import ConfigError
 from reconciler.objects import ObjectInfo
-from reconciler.shards import Shard, parse_shard, shard_index
+from reconciler.engine.shards import Shard, parse_shard, shard_index
 
 from .conftest import CDN, CREATORS, database_holding, desired_state, folder_bucket
 from .inventory_reports import put_report, rows_from_listing

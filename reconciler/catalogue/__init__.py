@@ -7,10 +7,10 @@ and ``product-images`` ship with the tool; see ``docs/catalogues.md`` to write o
 
 from .descriptor import Catalogue, Column, Entity, Rule, Source, Template, Value, compile_spec
 from .keys import Reading, plan_keys, read_key, url_of
-from .spec import DEFAULT, compile_checked, load_catalogue, shipped_names
+from .spec import DEFAULT, compile_checked, default_catalogue, load_catalogue, shipped_names
 
 __all__ = [
     "Catalogue", "Column", "Entity", "Rule", "Source", "Template", "Value", "compile_spec",
     "Reading", "plan_keys", "read_key", "url_of",
-    "DEFAULT", "compile_checked", "load_catalogue", "shipped_names",
+    "DEFAULT", "compile_checked", "default_catalogue", "load_catalogue", "shipped_names",
 ]

@@ -2,7 +2,7 @@
 
 :func:`read_key` is the rules applied to a single key below the source root, first
 match wins, as the spec reads: what ``reconciler explain`` prints, and what the
-columnar classifier (:mod:`reconciler.frames`) is held to, key by key, by property tests.
+columnar classifier (:mod:`reconciler.engine.frames`) is held to, key by key, by property tests.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ one anchored regular expression (the reference, and what ``explain`` shows), and
 columnar form (:attr:`Pattern.dir_regex`, :attr:`Pattern.file`) splits a key into its
 folders and its file name, so that a listing's folders — tens of thousands for a
 million keys — are matched once each and file names are tested by column expressions
-(:mod:`reconciler.frames`).
+(:mod:`reconciler.engine.frames`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ Piece = "str | Placeholder"
 
 @dataclass(frozen=True)
 class FileMatcher:
-    """How the last segment is tested, as columns can test it (see :mod:`reconciler.frames`):
+    """How the last segment is tested, as columns can test it (see :mod:`reconciler.engine.frames`):
 
     - ``any``: every file name (``{file}``, ``**``);
     - ``whole``: one placeholder over the whole name (``{file:image}``);

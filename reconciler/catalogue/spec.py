@@ -10,6 +10,7 @@ problem at once as one :class:`~reconciler.errors.CatalogueError` line.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 from functools import lru_cache
@@ -119,6 +120,13 @@ def resolve_spec(ref: Any, base_dir: str | None = None) -> tuple[dict, str]:
         path = ref if os.path.isabs(ref) or base_dir is None else os.path.join(base_dir, ref)
         return read_spec_file(path), path
     return shipped_spec(ref), f"{ref!r} (shipped)"
+
+
+@functools.lru_cache(maxsize=1)
+def default_catalogue() -> Catalogue:
+    """The creators catalogue, as shipped (compiled once): what a plan that names no
+    catalogue, and a configuration that names none, mean."""
+    return load_catalogue()
 
 
 def load_catalogue(ref: Any = None, base_dir: str | None = None, layout: dict | None = None) -> Catalogue:

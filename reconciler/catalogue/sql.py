@@ -1,7 +1,7 @@
 """The SQL of a catalogue, derived from its descriptor: reading the current rows, the
 row hash and the kept state digest, the triggers that keep it, and the tables ``init``
-creates. Pure: it writes SQL text and runs nothing (see :mod:`reconciler.current`,
-:mod:`reconciler.execute` and :mod:`reconciler.install` for the statements' use).
+creates. Pure: it writes SQL text and runs nothing (see :mod:`reconciler.store.current`,
+:mod:`reconciler.store.execute` and :mod:`reconciler.store.install` for the statements' use).
 
 Names from the spec are quoted as written (``"whitelabel_models"``): a table the
 platform created without quotes has a lower-case name, and the spec names it so.

@@ -4,7 +4,7 @@
 or from another site, ``api.py`` is the JSON API, ``hooks.py`` the S3 event webhook,
 ``metrics.py`` the Prometheus metrics, ``auth.py`` the tokens. The
 dashboard's pages sit next to them (``pages.py``, ``sessions.py``, ``charts.py``,
-``templates/``, ``static/``) and call the same library functions (:mod:`reconciler.runs`,
+``templates/``, ``static/``) and call the same library functions (:mod:`reconciler.controller.runs`,
 :mod:`reconciler.controller`). Nothing in the library imports this package.
 """
 

@@ -1,5 +1,5 @@
 """The JSON API (docs/design.md, "Controller mode"). Every handler gathers its data through
-the library (:class:`reconciler.controller.Controller`, :class:`reconciler.runs.Runs`);
+the library (:class:`reconciler.controller.loop.Controller`, :class:`reconciler.controller.runs.Runs`);
 blocking calls run in the thread pool."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..runs import STATUSES
+from ..controller.runs import STATUSES
 from .http import JSONResponse, int_param, path_id, read_json
 
 

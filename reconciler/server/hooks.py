@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..events import EventBodyError, parse_body
+from ..controller.events import EventBodyError, parse_body
 from .http import JSONResponse, error, read_body
 
 

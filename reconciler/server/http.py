@@ -8,7 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ..events import MAX_BODY
+from ..controller.events import MAX_BODY
 
 
 class JSONResponse(Response):

@@ -17,8 +17,10 @@ import sys
 from typing import Iterator
 
 from ..config import Settings
-from ..controller import Controller, ServeOptions
-from ..db import check_schema, open_database, scrub
+from ..controller.loop import Controller
+from ..controller.options import ServeOptions
+from ..store.migrations import check_schema
+from ..store.db import open_database, scrub
 from ..errors import ConfigError
 from .app import create_app
 from .auth import API_TOKENS_ENV, Tokens, is_loopback

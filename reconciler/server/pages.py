@@ -1,4 +1,4 @@
-"""The web dashboard: server-rendered pages over the library (:mod:`reconciler.runs`,
+"""The web dashboard: server-rendered pages over the library (:mod:`reconciler.controller.runs`,
 :mod:`reconciler.render`), Jinja2 templates in ``templates/``, one stylesheet in
 ``static/``. Usable without JavaScript; ``static/app.js`` only polls a run in progress.
 
@@ -33,9 +33,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import render
-from ..diff import ACTIONS
+from ..engine.diff import ACTIONS
 from ..errors import DatabaseError, ReconcilerError
-from ..runs import STATUSES, RunConflict, RunError, RunNotFound, total
+from ..controller.runs import STATUSES, RunConflict, RunError, RunNotFound, total
 from ..version import __version__
 from . import charts
 from .http import int_param, path_id, read_body

@@ -1,6 +1,6 @@
 """Frames too big to hold: kept as Arrow IPC files in a private temporary folder.
 
-Planning keeps a batch of whole models in memory at a time (:mod:`reconciler.engine`);
+Planning keeps a batch of whole models in memory at a time (:mod:`reconciler.engine.plan`);
 what waits for its batch — the classified listing, the current media, the changes
 already made — waits here, on disk. Below ``rows`` rows nothing is written: a small
 bucket plans entirely in memory, as before.

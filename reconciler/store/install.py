@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .catalogue import Catalogue
-from .catalogue.descriptor import FAMILIES
-from .catalogue.sql import anchor_of, create_table_sql, digest_table_sql, natural_key_columns, q, trigger_sql
-from .errors import CatalogueError, DatabaseError
+from ..catalogue import Catalogue
+from ..catalogue.descriptor import FAMILIES
+from ..catalogue.sql import anchor_of, create_table_sql, digest_table_sql, natural_key_columns, q, trigger_sql
+from ..errors import CatalogueError, DatabaseError
 
 
 @dataclass

@@ -21,8 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable
 
+from ..errors import SafetyError
 from .diff import Change, ChangeList, Lines
-from .errors import SafetyError
 
 DEFAULT_PERCENT = 50.0
 GUARDED_FROM = 20  # rows in scope (rows holding URLs, for URL rewrites) from which a default guard applies

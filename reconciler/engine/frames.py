@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING, Iterable
 
 import polars as pl
 
-from .catalogue import Catalogue, Entity, read_key
-from .catalogue.descriptor import Source, Template, Value
-from .catalogue.keys import PLAIN_KEY, quote_key, url_base
-from .catalogue.patterns import Placeholder
-from .objects import ObjectInfo
+from ..catalogue import Catalogue, Entity, read_key
+from ..catalogue.descriptor import Source, Template, Value
+from ..catalogue.keys import PLAIN_KEY, quote_key, url_base
+from ..catalogue.patterns import Placeholder
+from ..objects import ObjectInfo
 from .shards import Shard
 
 if TYPE_CHECKING:
@@ -138,7 +138,7 @@ class Classifier:
         self.scope = scope if scope is None or isinstance(scope, Shard) else frozenset(scope)
         self.segment = scope_segment(catalogue)
         if self.scope is not None and self.segment is None:
-            from .errors import ConfigError
+            from ..errors import ConfigError
 
             raise ConfigError(f"catalogue {catalogue.name} cannot be scoped: its top entity "
                               f"{catalogue.top.name!r} is not one folder of every key")
@@ -304,7 +304,7 @@ def attribute(name: str) -> pl.Expr:
 
 
 def render(t: Template) -> pl.Expr:
-    from .catalogue.patterns import ATTRIBUTES
+    from ..catalogue.patterns import ATTRIBUTES
 
     def one(name: str) -> pl.Expr:
         return attribute(name) if name in ATTRIBUTES else pl.col(capture(name))

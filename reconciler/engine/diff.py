@@ -1,12 +1,12 @@
 """The typed changes between desired and current rows, and the column comparison that
-makes them (:func:`entity_changes`), which :mod:`reconciler.engine` runs a batch at a
+makes them (:func:`entity_changes`), which :mod:`reconciler.engine.plan` runs a batch at a
 time for every owned entity of the catalogue. Pure: no I/O.
 
 A change is plain data (create / update / move / delete of a row of an entity, named by
 its plan key); the plan file is a list of them. ``create`` and ``delete`` carry every
 field of the row (its key columns, its parent's plan key under the parent entity's
 name, its managed columns); ``update`` carries only the fields that change; ``move`` (a
-renamed folder, see :mod:`reconciler.moves`) names the old key in ``from`` and carries
+renamed folder, see :mod:`reconciler.engine.moves`) names the old key in ``from`` and carries
 the key columns, the parent and the fields that change.
 """
 
@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from typing import Callable, Iterable, Iterator
 
-from .catalogue import Entity
+from ..catalogue import Entity
 
 # Moves sort between updates and deletes: apply runs creates, moves and updates
 # parents first, then deletes children first, and a reader meets a rename before the
@@ -330,7 +330,7 @@ def entity_changes(e: Entity, want, have, *, update_lines: bool = False):
     other changes."""
     import polars as pl
 
-    from .canonical import canonical
+    from ..canonical import canonical
 
     k = "k." + e.name
     fields = list(e.fields)

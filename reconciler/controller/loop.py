@@ -1,207 +1,29 @@
-"""The reconciliation controller behind ``reconciler serve``: leader election, the
-loop (schedule, events, auto-apply), the SQS consumer, and on-demand runs.
-
-Level-triggered: events only say *which models* to look at soon; every run lists the
-bucket and plans afresh. One replica per database leads (a PostgreSQL session
-advisory lock held on a dedicated connection, re-tried every few seconds with
-jitter); only the leader runs the schedule, turns stored events into runs, consumes
-SQS and auto-applies. Every replica serves the API, accepts webhooks (events are
-stored in the database, so any replica can take them) and runs what a person asks for.
-Two leaders for a moment are harmless: apply's own lock and stale check are the fence.
-
-Why a session lock and not a lease row: PostgreSQL releases it the moment the
-leader's connection ends — ``kill -9``, a crash, a lost network — so failover is
-bounded by the followers' retry interval, not by a lease's length; and the leader
-learns it lost the lock when its connection fails, at which point it stops at once.
-The price: it needs a real session. A transaction-pooling PgBouncer hands the
-session to other clients between transactions and breaks it (use session pooling
-or a direct connection for ``serve``).
-"""
+"""The controller's loop: the schedule, stored events turned into runs, the SQS
+consumer, auto-apply, and the runs people ask for (see :mod:`reconciler.controller`)."""
 
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
-import os
 import random
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
 import peewee as pw
-import psycopg2
 
-from .config import Settings, read_config_file
-from .db import ControllerState, Event, LOCK_KEY, Run, describe_pg_error
-from .errors import ConfigError, ReconcilerError
+from ..config import Settings
+from ..errors import ReconcilerError
+from ..sources import S3Source, open_source
+from ..store.models import ControllerState, Event, Run
+from ..version import __version__
 from .events import S3Event, model_of, parse_body
-from .runs import POLICIES, Observer, Runs, auto_apply_allowed, one_line
-from .sources import S3Source, open_source
-from .version import __version__
+from .leader import OWNER_CLASS, LeaderElector, replica_name
+from .options import ServeOptions
+from .runs import Observer, Runs, auto_apply_allowed, one_line
 
 log = logging.getLogger("reconciler.controller")
-
-LEADER_KEY = 0x7265636F6E4C  # "reconL": distinct from db.LOCK_KEY (apply and init)
-assert LEADER_KEY != LOCK_KEY
-OWNER_CLASS = 0x72756E73  # "runs": two-key advisory locks (OWNER_CLASS, replica) prove a replica lives
-
-
-@dataclass
-class ServeOptions:
-    """The ``serve:`` section of the config file, and the flags of ``reconciler serve``."""
-
-    listen: str = "127.0.0.1:8080"
-    interval: float = 600.0  # seconds between full-scope runs (± 10 % jitter)
-    auto_apply: str = "off"  # off | creates | within-limits
-    debounce: float = 5.0  # seconds events wait to be gathered into one run
-    sqs_queue_url: str | None = None
-    leader_retry: float = 2.0  # seconds between leadership attempts (± 20 % jitter)
-    tick: float = 0.5  # seconds the loop sleeps between looks at its work
-    sqs_wait: int = 10  # SQS long-poll seconds
-    # Behind a proxy (see reconciler/server/guard.py): the names the server answers for
-    # beyond loopback and the listen address, its address as browsers see it, and the
-    # proxies whose X-Forwarded-Proto / -For are believed.
-    allowed_hosts: list[str] = field(default_factory=list)
-    public_url: str | None = None
-    trusted_proxies: list[str] = field(default_factory=list)
-    public_metrics: bool = False  # /metrics without a token
-
-    @property
-    def host_port(self) -> tuple[str, int]:
-        host, sep, port = self.listen.rpartition(":")
-        if not sep or not port.isdigit() or not host:
-            raise ConfigError(f"--listen {self.listen!r} is not HOST:PORT")
-        return host.strip("[]"), int(port)
-
-
-def load_serve_options(config_path: str | None, flags: dict) -> ServeOptions:
-    """Flags, then the config file's ``serve:`` section, then defaults."""
-    data = (read_config_file(config_path) or {}).get("serve") or {} if config_path else {}
-    o = ServeOptions()
-    for name in ("listen", "interval", "auto_apply", "debounce", "sqs_queue_url", "leader_retry",
-                 "allowed_hosts", "public_url", "trusted_proxies", "public_metrics"):
-        value = flags.get(name)
-        if value is None:
-            value = data.get(name)
-        if value is not None:
-            setattr(o, name, value)
-    if o.auto_apply not in POLICIES:
-        raise ConfigError(f"auto-apply {o.auto_apply!r} is not one of {', '.join(POLICIES)}")
-    o.host_port  # noqa: B018 — validates
-    if o.public_url is not None:
-        o.public_url = public_origin(o.public_url)
-    for proxy in o.trusted_proxies:
-        try:
-            ipaddress.ip_network(proxy, strict=False)
-        except ValueError:
-            raise ConfigError(f"serve.trusted_proxies: {proxy!r} is not an IP address or network (like 10.0.0.0/8)")
-    return o
-
-
-def public_origin(url: str) -> str:
-    """``serve.public_url`` as an origin, ``scheme://host[:port]`` (the form browsers send
-    in ``Origin``); anything more than a path of ``/`` is refused: the server answers at
-    the root of its address."""
-    parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/") \
-            or parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError(f"serve.public_url {url!r} is not like https://reconciler.example.com "
-                          "(http or https, a host, an optional port, no path)")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ConfigError(f"serve.public_url {url!r} has a port that is not a number") from None
-    default = {"http": 80, "https": 443}[parts.scheme]
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
-
-
-def replica_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-# --------------------------------------------------------------------------- leadership
-
-
-class LeaderElector:
-    """Holds ``pg_try_advisory_lock(LEADER_KEY)`` on a dedicated connection.
-
-    Every ``retry`` seconds (± 20 %) a follower tries to take the lock and a leader
-    proves its session is alive (``SELECT 1``); a failed statement or a lost
-    connection ends leadership at once. The same connection holds the replica's
-    owner lock, by which the leader tells live runs from orphans.
-    """
-
-    def __init__(self, url: str, owner: int, retry: float, on_change) -> None:
-        self.url, self.owner, self.retry, self.on_change = url, owner, retry, on_change
-        self.leading = False
-        self._conn = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="leader-elector", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def _set(self, leading: bool) -> None:
-        if leading != self.leading:
-            self.leading = leading
-            with contextlib.suppress(Exception):
-                self.on_change(leading)
-
-    def _connect(self):
-        conn = psycopg2.connect(
-            self.url, connect_timeout=5, application_name="reconciler serve (leader election)",
-            keepalives=1, keepalives_idle=5, keepalives_interval=2, keepalives_count=3,
-        )
-        conn.autocommit = True
-        with conn.cursor() as cur:
-            # Statements here are tiny; one that hangs means the server is gone.
-            cur.execute("SET statement_timeout = '5s'")
-            cur.execute("SELECT pg_advisory_lock(%s, %s)", (OWNER_CLASS, self.owner))
-        return conn
-
-    def step(self) -> None:
-        try:
-            if self._conn is None:
-                self._conn = self._connect()
-            with self._conn.cursor() as cur:
-                if self.leading:
-                    cur.execute("SELECT 1")
-                else:
-                    cur.execute("SELECT pg_try_advisory_lock(%s)", (LEADER_KEY,))
-                    if cur.fetchone()[0]:
-                        self._set(True)
-        except psycopg2.Error as e:
-            if self.leading:
-                log.warning("lost the leader connection: %s", describe_pg_error(e))
-            self._set(False)
-            self._drop()
-
-    def _drop(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.step()
-            self._stop.wait(self.retry * random.uniform(0.8, 1.2))
-
-    def stop(self) -> None:
-        """Resign: release the lock (closing the session does) so a follower takes over
-        at its next attempt."""
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._set(False)
-        self._drop()
-
-
-# --------------------------------------------------------------------------- the controller
 
 
 @dataclass

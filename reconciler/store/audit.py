@@ -20,14 +20,14 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from .catalogue import Catalogue, Entity
+from ..catalogue import Catalogue, Entity
+from ..engine.diff import Change, change_order
+from ..engine.moves import make_move
+from ..errors import ReconcilerError, StalePlanError, WrongCatalogueError
+from ..planfile import Plan, verify_plan
+from ..version import __version__
 from .current import database_identity, read_rows, state_digest
 from .db import Database
-from .diff import Change, change_order
-from .errors import ReconcilerError, StalePlanError, WrongCatalogueError
-from .moves import make_move
-from .planfile import Plan, verify_plan
-from .version import __version__
 
 
 @dataclass
@@ -201,7 +201,7 @@ def _live(conn, catalogue: Catalogue, scope, touched: set[tuple[str, str]]) -> d
     those: memory follows the apply, not the scope."""
     import polars as pl
 
-    from .frames import plan_key
+    from ..engine.frames import plan_key
 
     out = {}
     for e in catalogue.owned:

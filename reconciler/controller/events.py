@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from urllib.parse import unquote_plus
 
-from .errors import ReconcilerError
+from ..errors import ReconcilerError
 
 MAX_BODY = 1024 * 1024  # bytes; a larger webhook body is refused
 

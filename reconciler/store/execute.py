@@ -28,7 +28,7 @@ written in the same transaction, so the change and its record commit together or
 all: the plan file itself, compressed, on the ``reconciler_applies`` row, plus full
 before images (ids included) of the rows updated, moved or deleted and after images of
 those updated or moved. Created rows get no audit row: their images are in the stored
-plan and their ids are found by key (see :mod:`reconciler.audit`), so a first apply of
+plan and their ids are found by key (see :mod:`reconciler.store.audit`), so a first apply of
 a million rows does not write them twice.
 """
 
@@ -49,12 +49,10 @@ from typing import Callable
 import psycopg2
 import psycopg2.errors
 
-from .catalogue import Catalogue, Entity
-from .catalogue.planrules import plan_rules
-from .catalogue.sql import Query, plan_key_sql, q
-from .current import database_identity, state_digest
-from .db import LOCK_KEY, Database
-from .errors import (
+from ..catalogue import Catalogue, Entity
+from ..catalogue.sql import Query, plan_key_sql, q
+from ..engine.safety import Limits, check_delete_limits, check_url_rewrites, url_columns
+from ..errors import (
     AlreadyAppliedError,
     DatabaseError,
     LockTimeoutError,
@@ -63,9 +61,11 @@ from .errors import (
     StalePlanError,
     WrongDatabaseError,
 )
-from .planfile import Plan
-from .safety import Limits, check_delete_limits, check_url_rewrites, url_columns
-from .version import __version__
+from ..planfile import Plan
+from ..planfile.rules import plan_rules
+from ..version import __version__
+from .current import database_identity, state_digest
+from .db import LOCK_KEY, Database
 
 Progress = Callable[[str], None]
 
@@ -687,7 +687,7 @@ def _value(layout: StageLayout, field: str) -> str:
 
 def _insert(cur, layout: StageLayout, expected: int, restores: int | None = None) -> None:
     """Create rows. They get no audit rows of their own: their images are in the plan
-    file, which the apply stores (see :mod:`reconciler.audit`).
+    file, which the apply stores (see :mod:`reconciler.store.audit`).
 
     Rows restored by a rollback keep their original id (and their platform columns);
     new rows take the columns' own defaults. New ids follow the plan's key order, so

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from .descriptor import Catalogue, Entity
+from ..catalogue.descriptor import Catalogue, Entity
 
 ACTIONS = ("create", "update", "move", "delete")
 _INT_MAX = {"integer": 2**31 - 1, "bigint": 2**63 - 1}
@@ -526,3 +526,27 @@ def _rules(catalogue: Catalogue) -> PlanRules:
 
 def plan_rules(catalogue: Catalogue) -> PlanRules:
     return _rules(catalogue)
+
+
+# --------------------------------------------------------------------------- one change, for callers without rules at hand
+
+
+def _rules_or_default(catalogue: Catalogue | None) -> PlanRules:
+    from ..catalogue.spec import default_catalogue
+
+    return plan_rules(catalogue or default_catalogue())
+
+
+def check_change(c, catalogue: Catalogue | None = None) -> str | None:
+    """The plan schema's rules for one change (see :class:`PlanRules`); None when valid."""
+    return _rules_or_default(catalogue).check_change(c)
+
+
+def check_identity(c: dict, catalogue: Catalogue | None = None) -> str | None:
+    """A change's images must name the row its key names (beyond the schema)."""
+    return _rules_or_default(catalogue).check_identity(c)
+
+
+def check_values(c: dict, catalogue: Catalogue | None = None) -> str | None:
+    """Values the database would refuse (beyond the schema)."""
+    return _rules_or_default(catalogue).check_values(c)

@@ -35,11 +35,10 @@ import psycopg2
 import psycopg2.extensions
 from playhouse.pool import PooledPostgresqlDatabase
 
-from . import commands
-from .config import Settings
-from .current import state_digest
-from .db import CONTROLLER_MODELS, Apply, ControllerState, Run, describe_pg_error, migration_files
-from .errors import (
+from .. import commands
+from ..config import Settings
+from ..engine.safety import Limits, check_delete_limits
+from ..errors import (
     AlreadyAppliedError,
     ConfigError,
     DatabaseError,
@@ -48,9 +47,12 @@ from .errors import (
     SafetyError,
     StalePlanError,
 )
-from .safety import Limits, check_delete_limits
+from ..store.current import state_digest
+from ..store.db import describe_pg_error
+from ..store.migrations import migration_files
+from ..store.models import CONTROLLER_MODELS, Apply, ControllerState, Run
 
-log = logging.getLogger("reconciler.runs")
+log = logging.getLogger("reconciler.controller.runs")
 
 STATUSES = (
     "planning", "no_changes", "planned", "refused", "errored",
@@ -278,7 +280,7 @@ class Runs:
 
     def run_changes(self, run_id: int, offset: int = 0, limit: int = 100) -> tuple[list[dict], int]:
         """A page of the run's changes (verified as ``reconciler show`` does) and their count."""
-        from .planfile import load_plan
+        from ..planfile import load_plan
 
         with self.plan_path(run_id) as path:
             p = load_plan(path, self.settings.catalogue)
@@ -337,7 +339,7 @@ class Runs:
 
     def load_plan(self, run_id: int):
         """The run's plan as a :class:`reconciler.planfile.Plan`, verified as ``show`` does."""
-        from .planfile import load_plan
+        from ..planfile import load_plan
 
         with self.plan_path(run_id) as path:
             return load_plan(path, self.settings.catalogue)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MAX_SHARDS = 10_000
 

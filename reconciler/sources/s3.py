@@ -1,43 +1,21 @@
-"""Bucket listing backends: an S3-compatible bucket or a local folder.
-
-A source yields ``ObjectInfo(key, size, etag, last_modified)`` for every object under
-its root; ``root`` is the part of the key above the layout (``"media/"`` for
-``s3://bucket/media``). Sources only list: they never read or write object bodies, so
-the S3 source needs nothing but ``s3:ListBucket``.
-"""
+"""The S3 source: an S3-compatible bucket (AWS, Spaces, MinIO …), listed with
+``ListObjectsV2`` only — a delimited listing of the prefix, then one listing per
+top-level folder, in parallel — through the fast page reader of :mod:`.s3pages`."""
 
 from __future__ import annotations
 
-import functools
-import operator
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Iterator, Protocol
-from pathlib import Path
-from urllib.parse import unquote, urlparse, urlsplit, urlunsplit
+from typing import Callable, Iterable, Iterator
+from urllib.parse import urlsplit, urlunsplit
 
-from .errors import ConfigError, SourceError
-from .objects import ObjectInfo
-from .shards import Shard
-
-__all__ = ["ObjectInfo", "Source", "S3Source", "FolderSource", "open_source"]
+from ..engine.shards import Shard
+from ..errors import SourceError
+from ..objects import ObjectInfo
 
 Progress = Callable[[int], None]
-
-
-class Source(Protocol):
-    url: str
-    root: str
-    public_url: str  # the default base of media URLs
-
-    def list(self, models: Iterable[str] | Shard | None = None, under: str = "") -> Iterator[ObjectInfo]:
-        """Every object under the root; with ``models`` (names, or a :class:`Shard`)
-        only the objects under those top folders, which stand below ``under`` (the
-        catalogue's literal folders before its top entity's: ``products/``; "" for
-        creators' models)."""
-        ...
 
 
 # Retries are botocore's own ("standard" mode retries throttling such as SlowDown,
@@ -146,7 +124,7 @@ class S3Source:
             )
             if self.progress is not None:
                 self._client.meta.events.register("needs-retry.s3.ListObjectsV2", self._report_retry)
-                # Inventory reports are read through the same client (reconciler.inventory).
+                # Inventory reports are read through the same client (reconciler.sources.inventory).
                 self._client.meta.events.register("needs-retry.s3.GetObject", self._report_retry)
         return self._client
 
@@ -266,124 +244,3 @@ def _s3_object(o: dict) -> ObjectInfo:
     return ObjectInfo(o["Key"], o.get("Size"), (o.get("ETag") or "").strip('"') or None, lm)
 
 
-@dataclass
-class FolderSource:
-    """A local folder treated as a bucket: keys are paths relative to it, with ``/``.
-
-    Symbolic links to files are followed only when their target lies inside the
-    folder; linked folders are never entered, so the listing cannot leave the root.
-    ``etag`` is None: a folder has no cheap content identity, and reading every file
-    to hash it would defeat listing speed.
-    """
-
-    path: str
-
-    @property
-    def url(self) -> str:
-        return self.path
-
-    @property
-    def root(self) -> str:
-        return ""
-
-    @property
-    def public_url(self) -> str:
-        """``file://`` and the folder's absolute path: the default base of media URLs."""
-        return Path(os.path.abspath(self.path)).as_uri()
-
-    def list(self, models: Iterable[str] | Shard | None = None, under: str = "") -> Iterator[ObjectInfo]:
-        base = os.path.realpath(self.path)
-        if not os.path.isdir(base):
-            raise SourceError(f"source folder {self.path!r} does not exist or is not a folder; check --source")
-        if models is None:
-            yield from self._walk(base, base, "")
-            return
-        top = os.path.join(base, *under.split("/")[:-1]) if under else base
-        if os.path.islink(top) or not os.path.isdir(top):
-            return
-        if isinstance(models, Shard):  # the shard's folders among those at the top
-            with os.scandir(top) as entries:
-                models = [e.name for e in entries if e.is_dir(follow_symlinks=False) and e.name in models]
-        for m in sorted(set(models)):
-            sub = os.path.join(top, m)
-            if "/" in m or m in ("", ".", "..") or os.path.islink(sub) or not os.path.isdir(sub):
-                continue
-            yield from self._walk(base, sub, under + m + "/")
-
-    def _walk(self, base: str, folder: str, prefix: str) -> Iterator[ObjectInfo]:
-        """Depth first, each folder's entries by name (a folder's objects where its name
-        sorts), with a stack of folders rather than a generator per level: an object is
-        yielded once, not once per level above it."""
-        stack = [(_entries(folder), prefix)]
-        while stack:
-            entries, prefix = stack[-1]
-            for entry in entries:
-                if entry.is_file(follow_symlinks=False):  # the common case first
-                    st = entry.stat(follow_symlinks=False)
-                elif entry.is_dir(follow_symlinks=False):
-                    stack.append((_entries(entry.path), prefix + entry.name + "/"))
-                    break
-                elif entry.is_symlink():
-                    target = os.path.realpath(entry.path)
-                    if os.path.commonpath([base, target]) != base or not os.path.isfile(target):
-                        continue
-                    st = os.stat(target)
-                else:
-                    continue
-                yield ObjectInfo(prefix + entry.name, st.st_size, None, _mtime_text(int(st.st_mtime)))
-            else:
-                stack.pop()
-
-
-def _entries(folder: str) -> Iterator[os.DirEntry]:
-    try:
-        return iter(sorted(os.scandir(folder), key=operator.attrgetter("name")))
-    except OSError as e:
-        raise SourceError(f"cannot read folder {folder!r}: {e.strerror}") from None
-
-
-@functools.lru_cache(maxsize=4096)
-def _mtime_text(seconds: int) -> str:
-    """A file's modification time as S3 writes LastModified (files written together
-    share it: formatting is a third of a folder listing's time otherwise)."""
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def open_source(
-    url: str,
-    *,
-    endpoint_url: str | None = None,
-    region: str | None = None,
-    addressing_style: str | None = None,
-    max_workers: int = 8,
-    progress: Callable[[str], None] | None = None,
-    inventory: str | None = None,
-    max_inventory_age: float | None = None,
-) -> Source:
-    """A source for ``s3://BUCKET[/PREFIX]``, ``file://PATH`` or a plain folder path.
-
-    ``progress`` hears about S3 retries (see :class:`S3Source`). With ``inventory`` (an
-    S3 Inventory report's URL; see :mod:`reconciler.inventory`) the bucket's objects are
-    read from that report instead of being listed."""
-    if inventory:
-        if not url.startswith("s3://"):
-            raise ConfigError(f"--inventory reads a report of an S3 bucket, but the source {url!r} is not s3://BUCKET[/PREFIX]")
-        from .inventory import DEFAULT_MAX_AGE, InventorySource
-
-        s3 = open_source(url, endpoint_url=endpoint_url, region=region, addressing_style=addressing_style,
-                         max_workers=max_workers, progress=progress)
-        return InventorySource(s3, inventory, DEFAULT_MAX_AGE if max_inventory_age is None else max_inventory_age)
-    if url.startswith("s3://"):
-        parsed = urlparse(url)
-        bucket = parsed.netloc
-        if not bucket:
-            raise ConfigError(f"source URL {url!r} names no bucket; use s3://BUCKET[/PREFIX]")
-        prefix = parsed.path.lstrip("/")
-        if prefix and not prefix.endswith("/"):
-            prefix += "/"
-        return S3Source(bucket, prefix, endpoint_url, region, addressing_style, max_workers, progress=progress)
-    if url.startswith("file://"):
-        return FolderSource(unquote(url[len("file://") :]))
-    if "://" in url:
-        raise ConfigError(f"unsupported source URL {url!r}; use s3://BUCKET[/PREFIX] or a folder path")
-    return FolderSource(url)

@@ -19,8 +19,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from .catalogue import Catalogue
-from .catalogue.sql import counts_sql, current_select, kept_digest_sql, known_select, range_sql, scope_sql, where
+from ..catalogue import Catalogue
+from ..catalogue.sql import counts_sql, current_select, kept_digest_sql, known_select, range_sql, scope_sql, where
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ def read_rows(conn, catalogue: Catalogue, entity: str, scope: Sequence[str] | No
     temporary file), as the engine compares them."""
     import tempfile
 
-    from .engine import current_schema
+    from ..engine.plan import current_schema
 
     with tempfile.TemporaryDirectory(prefix="reconciler-rows-") as folder:
         path = os.path.join(folder, "rows.tsv")
@@ -181,7 +181,7 @@ class RangeCopies:
         self.known: dict[str, set[str]] = {}
 
     def run(self, conn, scope: Sequence[str] | None) -> None:
-        from .engine import batch_bounds
+        from ..engine.plan import batch_bounds
 
         kinds = self.catalogue.kinds
         try:
@@ -230,9 +230,9 @@ class RangeCopies:
 def _divide(catalogue: Catalogue, kind: str, tsv: str, los: list[str], path) -> list[list[str]]:
     """A copied table's rows divided among the ranges starting at ``los`` by the top row
     each is filed under, decoded, as Arrow IPC files; the copy is removed."""
-    from .engine import current_schema
-    from .frames import plan_key
-    from .spill import by_top
+    from ..engine.frames import plan_key
+    from ..engine.plan import current_schema
+    from ..engine.spill import by_top
 
     out: list[list[str]] = [[] for _ in los]
     schema = current_schema(catalogue, catalogue.entity(kind))
@@ -290,7 +290,7 @@ class CopiedRange:
     def frame(self, entity: str):
         import polars as pl
 
-        from .engine import current_schema
+        from ..engine.plan import current_schema
 
         schema = current_schema(self.catalogue, self.catalogue.entity(entity))
         frames = [decode_copied(read_copied(f, schema)) if f.endswith(".tsv") else pl.read_ipc(f)

@@ -27,9 +27,9 @@ from typing import Callable
 
 import polars as pl
 
-from .canonical import canonical
-from .catalogue import Catalogue, Entity
-from .config import BATCH_ROWS  # items (or current rows) per batch, unless one top row has more
+from ..canonical import canonical
+from ..catalogue import Catalogue, Entity
+from . import BATCH_ROWS  # items (or current rows) per batch, unless one top row has more
 from .diff import Change, ChangeList, EncodedChange, Lines, change_order, content_columns, entity_changes, json_columns
 from .frames import UNKNOWN_PARENT, Listing, desired_of, plan_key
 from .spill import Parts, Spill, by_top

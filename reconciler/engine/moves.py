@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
-from .catalogue import Catalogue, Entity
+from ..catalogue import Catalogue, Entity
 from .diff import Change, content_columns
 
 

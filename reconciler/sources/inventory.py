@@ -46,10 +46,10 @@ from datetime import datetime, timezone
 from typing import Callable, Iterable, Iterator
 from urllib.parse import unquote_plus, urlparse
 
-from .errors import ConfigError, SourceError
-from .objects import ObjectInfo
-from .shards import Shard
-from .sources import S3Source, _botocore_message
+from ..engine.shards import Shard
+from ..errors import ConfigError, SourceError
+from ..objects import ObjectInfo
+from .s3 import S3Source, _botocore_message
 
 DEFAULT_MAX_AGE = 48 * 3600.0  # seconds; --max-inventory-age, source.max_inventory_age
 BATCH_ROWS = 65_536
@@ -86,20 +86,6 @@ class Report:
     def to_dict(self) -> dict:
         """What a plan records in ``source.inventory``."""
         return {"manifest": self.url, "created_at": self.created_at_text, "format": self.file_format}
-
-
-def parse_duration(value) -> float:
-    """Seconds from ``48h``, ``2d``, ``90m``, ``3600s`` or a number of seconds."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        seconds = float(value)
-    else:
-        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
-        if not m:
-            raise ConfigError(f"max inventory age {value!r} is not a duration such as 48h, 2d or 90m")
-        seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-    if not seconds > 0 or seconds == float("inf"):
-        raise ConfigError(f"max inventory age {value!r} must be a positive duration such as 48h")
-    return seconds
 
 
 def format_age(seconds: float) -> str:
