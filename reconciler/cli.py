@@ -19,9 +19,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from . import commands, render
 from .config import SIGNING_KEY_ENV, Settings, load_settings, secret_values
-from .store.db import _password_of, scrub
 from .errors import ReconcilerError
 from .planfile import load_plan, verify_plan
+from .store.db import _password_of, scrub
 from .version import __version__
 
 
@@ -82,28 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["yaml", "json"], default="yaml", help="yaml (default) or json")
     p.add_argument("--plan-schema", action="store_true", help="print the JSON Schema of its plans instead")
 
-    p = command("plan", "list the source, compare with the database, and write a plan file")
-    p.add_argument("-o", "--output", metavar="FILE",
-                   help="plan file to write (default: plans/plan-<UTC time>-<plan id>[-<models>].json, never replacing a file)")
-    p.add_argument("--model", metavar="NAME", action="append", help="limit the plan to this model (repeatable)")
-    p.add_argument("--detailed-exitcode", action="store_true", help="exit 0 without changes, 2 with changes, 1 on error")
-    p.add_argument("--sign", action="store_true", help=f"sign the plan with the key in {SIGNING_KEY_ENV}")
-    p.add_argument("--allow-empty-source", action="store_true", default=None, help="allow a plan from an empty listing")
-    p.add_argument("--max-delete", metavar="N", type=_nonneg_int, help="refuse a plan that deletes more than N rows")
-    p.add_argument("--max-delete-percent", metavar="P", type=_percent,
-                   help="refuse deleting more than P%% of the rows in scope (default 50 from 20 rows; 100: no limit)")
-    p.add_argument("--max-url-rewrite-percent", metavar="P", type=_percent,
-                   help="refuse giving more than P%% of the media rows in scope a new URL (default 50 from 20 rows; "
-                        "100: no limit)")
-    p.add_argument("--no-moves", dest="detect_moves", action="store_false", default=None,
-                   help="plan renamed folders as delete + create, not as moves (config plan.detect_moves)")
-    p.add_argument("--shard", metavar="K/N", type=_shard,
-                   help="plan only the models of shard K of N (K from 1; models by a hash of their name)")
-    p.add_argument("--inventory", metavar="URL",
-                   help="read the objects from an S3 Inventory report: s3://DEST/PREFIX/BUCKET/CONFIG/ (the newest) "
-                        "or …/manifest.json (env RECONCILER_INVENTORY, config source.inventory)")
-    p.add_argument("--max-inventory-age", metavar="AGE",
-                   help="refuse an inventory report older than AGE, e.g. 48h (default), 2d, 90m")
+    _plan_arguments(command("plan", "list the source, compare with the database, and write a plan file"))
 
     p = command("show", "print a plan file as a table, markdown (for a pull request) or json")
     p.add_argument("file", metavar="FILE")
@@ -139,6 +118,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plan_arguments(p: argparse.ArgumentParser) -> None:
+    """``plan``'s options: what to plan, the guards, where the objects come from."""
+    p.add_argument("-o", "--output", metavar="FILE",
+                   help="plan file to write (default: plans/plan-<UTC time>-<plan id>[-<models>].json, never replacing a file)")
+    p.add_argument("--model", metavar="NAME", action="append", help="limit the plan to this model (repeatable)")
+    p.add_argument("--detailed-exitcode", action="store_true", help="exit 0 without changes, 2 with changes, 1 on error")
+    p.add_argument("--sign", action="store_true", help=f"sign the plan with the key in {SIGNING_KEY_ENV}")
+    p.add_argument("--allow-empty-source", action="store_true", default=None, help="allow a plan from an empty listing")
+    p.add_argument("--max-delete", metavar="N", type=_nonneg_int, help="refuse a plan that deletes more than N rows")
+    p.add_argument("--max-delete-percent", metavar="P", type=_percent,
+                   help="refuse deleting more than P%% of the rows in scope (default 50 from 20 rows; 100: no limit)")
+    p.add_argument("--max-url-rewrite-percent", metavar="P", type=_percent,
+                   help="refuse giving more than P%% of the media rows in scope a new URL (default 50 from 20 rows; "
+                        "100: no limit)")
+    p.add_argument("--no-moves", dest="detect_moves", action="store_false", default=None,
+                   help="plan renamed folders as delete + create, not as moves (config plan.detect_moves)")
+    p.add_argument("--shard", metavar="K/N", type=_shard,
+                   help="plan only the models of shard K of N (K from 1; models by a hash of their name)")
+    p.add_argument("--inventory", metavar="URL",
+                   help="read the objects from an S3 Inventory report: s3://DEST/PREFIX/BUCKET/CONFIG/ (the newest) "
+                        "or …/manifest.json (env RECONCILER_INVENTORY, config source.inventory)")
+    p.add_argument("--max-inventory-age", metavar="AGE",
+                   help="refuse an inventory report older than AGE, e.g. 48h (default), 2d, 90m")
+
+
 def _positive_float(text: str) -> float:
     value = _nonneg_float(text)
     if value == 0:
@@ -157,8 +161,8 @@ def _nonneg_int(text: str) -> int:
 
 
 def _shard(text: str):
-    from .errors import ConfigError
     from .engine.shards import parse_shard
+    from .errors import ConfigError
 
     try:
         return parse_shard(text)

@@ -10,31 +10,33 @@ import dataclasses
 import functools
 import gc
 import re
-from dataclasses import dataclass, field
 import unicodedata
-from typing import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import psycopg2
 
-from .store import audit
-from .store.execute import ApplyResult, PlanFileCopy, apply_file
 from .config import Settings, check_url
-from .store.current import RangeCopies, database_identity, read_known, top_keys
-from .store.db import Database, open_database, redact_url
-from .store.migrations import check_schema, migrate
 from .engine.diff import summarize
-from .engine.plan import Current, plan_changes
-from .engine.frames import classify_listing
-from .errors import ConfigError, ReconcilerError
-from .store.install import InstallReport
-from .objects import ObjectInfo
-from .planfile import Plan, verify_plan, write_plan
+from .engine.frames import SKIPPED_EXAMPLES, Listing, classify_listing
+from .engine.plan import Current, Result, plan_changes
 from .engine.safety import check_delete_limits, check_empty_source, check_url_rewrites, url_rewrites
 from .engine.shards import Shard
-from .sources import Source, open_source
 from .engine.spill import Spill
+from .errors import ConfigError, ReconcilerError
+from .objects import ObjectInfo
+from .planfile import Plan, verify_plan, write_plan
+from .sources import Source, open_source
+from .store import audit
+from .store.current import RangeCopies, database_identity, read_known, top_keys
+from .store.db import Database, open_database, redact_url
+from .store.execute import ApplyResult, PlanFileCopy, apply_file
+from .store.install import InstallReport
+from .store.migrations import check_schema, migrate
 from .version import __version__
-from .engine.frames import SKIPPED_EXAMPLES
+
+if TYPE_CHECKING:
+    from .sources.inventory import Report  # pyarrow and friends only when an inventory is read
 
 Progress = Callable[[str], None]
 
@@ -88,119 +90,154 @@ def make_plan(
     """
     if shard is not None and models:
         raise ConfigError("--shard and --model cannot be combined: a shard already chooses its models")
-    scope = sorted(set(models)) if models else None
-    source = None
-    inventory = None
-    if objects is None:
-        source = _open_source(settings, None if progress is _quiet else progress)
-        if settings.inventory:
-            progress("reading the inventory manifest")
-            inventory = source.report  # checked (bucket, age) before anything else is read
-        source_url, root, objects = (source.url, source.root,
-                                     source.list(shard if shard is not None else scope, _under(settings.catalogue)))
-    else:
-        source_url = settings.source
-    in_shard: list[str] = []  # the shard's models in the database
-
-    def shard_scope(conn) -> list[str]:
-        in_shard[:] = _models_in_shard(conn, settings.catalogue, shard)
-        return in_shard
-    # Settings read from flags, environment and file were checked; these may be a caller's own.
-    cdn_base_url = check_url(
-        settings.cdn_base_url or default_cdn_base_url(settings, source), "cdn_base_url", schemes=("https", "http", "file")
-    )
     if sign and not settings.signing_key:
         raise ConfigError("--sign needs the signing key in RECONCILER_SIGNING_KEY")
+    scope = sorted(set(models)) if models else None
+    listing = _listing(settings, objects, root, shard if shard is not None else scope, progress)
+    # Settings read from flags, environment and file were checked; these may be a caller's own.
+    cdn_base_url = check_url(settings.cdn_base_url or default_cdn_base_url(settings, listing.source), "cdn_base_url",
+                             schemes=("https", "http", "file"))
+    planned = _plan_in_snapshot(settings, listing, scope, shard, cdn_base_url, batch_rows or settings.batch_rows,
+                                progress)
+    if shard is not None:
+        # A shard's scope: its top rows in the database (their rows were read and digested;
+        # one only in the source has no rows, so the digest is the same) and in the source.
+        scope = sorted(set(planned.in_shard) | set(planned.classified.counts))
+    _check_guards(settings, planned, scope, shard, cdn_base_url)
+    plan = _plan_file(settings, listing, planned, scope, shard)
+    # write_plan seals as it streams the changes, so plan() skips this pass.
+    return plan.seal(settings.signing_key if sign else None) if seal else plan
+
+
+@dataclass
+class _Listing:
+    """Where the objects come from, and the objects (a lazy iterable, read once)."""
+
+    source: Source | None
+    url: str | None
+    root: str
+    objects: Iterable[ObjectInfo]
+    inventory: Report | None = None  # the S3 Inventory report read instead of a listing
+
+
+def _listing(settings: Settings, objects, root: str, scope, progress: Progress) -> _Listing:
+    if objects is not None:
+        return _Listing(None, settings.source, root, objects)
+    source = _open_source(settings, None if progress is _quiet else progress)
+    inventory = None
+    if settings.inventory:
+        progress("reading the inventory manifest")
+        inventory = source.report  # checked (bucket, age) before anything else is read
+    return _Listing(source, source.url, source.root, source.list(scope, _under(settings.catalogue)), inventory)
+
+
+@dataclass
+class _Planned:
+    """What one snapshot of the database and one reading of the listing gave."""
+
+    classified: Listing
+    result: Result
+    state_digest: str
+    database_id: str
+    display: str
+    in_shard: list[str]  # a shard's top keys in the database
+
+
+def _plan_in_snapshot(settings: Settings, listing: _Listing, scope, shard: Shard | None, cdn_base_url: str,
+                      batch_rows: int, progress: Progress) -> _Planned:
+    """Classify the listing and plan it against one snapshot of the database: its digest
+    and current rows are read on a second connection (in the same snapshot) while the
+    listing is read; the platform's rows for lookups are read here."""
     catalogue = settings.catalogue
-    batch_rows = batch_rows or settings.batch_rows
     spill = Spill(batch_rows)
+    in_shard: list[str] = []
+
+    def shard_scope(conn) -> list[str]:
+        in_shard[:] = _models_in_shard(conn, catalogue, shard)
+        return in_shard
+
     with _database(settings) as db:
         check_schema(db, catalogue)
         try:
-            digest_scope = shard_scope if shard is not None else scope
             copies = RangeCopies(catalogue, batch_rows, spill.path)
+            digest_scope = shard_scope if shard is not None else scope
             with db.transaction() as conn, db.snapshot_digest(conn, catalogue, digest_scope, also=copies.run) as reads, \
                     _gc_paused(), _stopping(copies):
-                # The digest and the current rows of this snapshot are read on a second
-                # connection while the listing is read; the platform's rows for lookups
-                # are read here, from the same snapshot.
                 progress("listing the source")
-                if progress is not _quiet:
-                    objects = _counting(objects, progress)
-                listing = classify_listing(
-                    objects, catalogue, root=root, scope=shard if shard is not None else scope, spill=spill,
-                )
-                progress(f"listed {listing.object_count} objects; reading the database")
+                objects = _counting(listing.objects, progress) if progress is not _quiet else listing.objects
+                classified = classify_listing(objects, catalogue, root=listing.root,
+                                              scope=shard if shard is not None else scope, spill=spill)
+                progress(f"listed {classified.object_count} objects; reading the database")
                 rows_scope = in_shard if shard is not None else scope
                 known = read_known(conn, catalogue, rows_scope)
                 in_database = _top_keys_in(conn, catalogue, rows_scope)
                 state_digest = reads.result().digest
                 current = Current(ranges=copies.ranges(), counts=copies.counts, known=known)
-                result = plan_changes(
-                    listing, current, catalogue, cdn_base_url=cdn_base_url, root=root, moves=settings.detect_moves,
-                    batch_rows=batch_rows, spill=spill,
-                )
+                result = plan_changes(classified, current, catalogue, cdn_base_url=cdn_base_url, root=listing.root,
+                                      moves=settings.detect_moves, batch_rows=batch_rows, spill=spill)
                 database_id = database_identity(conn)
             # A typo'd --model lists nothing and changes nothing: a drift check would read
             # that as "in sync", so it is an error, not a note.
             if shard is None and scope:
-                _check_models(db, catalogue, source, scope, known=set(listing.counts) | in_database, hint="check --model")
+                _check_models(db, catalogue, listing.source, scope, known=set(classified.counts) | in_database,
+                              hint="check --model")
         except psycopg2.Error as e:
             spill.close()
             raise db.error(e, "cannot read the current state") from None
         except BaseException:
             spill.close()
             raise
-        display = db.display
-    desired_tops = listing.counts
-    if shard is not None:
-        # A shard's scope: its top rows in the database (their rows were read and digested;
-        # one only in the source has no rows, so the digest is the same) and in the source.
-        scope = sorted(set(in_shard) | set(desired_tops))
+        return _Planned(classified, result, state_digest, database_id, db.display, in_shard)
+
+
+def _check_guards(settings: Settings, planned: _Planned, scope, shard: Shard | None, cdn_base_url: str) -> None:
+    """The guards a plan must pass (:mod:`reconciler.engine.safety`): an empty source,
+    too many deletes, too many URLs rewritten."""
+    catalogue = settings.catalogue
+    result = planned.result
     current_rows = sum(result.current_counts.values())
     # A shard whose top rows all left the bucket is not an empty source when other shards'
     # are there: only a source with nothing at all is refused.
-    recognised = len(desired_tops) or int(shard is not None and shard.saw_others)
+    recognised = len(planned.classified.counts) or int(shard is not None and shard.saw_others)
     check_empty_source(recognised, current_rows, scope, settings.allow_empty_source, catalogue.top.name)
     deletes = sum(counts["delete"] for counts in summarize(result.changes).values())
     check_delete_limits(deletes, current_rows, settings.limits)
     rewrites, holding = url_rewrites(result.changes, catalogue)
     check_url_rewrites(rewrites, sum(result.current_counts[k] for k in holding), settings.limits, base=cdn_base_url,
                        what="/".join(holding))
+
+
+def _plan_file(settings: Settings, listing: _Listing, planned: _Planned, scope, shard: Shard | None) -> Plan:
+    """The plan as its file records it: the changes, where they came from, what they are for."""
+    catalogue = settings.catalogue
+    classified, result = planned.classified, planned.result
     extra = {}
-    source_extra = {"inventory": inventory.to_dict()} if inventory is not None else {}
-    target_extra = {"shard": str(shard)} if shard is not None else {}
     if settings.max_delete is not None or settings.max_delete_percent is not None:
         extra["limits"] = settings.limits.to_dict()
     if result.held:
         # Rows whose objects are under a platform row that is missing: left as they are.
         extra["held"] = {kind: {"count": len(keys), "examples": keys[:SKIPPED_EXAMPLES]}
                          for kind, keys in sorted(result.held.items())}
-    plan = Plan(
-        changes=result.changes,
-        source={
-            "url": source_url,
-            "object_count": listing.object_count,
-            "skipped": dict(sorted(listing.skipped.items())),
-            "skipped_examples": {k: v for k, v in sorted(listing.skipped_examples.items())},
-            **source_extra,
-        },
-        target={
-            "database": display,
-            "database_id": database_id,
-            "catalogue": catalogue.describe(),
-            "scope": scope,
-            "state_digest": state_digest,
-            "current_counts": result.current_counts,
-            **target_extra,
-        },
-        tool_version=__version__,
-        extra=extra,
-        kinds=catalogue.kinds,
-        descriptor=catalogue,
-    )
-    # write_plan seals as it streams the changes, so plan() skips this pass.
-    return plan.seal(settings.signing_key if sign else None) if seal else plan
+    source = {
+        "url": listing.url,
+        "object_count": classified.object_count,
+        "skipped": dict(sorted(classified.skipped.items())),
+        "skipped_examples": dict(sorted(classified.skipped_examples.items())),
+    }
+    if listing.inventory is not None:
+        source["inventory"] = listing.inventory.to_dict()
+    target = {
+        "database": planned.display,
+        "database_id": planned.database_id,
+        "catalogue": catalogue.describe(),
+        "scope": scope,
+        "state_digest": planned.state_digest,
+        "current_counts": result.current_counts,
+    }
+    if shard is not None:
+        target["shard"] = str(shard)
+    return Plan(changes=result.changes, source=source, target=target, tool_version=__version__, extra=extra,
+                kinds=catalogue.kinds, descriptor=catalogue)
 
 
 def _top_keys_in(conn, catalogue, scope) -> set[str]:

@@ -22,9 +22,9 @@ from urllib.parse import urlsplit
 
 from .catalogue import Catalogue, default_catalogue
 from .engine import BATCH_ROWS
+from .engine.safety import Limits
 from .errors import ConfigError
 from .planfile.digest import SIGNING_KEY_ENV
-from .engine.safety import Limits
 
 ENV = {
     "config": "RECONCILER_CONFIG",

@@ -17,7 +17,8 @@ import time
 import pytest
 
 from reconciler.errors import SourceError
-from reconciler.sources import S3_MAX_ATTEMPTS, S3Source, open_source
+from reconciler.sources import S3Source, open_source
+from reconciler.sources.s3 import S3_MAX_ATTEMPTS
 
 from .conftest import CDN
 from .faultproxy import FaultProxy, always, first_attempt_fails, in_key_order, prefixes_first, reorder_listing, seeded

@@ -359,7 +359,36 @@ def compile_spec(spec: dict, where: str = "catalogue") -> Catalogue:
     classes = {c: frozenset(x.lower() for x in exts) for c, exts in (spec.get("classes") or {}).items()}
     raw = spec["entities"]
 
-    # The tree of entities: one top, parents that exist, no cycles.
+    names = list(raw)
+    ancestors = _entity_tree(raw, problems, where)
+    broken = bool(problems.found)  # the tree: entities are checked only once it holds
+    order = sorted(names, key=lambda n: (len(ancestors[n]), names.index(n)))
+
+    # Rules first: entities' checks need to know which captures reach them.
+    rules, facets = _rules(spec["rules"], raw, classes, problems, where)
+
+    if broken:
+        raise SpecErrors(problems.found)
+    entities: dict[str, Entity] = {}
+    for n in order:
+        e = problems.attempt(_entity, n, raw[n], ancestors[n], tuple(facets[n]), raw, classes, f"{where}.entities.{n}")
+        if e is not None:
+            entities[n] = e
+    if problems.found:
+        raise SpecErrors(problems.found)
+    catalogue = Catalogue(spec["name"], spec.get("description", ""), classes, tuple(entities[n] for n in order),
+                          tuple(rules), spec=normalize(spec))
+    _check_rules_reach(catalogue, problems, where)
+    _check_columns(catalogue, problems, where)
+    if problems.found:
+        raise SpecErrors(problems.found)
+    return Catalogue(catalogue.name, catalogue.description, classes, catalogue.entities, catalogue.rules,
+                     spec=catalogue.spec, fingerprint=fingerprint_of(catalogue.spec), source=spec)
+
+
+def _entity_tree(raw: dict, problems: "_Problems", where: str) -> dict[str, tuple[str, ...]]:
+    """Each entity's ancestors, nearest first, once the tree is checked: one top,
+    parents that exist, no cycles."""
     names = list(raw)
     parents = {n: (raw[n].get("parent") or {}).get("entity") for n in names}
     for n, p in parents.items():
@@ -380,13 +409,16 @@ def compile_spec(spec: dict, where: str = "catalogue") -> Catalogue:
         if p == n or (p is not None and p in chain):
             problems.add(f"{where}.entities.{n}.parent.entity", "parents form a cycle")
         ancestors[n] = tuple(chain)
-    broken = bool(problems.found)  # the tree: entities are checked only once it holds
-    order = sorted(names, key=lambda n: (len(ancestors[n]), names.index(n)))
+    return ancestors
 
-    # Rules first: entities' checks need to know which captures reach them.
+
+def _rules(specs: list, raw: dict, classes: dict, problems: "_Problems", where: str
+           ) -> tuple[list[Rule], dict[str, list[str]]]:
+    """The rules, compiled, and the facets they give each entity."""
+    names = list(raw)
     rules: list[Rule] = []
     facets: dict[str, list[str]] = {n: [] for n in names}
-    for i, r in enumerate(spec["rules"]):
+    for i, r in enumerate(specs):
         at = f"{where}.rules[{i}]"
         actions = [a for a in ("row", "facet", "skip") if a in r]
         if len(actions) != 1:
@@ -414,24 +446,8 @@ def compile_spec(spec: dict, where: str = "catalogue") -> Catalogue:
         if action == "facet" and facet not in facets[entity]:
             facets[entity].append(facet)
         rules.append(Rule(i, name, pattern, action, entity=entity, facet=facet or None))
+    return rules, facets
 
-    if broken:
-        raise SpecErrors(problems.found)
-    entities: dict[str, Entity] = {}
-    for n in order:
-        e = problems.attempt(_entity, n, raw[n], ancestors[n], tuple(facets[n]), raw, classes, f"{where}.entities.{n}")
-        if e is not None:
-            entities[n] = e
-    if problems.found:
-        raise SpecErrors(problems.found)
-    catalogue = Catalogue(spec["name"], spec.get("description", ""), classes, tuple(entities[n] for n in order),
-                          tuple(rules), spec=normalize(spec))
-    _check_rules_reach(catalogue, problems, where)
-    _check_columns(catalogue, problems, where)
-    if problems.found:
-        raise SpecErrors(problems.found)
-    return Catalogue(catalogue.name, catalogue.description, classes, catalogue.entities, catalogue.rules,
-                     spec=catalogue.spec, fingerprint=fingerprint_of(catalogue.spec), source=spec)
 
 
 class SpecErrors(Exception):

@@ -8,7 +8,7 @@ import functools
 from itertools import repeat
 
 from ..canonical import canonical_checked
-from ..catalogue import Catalogue
+from ..catalogue import Catalogue, default_catalogue
 from ..engine.diff import ACTION_ORDER, ACTIONS, Change, summarize
 from ..errors import PlanFileError, SignatureError, WrongCatalogueError
 from .digest import BATCH, BodyHasher, signature_problem
@@ -92,31 +92,13 @@ def verify_plan(
     hashed again.
     """
     layout = None if _whole else line_layout(path)
-    data = None
-    if layout is not None:
-        top = layout.top
-    else:
-        data = read_whole(path)
-        top = _whole_top(data, path)
+    data = None if layout is not None else read_whole(path)
+    top = layout.top if layout is not None else _whole_top(data, path)
     check_top(top, path)
-    if catalogue is None:
-        from ..catalogue import load_catalogue
-
-        catalogue = load_catalogue()
+    catalogue = catalogue or default_catalogue()
     check_catalogue(top["target"], catalogue, path)
     rules = plan_rules(catalogue)
-    plan = Plan(
-        changes=[],
-        source=top["source"],
-        target=top["target"],
-        tool_version=top["tool_version"],
-        created_at=top["created_at"],
-        extra={k: top[k] for k in ("kind", "rolls_back", "limits", "held") if k in top},
-        plan_id=top["plan_id"],
-        signature=top.get("signature"),
-        kinds=rules.kinds,
-        descriptor=catalogue,
-    )
+    plan = _plan_head(top, rules, catalogue)
 
     def run(raw: bool) -> str | None:
         plan.changes = []
@@ -148,6 +130,22 @@ def verify_plan(
     if keep_changes and plan.summary_override == summarize(plan.changes, rules.kinds):
         plan.summary_override = None
     return plan
+
+
+def _plan_head(top: dict, rules: PlanRules, catalogue: Catalogue) -> Plan:
+    """The plan as its envelope says, its changes still to be read."""
+    return Plan(
+        changes=[],
+        source=top["source"],
+        target=top["target"],
+        tool_version=top["tool_version"],
+        created_at=top["created_at"],
+        extra={k: top[k] for k in ("kind", "rolls_back", "limits", "held") if k in top},
+        plan_id=top["plan_id"],
+        signature=top.get("signature"),
+        kinds=rules.kinds,
+        descriptor=catalogue,
+    )
 
 
 def check_catalogue(target: dict, catalogue: Catalogue, path: str) -> None:

@@ -24,9 +24,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..config import secret_values
-from ..store.db import redact_url, scrub
-from ..errors import DatabaseError, ReconcilerError
 from ..controller.runs import RunError
+from ..errors import DatabaseError, ReconcilerError
+from ..store.db import redact_url, scrub
 from . import api, hooks, pages
 from .auth import API_TOKENS_ENV, METRICS_TOKEN_ENV, WEBHOOK_TOKEN_ENV, Tokens
 from .guard import Guard, Site

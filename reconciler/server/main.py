@@ -19,9 +19,9 @@ from typing import Iterator
 from ..config import Settings
 from ..controller.loop import Controller
 from ..controller.options import ServeOptions
-from ..store.migrations import check_schema
-from ..store.db import open_database, scrub
 from ..errors import ConfigError
+from ..store.db import open_database, scrub
+from ..store.migrations import check_schema
 from .app import create_app
 from .auth import API_TOKENS_ENV, Tokens, is_loopback
 

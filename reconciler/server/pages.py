@@ -33,9 +33,9 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import render
+from ..controller.runs import STATUSES, RunConflict, RunError, RunNotFound, total
 from ..engine.diff import ACTIONS
 from ..errors import DatabaseError, ReconcilerError
-from ..controller.runs import STATUSES, RunConflict, RunError, RunNotFound, total
 from ..version import __version__
 from . import charts
 from .http import int_param, path_id, read_body

@@ -234,15 +234,7 @@ def rollback_plan(db: Database, catalogue: Catalogue, apply_id: int) -> Plan:
             undone = cur.fetchone()
             if undone:
                 raise ReconcilerError(f"apply {apply_id} was already rolled back by apply {undone[0]}; see `reconciler history`")
-            cur.execute(
-                "SELECT kind, action, key, before, after, before_parent, after_parent "
-                "FROM reconciler_changes WHERE apply_id = %s",
-                (apply_id,),
-            )
-            rows = cur.fetchall()
-            if plan_file is not None:
-                # Audited since the plan file is stored: its creates have no rows here.
-                rows += stored_creates(catalogue, bytes(plan_file), plan_id, apply_id)
+            rows = _audited(cur, catalogue, apply_id, plan_id, plan_file)
             unknown = sorted({r[0] for r in rows} - set(catalogue.kinds))
             if unknown:
                 raise ReconcilerError(f"cannot roll back apply {apply_id}: it changed {unknown[0]} rows, which catalogue "
@@ -254,6 +246,42 @@ def rollback_plan(db: Database, catalogue: Catalogue, apply_id: int) -> Plan:
             database_id = database_identity(conn)
     except psycopg2.Error as e:
         raise db.error(e, "cannot read the audit log") from None
+    _check_unchanged(catalogue, apply_id, changes, live)
+    return Plan(
+        changes=changes,
+        source={"url": f"audit log of apply {apply_id} (made from {source})", "object_count": 0, "skipped": {}},
+        target={
+            "database": db.display,
+            "database_id": database_id,
+            "catalogue": catalogue.describe(),
+            "scope": scope,
+            "state_digest": current.digest,
+            "current_counts": current.counts,
+        },
+        tool_version=__version__,
+        extra={"kind": "rollback", "rolls_back": apply_id},
+        kinds=catalogue.kinds,
+        descriptor=catalogue,
+    )
+
+
+def _audited(cur, catalogue: Catalogue, apply_id: int, plan_id: str, plan_file) -> list[tuple]:
+    """The apply's changes as the audit log holds them, a row each."""
+    cur.execute(
+        "SELECT kind, action, key, before, after, before_parent, after_parent "
+        "FROM reconciler_changes WHERE apply_id = %s",
+        (apply_id,),
+    )
+    rows = cur.fetchall()
+    if plan_file is not None:
+        # Audited since the plan file is stored: its creates have no rows here.
+        rows += stored_creates(catalogue, bytes(plan_file), plan_id, apply_id)
+    return rows
+
+
+def _check_unchanged(catalogue: Catalogue, apply_id: int, changes: list[Change], live: dict) -> None:
+    """Refuse the inverse of an apply whose rows changed since: it would not restore
+    what it claims."""
     for c in changes:
         e = catalogue.entity(c.kind)
         have = live.get((c.kind, c.key))
@@ -272,19 +300,3 @@ def rollback_plan(db: Database, catalogue: Catalogue, apply_id: int) -> Plan:
                 f"cannot roll back apply {apply_id}: {c.kind} {name!r} changed since; "
                 "make a new plan from the bucket instead"
             )
-    return Plan(
-        changes=changes,
-        source={"url": f"audit log of apply {apply_id} (made from {source})", "object_count": 0, "skipped": {}},
-        target={
-            "database": db.display,
-            "database_id": database_id,
-            "catalogue": catalogue.describe(),
-            "scope": scope,
-            "state_digest": current.digest,
-            "current_counts": current.counts,
-        },
-        tool_version=__version__,
-        extra={"kind": "rollback", "rolls_back": apply_id},
-        kinds=catalogue.kinds,
-        descriptor=catalogue,
-    )

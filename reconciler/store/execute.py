@@ -945,80 +945,15 @@ def _apply(
             total = sum(sum(v.values()) for v in summary.values())
             if total == 0:
                 return ApplyResult(None, plan.plan_id, summary, db.display)
-            deletes = sum(v["delete"] for v in summary.values())
             check_file()
             progress("waiting for the apply lock")
             _lock(cur, catalogue, lock_timeout)
-            cur.execute("SELECT id, applied_at FROM reconciler_applies WHERE plan_id = %s", (plan.plan_id,))
-            row = cur.fetchone()
-            if row:
-                raise AlreadyAppliedError(
-                    f"plan {plan.plan_id[:12]} was already applied (apply {row[0]}, {row[1]:%Y-%m-%d %H:%M:%S %Z}); "
-                    "make a new plan to apply further changes"
-                )
-            check_database_identity(conn, plan, db.display)
-            progress("checking that the database has not changed since the plan")
-            state = state_digest(conn, catalogue, plan.scope)
-            if state.digest != plan.target["state_digest"]:
-                raise StalePlanError(
-                    "the plan is stale: the database changed since the plan was made "
-                    f"(at {plan.created_at}); make a new plan and review it"
-                )
+            state = _check_applicable(cur, conn, catalogue, plan, db.display, progress)
             progress(f"staging {total} changes")
             stage.load(cur)
-            # The default guards watch for a listing that missed objects and a wrong
-            # cdn_base_url; a rollback is made from the audit log, so only set limits apply.
-            defaults = plan.extra.get("kind") != "rollback"
-            when = "plan being applied"
-            check_delete_limits(deletes, state.rows, limits, when=when, defaults=defaults)
-            rewrites, url_rows = _url_rewrites(cur, catalogue, stage.layouts, summary, state.counts)
-            check_url_rewrites(rewrites, url_rows, limits, when=when, defaults=defaults,
-                               what="/".join(url_columns(catalogue)))
-            cur.execute(
-                """INSERT INTO reconciler_applies
-                     (plan_id, os_user, tool_version, source, scope, summary, plan_created_at, rolls_back, plan_file)
-                   SELECT %s, %s, %s, %s, %s, %s, %s, %s, string_agg(data, ''::bytea ORDER BY seq) FROM rc_plan_file
-                   RETURNING id""",
-                (
-                    plan.plan_id,
-                    _os_user(actor),
-                    __version__,
-                    plan.source.get("url"),
-                    json.dumps(plan.scope),
-                    json.dumps(summary),
-                    plan.created_at,
-                    plan.extra.get("rolls_back"),
-                ),
-            )
-            apply_id = cur.fetchone()[0]
-            layouts = stage.layouts
-            kinds = catalogue.kinds
-            for kind in kinds:
-                counts = summary[kind]
-                changing = counts["update"] + counts.get("move", 0) + counts["delete"]
-                _resolve(cur, layouts[kind], changing)
-                if changing:
-                    _audit_before(cur, layouts[kind], apply_id)
-            for kind in reversed(kinds):
-                if summary[kind]["delete"]:
-                    _delete_early(cur, layouts[kind])
-            progress("creating, moving and updating")
-            for kind in kinds:
-                # Moves before creates: a move may free the key a create takes (a
-                # model's rename leaves its post's old name to a new post).
-                _move(cur, layouts[kind], summary[kind].get("move", 0))
-                _insert(cur, layouts[kind], summary[kind]["create"], getattr(stage, "restores", {}).get(kind))
-                if summary[kind]["update"]:
-                    _update(cur, layouts[kind])
-            progress("deleting")
-            for kind in reversed(kinds):
-                if summary[kind]["delete"]:
-                    _delete(cur, layouts[kind])
-            _touch(cur, catalogue, layouts, stage, summary)
-            progress("writing the audit log")
-            for kind in kinds:
-                if summary[kind]["update"] or summary[kind].get("move", 0):
-                    _audit_after(cur, layouts[kind], apply_id)
+            _check_guards(cur, catalogue, plan, stage, state, limits)
+            apply_id = _record_apply(cur, plan, actor)
+            _write_changes(cur, catalogue, stage, summary, apply_id, progress)
             progress("committing")
     except ReconcilerError:
         raise
@@ -1031,6 +966,94 @@ def _apply(
     except psycopg2.Error as e:
         raise db.error(e, "apply failed and changed nothing") from None
     return ApplyResult(apply_id, plan.plan_id, summary, db.display)
+
+
+def _check_applicable(cur, conn, catalogue: Catalogue, plan: Plan, display: str, progress: Progress):
+    """Refuse a plan applied before, made on another database, or stale (the database
+    changed since it was made); return the state the plan was checked against."""
+    cur.execute("SELECT id, applied_at FROM reconciler_applies WHERE plan_id = %s", (plan.plan_id,))
+    row = cur.fetchone()
+    if row:
+        raise AlreadyAppliedError(
+            f"plan {plan.plan_id[:12]} was already applied (apply {row[0]}, {row[1]:%Y-%m-%d %H:%M:%S %Z}); "
+            "make a new plan to apply further changes"
+        )
+    check_database_identity(conn, plan, display)
+    progress("checking that the database has not changed since the plan")
+    state = state_digest(conn, catalogue, plan.scope)
+    if state.digest != plan.target["state_digest"]:
+        raise StalePlanError(
+            "the plan is stale: the database changed since the plan was made "
+            f"(at {plan.created_at}); make a new plan and review it"
+        )
+    return state
+
+
+def _check_guards(cur, catalogue: Catalogue, plan: Plan, stage, state, limits: Limits) -> None:
+    """The guards once more, on the plan being applied (the config file's limits)."""
+    # The default guards watch for a listing that missed objects and a wrong
+    # cdn_base_url; a rollback is made from the audit log, so only set limits apply.
+    defaults = plan.extra.get("kind") != "rollback"
+    when = "plan being applied"
+    deletes = sum(v["delete"] for v in plan.summary.values())
+    check_delete_limits(deletes, state.rows, limits, when=when, defaults=defaults)
+    rewrites, url_rows = _url_rewrites(cur, catalogue, stage.layouts, plan.summary, state.counts)
+    check_url_rewrites(rewrites, url_rows, limits, when=when, defaults=defaults,
+                       what="/".join(url_columns(catalogue)))
+
+
+def _record_apply(cur, plan: Plan, actor: str | None) -> int:
+    """The apply's row in reconciler_applies, with the plan file as it was read."""
+    cur.execute(
+        """INSERT INTO reconciler_applies
+             (plan_id, os_user, tool_version, source, scope, summary, plan_created_at, rolls_back, plan_file)
+           SELECT %s, %s, %s, %s, %s, %s, %s, %s, string_agg(data, ''::bytea ORDER BY seq) FROM rc_plan_file
+           RETURNING id""",
+        (
+            plan.plan_id,
+            _os_user(actor),
+            __version__,
+            plan.source.get("url"),
+            json.dumps(plan.scope),
+            json.dumps(plan.summary),
+            plan.created_at,
+            plan.extra.get("rolls_back"),
+        ),
+    )
+    return cur.fetchone()[0]
+
+
+def _write_changes(cur, catalogue: Catalogue, stage, summary: dict, apply_id: int, progress: Progress) -> None:
+    """The staged changes, kind by kind in an order no constraint objects to, with the
+    audit's images of the rows before and after."""
+    layouts = stage.layouts
+    kinds = catalogue.kinds
+    for kind in kinds:
+        counts = summary[kind]
+        changing = counts["update"] + counts.get("move", 0) + counts["delete"]
+        _resolve(cur, layouts[kind], changing)
+        if changing:
+            _audit_before(cur, layouts[kind], apply_id)
+    for kind in reversed(kinds):
+        if summary[kind]["delete"]:
+            _delete_early(cur, layouts[kind])
+    progress("creating, moving and updating")
+    for kind in kinds:
+        # Moves before creates: a move may free the key a create takes (a
+        # model's rename leaves its post's old name to a new post).
+        _move(cur, layouts[kind], summary[kind].get("move", 0))
+        _insert(cur, layouts[kind], summary[kind]["create"], getattr(stage, "restores", {}).get(kind))
+        if summary[kind]["update"]:
+            _update(cur, layouts[kind])
+    progress("deleting")
+    for kind in reversed(kinds):
+        if summary[kind]["delete"]:
+            _delete(cur, layouts[kind])
+    _touch(cur, catalogue, layouts, stage, summary)
+    progress("writing the audit log")
+    for kind in kinds:
+        if summary[kind]["update"] or summary[kind].get("move", 0):
+            _audit_after(cur, layouts[kind], apply_id)
 
 
 def check_database_identity(conn, plan: Plan, display: str) -> None:
