@@ -23,9 +23,9 @@ notification, until its content changes or it is resolved (applied, or a full ch
 finds nothing) and comes back.
 
 **Delivery.** A thread of the leader claims due deliveries (a lease: a replica that
-dies while sending leaves them to be sent again when the lease ends) and sends each
-from a small pool, with a timeout, so a receiver that hangs holds one sender, never
-the loop. A failure is retried with exponential backoff (5 s, doubling, at most 10
+dies while sending leaves them to be sent again when the lease ends) and sends them
+from a small pool, one at a time per destination and each with a timeout, so a
+receiver that hangs holds its own sender, never another destination's or the loop. A failure is retried with exponential backoff (5 s, doubling, at most 10
 minutes apart) up to ten attempts; a 4xx answer other than 408 and 429 fails at once
 (the destination is wrong, and retrying will not fix it). Every delivery, with its
 attempts and last error, is on the dashboard and in the API. Delivery is at least
@@ -325,17 +325,16 @@ class Notifier:
     """Queues and delivers notifications for one controller (see the module's doc)."""
 
     def __init__(self, runs: Runs, destinations: tuple[Destination, ...], approvals: Approvals, catalogue: Catalogue,
-                 public_url: str | None, *, leading: Callable[[], bool], tick: float = 0.5, backoff: float = 5.0,
-                 senders: int = 4) -> None:
+                 public_url: str | None, *, leading: Callable[[], bool], tick: float = 0.5,
+                 backoff: float = 5.0) -> None:
         self.runs, self.destinations, self.approvals = runs, destinations, approvals
         self.catalogue, self.public_url, self.leading = catalogue, public_url, leading
         self.tick, self.backoff = tick, backoff
         self.by_name = {d.name: d for d in destinations}
         self.secrets = sorted({s for d in destinations for s in d.secrets}, key=len, reverse=True)
         self.stopping = threading.Event()
-        self.pool = ThreadPoolExecutor(max_workers=senders, thread_name_prefix="notify")
-        self.senders = senders
-        self._in_flight = 0
+        self.pool = ThreadPoolExecutor(max_workers=max(1, len(destinations)), thread_name_prefix="notify")
+        self._busy: set[str] = set()  # destinations with a sender at work
         self._lock = threading.Lock()
         self._leads = 0
         self._thread = threading.Thread(target=self._run, name="notifier", daemon=True)
@@ -413,38 +412,50 @@ class Notifier:
     # ------------------------------------------------------------------ delivering
 
     def deliver_due(self) -> int:
-        """Claim due deliveries for the free senders (a lease of twice the
-        destination's timeout and a minute: a replica that dies while sending leaves
-        them to the next) and send them from the pool; returns how many were claimed."""
+        """Start a sender for each destination that has due deliveries and none in
+        flight: one at a time per destination, so a receiver that hangs holds its own
+        sender and no other's; returns how many senders were started."""
         with self._lock:
-            free = self.senders - self._in_flight
-        if free <= 0 or not self.destinations:
-            return 0
-        lease = max(d.timeout for d in self.destinations) * 2 + 60
+            idle = [d for d in self.destinations if d.name not in self._busy]
+            self._busy.update(d.name for d in idle)
+        started = 0
+        for d in idle:
+            row = self._claim(d)
+            if row is None:
+                self._release(d)
+                continue
+            self.pool.submit(self._drain, d, row)
+            started += 1
+        return started
+
+    def _claim(self, dest: Destination) -> tuple | None:
+        """The destination's next due delivery, leased for twice its timeout and a
+        minute (a replica that dies while sending leaves it to the next leader)."""
         with self.runs.session("cannot claim notifications"), self.runs.db.atomic():
-            claimed = self.runs.db.execute_sql(
+            return self.runs.db.execute_sql(
                 """UPDATE reconciler_deliveries d SET attempts = d.attempts + 1,
                           next_attempt_at = now() + make_interval(secs => %s)
-                   FROM (SELECT id FROM reconciler_deliveries
-                         WHERE status = 'pending' AND next_attempt_at <= now() AND destination = ANY(%s)
-                         ORDER BY next_attempt_at, id LIMIT %s FOR UPDATE SKIP LOCKED) due
-                   WHERE d.id = due.id RETURNING d.id, d.destination, d.event, d.body, d.attempts""",
-                (lease, list(self.by_name), free)).fetchall()
-        for row in claimed:
-            with self._lock:
-                self._in_flight += 1
-            self.pool.submit(self._deliver, *row)
-        return len(claimed)
+                   WHERE d.id = (SELECT id FROM reconciler_deliveries
+                                 WHERE status = 'pending' AND destination = %s AND next_attempt_at <= now()
+                                 ORDER BY next_attempt_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+                   RETURNING d.id, d.event, d.body, d.attempts""",
+                (dest.timeout * 2 + 60, dest.name)).fetchone()
 
-    def _deliver(self, delivery_id: int, destination: str, event: str, data: str, attempts: int) -> None:
+    def _drain(self, dest: Destination, row: tuple) -> None:
+        """Send the destination's due deliveries one after another, then let it go."""
         try:
-            outcome = send(self.by_name[destination], delivery_id, event, data.encode("utf-8"))
-            self._record(delivery_id, attempts, outcome)
-        except Exception as e:  # recorded next time the lease ends; the sender lives on
-            log.warning("notification %s: %s", delivery_id, scrub(one_line(e), *self.secrets))
+            while row is not None and not self.stopping.is_set():
+                delivery_id, event, data, attempts = row
+                self._record(delivery_id, attempts, send(dest, delivery_id, event, data.encode("utf-8")))
+                row = self._claim(dest) if self.leading() else None
+        except Exception as e:  # the database away: the lease ends and the next round sends it
+            log.warning("notifications to %s: %s", dest.name, scrub(one_line(e), *self.secrets))
         finally:
-            with self._lock:
-                self._in_flight -= 1
+            self._release(dest)
+
+    def _release(self, dest: Destination) -> None:
+        with self._lock:
+            self._busy.discard(dest.name)
 
     def _record(self, delivery_id: int, attempts: int, outcome: Outcome) -> None:
         error = scrub(outcome.error, *self.secrets) if outcome.error else None

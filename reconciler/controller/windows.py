@@ -30,8 +30,9 @@ from ..errors import ConfigError
 
 KINDS = ("allow", "deny")
 # A window whose occurrences overlap or touch stays open across them; following them is
-# bounded so that "* * * * *" with a long duration cannot loop for long.
-_MAX_CHAINED = 10_000
+# bounded (a few milliseconds) so that "* * * * *" for two minutes, never closing, does
+# not loop for long: its end is then known only as "at least".
+_MAX_CHAINED = 1_000
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,10 @@ class Window:
         said = CronSim(self.schedule, datetime.now(self.zone)).explain()
         return f"{said} ({self.timezone}), for {_hours(self.duration)}"
 
-    def occurrence(self, now: datetime) -> tuple[datetime, datetime] | None:
+    def occurrence(self, now: datetime) -> tuple[datetime, datetime, bool] | None:
         """The open span ``[start, end)`` that holds ``now`` (occurrences that overlap
-        or touch make one span), or None when the window is closed at ``now``."""
+        or touch make one span) and whether its end is only a lower bound, or None
+        when the window is closed at ``now``."""
         span = timedelta(seconds=self.duration)
         fires = CronSim(self.schedule, (now - span).astimezone(self.zone))
         start = next(fires).astimezone(timezone.utc)
@@ -67,9 +69,9 @@ class Window:
         for _ in range(_MAX_CHAINED):
             later = next(fires).astimezone(timezone.utc)
             if later > end:
-                break
+                return start, end, False
             end = max(end, later + span)
-        return start, end
+        return start, end, True
 
     def next_start(self, now: datetime) -> datetime:
         return next(CronSim(self.schedule, now.astimezone(self.zone))).astimezone(timezone.utc)
@@ -82,6 +84,7 @@ class Open:
     window: Window
     start: datetime
     end: datetime
+    at_least: bool = False  # the window goes on past ``end``, as far as was looked
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,8 @@ def gate(windows: tuple[Window, ...], now: datetime) -> Gate:
     denying = [o for o in active if o.window.kind == "deny"]
     if denying:
         last = max(denying, key=lambda o: o.end)
-        return Gate(False, f"inside the deny window {last.window.label!r} until {_human(last.end, last.window)}",
-                    now, last.end, active)
+        until = ("at least " if last.at_least else "") + _human(last.end, last.window)
+        return Gate(False, f"inside the deny window {last.window.label!r} until {until}", now, last.end, active)
     allows = [w for w in windows if w.kind == "allow"]
     if allows and not any(o.window.kind == "allow" for o in active):
         first = min(allows, key=lambda w: w.next_start(now))
