@@ -438,16 +438,16 @@ class Received:
 
 
 class Receiver:
-    """A small HTTP server on loopback that records every POST it gets. ``answers``
-    are the statuses to answer, in turn (then 200); while ``hanging`` is set it holds
-    every request without answering (until :meth:`release`)."""
+    """A small HTTP server on loopback that records every POST it gets and answers
+    ``status``; while ``hanging`` is set it holds every request without answering
+    (until :meth:`release`)."""
 
     def __init__(self) -> None:
         import http.server
         import threading
 
         self.requests: list[Received] = []
-        self.answers: list[int] = []
+        self.status = 200
         self.hanging = threading.Event()
         self.released = threading.Event()
         self.lock = threading.Lock()
@@ -458,7 +458,7 @@ class Receiver:
                 data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with receiver.lock:
                     receiver.requests.append(Received(self.path, dict(self.headers.items()), data))
-                    status = receiver.answers.pop(0) if receiver.answers else 200
+                    status = receiver.status
                 if receiver.hanging.is_set():
                     receiver.released.wait(120)
                 self.send_response(status)
