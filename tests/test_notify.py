@@ -270,3 +270,13 @@ def test_a_receiver_that_hangs_holds_up_neither_the_loop_nor_the_others(controll
                    what="the stuck receiver served once released")
     finally:
         stuck.close()
+
+
+def test_deliveries_done_are_forgotten_after_30_days(controller, sql):
+    c = controller([])
+    sql("""INSERT INTO reconciler_deliveries (destination, event, dedup_key, body, status, created_at) VALUES
+           ('audit', 'applied', 'old-done', '{}', 'delivered', now() - interval '31 days'),
+           ('audit', 'applied', 'old-waiting', '{}', 'pending', now() - interval '31 days'),
+           ('audit', 'applied', 'recent', '{}', 'failed', now() - interval '29 days')""")
+    assert c.notifier.purge() == 1
+    assert sorted(k for (k,) in sql("SELECT dedup_key FROM reconciler_deliveries")) == ["old-waiting", "recent"]

@@ -87,6 +87,7 @@ EVENT_HEADER = "X-Reconciler-Event"
 
 MAX_ATTEMPTS = 10
 MAX_BACKOFF = 600.0
+KEEP_DAYS = 30  # deliveries done are kept this long (the dashboard's record, and the drift's dedup)
 
 
 @dataclass(frozen=True)
@@ -353,11 +354,15 @@ class Notifier:
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     def _run(self) -> None:
+        last_purge = 0.0
         while not self.stopping.is_set():
             try:
                 if self.leading():
                     self.queue_run_events()
                     self.deliver_due()
+                    if time.monotonic() - last_purge > 3600:
+                        self.purge()
+                        last_purge = time.monotonic()
             except Exception as e:  # the database away, or a bug: neither may stop the thread
                 log.warning("notifications: %s", scrub(one_line(e), *self.secrets))
             self.stopping.wait(self.tick)
@@ -471,6 +476,14 @@ class Notifier:
                 Delivery.update(last_error=error, next_attempt_at=pw.SQL(f"now() + interval '{wait:.3f} seconds'")
                                 ).where(Delivery.id == delivery_id).execute()
                 log.info("notification %s: %s; retrying in %.0fs", delivery_id, error, wait)
+
+    def purge(self, days: int = KEEP_DAYS) -> int:
+        """Forget deliveries done (delivered or failed) more than ``days`` ago. A drift
+        unchanged for that long is then told again: a reminder, not a duplicate."""
+        with self.runs.session("cannot purge old notifications"):
+            return (Delivery.delete().where((Delivery.status != "pending")
+                                            & (Delivery.created_at < pw.SQL(f"now() - interval '{int(days)} days'")))
+                    .execute())
 
     # ------------------------------------------------------------------ reading
 
