@@ -409,11 +409,13 @@ def plan(settings: Settings, output: str | None = None, **kwargs) -> tuple[Plan,
 
 
 def apply(
-    settings: Settings, path: str, *, require_signature: bool = False, progress: Progress = _quiet, actor: str | None = None
+    settings: Settings, path: str, *, require_signature: bool = False, progress: Progress = _quiet,
+    actor: str | None = None, override_reason: str | None = None,
 ) -> ApplyResult:
     """Verify the plan file (schema, plan_id, signature), then apply it in one
     transaction (see :mod:`reconciler.store.execute`). ``actor`` names who approved it (the
-    audit log's ``os_user``)."""
+    audit log's ``os_user``); ``override_reason`` why it was applied inside a closed
+    change window (``reconciler serve``), kept in the audit log too."""
     progress("verifying the plan file")
     copy = PlanFileCopy(path)  # the audit keeps the file itself, compressed
     verify = functools.partial(
@@ -436,7 +438,7 @@ def apply(
                 raise
             return apply_file(
                 db, settings.catalogue, lambda sink: verify(sink=sink), lock_timeout=settings.lock_timeout, limits=settings.limits,
-                progress=progress, actor=actor, plan_file=copy,
+                progress=progress, actor=actor, plan_file=copy, override_reason=override_reason,
             )
     finally:
         copy.close()

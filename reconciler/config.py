@@ -49,13 +49,20 @@ METRICS_TOKEN_ENV = "RECONCILER_METRICS_TOKEN"
 # tokens are secrets on their own; see :func:`secret_values`.)
 SECRET_ENV = (SIGNING_KEY_ENV, "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", API_TOKENS_ENV, WEBHOOK_TOKEN_ENV,
               METRICS_TOKEN_ENV)
+# Variables the config file names as holding secrets (a notification's webhook URL or
+# signing secret): registered when the config is read, scrubbed like the ones above.
+_NAMED_SECRET_ENV: set[str] = set()
 
+
+def register_secret_env(*names: str) -> None:
+    """Scrub the values of these environment variables too (see :func:`secret_values`)."""
+    _NAMED_SECRET_ENV.update(names)
 
 
 def secret_values() -> list[str]:
-    """The secrets set in the environment now (see :data:`SECRET_ENV`), each API token
-    on its own as well as the whole list."""
-    found = [v for v in (os.environ.get(n) for n in SECRET_ENV) if v]
+    """The secrets set in the environment now (see :data:`SECRET_ENV` and
+    :func:`register_secret_env`), each API token on its own as well as the whole list."""
+    found = [v for v in (os.environ.get(n) for n in (*SECRET_ENV, *sorted(_NAMED_SECRET_ENV))) if v]
     for item in (os.environ.get(API_TOKENS_ENV) or "").split(","):  # name:token → the token
         token = item.partition(":")[2].strip()
         if token:
@@ -289,15 +296,16 @@ def load_settings(
     return s
 
 
-def parse_duration(value) -> float:
-    """Seconds from ``48h``, ``2d``, ``90m``, ``3600s`` or a number of seconds."""
+def parse_duration(value, what: str = "max inventory age") -> float:
+    """Seconds from ``48h``, ``2d``, ``90m``, ``3600s`` or a number of seconds; ``what``
+    names the setting in the error."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         seconds = float(value)
     else:
         m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(value))
         if not m:
-            raise ConfigError(f"max inventory age {value!r} is not a duration such as 48h, 2d or 90m")
+            raise ConfigError(f"{what} {value!r} is not a duration such as 48h, 2d or 90m")
         seconds = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
     if not seconds > 0 or seconds == float("inf"):
-        raise ConfigError(f"max inventory age {value!r} must be a positive duration such as 48h")
+        raise ConfigError(f"{what} {value!r} must be a positive duration such as 48h")
     return seconds

@@ -420,3 +420,109 @@ def cli(capsys, monkeypatch, tmp_path):
         return Result(code, out, err)
 
     return run
+
+
+# --------------------------------------------------------------------------- a webhook receiver
+
+
+@dataclass
+class Received:
+    path: str
+    headers: dict
+    body: bytes
+
+    def json(self):
+        import json
+
+        return json.loads(self.body)
+
+
+class Receiver:
+    """A small HTTP server on loopback that records every POST it gets and answers
+    ``status``; while ``hanging`` is set it holds every request without answering
+    (until :meth:`release`)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        self.requests: list[Received] = []
+        self.status = 200
+        self.hanging = threading.Event()
+        self.released = threading.Event()
+        self.lock = threading.Lock()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                data = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with receiver.lock:
+                    receiver.requests.append(Received(self.path, dict(self.headers.items()), data))
+                    status = receiver.status
+                if receiver.hanging.is_set():
+                    receiver.released.wait(120)
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def got(self) -> list[Received]:
+        with self.lock:
+            return list(self.requests)
+
+    def events(self) -> list[str]:
+        return [r.headers.get("X-Reconciler-Event") for r in self.got()]
+
+    def release(self) -> None:
+        self.hanging.clear()
+        self.released.set()
+
+    def close(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    """A webhook receiver on loopback that records what it gets (see :class:`Receiver`)."""
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def wait_until(check, timeout: float = 30, what: str = "condition"):
+    """``check()``'s first true value, polled until a deadline (never a bare sleep)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+class Clock:
+    """An injected clock for change windows: ``clock()`` is now; tests move it."""
+
+    def __init__(self, now) -> None:
+        self.now = now
+
+    def __call__(self):
+        return self.now

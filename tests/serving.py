@@ -113,11 +113,14 @@ _started: list[Server] = []
 _numbers = itertools.count(1)
 
 
-def write_config(path: Path, source: str, serve: dict | None = None, safety: dict | None = None) -> Path:
+def write_config(path: Path, source: str, serve: dict | None = None, safety: dict | None = None,
+                 notify: list | None = None) -> Path:
     data = {"source": {"url": source}, "cdn_base_url": CDN,
             "serve": {"interval": 3600, "debounce": 0.5, "leader_retry": 0.5, **(serve or {})}}
     if safety:
         data["safety"] = safety
+    if notify:
+        data["notify"] = notify
     path.write_text(yaml.safe_dump(data), "utf-8")
     return path
 
@@ -129,12 +132,13 @@ def start_server(
     *args: str,
     serve: dict | None = None,
     safety: dict | None = None,
+    notify: list | None = None,
     env: dict | None = None,
     token: str | None = None,
     listen: str = "127.0.0.1:0",
 ) -> Server:
     n = next(_numbers)
-    config = write_config(tmp_path / f"serve-{n}.yaml", source, serve, safety)
+    config = write_config(tmp_path / f"serve-{n}.yaml", source, serve, safety, notify)
     log = tmp_path / f"serve-{n}.log"
     full_env = {**os.environ, "DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1", **(env or {})}
     for name in ("RECONCILER_CONFIG", "RECONCILER_SOURCE", "RECONCILER_CDN_BASE_URL"):
@@ -167,7 +171,7 @@ def stop_all() -> None:
 
 @pytest.fixture
 def serve(tmp_path, database_url):
-    """``serve(source, *flags, serve={...}, safety={...}, env={...}, token=...)`` → a running Server."""
+    """``serve(source, *flags, serve={...}, safety={...}, notify=[...], env={...}, token=...)`` → a running Server."""
 
     def start(source, *args, **kwargs) -> Server:
         return start_server(tmp_path, database_url, str(source), *args, **kwargs)

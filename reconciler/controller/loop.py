@@ -10,6 +10,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Callable
 
 import peewee as pw
 
@@ -18,10 +20,12 @@ from ..errors import ReconcilerError
 from ..sources import S3Source, open_source
 from ..store.models import ControllerState, Event, Run
 from ..version import __version__
+from .approvals import Approvals
 from .events import S3Event, model_of, parse_body
 from .leader import OWNER_CLASS, LeaderElector, replica_name
+from .notify import Notifier
 from .options import ServeOptions
-from .runs import Observer, Runs, auto_apply_allowed, one_line
+from .runs import Observer, Runs, one_line
 
 log = logging.getLogger("reconciler.controller")
 
@@ -33,10 +37,18 @@ class Controller:
     display: str = ""
     observer: Observer | None = None
     name: str = field(default_factory=replica_name)
+    # The clock of change windows (tests pass their own: no waiting for a window).
+    now: Callable[[], datetime] = field(default=lambda: datetime.now(timezone.utc))
+    notify_backoff: float = 5.0  # seconds before a failed notification is retried, doubling
 
     def __post_init__(self) -> None:
         self.owner = random.randint(1, 2**31 - 1)
         self.runs = Runs(self.settings, display=self.display, owner=self.owner, observer=self.observer)
+        o, s = self.options, self.settings
+        self.approvals = Approvals(self.runs, o.approvals, o.windows, o.auto_apply, s.catalogue, s.limits,
+                                   now=self.now, leading=lambda: self.leader)
+        self.notifier = Notifier(self.runs, o.notify, self.approvals, s.catalogue, o.public_url,
+                                 leading=lambda: self.leader, tick=o.tick, backoff=self.notify_backoff)
         self.elector = LeaderElector(self.settings.database, self.owner, self.options.leader_retry, self._leadership)
         self.stopping = threading.Event()
         self.workers = ThreadPoolExecutor(max_workers=2, thread_name_prefix="run")
@@ -66,6 +78,7 @@ class Controller:
     def start(self) -> None:
         self.elector.start()
         self._loop.start()
+        self.notifier.start()
         if self.options.sqs_queue_url:
             self._sqs.start()
 
@@ -77,6 +90,7 @@ class Controller:
         if self._loop.is_alive():
             self._loop.join(timeout=timeout)
         self.workers.shutdown(wait=True, cancel_futures=True)
+        self.notifier.stop(timeout=timeout)
         with contextlib.suppress(Exception):
             with self.runs.session():
                 Run.update(status="errored", error="interrupted: the server stopped while planning",
@@ -89,9 +103,16 @@ class Controller:
         log.info("%s leadership", "took" if leading else "lost")
         if leading:
             self.next_check = time.time()
+            previous = None
             with contextlib.suppress(Exception), self.runs.session():
+                state = ControllerState.get_or_none(ControllerState.id == 1)
+                previous = state.leader if state else None
                 ControllerState.update(leader=self.name, leader_since=pw.SQL("now()"),
                                        updated_at=pw.SQL("now()")).where(ControllerState.id == 1).execute()
+            try:
+                self.notifier.took_lead(self.name, previous)
+            except ReconcilerError as e:  # the database away as leadership came: the event is lost, said so
+                log.warning("cannot queue the leader_changed notification: %s", e)
         if self.observer is not None and hasattr(self.observer, "leader_changed"):
             self.observer.leader_changed(leading)
 
@@ -117,7 +138,8 @@ class Controller:
             self.stopping.wait(self.options.tick)
 
     def step(self) -> None:
-        """One look at the leader's work: events due, then the schedule."""
+        """One look at the leader's work: events due, the schedule, then the planned
+        runs whose approval policy is met, if the change window lets them be applied."""
         run_id = self.take_events()
         if run_id is not None:
             self._execute(run_id)
@@ -128,6 +150,7 @@ class Controller:
             self.next_check = time.time() + self.options.interval * random.uniform(0.9, 1.1)
             self._publish_next_check()
             self._execute(run_id)
+        self.approvals.apply_ready()
 
     def _publish_next_check(self) -> None:
         with contextlib.suppress(Exception), self.runs.session():
@@ -136,21 +159,13 @@ class Controller:
                 ControllerState.id == 1).execute()
 
     def _execute(self, run_id: int) -> dict:
+        """Plan the run; give it the approvals of the run it superseded with the same
+        changes; then apply what the policy (auto-apply included) and the window allow."""
         with self._busy:
             run = self.runs.execute(run_id)
-        self._auto_apply(run)
+            self.approvals.carry_over(run)
+        self.approvals.apply_ready()
         return run
-
-    def _auto_apply(self, run: dict) -> None:
-        policy = self.options.auto_apply
-        if run["status"] != "planned" or run["trigger"] == "rollback" or not self.leader:
-            return
-        if not auto_apply_allowed(policy, run["summary"], run["current_rows"] or 0, self.settings.limits):
-            return
-        try:
-            self.runs.apply(run["id"], by=f"auto-apply ({policy})")
-        except ReconcilerError as e:
-            log.info("auto-apply of run %s: %s", run["id"], e)
 
     def take_events(self) -> int | None:
         """When the oldest pending event is ``debounce`` seconds old, claim every
@@ -211,15 +226,16 @@ class Controller:
 
     # ------------------------------------------------------------------ what people ask for
 
-    def start_run(self, models: list[str] | None = None, trigger: str = "manual") -> int:
+    def start_run(self, models: list[str] | None = None, trigger: str = "manual", by: str | None = None) -> int:
         """A run now, planned in the background on this replica; returns its id. Model
         names that are neither in the source nor in the database are refused at once
-        (:class:`reconciler.runs.BadRequest`), as ``plan --model`` refuses them."""
+        (:class:`reconciler.runs.BadRequest`), as ``plan --model`` refuses them. ``by``:
+        the person who asks."""
         if self.stopping.is_set():
             raise ReconcilerError("the server is shutting down; try another replica")
         if models:
             self.runs.check_models(models)
-        run_id = self.runs.create_run(trigger, models)
+        run_id = self.runs.create_run(trigger, models, by)
         self.workers.submit(self._execute_quietly, run_id)
         return run_id
 
@@ -237,6 +253,7 @@ class Controller:
             database=self.display,
             version=__version__,
             auto_apply=self.options.auto_apply,
+            window=self.approvals.gate().to_dict(),
         )
         if self.leader:
             s["next_check_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.next_check))

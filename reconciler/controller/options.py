@@ -4,12 +4,17 @@ read and checked once at start."""
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
+from typing import Mapping
 from urllib.parse import urlsplit
 
 from ..config import read_config_file
 from ..errors import ConfigError
+from .approvals import Policy, parse_policy
+from .notify import Destination, parse_destinations
 from .runs import POLICIES
+from .windows import Window, parse_windows
 
 
 @dataclass
@@ -31,6 +36,9 @@ class ServeOptions:
     public_url: str | None = None
     trusted_proxies: list[str] = field(default_factory=list)
     public_metrics: bool = False  # /metrics without a token
+    approvals: Policy = field(default_factory=Policy)  # serve.approvals
+    windows: tuple[Window, ...] = ()  # serve.windows
+    notify: tuple[Destination, ...] = ()  # notify: (top level: the destinations)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -40,10 +48,13 @@ class ServeOptions:
         return host.strip("[]"), int(port)
 
 
-def load_serve_options(config_path: str | None, flags: dict) -> ServeOptions:
-    """Flags, then the config file's ``serve:`` section, then defaults."""
-    data = (read_config_file(config_path) or {}).get("serve") or {} if config_path else {}
-    o = ServeOptions()
+def load_serve_options(config_path: str | None, flags: dict, environ: Mapping[str, str] | None = None) -> ServeOptions:
+    """Flags, then the config file's ``serve:`` section (and ``notify:``, whose secrets
+    come from ``environ``), then defaults."""
+    config = (read_config_file(config_path) or {}) if config_path else {}
+    data = config.get("serve") or {}
+    o = ServeOptions(approvals=parse_policy(data.get("approvals")), windows=parse_windows(data.get("windows")),
+                     notify=parse_destinations(config.get("notify"), os.environ if environ is None else environ))
     for name in ("listen", "interval", "auto_apply", "debounce", "sqs_queue_url", "leader_retry",
                  "allowed_hosts", "public_url", "trusted_proxies", "public_metrics"):
         value = flags.get(name)
@@ -82,3 +93,18 @@ def public_origin(url: str) -> str:
     return f"{parts.scheme}://{host}" + (f":{port}" if port not in (None, default) else "")
 
 
+
+
+def policy_rows(o: ServeOptions) -> list[tuple[str, str, str]]:
+    """The approval policy, the change windows and the notification destinations as
+    (section, key, value) rows for the settings page: variables by name, never values."""
+    rules = "; ".join(f"{r.required} when {r.when}" + (f" > {r.over}" if r.over is not None else "")
+                      for r in o.approvals.rules)
+    rows = [("serve.approvals", "required", str(o.approvals.required)),
+            ("serve.approvals", "rules", rules or "–"),
+            ("serve.approvals", "self_approval", str(o.approvals.self_approval).lower())]
+    rows += [("serve.windows", w.label, f"{w.kind}: {w.schedule} ({w.timezone}) for {w.duration:g} s")
+             for w in o.windows] or [("serve.windows", "–", "none: applies may run at any time")]
+    for d in o.notify:
+        rows += d.settings_rows()
+    return rows

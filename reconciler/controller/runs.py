@@ -38,6 +38,7 @@ from playhouse.pool import PooledPostgresqlDatabase
 from .. import commands
 from ..config import Settings
 from ..engine.safety import Limits, check_delete_limits
+from ..planfile.digest import hash_body
 from ..errors import (
     AlreadyAppliedError,
     ConfigError,
@@ -239,6 +240,9 @@ class Runs:
             "plan_seconds": r.plan_seconds,
             "apply_seconds": r.apply_seconds,
             "error": r.error,
+            "triggered_by": r.triggered_by,
+            "fingerprint": r.fingerprint,
+            "override_reason": r.override_reason,
         }
 
     _LIST_FIELDS = [f for f in Run._meta.sorted_fields if f.name != "plan_file"]
@@ -436,15 +440,16 @@ class Runs:
 
     # ------------------------------------------------------------------ writing
 
-    def create_run(self, trigger: str, scope: list[str] | None = None) -> int:
-        """A new run in ``planning``; :meth:`execute` makes its plan."""
+    def create_run(self, trigger: str, scope: list[str] | None = None, by: str | None = None) -> int:
+        """A new run in ``planning``; :meth:`execute` makes its plan. ``by``: the person
+        who asked for it (a policy may refuse them as its only approver)."""
         if trigger not in TRIGGERS:
             raise ValueError(trigger)
         scope = sorted(set(scope)) if scope else None
         with self.session("cannot record the run"):
             return Run.insert(
                 status="planning", trigger=trigger, scope=scope, created_at=pw.SQL("now()"), owner=self.owner,
-                phase="queued",
+                phase="queued", triggered_by=by,
             ).execute()
 
     def set_progress(self, run_id: int, phase: str, counts: dict) -> None:
@@ -472,6 +477,7 @@ class Runs:
             outcome = dict(
                 status="planned" if n else "no_changes",
                 plan_id=plan.plan_id,
+                fingerprint=changes_fingerprint(plan),
                 summary=summary,
                 change_count=n,
                 current_rows=sum((plan.target.get("current_counts") or {}).values()),
@@ -514,9 +520,11 @@ class Runs:
         """Create a run and make its plan (blocking)."""
         return self.execute(self.create_run(trigger, scope))
 
-    def apply(self, run_id: int, by: str) -> dict:
+    def apply(self, run_id: int, by: str, override_reason: str | None = None) -> dict:
         """Approve and apply a ``planned`` run, through :func:`reconciler.commands.apply`
-        on its stored plan file; ``by`` is recorded as who decided.
+        on its stored plan file; ``by`` is recorded as who decided, ``override_reason``
+        (applied inside a closed change window) in the run and the audit. Whether a run
+        may be applied is :class:`reconciler.controller.approvals.Approvals`' to say.
 
         Raises :class:`RunConflict` (the run stays as it was) when it is not
         ``planned``, already applied, refused by a delete limit or the lock is busy;
@@ -526,7 +534,7 @@ class Runs:
         with self.session("cannot record the approval"):
             claimed = (
                 Run.update(status="applying", decided_by=by, decided_at=pw.SQL("now()"), owner=self.owner,
-                           phase="applying", error=None)
+                           phase="applying", error=None, override_reason=override_reason)
                 .where((Run.id == run_id) & (Run.status == "planned"))
                 .execute()
             )
@@ -537,7 +545,8 @@ class Runs:
         started = time.monotonic()
         try:
             with self.plan_path(run_id) as path:
-                result = commands.apply(self.settings, path, progress=progress, actor=by)
+                result = commands.apply(self.settings, path, progress=progress, actor=by,
+                                        override_reason=override_reason)
         except StalePlanError as e:
             self._end_apply(run_id, status="stale", error=one_line(e), finished=True, started=started)
             self._notify("applied", self.get_run(run_id))
@@ -569,7 +578,7 @@ class Runs:
         if apply_id is not None:
             values["apply_id"] = apply_id
         if undecide:
-            values.update(decided_by=None, decided_at=None, phase="planned")
+            values.update(decided_by=None, decided_at=None, phase="planned", override_reason=None)
         with self.session("cannot record the apply's outcome"):
             # apply_errored too: a reaper that took this replica for dead is corrected.
             Run.update(**values).where((Run.id == run_id) & Run.status.in_(["applying", "apply_errored"])).execute()
@@ -611,7 +620,8 @@ class Runs:
                 planned_at=pw.SQL("now()"), owner=self.owner, phase="planned", plan_id=plan.plan_id,
                 summary=summary, change_count=total(summary),
                 current_rows=sum((plan.target.get("current_counts") or {}).values()), object_count=0,
-                plan_file=zlib.compress(data, 6), rolls_back=apply_id, decided_by=None,
+                plan_file=zlib.compress(data, 6), rolls_back=apply_id, decided_by=None, triggered_by=by,
+                fingerprint=changes_fingerprint(plan),
                 plan_seconds=time.monotonic() - started, progress={},
             ).execute()
         run = self.get_run(run_id)
@@ -665,6 +675,12 @@ class Runs:
         if current < latest:
             return f"the schema is behind (version {current} of {latest}); run `reconciler init`"
         return None
+
+
+def changes_fingerprint(plan) -> str:
+    """SHA-256 of the plan's changes alone: unlike plan_id, no time, source or target
+    is in it, so the same drift found by every check has the same fingerprint."""
+    return hash_body(plan.changes, {}, None)[0]
 
 
 def _utc(v) -> str | None:

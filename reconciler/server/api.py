@@ -48,7 +48,7 @@ async def start_run(request: Request):
     unknown = set(body) - {"models"}
     if unknown:
         raise HTTPException(400, f"unknown field {sorted(unknown)[0]!r}; the body may hold only 'models'")
-    run_id = await run_in_threadpool(c.start_run, models, "manual")
+    run_id = await run_in_threadpool(c.start_run, models, "manual", approver(request))
     return JSONResponse({"id": run_id, "status": "planning"}, status_code=202,
                         headers={"Location": f"/api/runs/{run_id}"})
 
@@ -64,6 +64,8 @@ async def get_run(request: Request):
         run.update(changes=changes, offset=offset, limit=limit, total_changes=count)
     else:
         run.update(changes=[], offset=offset, limit=limit, total_changes=0)
+    run.update(await run_in_threadpool(c.approvals.describe, run))
+    run["notifications"] = await run_in_threadpool(c.notifier.deliveries, None, run_id, 50)
     return JSONResponse(run)
 
 
@@ -76,10 +78,16 @@ async def get_plan(request: Request):
 
 
 async def apply_run(request: Request):
+    """Approve; 200 with the run applied when the approval policy is met and the change
+    window open (or ``{"override": "why"}`` given), else 202: recorded, waiting."""
     c = request.app.state.controller
     run_id = path_id(request)
-    run = await run_in_threadpool(c.runs.apply, run_id, approver(request))
-    return JSONResponse(run)
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) - {"override"} or not isinstance(body.get("override", ""), str):
+        raise HTTPException(400, 'the body may hold only {"override": "why it must be applied inside a closed '
+                                 'change window"}')
+    result = await run_in_threadpool(c.approvals.approve, run_id, approver(request), body.get("override"))
+    return JSONResponse(result, status_code=200 if result["applied"] else 202)
 
 
 async def discard_run(request: Request):
@@ -100,6 +108,19 @@ async def rollback(request: Request):
     return JSONResponse(run, status_code=201, headers={"Location": f"/api/runs/{run['id']}"})
 
 
+# --------------------------------------------------------------------------- notifications
+
+
+async def list_deliveries(request: Request):
+    """Notifications queued, newest first, with their attempts and last error."""
+    c = request.app.state.controller
+    wanted = request.query_params.get("status") or None
+    if wanted and wanted not in ("pending", "delivered", "failed"):
+        raise HTTPException(400, "status must be one of pending, delivered, failed")
+    limit = int_param(request, "limit", 50, low=1, high=1000)
+    return JSONResponse({"deliveries": await run_in_threadpool(c.notifier.deliveries, wanted, None, limit)})
+
+
 routes = [
     Route("/api/status", status, methods=["GET"]),
     Route("/api/runs", list_runs, methods=["GET"]),
@@ -110,4 +131,5 @@ routes = [
     Route("/api/runs/{id}/discard", discard_run, methods=["POST"]),
     Route("/api/history", history, methods=["GET"]),
     Route("/api/applies/{id}/rollback", rollback, methods=["POST"]),
+    Route("/api/deliveries", list_deliveries, methods=["GET"]),
 ]

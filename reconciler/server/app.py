@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..config import secret_values
+from ..controller.options import policy_rows
 from ..controller.runs import RunError
 from ..errors import DatabaseError, ReconcilerError
 from ..store.db import redact_url, scrub
@@ -160,6 +161,7 @@ def effective_config(controller, tokens: Tokens) -> list[tuple[str, str, str]]:
         ("serve", WEBHOOK_TOKEN_ENV, hidden if tokens.webhook else "not set"),
         ("serve", METRICS_TOKEN_ENV, hidden if tokens.metrics else "not set"),
         ("serve", "replica", controller.name),
+        *policy_rows(o),
     ]
     secrets = sorted({x for x in (*tokens.secrets, *secret_values()) if x},
                      key=len, reverse=True)

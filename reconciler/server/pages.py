@@ -33,7 +33,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import render
-from ..controller.runs import STATUSES, RunConflict, RunError, RunNotFound, total
+from ..controller.runs import STATUSES, BadRequest, RunConflict, RunError, RunNotFound, total
 from ..engine.diff import ACTIONS
 from ..errors import DatabaseError, ReconcilerError
 from ..version import __version__
@@ -42,7 +42,7 @@ from .http import int_param, path_id, read_body
 from .sessions import COOKIE, MAX_AGE
 
 # Paths the dashboard answers; TokenAuth leaves them to the session checks here.
-PAGE_PATHS = ("/", "/login", "/logout", "/runs", "/history", "/settings", "/static/")
+PAGE_PATHS = ("/", "/login", "/logout", "/runs", "/history", "/settings", "/notifications", "/static/")
 PER_PAGE = 50  # models on the overview, runs in the list
 CHANGES_PER_PAGE = 100
 IN_PROGRESS = ("planning", "applying")
@@ -348,7 +348,7 @@ async def plan_now(request: Request):
     model = request.state.form.get("model", "").strip()
     if model and ("/" in model or "\0" in model or len(model) > 1024):
         raise HTTPException(400, "a model is a folder name, without '/'")
-    run_id = await run_in_threadpool(c.start_run, [model] if model else None, "manual")
+    run_id = await run_in_threadpool(c.start_run, [model] if model else None, "manual", request.state.user)
     return _redirect(f"/runs/{run_id}")
 
 
@@ -405,18 +405,20 @@ async def run_page(request: Request):
         if run["status"] == "planning":
             previous = c.runs.list_runs("planned,no_changes,applied,discarded,superseded,stale", limit=1)
             estimate = previous[0]["object_count"] if previous and not run["scope"] else None
-        return run, groups, count, estimate
+        gate = c.approvals.describe(run, request.state.user)
+        return run, groups, count, estimate, gate, c.notifier.deliveries(run_id=run_id, limit=20)
 
-    run, groups, count, estimate = await run_in_threadpool(gather)
-    notice = {"conflict": "The run could not be applied; see its state and error below."}.get(
-        request.query_params.get("notice", ""))
+    run, groups, count, estimate, gate, deliveries = await run_in_threadpool(gather)
+    notice = {"conflict": "The run could not be applied; see its state and error below.",
+              "approved": "Your approval is recorded. The run is applied once its approvals are complete and the "
+                          "change window is open."}.get(request.query_params.get("notice", ""))
     return _html(request, "run.html", title=f"Run {run_id}", run=run, groups=groups, action=action,
                  pages=_pages(page_no, count, CHANGES_PER_PAGE), estimate=estimate, notice=notice,
                  deletion_note=render.deletion_note(run["summary"], catalogue.kinds, catalogue) if run["summary"] else None,
                  deletes={k: (run["summary"] or {}).get(k, {}).get("delete", 0)
                           for k in catalogue.kinds},
                  action_counts={a: sum(v.get(a, 0) for v in (run["summary"] or {}).values()) for a in ACTIONS},
-                 in_progress=run["status"] in IN_PROGRESS)
+                 in_progress=run["status"] in IN_PROGRESS, g=gate, deliveries=deliveries)
 
 
 @page()
@@ -436,15 +438,19 @@ async def run_plan(request: Request):
 
 @page()
 async def run_apply(request: Request):
+    """Approve: applied when the approval policy is met and the change window open (or
+    overridden, with a reason); else the approval is recorded and the run waits."""
     c = request.app.state.controller
     run_id = path_id(request)
+    form = request.state.form
+    override = form.get("reason", "") if form.get("override") else None
     try:
-        await run_in_threadpool(c.runs.apply, run_id, request.state.user)
-    except RunNotFound:
+        result = await run_in_threadpool(c.approvals.approve, run_id, request.state.user, override)
+    except (RunNotFound, BadRequest):
         raise
     except ReconcilerError:  # stale, over a limit, the lock busy: the run page says why
         return _redirect(f"/runs/{run_id}?notice=conflict")
-    return _redirect(f"/runs/{run_id}")
+    return _redirect(f"/runs/{run_id}" + ("" if result["applied"] else "?notice=approved"))
 
 
 @page()
@@ -542,6 +548,26 @@ async def logout(request: Request):
     return _redirect("/login")
 
 
+# --------------------------------------------------------------------------- approvals, windows, notifications
+
+
+@page()
+async def notifications_page(request: Request):
+    """The approval policy, the change windows (open or not, now) and the deliveries
+    of notifications with their last error (reconciler/controller/approvals.py, notify.py)."""
+    c = request.app.state.controller
+    wanted = request.query_params.get("status", "")
+    if wanted and wanted not in ("pending", "delivered", "failed"):
+        raise HTTPException(400, "status must be one of pending, delivered, failed")
+    o, catalogue = c.options, c.settings.catalogue
+    deliveries = await run_in_threadpool(c.notifier.deliveries, wanted or None, None, 100)
+    window = c.approvals.gate()
+    return _html(request, "notifications.html", title="Notifications", window=window.to_dict(),
+                 active={a.window.label for a in window.active}, policy=o.approvals, auto_apply=o.auto_apply,
+                 top_label=catalogue.entity(catalogue.kinds[0]).label.lower(), windows=o.windows,
+                 destinations=o.notify, deliveries=deliveries, wanted=wanted)
+
+
 def _static() -> StaticFiles:
     return StaticFiles(directory=str(resources.files("reconciler.server").joinpath("static")))
 
@@ -561,5 +587,6 @@ routes = [
     Route("/history/{id}", apply_page, methods=["GET"]),
     Route("/history/{id}/rollback", rollback, methods=["POST"]),
     Route("/settings", settings_page, methods=["GET"]),
+    Route("/notifications", notifications_page, methods=["GET"]),
     Mount("/static", app=_static(), name="static"),
 ]

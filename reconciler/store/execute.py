@@ -870,6 +870,7 @@ def apply_file(
     progress: Progress = lambda msg: None,
     actor: str | None = None,
     plan_file: "PlanFileCopy",
+    override_reason: str | None = None,
 ) -> ApplyResult:
     """Verify a plan file and apply it: ``verify(sink)`` is ``verify_plan(path,
     catalogue, keep_changes=False, sink=sink, …)``; its changes stream into the staging
@@ -891,7 +892,7 @@ def apply_file(
         return plan, stage
 
     return _apply(db, catalogue, staged, lock_timeout=lock_timeout, limits=limits, progress=progress, actor=actor,
-                  check_file=plan_file.check)
+                  check_file=plan_file.check, override_reason=override_reason)
 
 
 def _url_rewrites(cur, catalogue: Catalogue, layouts: dict, summary: dict, counts: dict) -> tuple[int, int]:
@@ -931,6 +932,7 @@ def _apply(
     progress: Progress,
     actor: str | None,
     check_file: Callable[[], None],
+    override_reason: str | None = None,
 ) -> ApplyResult:
     """``check_file()`` refuses a plan file that changed while it was read (its
     compressed copy is in rc_plan_file by then, stored as the stage streamed)."""
@@ -952,7 +954,7 @@ def _apply(
             progress(f"staging {total} changes")
             stage.load(cur)
             _check_guards(cur, catalogue, plan, stage, state, limits)
-            apply_id = _record_apply(cur, plan, actor)
+            apply_id = _record_apply(cur, plan, actor, override_reason)
             _write_changes(cur, catalogue, stage, summary, apply_id, progress)
             progress("committing")
     except ReconcilerError:
@@ -1002,12 +1004,14 @@ def _check_guards(cur, catalogue: Catalogue, plan: Plan, stage, state, limits: L
                        what="/".join(url_columns(catalogue)))
 
 
-def _record_apply(cur, plan: Plan, actor: str | None) -> int:
-    """The apply's row in reconciler_applies, with the plan file as it was read."""
+def _record_apply(cur, plan: Plan, actor: str | None, override_reason: str | None = None) -> int:
+    """The apply's row in reconciler_applies, with the plan file as it was read and,
+    for a run of ``reconciler serve`` applied inside a closed change window, why."""
     cur.execute(
         """INSERT INTO reconciler_applies
-             (plan_id, os_user, tool_version, source, scope, summary, plan_created_at, rolls_back, plan_file)
-           SELECT %s, %s, %s, %s, %s, %s, %s, %s, string_agg(data, ''::bytea ORDER BY seq) FROM rc_plan_file
+             (plan_id, os_user, tool_version, source, scope, summary, plan_created_at, rolls_back, override_reason,
+              plan_file)
+           SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, string_agg(data, ''::bytea ORDER BY seq) FROM rc_plan_file
            RETURNING id""",
         (
             plan.plan_id,
@@ -1018,6 +1022,7 @@ def _record_apply(cur, plan: Plan, actor: str | None) -> int:
             json.dumps(plan.summary),
             plan.created_at,
             plan.extra.get("rolls_back"),
+            override_reason,
         ),
     )
     return cur.fetchone()[0]

@@ -28,6 +28,7 @@ class Apply(_Base):
     summary = pw.TextField()  # jsonb
     plan_created_at = pw.DateTimeField(null=True)
     rolls_back = pw.BigIntegerField(null=True)
+    override_reason = pw.TextField(null=True)  # applied inside a closed change window, and why
 
     class Meta:
         table_name = "reconciler_applies"
@@ -71,6 +72,10 @@ class Run(_Base):
     plan_seconds = pw.DoubleField(null=True)
     apply_seconds = pw.DoubleField(null=True)
     error = pw.TextField(null=True)
+    triggered_by = pw.TextField(null=True)  # the person who asked for a manual or rollback run
+    fingerprint = pw.TextField(null=True)  # SHA-256 of the plan's changes alone (no time in it)
+    override_reason = pw.TextField(null=True)  # applied inside a closed change window, and why
+    notified_status = pw.TextField(null=True)  # the status whose notifications are queued
 
     class Meta:
         table_name = "reconciler_runs"
@@ -108,6 +113,40 @@ class ControllerState(_Base):
         table_name = "reconciler_controller"
 
 
-CONTROLLER_MODELS = (Run, Event, ControllerState, Apply)
+class Approval(_Base):
+    """One person's approval of a run (see :mod:`reconciler.controller.approvals`)."""
+
+    run_id = pw.BigIntegerField()
+    person = pw.TextField()
+    approved_at = pw.DateTimeField()
+    carried_from = pw.BigIntegerField(null=True)  # the superseded run with the same changes it was given to
+
+    class Meta:
+        table_name = "reconciler_approvals"
+        primary_key = pw.CompositeKey("run_id", "person")
+
+
+class Delivery(_Base):
+    """A notification to one destination, queued until it is delivered (see
+    :mod:`reconciler.controller.notify`)."""
+
+    id = pw.BigAutoField()
+    destination = pw.TextField()
+    event = pw.TextField()
+    dedup_key = pw.TextField()
+    run_id = pw.BigIntegerField(null=True)
+    body = pw.TextField()  # the exact bytes sent (UTF-8), fixed when queued
+    status = pw.TextField()  # pending | delivered | failed
+    attempts = pw.IntegerField()
+    created_at = pw.DateTimeField()
+    next_attempt_at = pw.DateTimeField()
+    delivered_at = pw.DateTimeField(null=True)
+    last_error = pw.TextField(null=True)
+
+    class Meta:
+        table_name = "reconciler_deliveries"
+
+
+CONTROLLER_MODELS = (Run, Event, ControllerState, Apply, Approval, Delivery)
 
 
