@@ -60,12 +60,6 @@ def test_the_site_builds_strictly(tmp_path):
     assert not list(site.rglob("*.py")), "the hook and the screenshot script are not pages"
 
 
-def test_every_page_is_in_the_navigation():
-    nav = (ROOT / "mkdocs.yml").read_text("utf-8")
-    for page in PAGES:
-        assert str(page.relative_to(DOCS)) in nav, f"{page} is not in mkdocs.yml's nav"
-
-
 # --------------------------------------------------------------------------- links to the repository (docs/hooks.py)
 
 
