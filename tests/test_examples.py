@@ -1,8 +1,8 @@
-"""The examples/ folder and the README stay true to the tool.
+"""The examples/ folder, the README and the documentation's pages stay true to the tool.
 
 Every YAML file parses, every example config passes the config schema, the GitHub
-workflow (and the README's shell blocks) name only commands and flags that
-``reconciler <command> --help`` lists, and the IAM policy grants ``s3:ListBucket`` only.
+workflow (and the shell blocks of the README and of docs/) name only commands and flags
+that ``reconciler <command> --help`` lists, and the IAM policy grants ``s3:ListBucket`` only.
 No database and no network: ``--help`` exits before anything is opened.
 """
 
@@ -23,6 +23,7 @@ EXAMPLES = ROOT / "examples"
 WORKFLOW = EXAMPLES / "github-workflow.yml"
 IAM_POLICY = EXAMPLES / "iam-policy.json"
 README = ROOT / "README.md"
+PAGES = sorted((ROOT / "docs").rglob("*.md"))
 
 YAML_FILES = sorted(p for p in EXAMPLES.rglob("*") if p.suffix in (".yml", ".yaml") and "bucket" not in p.parts)
 CONFIG_FILES = sorted((EXAMPLES / "config").glob("*.yaml")) + sorted((EXAMPLES / "catalogues").glob("*/reconciler.yaml"))
@@ -137,8 +138,8 @@ def _workflow_scripts() -> list[str]:
     return scripts
 
 
-def _readme_scripts() -> list[str]:
-    text = README.read_text("utf-8")
+def _markdown_scripts(path: Path) -> list[str]:
+    text = path.read_text("utf-8")
     blocks = re.findall(r"```(?:sh|bash|shell|console)\n(.*?)```", text, flags=re.S)
     scripts = []
     for block in blocks:
@@ -227,8 +228,13 @@ def test_workflow_uses_only_real_commands_and_flags(cli):
 
 def test_readme_uses_only_real_commands_and_flags(cli):
     assert README.exists(), "the README is the first thing a user reads"
-    seen = check_invocations(cli, _readme_scripts(), "README.md")
+    seen = check_invocations(cli, _markdown_scripts(README), "README.md")
     assert seen >= 5
+
+
+def test_the_documentation_uses_only_real_commands_and_flags(cli):
+    seen = sum(check_invocations(cli, _markdown_scripts(page), str(page.relative_to(ROOT))) for page in PAGES)
+    assert seen >= 30, "the pages show the commands at work"
 
 
 # --------------------------------------------------------------------------- workflow shape
@@ -292,7 +298,7 @@ def test_iam_policy_grants_only_list_bucket():
 
 def test_docs_say_the_endpoint_flag_wins_over_the_environment():
     # The code takes --endpoint-url first (flag → environment → file); no document may say otherwise.
-    docs = [README, EXAMPLES / "README.md", *CONFIG_FILES]
+    docs = [README, EXAMPLES / "README.md", *PAGES, *CONFIG_FILES]
     for path in docs:
         text = " ".join(path.read_text(encoding="utf-8").replace("#", " ").split())
         assert not re.search(r"AWS_ENDPOINT_URL[^.;]*win over[^.;]*--endpoint-url", text), path

@@ -115,7 +115,7 @@ def _check_applied(cur, db: Database, files: list[MigrationFile]) -> set[int]:
             raise DatabaseError(
                 f"migration {f.name} has changed since it was applied to {db.display} (sha256 {checksum[:12]}… "
                 f"then, {f.checksum[:12]}… now): the schema may not be what this reconciler expects; run the "
-                f"reconciler version that applied it (see \"A changed migration\" in the README's Troubleshooting)"
+                f"reconciler version that applied it (see \"A changed migration\" in docs/troubleshooting.md)"
             )
     return {version for version, _ in applied}
 
