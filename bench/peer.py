@@ -6,7 +6,7 @@ comparison with reconciler on the same folder and the same PostgreSQL.
 
 The peer does what the seeds' scripts did, written as well as such a script is: list the
 folder, then page by page (1,000 keys) classify the keys with the same layout rules
-(``reconciler.layout.classify``) and upsert models, posts and media with
+(``reconciler.catalogue.read_key`` over the creators catalogue) and upsert models, posts and media with
 ``INSERT … ON CONFLICT DO UPDATE`` (``psycopg2.extras.execute_values``), then one pass
 of aggregate SQL (``media_cdns``, ``post_count``, thumbnails, icons, banners) and a sweep
 that deletes every row it did not see. No plan, no review, no audit, no stale check.
@@ -49,15 +49,15 @@ def sync(database: str, folder: str, cdn: str = CDN) -> dict:
     import psycopg2
     from psycopg2.extras import execute_values
 
-    from reconciler import layout as L
-    from reconciler.desired import media_url
+    from reconciler.catalogue import load_catalogue, read_key, url_of
+    from reconciler.catalogue.patterns import class_of
     from reconciler.sources import FolderSource
 
     conn = psycopg2.connect(database)
     cur = conn.cursor()
     cur.execute("CREATE TEMP TABLE seen (s3_key text PRIMARY KEY)")
     cur.execute("CREATE TEMP TABLE seen_models (folder_name text PRIMARY KEY)")
-    layout = L.Layout()
+    creators = load_catalogue("creators")
     model_ids: dict[str, int] = {}
     post_ids: dict[tuple[int, str], int] = {}
     page: list = []
@@ -76,18 +76,19 @@ def sync(database: str, folder: str, cdn: str = CDN) -> dict:
 
     def flush() -> None:
         rows = []
-        for key, size, etag, item in page:
-            mid = model_id(item.model)
-            pk = (mid, item.post)
+        for key, size, etag, reading in page:
+            model, post = reading.captures["model"], reading.captures["post"]
+            mid = model_id(model)
+            pk = (mid, post)
             if pk not in post_ids:
                 cur.execute(
                     """INSERT INTO whitelabel_posts (whitelabel_model_id, folder_name, title) VALUES (%s, %s, %s)
                        ON CONFLICT (whitelabel_model_id, folder_name) DO UPDATE SET title = EXCLUDED.title
                        RETURNING id""",
-                    (mid, item.post, item.post),
+                    (mid, post, post),
                 )
                 post_ids[pk] = cur.fetchone()[0]
-            rows.append((post_ids[pk], key, media_url(cdn, key), item.type, size, etag))
+            rows.append((post_ids[pk], key, url_of(cdn, key), class_of(key, creators.classes), size, etag))
         if rows:
             execute_values(
                 cur,
@@ -105,18 +106,20 @@ def sync(database: str, folder: str, cdn: str = CDN) -> dict:
     profile: dict[str, dict[str, str]] = {}
     for o in FolderSource(folder).list():
         counts["objects"] += 1
-        item = L.classify(o.key, layout)
-        if type(item) is L.Media:
-            page.append((o.key, o.size, o.etag, item))
+        reading = read_key(creators, o.key)  # the same rules, a key at a time
+        if not reading.recognised:
+            continue
+        if reading.rule.action == "row":
+            page.append((o.key, o.size, o.etag, reading))
             counts["media"] += 1
             if len(page) >= PAGE:
                 flush()
-        elif type(item) in (L.ModelImage, L.Icon, L.Banner):
-            model_id(item.model)
-            slot = {L.ModelImage: "image", L.Icon: "icon", L.Banner: "banner"}[type(item)]
-            current = profile.setdefault(item.model, {}).get(slot)
+        else:  # a facet of the model: its image, icon or banner
+            model = reading.captures["model"]
+            model_id(model)
+            current = profile.setdefault(model, {}).get(reading.rule.facet)
             if current is None or o.key < current:
-                profile[item.model][slot] = o.key
+                profile[model][reading.rule.facet] = o.key
     flush()
 
     # Aggregates, as the seeds' scripts did after the upserts.
@@ -132,7 +135,7 @@ def sync(database: str, folder: str, cdn: str = CDN) -> dict:
              SELECT whitelabel_model_id AS id, count(*) AS n FROM whitelabel_posts GROUP BY 1) x WHERE m.id = x.id"""
     )
     for name, slots in profile.items():
-        url = {k: media_url(cdn, v) for k, v in slots.items()}
+        url = {k: url_of(cdn, v) for k, v in slots.items()}
         cur.execute(
             "UPDATE whitelabel_models SET thumbnail_url = %s, icon_url = %s, banner_url = %s WHERE folder_name = %s",
             (url.get("image"), url.get("icon"), url.get("banner"), name),

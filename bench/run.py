@@ -17,7 +17,7 @@ the server of ``--database``, whose user must be allowed to CREATE DATABASE), ru
 
 and, in the same run, the reference points:
 
-  read current state alone        reconciler.current.read_state over every row
+  read current state alone        reconciler.store.current.read_rows over every row
   raw COPY                        the same rows COPY-ed into the same tables of another
                                   fresh database (after init): the physical limit of apply
   desired rows alone, listing     the pure, database-free part of a plan

@@ -4,7 +4,7 @@
 
 One page of ``--keys`` objects as Amazon S3 writes it (``encoding-type=url``, AWS's
 element order, a checksum algorithm per object) is read ``--repeat`` times by
-:func:`reconciler.s3pages.parse_list_page`; the best of five rounds, in µs per key, is
+:func:`reconciler.sources.s3pages.parse_list_page`; the best of five rounds, in µs per key, is
 printed with botocore's ``RestXMLParser`` on the same page for scale (fewer rounds: it
 is ~10 times slower). Twice: keys of plain ASCII, and keys with spaces (``%20`` in the
 page, each key URL-decoded). Pure CPU, no I/O.
@@ -60,7 +60,7 @@ def main() -> None:
         response = {"body": body, "headers": {}, "status_code": 200}
         ours = per_key_us(parse_list_page, body, args.keys, args.repeat)
         theirs = per_key_us(lambda _: botocore_parser.parse(response, shape), body, args.keys, max(1, args.repeat // 20))
-        print(f"{args.keys}-key page, {what} ({len(body):,} bytes): reconciler.s3pages {ours:.2f} µs/key, "
+        print(f"{args.keys}-key page, {what} ({len(body):,} bytes): reconciler.sources.s3pages {ours:.2f} µs/key, "
               f"botocore's parser {theirs:.1f} µs/key")
 
 
