@@ -1,6 +1,7 @@
-"""S3 events → scoped runs: the webhook (AWS and MinIO bodies), SQS, deduplication,
-debouncing, other buckets, and bodies that are not events (never a 500), against
-the real server, moto's S3 and SQS, and a real PostgreSQL."""
+"""S3 events → runs scoped to the catalogue's top keys: what an event's key names (pure,
+for creators, product-images, documents), the webhook (AWS and MinIO bodies), SQS,
+deduplication, debouncing, ignored events counted by reason, and bodies that are not
+events (never a 500), against the real server, moto's S3 and SQS, and a real PostgreSQL."""
 
 from __future__ import annotations
 
