@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import enum
 import os
+import shlex
 import signal
 import sys
 import traceback
@@ -121,8 +122,13 @@ def build_parser() -> argparse.ArgumentParser:
 def _plan_arguments(p: argparse.ArgumentParser) -> None:
     """``plan``'s options: what to plan, the guards, where the objects come from."""
     p.add_argument("-o", "--output", metavar="FILE",
-                   help="plan file to write (default: plans/plan-<UTC time>-<plan id>[-<models>].json, never replacing a file)")
-    p.add_argument("--model", metavar="NAME", action="append", help="limit the plan to this model (repeatable)")
+                   help="plan file to write (default: plans/plan-<UTC time>-<plan id>[-<scope>].json, never replacing a file)")
+    p.add_argument("--scope", metavar="KEY", action="append",
+                   help="limit the plan to this key of the catalogue's top entity: a model (creators), a product "
+                        "(product-images) … (repeatable)")
+    p.add_argument("--model", metavar="NAME", action="append",
+                   help="the creators' spelling of --scope: limit the plan to this model (repeatable; only for a "
+                        "catalogue whose top entity is model)")
     p.add_argument("--detailed-exitcode", action="store_true", help="exit 0 without changes, 2 with changes, 1 on error")
     p.add_argument("--sign", action="store_true", help=f"sign the plan with the key in {SIGNING_KEY_ENV}")
     p.add_argument("--allow-empty-source", action="store_true", default=None, help="allow a plan from an empty listing")
@@ -135,7 +141,7 @@ def _plan_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-moves", dest="detect_moves", action="store_false", default=None,
                    help="plan renamed folders as delete + create, not as moves (config plan.detect_moves)")
     p.add_argument("--shard", metavar="K/N", type=_shard,
-                   help="plan only the models of shard K of N (K from 1; models by a hash of their name)")
+                   help="plan only the top entity's keys of shard K of N (K from 1; keys by a hash of their name)")
     p.add_argument("--inventory", metavar="URL",
                    help="read the objects from an S3 Inventory report: s3://DEST/PREFIX/BUCKET/CONFIG/ (the newest) "
                         "or …/manifest.json (env RECONCILER_INVENTORY, config source.inventory)")
@@ -264,7 +270,8 @@ def cmd_plan(args, settings: Settings) -> int:
     if default_base and settings.source:
         settings.cdn_base_url = commands.default_cdn_base_url(settings)
     p, path = commands.plan(
-        settings, args.output, models=args.model, shard=args.shard, sign=args.sign, progress=_progress(args)
+        settings, args.output, **_scope(args, settings.catalogue), shard=args.shard, sign=args.sign,
+        progress=_progress(args),
     )
     print(render.summary_table(p.summary, p.kinds))
     n = len(p.changes)
@@ -288,6 +295,19 @@ def cmd_plan(args, settings: Settings) -> int:
     if args.detailed_exitcode:
         return Exit.CHANGES if n else Exit.OK
     return Exit.OK
+
+
+def _scope(args, catalogue) -> dict[str, list[str] | None]:
+    """``--scope`` or ``--model`` as :func:`reconciler.commands.make_plan` takes them.
+    ``--model`` is refused where the top entity is not a model: a product's key passed
+    as a model would mislead whoever reads the command in a CI job or a runbook."""
+    if args.model and args.scope:
+        raise UsageError("--model and --scope cannot be combined: --model is the creators' spelling of --scope; "
+                         "give every key with one of them")
+    if args.model and catalogue.top.name != "model":
+        raise UsageError(f"--model names models, but catalogue {catalogue.name} is scoped by its "
+                         f"{catalogue.top.plural.lower()}: use --scope {shlex.quote(args.model[0])}")
+    return {"models": args.model} if args.model else {"scope": args.scope}
 
 
 def cmd_show(args, settings: Settings) -> int:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import psycopg2
 
+from .catalogue.keys import require_scope_segment, scope_segment
 from .config import Settings, check_url
 from .engine.diff import summarize
 from .engine.frames import SKIPPED_EXAMPLES, Listing, classify_listing
@@ -66,6 +67,7 @@ def _database(settings: Settings, *, create: bool = False) -> Iterator[Database]
 def make_plan(
     settings: Settings,
     *,
+    scope: Sequence[str] | None = None,
     models: Sequence[str] | None = None,
     objects: Iterable[ObjectInfo] | None = None,
     root: str = "",
@@ -74,39 +76,61 @@ def make_plan(
     seal: bool = True,
     progress: Progress = _quiet,
     batch_rows: int | None = None,
+    require_known: bool = True,
 ) -> Plan:
     """Compute a plan. Planning never writes: not to the bucket, not to the database.
+
+    ``scope`` limits the plan to those keys of the catalogue's top entity (``--scope``:
+    a model of creators, a product of product-images): it lists only their folders,
+    reads and digests only their rows, and can change nothing outside them. ``models``
+    is the creators' spelling of it (``--model``), and its messages name ``--model``.
+    A key that is neither in the source nor in the database is refused as a typo,
+    unless ``require_known`` is false (an event's run: its keys came from the bucket,
+    and one whose objects came and went is nothing to do).
 
     ``objects`` replaces the configured source with any iterable of ``ObjectInfo``
     (whose keys start with ``root``). Raises SafetyError when a guard refuses.
 
     ``batch_rows`` (default: ``settings.batch_rows``) is how many objects are planned
-    at a time, a batch of whole models (see :mod:`reconciler.engine.plan`).
+    at a time, a batch of whole top rows (see :mod:`reconciler.engine.plan`).
 
-    ``shard`` (see :mod:`reconciler.engine.shards`) scopes the plan like ``models`` does, to
-    the shard's models found in the source or in the database (read in the plan's own
-    snapshot); the plan records them in ``target.scope`` and the shard in
+    ``shard`` (see :mod:`reconciler.engine.shards`) scopes the plan like ``scope`` does,
+    to the shard's top keys found in the source or in the database (read in the plan's
+    own snapshot); the plan records them in ``target.scope`` and the shard in
     ``target.shard``.
     """
-    if shard is not None and models:
-        raise ConfigError("--shard and --model cannot be combined: a shard already chooses its models")
+    keys, flag = _scope_of(scope, models)
+    if shard is not None and keys:
+        raise ConfigError(f"--shard and {flag} cannot be combined: a shard already chooses its "
+                          f"{settings.catalogue.top.plural.lower()}")
+    if shard is not None or keys:
+        require_scope_segment(settings.catalogue)
     if sign and not settings.signing_key:
         raise ConfigError("--sign needs the signing key in RECONCILER_SIGNING_KEY")
-    scope = sorted(set(models)) if models else None
-    listing = _listing(settings, objects, root, shard if shard is not None else scope, progress)
+    listing = _listing(settings, objects, root, shard if shard is not None else keys, progress)
     # Settings read from flags, environment and file were checked; these may be a caller's own.
     cdn_base_url = check_url(settings.cdn_base_url or default_cdn_base_url(settings, listing.source), "cdn_base_url",
                              schemes=("https", "http", "file"))
-    planned = _plan_in_snapshot(settings, listing, scope, shard, cdn_base_url, batch_rows or settings.batch_rows,
-                                progress)
+    hint = f"check {flag}" if require_known else None
+    planned = _plan_in_snapshot(settings, listing, keys, shard, cdn_base_url, batch_rows or settings.batch_rows,
+                                hint, progress)
     if shard is not None:
         # A shard's scope: its top rows in the database (their rows were read and digested;
         # one only in the source has no rows, so the digest is the same) and in the source.
-        scope = sorted(set(planned.in_shard) | set(planned.classified.counts))
-    _check_guards(settings, planned, scope, shard, cdn_base_url)
-    plan = _plan_file(settings, listing, planned, scope, shard)
+        keys = sorted(set(planned.in_shard) | set(planned.classified.counts))
+    _check_guards(settings, planned, keys, shard, cdn_base_url)
+    plan = _plan_file(settings, listing, planned, keys, shard)
     # write_plan seals as it streams the changes, so plan() skips this pass.
     return plan.seal(settings.signing_key if sign else None) if seal else plan
+
+
+def _scope_of(scope: Sequence[str] | None, models: Sequence[str] | None) -> tuple[list[str] | None, str]:
+    """The scope's top keys, sorted (None: the whole catalogue), and the flag that
+    spells it, for messages."""
+    if scope is not None and models is not None:
+        raise TypeError("make_plan takes scope= or its creators' spelling models=, not both")
+    keys = models if scope is None else scope
+    return (sorted(set(keys)) if keys else None), ("--scope" if models is None else "--model")
 
 
 @dataclass
@@ -144,16 +168,17 @@ class _Planned:
 
 
 def _plan_in_snapshot(settings: Settings, listing: _Listing, scope, shard: Shard | None, cdn_base_url: str,
-                      batch_rows: int, progress: Progress) -> _Planned:
+                      batch_rows: int, hint: str | None, progress: Progress) -> _Planned:
     """Classify the listing and plan it against one snapshot of the database: its digest
     and current rows are read on a second connection (in the same snapshot) while the
-    listing is read; the platform's rows for lookups are read here."""
+    listing is read; the platform's rows for lookups are read here. With a ``hint``, a
+    top key of the scope found nowhere is refused (the hint says what to check)."""
     catalogue = settings.catalogue
     spill = Spill(batch_rows)
     in_shard: list[str] = []
 
     def shard_scope(conn) -> list[str]:
-        in_shard[:] = _models_in_shard(conn, catalogue, shard)
+        in_shard[:] = _top_keys_in_shard(conn, catalogue, shard)
         return in_shard
 
     with _database(settings) as db:
@@ -176,11 +201,11 @@ def _plan_in_snapshot(settings: Settings, listing: _Listing, scope, shard: Shard
                 result = plan_changes(classified, current, catalogue, cdn_base_url=cdn_base_url, root=listing.root,
                                       moves=settings.detect_moves, batch_rows=batch_rows, spill=spill)
                 database_id = database_identity(conn)
-            # A typo'd --model lists nothing and changes nothing: a drift check would read
+            # A typo'd --scope lists nothing and changes nothing: a drift check would read
             # that as "in sync", so it is an error, not a note.
-            if shard is None and scope:
-                _check_models(db, catalogue, listing.source, scope, known=set(classified.counts) | in_database,
-                              hint="check --model")
+            if shard is None and scope and hint:
+                _refuse_unknown(db, catalogue, listing.source, scope, known=set(classified.counts) | in_database,
+                                hint=hint)
         except psycopg2.Error as e:
             spill.close()
             raise db.error(e, "cannot read the current state") from None
@@ -245,46 +270,46 @@ def _top_keys_in(conn, catalogue, scope) -> set[str]:
     return set(top_keys(conn, catalogue, scope))
 
 
-def _models_in_shard(conn, catalogue, shard: Shard) -> list[str]:
+def _top_keys_in_shard(conn, catalogue, shard: Shard) -> list[str]:
     """The database's top keys that fall in ``shard`` (read in ``conn``'s snapshot)."""
     return sorted(name for name in top_keys(conn, catalogue) if name in shard)
 
 
 def _under(catalogue) -> str:
     """The literal folders before the top entity's (``products/``; "" for creators)."""
-    from .engine.frames import scope_segment
-
     segment = scope_segment(catalogue)
     return "".join(p + "/" for p in segment.prefix) if segment is not None else ""
 
 
-def check_models(settings: Settings, names: Sequence[str], hint: str = "check --model") -> None:
-    """Refuse top-entity names (models, for creators) that are neither in the source
-    nor in the database, before anything is planned (``reconciler serve`` checks the
-    names a person gives so). Looks each name up (:func:`find_models`); ``plan
-    --model`` makes the same check on its own listing."""
+def check_scope(settings: Settings, keys: Sequence[str], hint: str = "check --scope") -> None:
+    """Refuse top keys (models of creators, products of product-images) that are
+    neither in the source nor in the database, or a catalogue that cannot be scoped,
+    before anything is planned (``reconciler serve`` checks the keys a person gives
+    so). Looks each key up (:func:`find_top_keys`); ``plan --scope`` makes the same
+    check on its own listing."""
+    require_scope_segment(settings.catalogue)
     source = _open_source(dataclasses.replace(settings, inventory=None))
     with open_database(settings.database, settings.state_dir) as db:
-        known = find_models(db, settings.catalogue, source, names)
-        _check_models(db, settings.catalogue, source, names, known=known, hint=hint)
+        known = find_top_keys(db, settings.catalogue, source, keys)
+        _refuse_unknown(db, settings.catalogue, source, keys, known=known, hint=hint)
 
 
-def _check_models(db, catalogue, source: Source | None, names: Sequence[str], *, known: set[str], hint: str) -> None:
-    """Raise a ConfigError naming the ``names`` not ``known``. One that is there in
-    another Unicode normal form (a folder written in NFC, a name typed in NFD: they
-    look the same) is said to be, with both spellings escaped."""
-    unknown = [n for n in names if n not in known]
+def _refuse_unknown(db, catalogue, source: Source | None, keys: Sequence[str], *, known: set[str], hint: str) -> None:
+    """Raise a ConfigError naming the ``keys`` not ``known``, in the words of the top
+    entity. One that is there in another Unicode normal form (a folder written in NFC,
+    a name typed in NFD: they look the same) is said to be, with both spellings escaped."""
+    unknown = [k for k in keys if k not in known]
     if not unknown:
         return
-    variants = {n: [v for v in dict.fromkeys(unicodedata.normalize(f, n) for f in ("NFC", "NFD")) if v != n]
-                for n in unknown}
-    there = find_models(db, catalogue, source, sorted({v for vs in variants.values() for v in vs}))
-    listed = ", ".join(repr(n) for n in unknown)
-    top = catalogue.top.name
-    what = f"{top} {listed} is" if len(unknown) == 1 else f"{top}s {listed} are"
+    variants = {k: [v for v in dict.fromkeys(unicodedata.normalize(f, k) for f in ("NFC", "NFD")) if v != k]
+                for k in unknown}
+    there = find_top_keys(db, catalogue, source, sorted({v for vs in variants.values() for v in vs}))
+    listed = ", ".join(repr(k) for k in unknown)
+    top = catalogue.top
+    what = f"{top.name} {listed} is" if len(unknown) == 1 else f"{top.plural.lower()} {listed} are"
     message = f"{what} neither in the source nor in the database: {hint}"
-    forms = [f"{ascii(n)} is {_form(n)}, {ascii(v)} ({_form(v)}) is there"
-             for n in unknown for v in variants[n] if v in there]
+    forms = [f"{ascii(k)} is {_form(k)}, {ascii(v)} ({_form(v)}) is there"
+             for k in unknown for v in variants[k] if v in there]
     if forms:
         message += f" (in another Unicode normal form: {'; '.join(forms)})"
     raise ConfigError(message)
@@ -294,24 +319,24 @@ def _form(name: str) -> str:
     return next((f for f in ("NFC", "NFD") if unicodedata.is_normalized(f, name)), "in mixed forms")
 
 
-def find_models(db, catalogue, source: Source | None, names: Sequence[str]) -> set[str]:
-    """Which of ``names`` are top rows in the database, or folders in the source
-    holding an object (the first page of each folder's listing, no more; an inventory
-    source's bucket is asked directly, not its report)."""
-    if not names:
+def find_top_keys(db, catalogue, source: Source | None, keys: Sequence[str]) -> set[str]:
+    """Which of ``keys`` are top rows in the database, or folders of the top entity in
+    the source holding an object (the first page of each folder's listing, no more; an
+    inventory source's bucket is asked directly, not its report)."""
+    if not keys:
         return set()
     try:
         with db.transaction() as conn:
-            found = set(top_keys(conn, catalogue, list(names)))
+            found = set(top_keys(conn, catalogue, list(keys)))
     except psycopg2.Error as e:
         raise db.error(e, "cannot read the top rows") from None
     live = getattr(source, "s3", source)  # an InventorySource lists through its S3Source
     under = _under(catalogue)
-    for name in names:
-        if name not in found and live is not None and "/" not in name:
-            objects = live.list([name], under)
+    for key in keys:
+        if key not in found and live is not None and "/" not in key:  # a folder's name holds no "/"
+            objects = live.list([key], under)
             if next(iter(objects), None) is not None:
-                found.add(name)
+                found.add(key)
             objects.close()
     return found
 
@@ -380,18 +405,24 @@ def _counting(objects: Iterable[ObjectInfo], progress: Progress, every: int = 10
         yield o
 
 
+SCOPE_IN_NAME = 60  # bytes of a plan file's name that tell its scope (of the 255 a name may have)
+
+
 def default_file_name(kind: str, p: Plan) -> str:
-    """``KIND-<UTC time>-<short plan id>[-<models>].json``: the name of a plan file
+    """``KIND-<UTC time>-<short plan id>[-<scope>].json``: the name of a plan file
     written without ``-o`` (``kind`` is ``plan`` or ``rollback-<apply id>``). The time
     is the plan's ``created_at``; the plan id tells two plans of the same second apart,
-    and :func:`write_plan` adds ``-2`` … rather than replace a file."""
+    and :func:`write_plan` adds ``-2`` … rather than replace a file. The scope's top
+    keys are written as any file system takes them: each run of other characters than
+    letters, digits, ``.``, ``-`` and ``_`` (a ``/`` of a key of several columns among
+    them) as ``_``, no leading dot, in at most 60 bytes of UTF-8."""
     stamp = p.created_at.replace("-", "").replace(":", "")
     scope = ""
     if p.target.get("shard"):
         scope = "-shard-" + p.target["shard"].replace("/", "-of-")
     elif p.scope:
-        names = "+".join(re.sub(r"[^\w.-]+", "_", m).lstrip(".") or "_" for m in p.scope)
-        scope = "-" + names[:60]
+        names = "+".join(re.sub(r"[^\w.-]+", "_", k).lstrip(".") or "_" for k in p.scope)
+        scope = "-" + names.encode("utf-8")[:SCOPE_IN_NAME].decode("utf-8", "ignore")
     return f"{kind}-{stamp}-{p.plan_id[:12]}{scope}.json"
 
 

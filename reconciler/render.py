@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 from tabulate import tabulate
 
 from .catalogue import Catalogue, Entity
+from .catalogue.keys import scope_segment
 from .engine.diff import ACTIONS, Change
 from .planfile import Plan
 
@@ -311,8 +312,6 @@ def top_of(c: Change, catalogue: Catalogue, root: str = "") -> str:
         else:
             image = c.before if c.action == "delete" else c.after
             if not image or e.parent not in image:
-                from .engine.frames import scope_segment
-
                 segment = scope_segment(catalogue)
                 rel = key[len(root):] if key.startswith(root) else key
                 return (segment.of(rel) if segment else None) or rel.partition("/")[0]

@@ -23,9 +23,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg2
 import pytest
+import yaml
 from hypothesis import HealthCheck, settings as hsettings
 
 from reconciler import Settings, load_catalogue
+from reconciler.catalogue import compile_checked
 from reconciler.cli import main
 from reconciler.store.migrations import migrate
 from reconciler.store.db import open_database
@@ -45,6 +47,28 @@ hsettings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 CDN = "https://cdn.example.test"
 CREATORS = load_catalogue("creators")
 PRODUCTS = load_catalogue("product-images")
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "catalogues"
+DOCUMENTS = load_catalogue(str(EXAMPLES / "documents" / "catalogue.yaml"))  # tenants' documents
+# A top entity keyed by two folders: its plan key is "region/site", and no one folder
+# holds it, so a scope cannot be listed.
+SITES_SPEC = """\
+name: sites
+entities:
+  site:
+    table: sites
+    key: {region: "{region}", name: "{site}"}
+  page:
+    table: pages
+    parent: {entity: site, column: site_id}
+    unique: global
+    key: {path: "{key}"}
+    columns: {url: "{url}"}
+rules:
+  - name: page
+    match: "{region}/{site}/{file}"
+    row: page
+"""
+SITES = compile_checked(yaml.safe_load(SITES_SPEC), "sites")
 
 
 # --------------------------------------------------------------------------- rows in memory
@@ -240,6 +264,27 @@ def new_database(admin_url: str, *, schema: bool, catalogue=None) -> Iterator[st
         yield url
     finally:
         admin_exec(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def shop(pg_admin_url):
+    """A database as the product platform made it (tests/data/platform-schema-products.sql):
+    its tables, two products (p42, p7), three variants; the product-images catalogue not
+    yet installed."""
+    schema = Path(__file__).parent / "data" / "platform-schema-products.sql"
+    with new_database(pg_admin_url, schema=False) as url, sql_on(url) as run:
+        run(schema.read_text("utf-8"))
+        run("INSERT INTO products (id, name) VALUES ('p42', 'Tea'), ('p7', 'Coffee')")
+        run("INSERT INTO product_variants (product_id, weight) VALUES ('p42', '500g'), ('p42', '1kg'), ('p7', '250g')")
+        yield url
+
+
+@pytest.fixture
+def installed_shop(shop) -> str:
+    """The shop's database with the product-images catalogue installed, as ``reconciler init`` does."""
+    with open_database(shop) as db:
+        migrate(db, PRODUCTS)
+    return shop
 
 
 @pytest.fixture

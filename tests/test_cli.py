@@ -15,7 +15,7 @@ import pytest
 from reconciler.cli import build_parser
 from reconciler.version import __version__
 
-from .conftest import CDN, folder_bucket
+from .conftest import CDN, EXAMPLES, SITES_SPEC, folder_bucket
 
 
 def test_version(cli):
@@ -182,6 +182,81 @@ def test_unknown_model_is_an_error_and_writes_no_plan(cli, database_url, tmp_pat
     assert r.code == 1 and r.err == (
         f"error: model {nfd!r} is neither in the source nor in the database: check --model "
         "(in another Unicode normal form: 'Zoe\\u0308' is NFD, 'Zo\\xeb' (NFC) is there)\n")
+
+
+def test_model_and_scope_are_one_flag_given_once(cli, database_url, tmp_path):
+    folder_bucket(tmp_path / "b", "M/P/1.jpg")
+    common = ["--source", "b", "--database", database_url, "--cdn-base-url", CDN]
+    r = cli("plan", "--scope", "M", "-o", "p.json", *common)
+    assert r.code == 0 and "Target: " in r.out and ", models M." in r.out
+    r = cli("plan", "--model", "M", "--scope", "M", "-o", "q.json", *common)
+    assert r.code == 1 and r.err == ("error: --model and --scope cannot be combined: --model is the creators' "
+                                     "spelling of --scope; give every key with one of them\n")
+    assert cli("plan", "--scope", "Typo", *common).err == (
+        "error: model 'Typo' is neither in the source nor in the database: check --scope\n")
+
+
+PRODUCT_KEYS = ["products/p42/500g/hero-card/front.jpg", "products/p42/1kg/other-images/side.webp",
+                "products/p7/250g/hero-card/jar.jpg", "README.txt"]
+
+
+def test_scope_on_product_images_names_products(cli, shop, tmp_path):
+    """Products are the platform's, and still scope; ``--model`` is the creators' word
+    only, and says what to type instead."""
+    folder_bucket(tmp_path / "b", *PRODUCT_KEYS)
+    common = ["--catalogue", "product-images", "--source", "b", "--database", shop, "--cdn-base-url", CDN]
+    assert cli("init", "--catalogue", "product-images", "--database", shop).code == 0
+    r = cli("plan", "--scope", "p42", *common)
+    assert r.code == 0, r.err
+    assert "Target: " in r.out and ", products p42." in r.out
+    [path] = [line.split(" written to ")[1].rstrip(".") for line in r.out.splitlines() if " written to " in line]
+    assert re.fullmatch(r"plans/plan-\d{8}T\d{6}Z-[0-9a-f]{12}-p42\.json", path)
+    written = json.loads((tmp_path / path).read_text("utf-8"))
+    assert written["target"]["scope"] == ["p42"] and written["source"]["object_count"] == 2
+    assert {c["key"] for c in written["changes"]} == set(PRODUCT_KEYS[:2])
+
+    r = cli("plan", "--model", "p42", *common)
+    assert r.code == 1 and r.err == ("error: --model names models, but catalogue product-images is scoped by its "
+                                     "products: use --scope p42\n")
+    r = cli("plan", "--scope", "p9", "--scope", "p42", *common)
+    assert r.code == 1 and r.err == "error: product 'p9' is neither in the source nor in the database: check --scope\n"
+    r = cli("plan", "--scope", "p42", "--shard", "1/2", *common)
+    assert r.code == 1 and r.err == ("error: --shard and --scope cannot be combined: a shard already chooses its "
+                                     "products\n")
+
+
+def test_scope_on_documents_names_tenants(cli, empty_database_url, tmp_path):
+    """The documents example: a spec file whose tables ``init`` creates; its top entity is
+    the tenant, the first folder."""
+    spec, bucket = EXAMPLES / "documents" / "catalogue.yaml", EXAMPLES / "documents" / "bucket"
+    common = ["--catalogue", spec, "--database", empty_database_url]
+    assert cli("init", *common).code == 0
+    plan = ["plan", *common, "--source", bucket, "--cdn-base-url", CDN]
+    r = cli(*plan, "--scope", "acme", "-o", "acme.json")
+    assert r.code == 0, r.err
+    assert ", tenants acme." in r.out
+    written = json.loads((tmp_path / "acme.json").read_text("utf-8"))
+    assert {(c["kind"], c["key"]) for c in written["changes"]} == {
+        ("tenant", "acme"), ("collection", "acme/invoices"), ("collection", "acme/contracts"),
+        ("document", "acme/invoices/2026-11.pdf"), ("document", "acme/contracts/nda.docx"),
+        ("document", "acme/contracts/msa-2024.pdf")}
+    assert cli("apply", "acme.json", *common).code == 0
+    r = cli(*plan, "--scope", "globex", "--detailed-exitcode", "-o", "globex.json")
+    assert r.code == 2 and ", tenants globex." in r.out
+    assert {c["key"] for c in json.loads((tmp_path / "globex.json").read_text("utf-8"))["changes"]} == {
+        "globex", "globex/handbook", "globex/handbook/employee-handbook.pdf"}
+    r = cli(*plan, "--scope", "initech")
+    assert r.err == "error: tenant 'initech' is neither in the source nor in the database: check --scope\n"
+
+
+def test_a_catalogue_that_cannot_be_scoped_says_so_before_reading_anything(cli, tmp_path):
+    (tmp_path / "sites.yaml").write_text(SITES_SPEC, "utf-8")
+    folder_bucket(tmp_path / "b", "eu/acme/index.html")
+    for flags in (["--scope", "eu/acme"], ["--shard", "1/2"]):
+        r = cli("plan", "--catalogue", "sites.yaml", "--source", "b", "--database", "postgresql://nowhere.invalid/x",
+                *flags)
+        assert r.code == 1 and r.err == ("error: catalogue sites cannot be scoped: its top entity 'site' is not one "
+                                         "folder of every key; plan it whole, without --scope or --shard\n")
 
 
 def test_secret_scrubbing_keeps_words_whole():

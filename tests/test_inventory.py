@@ -5,16 +5,18 @@ Reports are written in Amazon S3's layout by ``tests/inventory_reports.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 
 import pytest
 
-from reconciler import commands
+from reconciler import Settings, commands
+from reconciler.engine.shards import Shard
 from reconciler.errors import SourceError
 from reconciler.sources import S3Source
 
-from .conftest import CDN
+from .conftest import CDN, PRODUCTS
 from .inventory_reports import put_report, row, rows_from_listing
 
 KEYS = [
@@ -152,11 +154,52 @@ def test_csv_keys_are_url_decoded(bucket, dest, settings):
     assert sorted(c.key for c in p.changes if c.kind == "media") == sorted(keys)
 
 
-def test_model_scope_reads_only_that_model(bucket, dest, settings):
+def test_a_scope_reads_only_its_top_folders(bucket, dest, settings):
     settings.source = bucket.url
     settings.inventory = put_report(bucket.client, dest, "inv/m", bucket.name, [row("A/P/1.jpg"), row("B/P/1.jpg"), row("A.jpg")])
-    p = commands.make_plan(settings, models=["A"])
+    p = commands.make_plan(settings, scope=["A"])
     assert [c.key for c in p.changes] == ["A", "A/P", "A/P/1.jpg"]
+
+
+PRODUCT_KEYS = [
+    "media/products/p42/500g/hero-card/front.jpg",
+    "media/products/p42/500g/info-card/back.png",
+    "media/products/p42/1kg/other-images/side.webp",
+    "media/products/p7/250g/hero-card/jar.jpg",
+    "media/products/p7/250g/banner/promo.jpg",  # not an image type of the catalogue: skipped
+    "media/products/p99/100g/hero-card/new.jpg",  # not a product of the platform: skipped, held
+    "media/README.txt",
+    "elsewhere/products/p7/250g/hero-card/jar.jpg",  # outside the source's prefix
+]
+
+
+@pytest.mark.parametrize("fmt", ["CSV", "Parquet"])
+def test_product_images_from_an_inventory_equal_those_from_the_listing(installed_shop, bucket, dest, fmt, tmp_path):
+    """Any catalogue reads a report as it reads a listing: below the source's prefix
+    and the catalogue's literal folder (``products/``), whole, scoped to a product, or
+    one shard of the products."""
+    for key in PRODUCT_KEYS:
+        bucket.client.put_object(Bucket=bucket.name, Key=key, Body=key.encode())  # an ETag of its own
+    settings = Settings(database=installed_shop, source=f"s3://{bucket.name}/media", cdn_base_url=CDN,
+                        catalogue=PRODUCTS)
+    commands.plan(settings, str(tmp_path / "first.json"))
+    commands.apply(settings, str(tmp_path / "first.json"))
+    bucket.delete("media/products/p42/500g/info-card/back.png")
+    bucket.put("media/products/p7/250g/hero-card/lid.jpg")
+    url = put_report(bucket.client, dest, f"inv/{bucket.name}/daily", bucket.name, rows_from_listing(listing(bucket)),
+                     fmt=fmt)
+
+    for scope in ({}, {"scope": ["p42"]}, {"shard": Shard(1, 2)}, {"shard": Shard(2, 2)}):
+        by_listing = commands.make_plan(settings, **scope)
+        by_inventory = commands.make_plan(dataclasses.replace(settings, inventory=url), **scope)
+        assert changes(by_inventory) == changes(by_listing), scope
+        assert by_inventory.scope == by_listing.scope
+        assert by_inventory.source["object_count"] == by_listing.source["object_count"]
+        assert by_inventory.source["skipped"] == by_listing.source["skipped"]
+        assert by_inventory.target["state_digest"] == by_listing.target["state_digest"]
+    whole = commands.make_plan(dataclasses.replace(settings, inventory=url))
+    assert {(c.action, c.key) for c in whole.changes} == {("delete", "media/products/p42/500g/info-card/back.png"),
+                                                         ("create", "media/products/p7/250g/hero-card/lid.jpg")}
 
 
 def test_no_report_under_the_prefix(bucket, dest, settings):

@@ -16,20 +16,7 @@ from reconciler.commands import apply, init, make_plan, write_rollback
 from reconciler.errors import CatalogueError, WrongCatalogueError
 from reconciler.planfile import write_plan
 
-from .conftest import CDN, PRODUCTS, new_database, sql_on
-
-SCHEMA = Path(__file__).parent / "data" / "platform-schema-products.sql"
-
-
-@pytest.fixture
-def shop(pg_admin_url):
-    """A database as the product platform made it: its tables, two products, three variants."""
-    with new_database(pg_admin_url, schema=False) as url, sql_on(url) as run:
-        run(SCHEMA.read_text("utf-8"))
-        run("INSERT INTO products (id, name) VALUES ('p42', 'Tea'), ('p7', 'Coffee')")
-        run("INSERT INTO product_variants (product_id, weight) VALUES ('p42', '500g'), ('p42', '1kg'), ('p7', '250g')")
-        yield url
-
+from .conftest import CDN, PRODUCTS, sql_on
 
 @pytest.fixture
 def shop_settings(shop, bucket) -> Settings:
@@ -228,7 +215,7 @@ def test_one_database_holds_one_catalogue(shop, database_url):
 
 @pytest.mark.parametrize("where", ["s3", "folder"])
 def test_a_scoped_plan_lists_only_its_products_folders(shop_settings, shop, bucket, tmp_path, where):
-    """``--model p42``: the listing goes to products/p42/ (the spec's literal folder first),
+    """``--scope p42``: the listing goes to products/p42/ (the spec's literal folder first),
     and nothing of another product is planned or deleted."""
     from .conftest import folder_bucket
 
@@ -247,10 +234,10 @@ def test_a_scoped_plan_lists_only_its_products_folders(shop_settings, shop, buck
     else:
         (tmp_path / "bucket" / COFFEE).unlink()
         (tmp_path / "bucket" / HERO).unlink()
-    scoped = make_plan(settings, models=["p42"])
+    scoped = make_plan(settings, scope=["p42"])
     assert scoped.scope == ["p42"] and scoped.source["object_count"] == 1
     assert [(c.action, c.key) for c in scoped.changes] == [("delete", HERO)]
     from reconciler.errors import SafetyError
 
     with pytest.raises(SafetyError, match="the source under product[(]s[)] p7 holds no recognised object"):
-        make_plan(settings, models=["p7"])  # its one object gone: the empty-source guard, as for a model
+        make_plan(settings, scope=["p7"])  # its one object gone: the empty-source guard, as for a model

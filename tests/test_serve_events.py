@@ -1,6 +1,7 @@
-"""S3 events → scoped runs: the webhook (AWS and MinIO bodies), SQS, deduplication,
-debouncing, other buckets, and bodies that are not events (never a 500), against
-the real server, moto's S3 and SQS, and a real PostgreSQL."""
+"""S3 events → runs scoped to the catalogue's top keys: what an event's key names (pure,
+for creators, product-images, documents), the webhook (AWS and MinIO bodies), SQS,
+deduplication, debouncing, ignored events counted by reason, and bodies that are not
+events (never a 500), against the real server, moto's S3 and SQS, and a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -13,10 +14,14 @@ import psycopg2
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
+from reconciler import Settings
+from reconciler.catalogue.keys import scope_segment
+from reconciler.commands import explain
+from reconciler.controller.events import S3Event, parse_body, run_scope, scope_of
 from reconciler.controller.leader import LEADER_KEY
-from reconciler.controller.events import model_of, parse_body
 
-from .serving import serve  # noqa: F401 — the fixture
+from .conftest import CDN, CREATORS, DOCUMENTS, PRODUCTS, SITES
+from .serving import Server, serve, start_server, stop_all  # noqa: F401 — serve: the fixture
 
 pytestmark = pytest.mark.slow
 
@@ -45,18 +50,85 @@ def event_runs(server) -> list[dict]:
     return [r for r in server.runs() if r["trigger"] == "event"]
 
 
-def test_parse_and_model_of():
+def test_parse_body():
     body = {"Records": [record("b", "Zoë Ortiz/Q&A #1/photo 1.jpg")]}
     [e] = parse_body(json.dumps(body).encode())
     assert e.key == "Zoë Ortiz/Q&A #1/photo 1.jpg" and e.bucket == "b"
     assert json.dumps(body).count("Zo%C3%AB+Ortiz") == 1
     assert parse_body(b'{"Service":"Amazon S3","Event":"s3:TestEvent","Bucket":"b"}') == []
-    assert model_of("media/Alice/x.jpg", "media/") == "Alice"
-    assert model_of("other/Alice/x.jpg", "media/") is None
-    assert model_of("media/file.jpg", "media/") is None
-    assert model_of("Alice/", "") is None and model_of("/x.jpg", "") is None
     sns = {"Type": "Notification", "Message": json.dumps(body)}
     assert parse_body(json.dumps(sns)) == parse_body(json.dumps(body))
+
+
+def about(catalogue, key: str, prefix: str = "", bucket: str = "b") -> tuple:
+    """(top key, reason ignored) of an event about ``key`` in ``bucket``, for a source
+    ``s3://b/<prefix>``."""
+    scope = scope_of(S3Event(bucket, key), catalogue, "b", prefix)
+    return scope.top_key, scope.ignored
+
+
+@pytest.mark.parametrize("catalogue, key, prefix, want", [
+    (CREATORS, "media/Alice/Beach/1.jpg", "media/", ("Alice", None)),
+    (CREATORS, "media/Alice/notes.txt", "media/", ("Alice", None)),  # skipped, but in Alice's folder
+    (CREATORS, "other/Alice/x.jpg", "media/", (None, "outside_prefix")),
+    (CREATORS, "media/file.jpg", "media/", (None, "not_in_model_folder")),
+    (CREATORS, "Alice/", "", (None, "folder_marker")),
+    (CREATORS, "/x.jpg", "", (None, "empty_segment")),
+    # The top key is the rule's capture, not the first folder ("products").
+    (PRODUCTS, "products/p42/500g/hero-card/front.jpg", "", ("p42", None)),
+    (PRODUCTS, "shop/products/p42/1kg/banner/a.jpg", "shop/", ("p42", None)),  # an unknown image type: skipped
+    (PRODUCTS, "products/p42/readme.txt", "", (None, "unsupported_extension")),  # products/**: no product
+    (PRODUCTS, "README.txt", "", (None, "unmatched")),
+    (DOCUMENTS, "acme/invoices/2026-11.pdf", "", ("acme", None)),
+    (DOCUMENTS, "acme/notes.txt", "", ("acme", None)),
+    (DOCUMENTS, "README.txt", "", (None, "not_in_tenant")),
+    (SITES, "eu/acme/index.html", "", ("eu/acme", None)),  # a top key of two columns
+])
+def test_an_events_key_names_the_top_key_the_catalogue_reads_in_it(catalogue, key, prefix, want):
+    assert about(catalogue, key, prefix) == want
+
+
+def test_events_of_another_bucket_are_ignored():
+    assert about(PRODUCTS, "products/p42/500g/hero-card/front.jpg", bucket="other") == (None, "other_bucket")
+
+
+def test_a_run_for_events_is_scoped_unless_the_catalogue_cannot_be():
+    assert run_scope(PRODUCTS, ["p7", "p42", "p7"]) == ["p42", "p7"]
+    assert run_scope(SITES, ["eu/acme"]) is None  # its scope cannot be listed: the run plans it whole
+
+
+# Keys of each catalogue's shapes, which the test cuts short and spoils one folder of.
+SHAPES = {CREATORS: ["Alice/Beach/a.jpg", "Alice/profile/icon.png", "Alice/a.jpg"],
+          PRODUCTS: ["products/p42/500g/hero-card/a.jpg", "products/p7/250g/banner/b.png"],
+          DOCUMENTS: ["acme/invoices/a.pdf", "globex/handbook/drafts/v2.pdf"]}
+
+
+def variants(key: str):
+    parts = key.split("/")
+    spoilt = st.tuples(st.integers(0, len(parts) - 1), st.sampled_from(["", "x", "c.txt", "a.jpg", "products"])).map(
+        lambda at: parts[:at[0]] + [at[1]] + parts[at[0] + 1:])
+    cut = st.just(len(parts)) | st.integers(1, len(parts))
+    return st.tuples(st.just(parts) | spoilt, cut).map(lambda t: "/".join(t[0][:t[1]]))
+
+
+@hsettings(max_examples=200)
+@given(data=st.data())
+def test_an_events_top_key_is_that_of_its_rows_and_its_run_lists_the_object(data):
+    """The top key of the rows ``explain`` says the object makes; and whatever the
+    event names, the scoped run's listing (the top folder below the catalogue's literal
+    ones) holds the object."""
+    catalogue = data.draw(st.sampled_from(list(SHAPES)))
+    key = data.draw(st.sampled_from(SHAPES[catalogue]).flatmap(variants))
+    prefix = data.draw(st.sampled_from(["", "m/"]))
+    top, ignored = about(catalogue, prefix + key, prefix)
+    [x] = explain(Settings(cdn_base_url=CDN, catalogue=catalogue), [prefix + key], root=prefix)
+    if x.reason is None:
+        assert top == x.rows[catalogue.top.name]
+    if top is not None:
+        folders = "".join(f + "/" for f in scope_segment(catalogue).prefix)
+        assert (prefix + key).startswith(prefix + folders + top + "/") and ignored is None
+    else:
+        assert ignored
 
 
 def window(sql, run_id: int) -> float:
@@ -76,7 +148,8 @@ def test_webhook_events_make_scoped_runs(serve, bucket, sql):
     bucket.put("Zoë Ortiz/Q&A #1/photo 2.jpg")
     sent = time.monotonic()
     r = c.post("/hooks/s3", json={"Records": [record(bucket.name, "Zoë Ortiz/Q&A #1/photo 2.jpg", "01")]})
-    assert r.status_code == 200 and r.json() == {"received": 1, "stored": 1, "duplicates": 0, "ignored": 0}
+    assert r.status_code == 200 and r.json() == {"received": 1, "stored": 1, "duplicates": 0, "ignored": 0,
+                                                 "ignored_by_reason": {}}
     # The same event again (same key and sequencer) is one event.
     r = c.post("/hooks/s3", json={"Records": [record(bucket.name, "Zoë Ortiz/Q&A #1/photo 2.jpg", "01")]})
     assert r.json()["duplicates"] == 1
@@ -96,7 +169,8 @@ def test_webhook_events_make_scoped_runs(serve, bucket, sql):
         {"Records": [record("another-bucket", "Carol/x.jpg", "04"), record(bucket.name, "stray.jpg", "05")]},
     ]
     answers = [c.post("/hooks/s3", json=b).json() for b in bodies]
-    assert [a["stored"] for a in answers] == [1, 1, 0, 0] and answers[3]["ignored"] == 2
+    assert [a["stored"] for a in answers] == [1, 1, 0, 0]
+    assert answers[3]["ignored_by_reason"] == {"not_in_model_folder": 1, "other_bucket": 1}
     runs = s.wait_for(lambda: len(event_runs(s)) == 2 and event_runs(s), what="a second event run")
     run = s.wait_run(runs[0]["id"])
     assert run["scope"] == ["Alice", "Bob"]
@@ -104,6 +178,45 @@ def test_webhook_events_make_scoped_runs(serve, bucket, sql):
     assert all("Carol" not in (r["scope"] or []) for r in s.runs())
     metrics = c.get("/metrics").text
     assert 'reconciler_events_received_total{via="webhook"} 6.0' in metrics
+
+
+@pytest.fixture
+def serve_shop(tmp_path, installed_shop):
+    """``serve_shop(source, serve={...})`` → ``reconciler serve --catalogue product-images`` on the shop's database."""
+
+    def start(source, **kwargs) -> Server:
+        return start_server(tmp_path, installed_shop, str(source), "--catalogue", "product-images", **kwargs)
+
+    try:
+        yield start
+    finally:
+        stop_all()
+
+
+def test_webhook_events_make_runs_scoped_to_products(serve_shop, bucket):
+    """``products/p7/…`` is about product p7 (not "products"); a product whose object
+    came and went before the run is nothing to do, not an error; keys that name no
+    product are ignored and counted by reason, in the answer and in the metrics."""
+    bucket.put("products/p42/500g/hero-card/front.jpg")
+    s = serve_shop(bucket.url, serve={"debounce": 0.5})
+    c = s.client()
+    first = s.wait_run(s.wait_for(lambda: s.runs(), what="the first run")[-1]["id"])
+    assert c.post(f"/api/runs/{first['id']}/apply").json()["status"] == "applied"
+
+    bucket.put("products/p7/250g/hero-card/jar.jpg")
+    records = [record(bucket.name, "products/p7/250g/hero-card/jar.jpg", "01"),
+               record(bucket.name, "products/p55/100g/hero-card/gone.jpg", "02"),  # put and deleted since
+               record(bucket.name, "README.txt", "03"), record(bucket.name, "products/p42/notes.txt", "04"),
+               record("another-bucket", "products/p7/250g/hero-card/jar.jpg", "05")]
+    r = c.post("/hooks/s3", json={"Records": records})
+    assert r.status_code == 200 and r.json() == {
+        "received": 5, "stored": 2, "duplicates": 0, "ignored": 3,
+        "ignored_by_reason": {"other_bucket": 1, "unmatched": 1, "unsupported_extension": 1}}
+    run = s.wait_run(s.wait_for(lambda: event_runs(s), what="an event run")[0]["id"])
+    assert run["scope"] == ["p55", "p7"] and run["status"] == "planned", run
+    assert run["summary"]["image"] == {"create": 1, "update": 0, "move": 0, "delete": 0}
+    metrics = c.get("/metrics").text
+    assert 'reconciler_events_ignored_total{reason="unmatched",via="webhook"} 1.0' in metrics
 
 
 def test_a_burst_of_1000_events_is_one_run(serve, bucket, sql, database_url):

@@ -10,12 +10,12 @@ import uuid
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-from reconciler import commands, plan_from_rows
+from reconciler import Settings, commands, plan_from_rows
 from reconciler.errors import ConfigError
 from reconciler.objects import ObjectInfo
 from reconciler.engine.shards import Shard, parse_shard, shard_index
 
-from .conftest import CDN, CREATORS, database_holding, desired_state, folder_bucket
+from .conftest import CDN, CREATORS, PRODUCTS, database_holding, desired_state, folder_bucket, sql_on
 from .inventory_reports import put_report, rows_from_listing
 
 # --------------------------------------------------------------------------- the hash
@@ -98,11 +98,12 @@ def test_shard_plans_are_disjoint_and_their_union_is_the_unsharded_plan(before, 
 # --------------------------------------------------------------------------- on a database
 
 
-def names_in_shards(n: int, per: int = 2) -> list[str]:
-    """Model names such that every shard of ``n`` holds ``per`` of them."""
+def names_in_shards(n: int, per: int = 2, stem: str = "model") -> list[str]:
+    """Top keys (model names, ``stem`` and a number) such that every shard of ``n``
+    holds ``per`` of them."""
     found: dict[int, list[str]] = {i: [] for i in range(n)}
     for i in itertools.count():
-        name = f"model{i}"
+        name = f"{stem}{i}"
         if len(found[shard_index(name, n)]) < per:
             found[shard_index(name, n)].append(name)
         if all(len(v) == per for v in found.values()):
@@ -227,3 +228,41 @@ def test_cli_shard_and_show(cli, tmp_path, database_url):
     assert "shard 2/2 (2 models)" in shown.out
     r = cli("plan", *base, "--shard", "1/2", "--model", "x")
     assert r.code == 1 and "--shard and --model cannot be combined" in r.err
+
+
+# --------------------------------------------------------------------------- product-images
+
+
+@pytest.mark.parametrize("where", ["s3", "folder"])
+def test_product_images_shards_hash_the_product_id(cli, installed_shop, bucket, tmp_path, where):
+    """A product's id (its plan key, ``p42``) is hashed, not the literal folder
+    ``products`` before it. The shard plans split the whole plan; a shard's scope holds
+    the platform's products of the shard, with images or not (p42 and p7 have none)."""
+    products = names_in_shards(2, per=2, stem="p")
+    with sql_on(installed_shop) as run:
+        for p in products:
+            run("INSERT INTO products (id, name) VALUES (%s, %s)", (p, p))
+            run("INSERT INTO product_variants (product_id, weight) VALUES (%s, '500g')", (p,))
+    keys = [f"products/{p}/500g/hero-card/{i}.jpg" for p in products for i in range(2)]
+    if where == "s3":
+        bucket.put(*keys)
+        source = bucket.url
+    else:
+        source = str(folder_bucket(tmp_path / "b", *keys))
+    settings = Settings(database=installed_shop, source=source, cdn_base_url=CDN, catalogue=PRODUCTS)
+    union = []
+    for k in (1, 2):
+        shard = Shard(k, 2)
+        p = commands.make_plan(settings, shard=shard)
+        assert p.scope == sorted(name for name in [*products, "p42", "p7"] if shard_index(name, 2) == k - 1)
+        assert {c.after["product_id"] for c in p.changes} == {name for name in products if name in shard}
+        union += p.changes
+    assert sorted(repr(c.to_dict()) for c in union) == sorted(
+        repr(c.to_dict()) for c in commands.make_plan(settings).changes)
+
+    r = cli("plan", "--catalogue", "product-images", "--source", source, "--database", installed_shop,
+            "--cdn-base-url", CDN, "--shard", "2/2")
+    assert r.code == 0, r.err
+    n = len([name for name in [*products, "p42", "p7"] if shard_index(name, 2) == 1])
+    assert f"shard 2/2 ({n} products)." in r.out and "-shard-2-of-2.json" in r.out
+

@@ -3,6 +3,8 @@
 :func:`read_key` is the rules applied to a single key below the source root, first
 match wins, as the spec reads: what ``reconciler explain`` prints, and what the
 columnar classifier (:mod:`reconciler.engine.frames`) is held to, key by key, by property tests.
+:func:`scope_segment` is where a key holds its top entity's key, when every key that
+makes rows holds it in the same folder: what a scope lists.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import re
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+from ..errors import ConfigError
 from .descriptor import Catalogue, Entity, Rule
-from .patterns import class_of
+from .patterns import Placeholder, class_of
 
 
 @dataclass(frozen=True)
@@ -84,3 +87,57 @@ def plan_keys(catalogue: Catalogue, entity: str, values: dict) -> dict[str, str]
         own = own_key(e, values)
         keys[e.name] = own if e.unique == "global" or e.parent is None else keys[e.parent] + "/" + own
     return keys
+
+
+# --------------------------------------------------------------------------- scope
+
+
+@dataclass(frozen=True)
+class ScopeSegment:
+    """Where the top entity's key stands in every key that makes a row: the segment at
+    ``index``, after the literal segments ``prefix`` (``products/{product_id}/…``:
+    ``("products",)`` and 1). A scope (``--scope``, ``--shard``) lists and plans only
+    the keys whose segment there is one of its top keys."""
+
+    prefix: tuple[str, ...]
+    index: int
+
+    def of(self, rel: str) -> str | None:
+        parts = rel.split("/", self.index + 1)
+        if len(parts) <= self.index or tuple(parts[: self.index]) != self.prefix:
+            return None
+        return parts[self.index]
+
+
+def scope_segment(catalogue: Catalogue) -> ScopeSegment | None:
+    """The top entity's segment, when every rule that makes rows puts its key's one
+    capture as a whole segment at the same place after the same literal segments; None
+    when the catalogue cannot be scoped (a top key of several columns, or not a folder)."""
+    top = catalogue.top
+    if len(top.key) != 1 or top.key[0][1].single is None:
+        return None
+    name = top.key[0][1].single
+    found: set[ScopeSegment] = set()
+    for r in catalogue.rules_implying(top.name):
+        prefix: list[str] = []
+        at = None
+        for i, seg in enumerate(r.pattern.segments):
+            if len(seg) == 1 and isinstance(seg[0], Placeholder) and seg[0].name == name:
+                at = i
+                break
+            if seg == ("**",) or not all(isinstance(p, str) for p in seg):
+                break
+            prefix.append("".join(seg))
+        if at is None:
+            return None
+        found.add(ScopeSegment(tuple(prefix), at))
+    return found.pop() if len(found) == 1 else None
+
+
+def require_scope_segment(catalogue: Catalogue) -> ScopeSegment:
+    """The top entity's segment, for a scope; a ConfigError says why there is none."""
+    segment = scope_segment(catalogue)
+    if segment is None:
+        raise ConfigError(f"catalogue {catalogue.name} cannot be scoped: its top entity {catalogue.top.name!r} "
+                          "is not one folder of every key; plan it whole, without --scope or --shard")
+    return segment

@@ -1,8 +1,8 @@
 """The reconciliation controller behind ``reconciler serve``: leader election, the
 loop (schedule, events, auto-apply), the SQS consumer, and on-demand runs.
 
-Level-triggered: events only say *which models* to look at soon; every run lists the
-bucket and plans afresh. One replica per database leads (a PostgreSQL session
+Level-triggered: events only say *which top keys* (models, products …) to look at soon;
+every run lists the bucket and plans afresh. One replica per database leads (a PostgreSQL session
 advisory lock held on a dedicated connection, re-tried every few seconds with
 jitter); only the leader runs the schedule, turns stored events into runs, consumes
 SQS and auto-applies. Every replica serves the API, accepts webhooks (events are

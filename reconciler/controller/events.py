@@ -1,10 +1,10 @@
-"""S3 event notifications → the models they name. Pure: no I/O.
+"""S3 event notifications → the keys of the catalogue's top entity they name. Pure: no I/O.
 
 Bodies come from ``POST /hooks/s3`` (AWS's record format, or MinIO's webhook body,
 which wraps the same records) or from SQS (the same JSON as the message body, or
-inside an SNS envelope). Events are hints: they say which models to plan soon; the run
-lists and plans as always, so a lost or duplicated event costs nothing but a later
-or an extra check.
+inside an SNS envelope). Events are hints: they say which top keys (models of creators,
+products of product-images) to plan soon; the run lists and plans as always, so a lost
+or duplicated event costs nothing but a later or an extra check.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
+from typing import Iterable
 from urllib.parse import unquote_plus
 
+from ..catalogue import Catalogue, plan_keys, read_key
+from ..catalogue.keys import attributes, scope_segment
 from ..errors import ReconcilerError
 
 MAX_BODY = 1024 * 1024  # bytes; a larger webhook body is refused
@@ -120,12 +123,41 @@ def parse_body(body: bytes | str) -> list[S3Event]:
     return events
 
 
-def model_of(key: str, prefix: str) -> str | None:
-    """The model a key belongs to, below the source's prefix (``"media/"`` or ``""``);
-    None for keys outside the prefix or outside a model folder (``file.jpg``, ``/x``)."""
-    if not key.startswith(prefix):
-        return None
-    model, sep, below = key[len(prefix) :].partition("/")
-    if not sep or not model or not below:
-        return None
-    return model
+OTHER_BUCKET = "other_bucket"
+OUTSIDE_PREFIX = "outside_prefix"
+
+
+@dataclass(frozen=True)
+class EventScope:
+    """What an event means to the catalogue: the top entity's key whose folder it
+    changed (a run plans that key), or why it is ignored."""
+
+    top_key: str | None
+    ignored: str | None = None  # other_bucket, outside_prefix, or the key's reading: unmatched, a skip reason …
+
+
+def scope_of(event: S3Event, catalogue: Catalogue, bucket: str | None, prefix: str) -> EventScope:
+    """The top key of the event's object, as the catalogue reads its key below the
+    source's ``prefix`` (``"media/"`` or ``""``): the rule that takes the key (a skip
+    rule too: a scoped plan counts what it skips) and its captures give it —
+    ``products/p42/500g/hero-card/a.jpg`` is about product ``p42``. Ignored: another
+    bucket, a key outside the prefix, and a key whose reading names no top key (one no
+    rule takes, a folder marker, ``stray.jpg`` beside the models' folders)."""
+    if event.bucket != bucket:
+        return EventScope(None, OTHER_BUCKET)
+    if not event.key.startswith(prefix):
+        return EventScope(None, OUTSIDE_PREFIX)
+    rel = event.key[len(prefix):]
+    reading = read_key(catalogue, rel)
+    top = catalogue.top
+    values = {**reading.captures, **attributes(catalogue, event.key, rel)}
+    if reading.rule is None or not all(values.get(n) for n in catalogue.scope_names(top.name)):
+        return EventScope(None, reading.reason)
+    return EventScope(plan_keys(catalogue, top.name, values)[top.name])
+
+
+def run_scope(catalogue: Catalogue, top_keys: Iterable[str]) -> list[str] | None:
+    """The scope of the run for events about ``top_keys``: those keys; or the whole
+    catalogue (None) when a scope cannot be listed, its top entity not being one folder
+    of every key."""
+    return sorted(set(top_keys)) if scope_segment(catalogue) is not None else None

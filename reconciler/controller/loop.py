@@ -8,6 +8,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,7 +22,7 @@ from ..sources import S3Source, open_source
 from ..store.models import ControllerState, Event, Run
 from ..version import __version__
 from .approvals import Approvals
-from .events import S3Event, model_of, parse_body
+from .events import S3Event, parse_body, run_scope, scope_of
 from .leader import OWNER_CLASS, LeaderElector, replica_name
 from .notify import Notifier
 from .options import ServeOptions
@@ -169,7 +170,8 @@ class Controller:
 
     def take_events(self) -> int | None:
         """When the oldest pending event is ``debounce`` seconds old, claim every
-        pending event for one new run scoped to the models they name.
+        pending event for one new run scoped to the top keys they name (the whole
+        catalogue when it cannot be scoped: :func:`.events.run_scope`).
 
         The window starts at the first event, not the last: a steady stream still
         gets a run every ``debounce`` seconds. Claiming is one statement, so two
@@ -191,11 +193,12 @@ class Controller:
                 rows = cur.fetchall()
                 if not rows:
                     return None
-                models = sorted({m for _, m in rows})
-                run_id = Run.insert(status="planning", trigger="event", scope=models, created_at=pw.SQL("now()"),
-                                    owner=self.owner, phase="queued").execute()
+                keys = sorted({top for _, top in rows})
+                run_id = Run.insert(status="planning", trigger="event", scope=run_scope(self.settings.catalogue, keys),
+                                    created_at=pw.SQL("now()"), owner=self.owner, phase="queued").execute()
                 Event.update(run_id=run_id).where(Event.id << [i for i, _ in rows]).execute()
-        log.info("run %s for %d event(s) about %d model(s)", run_id, len(rows), len(models))
+        log.info("run %s for %d event(s) about %d %s", run_id, len(rows), len(keys),
+                 self.settings.catalogue.top.name if len(keys) == 1 else self.settings.catalogue.top.plural.lower())
         return run_id
 
     def reap(self) -> None:
@@ -262,28 +265,34 @@ class Controller:
     # ------------------------------------------------------------------ events
 
     def ingest(self, events: list[S3Event], via: str) -> dict:
-        """Store the events that concern the source (its bucket, under its prefix, in a
-        model folder); the rest are ignored. Duplicates (same bucket, key, sequencer)
-        are stored once. Returns the counts."""
-        wanted = []
+        """Store the events that concern the source (its bucket, under its prefix, a
+        key that names a top key of the catalogue: :func:`.events.scope_of`); the rest
+        are ignored, counted by reason. Duplicates (same bucket, key, sequencer) are
+        stored once. Returns the counts."""
+        wanted, ignored = [], Counter()
         for e in events:
-            model = model_of(e.key, self.prefix) if e.bucket == self.bucket else None
-            if model is not None:
-                wanted.append((e, model))
+            about = scope_of(e, self.settings.catalogue, self.bucket, self.prefix)
+            if about.top_key is None:
+                ignored[about.ignored] += 1
+            else:
+                wanted.append((e, about.top_key))
         stored = 0
         if wanted:
             with self.runs.session("cannot store the events"), self.runs.db.atomic():
                 for i in range(0, len(wanted), 500):
+                    # The column is named in the creators' words; it holds the top key.
                     rows = [dict(via=via, bucket=e.bucket, key=e.key, event_name=e.event_name, sequencer=e.sequencer,
-                                 model=m, dedup=e.dedup, received_at=pw.SQL("now()")) for e, m in wanted[i:i + 500]]
+                                 model=top, dedup=e.dedup, received_at=pw.SQL("now()")) for e, top in wanted[i:i + 500]]
                     cur = self.runs.db.execute(
                         Event.insert_many(rows).on_conflict_ignore().returning(Event.id)
                     )
                     stored += len(list(cur))
         counts = {"received": len(events), "stored": stored, "duplicates": len(wanted) - stored,
-                  "ignored": len(events) - len(wanted)}
+                  "ignored": len(events) - len(wanted), "ignored_by_reason": dict(sorted(ignored.items()))}
         if self.observer is not None and hasattr(self.observer, "events_received"):
             self.observer.events_received(via, len(events))
+        if ignored and self.observer is not None and hasattr(self.observer, "events_ignored"):
+            self.observer.events_ignored(via, ignored)
         return counts
 
     def _run_sqs(self) -> None:

@@ -469,7 +469,9 @@ class Runs:
         try:
             with tempfile.TemporaryDirectory(prefix="reconciler-plan-") as d:
                 path = os.path.join(d, "plan.json")
-                plan, _ = commands.plan(self.settings, path, models=run["scope"], progress=progress)
+                # An event's top keys came from the bucket: one whose objects came and went is nothing to do.
+                plan, _ = commands.plan(self.settings, path, scope=run["scope"], require_known=run["trigger"] != "event",
+                                        progress=progress)
                 with open(path, "rb") as f:
                     data = f.read()
             summary = plan.summary
@@ -640,9 +642,9 @@ class Runs:
 
     def check_models(self, models: list[str]) -> None:
         """Refuse, before a run is made, model names that are neither in the source nor
-        in the database — the check ``plan --model`` makes (:func:`reconciler.commands.check_models`)."""
+        in the database — the check ``plan --model`` makes (:func:`reconciler.commands.check_scope`)."""
         try:
-            commands.check_models(self.settings, models, hint="check the model names")
+            commands.check_scope(self.settings, models, hint=f"check the {self.settings.catalogue.top.name} names")
         except ConfigError as e:
             raise BadRequest(str(e)) from None
 

@@ -32,8 +32,7 @@ import polars as pl
 
 from ..catalogue import Catalogue, Entity, read_key
 from ..catalogue.descriptor import Source, Template, Value
-from ..catalogue.keys import PLAIN_KEY, quote_key, url_base
-from ..catalogue.patterns import Placeholder
+from ..catalogue.keys import PLAIN_KEY, quote_key, require_scope_segment, url_base
 from ..objects import ObjectInfo
 from .shards import Shard
 
@@ -60,53 +59,6 @@ def capture(name: str) -> str:
 def plan_key(entity: str) -> str:
     """The column of an entity's plan key in the classified items and in rows."""
     return "k." + entity
-
-
-# --------------------------------------------------------------------------- scope
-
-
-@dataclass(frozen=True)
-class ScopeSegment:
-    """Where the top entity's key stands in every key that makes a row: the segment at
-    ``index``, after the literal segments ``prefix`` (``products/{product_id}/…``:
-    ``("products",)`` and 1). A scope (``--model``) lists and plans only the keys
-    whose segment there is one of its names."""
-
-    prefix: tuple[str, ...]
-    index: int
-
-    def of(self, rel: str) -> str | None:
-        parts = rel.split("/", self.index + 1)
-        if len(parts) <= self.index or tuple(parts[: self.index]) != self.prefix:
-            return None
-        return parts[self.index]
-
-    def listing_prefix(self, name: str) -> str:
-        return "".join(p + "/" for p in self.prefix) + name + "/"
-
-
-def scope_segment(catalogue: Catalogue) -> ScopeSegment | None:
-    """The top entity's segment, when every rule that makes rows puts its key's one
-    capture as a whole segment at the same place after the same literal segments."""
-    top = catalogue.top
-    if len(top.key) != 1 or top.key[0][1].single is None:
-        return None
-    name = top.key[0][1].single
-    found: set[ScopeSegment] = set()
-    for r in catalogue.rules_implying(top.name):
-        prefix: list[str] = []
-        at = None
-        for i, seg in enumerate(r.pattern.segments):
-            if len(seg) == 1 and isinstance(seg[0], Placeholder) and seg[0].name == name:
-                at = i
-                break
-            if seg == ("**",) or not all(isinstance(p, str) for p in seg):
-                break
-            prefix.append("".join(seg))
-        if at is None:
-            return None
-        found.add(ScopeSegment(tuple(prefix), at))
-    return found.pop() if len(found) == 1 else None
 
 
 # --------------------------------------------------------------------------- classifying
@@ -136,12 +88,7 @@ class Classifier:
     def __init__(self, catalogue: Catalogue, root: str = "", scope=None) -> None:
         self.catalogue, self.root = catalogue, root
         self.scope = scope if scope is None or isinstance(scope, Shard) else frozenset(scope)
-        self.segment = scope_segment(catalogue)
-        if self.scope is not None and self.segment is None:
-            from ..errors import ConfigError
-
-            raise ConfigError(f"catalogue {catalogue.name} cannot be scoped: its top entity "
-                              f"{catalogue.top.name!r} is not one folder of every key")
+        self.segment = require_scope_segment(catalogue) if self.scope is not None else None
         self.rules = catalogue.rules
         # Captures the desired rows read (those of rules that make rows or facets).
         self.kept = sorted({n for r in self.rules if r.action != "skip" for n in r.pattern.names})

@@ -29,6 +29,7 @@ import polars as pl
 
 from ..canonical import canonical
 from ..catalogue import Catalogue, Entity
+from ..catalogue.keys import scope_segment
 from . import BATCH_ROWS  # items (or current rows) per batch, unless one top row has more
 from .diff import Change, ChangeList, EncodedChange, Lines, change_order, content_columns, entity_changes, json_columns
 from .frames import UNKNOWN_PARENT, Listing, desired_of, plan_key
@@ -114,8 +115,6 @@ def _top_ordered(catalogue: Catalogue, e: Entity) -> bool:
     "/", as batches are ordered (``key + "/"``); a key that is the object's own begins
     with the scope's folders. The top rows' own keys do not: ``"a"`` sorts before
     ``"a b"``, but ``"a b/"`` before ``"a/"``."""
-    from .frames import scope_segment
-
     if e is catalogue.top:
         return False
     if e.unique == "parent":

@@ -73,7 +73,7 @@ def check_empty_source(recognised: int, current_rows: int, scope: list[str] | No
         where = "the source" if scope is None else f"the source under {top}(s) {', '.join(scope)}"
         raise SafetyError(
             f"{where} holds no recognised object, but the database holds {current_rows} row(s) in scope: "
-            "refusing to plan their deletion. Check the source URL, prefix and --model; "
+            f"refusing to plan their deletion. Check the source URL{' and prefix' if scope is None else ', prefix and scope'}; "
             "pass --allow-empty-source if the bucket really is empty"
         )
 

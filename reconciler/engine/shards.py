@@ -1,20 +1,21 @@
-"""Sharded plans: models split over N shards by a stable hash of their folder name. Pure.
+"""Sharded plans: the top entity's keys split over N shards by a stable hash. Pure.
 
-A model belongs to shard ``K`` of ``N`` (``K`` counts from 1, as in ``--shard 1/4`` …
-``--shard 4/4``) when
+A top key (a model's folder name for creators, a product's id for product-images:
+the plan key of the top entity, ``p42``) belongs to shard ``K`` of ``N`` (``K`` counts
+from 1, as in ``--shard 1/4`` … ``--shard 4/4``) when
 
-    int.from_bytes(sha256(folder_name.encode("utf-8")).digest()[:8], "big") % N == K - 1
+    int.from_bytes(sha256(top_key.encode("utf-8")).digest()[:8], "big") % N == K - 1
 
-— the first 8 bytes of the SHA-256 of the UTF-8 name, read big-endian, modulo N. The
-same name lands in the same shard on every machine, in every Python version and in any
+— the first 8 bytes of the SHA-256 of the UTF-8 key, read big-endian, modulo N. The
+same key lands in the same shard on every machine, in every Python version and in any
 other language, so a CI matrix or a Kubernetes indexed Job (whose ``JOB_COMPLETION_INDEX``
 counts from 0: pass ``$((JOB_COMPLETION_INDEX + 1))/N``) splits the work without talking.
 
-A shard plan is a ``--model`` plan whose models are chosen by the hash: it lists only
-its models' prefixes, reads and digests only their rows, and changes nothing outside
-them, so the N plans made together apply independently, in any order. A model renamed
-into another shard is a delete in one shard plan and a create in the other (never a
-move), since no single shard sees both names.
+A shard plan is a ``--scope`` plan whose top keys are chosen by the hash: it lists only
+their folders, reads and digests only their rows, and changes nothing outside them, so
+the N plans made together apply independently, in any order. A top folder renamed into
+another shard is a delete in one shard plan and a create in the other (never a move),
+since no single shard sees both names.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ MAX_SHARDS = 10_000
 
 
 def shard_index(name: str, count: int) -> int:
-    """The 0-based shard of a model folder name among ``count`` shards."""
+    """The 0-based shard of a top key among ``count`` shards."""
     # surrogateescape: a folder source's undecodable file name still hashes (and stays
     # put); any other lone surrogate is hashed as its code point's bytes.
     try:
@@ -40,10 +41,10 @@ def shard_index(name: str, count: int) -> int:
 
 
 class Shard:
-    """Shard ``number`` (1-based) of ``count``: a container of model names (``name in shard``).
+    """Shard ``number`` (1-based) of ``count``: a container of top keys (``key in shard``).
 
-    Not iterable: the members are whatever names the source and the database hold.
-    ``saw_others`` turns true once a name of another shard was asked about — the
+    Not iterable: the members are whatever keys the source and the database hold.
+    ``saw_others`` turns true once a key of another shard was asked about — the
     source is then not empty, even if this shard's part of it is.
     """
 
@@ -56,7 +57,7 @@ class Shard:
             raise ConfigError(f"shard {number}/{count} does not exist: K counts from 1 to N in --shard K/N")
         self.number, self.count = number, count
         self.saw_others = False
-        self._memo: dict[str, bool] = {}  # a listing asks about the same few names millions of times
+        self._memo: dict[str, bool] = {}  # a listing asks about the same few keys millions of times
 
     def __contains__(self, name: object) -> bool:
         hit = self._memo.get(name)  # type: ignore[arg-type]

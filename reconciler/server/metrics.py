@@ -32,6 +32,9 @@ class Metrics:
         self.last_apply = Gauge("reconciler_last_apply_timestamp_seconds", "When a plan was last applied", registry=r)
         self.objects = Gauge("reconciler_objects_listed", "Objects listed by the last full check", registry=r)
         self.events = Counter("reconciler_events_received", "S3 event records received", ["via"], registry=r)
+        self.ignored_events = Counter("reconciler_events_ignored", "S3 event records ignored, by reason (another "
+                                      "bucket, outside the prefix, a key naming no top key)", ["via", "reason"],
+                                      registry=r)
 
     # Observer
     def run_finished(self, run: dict) -> None:
@@ -49,6 +52,10 @@ class Metrics:
 
     def events_received(self, via: str, n: int) -> None:
         self.events.labels(via).inc(n)
+
+    def events_ignored(self, via: str, by_reason: dict[str, int]) -> None:
+        for reason, n in by_reason.items():
+            self.ignored_events.labels(via, reason).inc(n)
 
     # scrape
     def refresh(self, status: dict) -> None:

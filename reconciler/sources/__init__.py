@@ -27,11 +27,12 @@ class Source(Protocol):
     root: str
     public_url: str  # the default base of media URLs
 
-    def list(self, models: Iterable[str] | Shard | None = None, under: str = "") -> Iterator[ObjectInfo]:
-        """Every object under the root; with ``models`` (names, or a :class:`Shard`)
-        only the objects under those top folders, which stand below ``under`` (the
+    def list(self, scope: Iterable[str] | Shard | None = None, under: str = "") -> Iterator[ObjectInfo]:
+        """Every object under the root; with a ``scope`` (top keys, or a :class:`Shard`)
+        only the objects in those top folders, which stand below ``under`` (the
         catalogue's literal folders before its top entity's: ``products/``; "" for
-        creators' models)."""
+        creators' models). A key that cannot be one folder ("", or holding a "/") lists
+        nothing."""
         ...
 
 

@@ -41,24 +41,24 @@ class FolderSource:
         """``file://`` and the folder's absolute path: the default base of media URLs."""
         return Path(os.path.abspath(self.path)).as_uri()
 
-    def list(self, models: Iterable[str] | Shard | None = None, under: str = "") -> Iterator[ObjectInfo]:
+    def list(self, scope: Iterable[str] | Shard | None = None, under: str = "") -> Iterator[ObjectInfo]:
         base = os.path.realpath(self.path)
         if not os.path.isdir(base):
             raise SourceError(f"source folder {self.path!r} does not exist or is not a folder; check --source")
-        if models is None:
+        if scope is None:
             yield from self._walk(base, base, "")
             return
         top = os.path.join(base, *under.split("/")[:-1]) if under else base
         if os.path.islink(top) or not os.path.isdir(top):
             return
-        if isinstance(models, Shard):  # the shard's folders among those at the top
+        if isinstance(scope, Shard):  # the shard's folders among those at the top
             with os.scandir(top) as entries:
-                models = [e.name for e in entries if e.is_dir(follow_symlinks=False) and e.name in models]
-        for m in sorted(set(models)):
-            sub = os.path.join(top, m)
-            if "/" in m or m in ("", ".", "..") or os.path.islink(sub) or not os.path.isdir(sub):
+                scope = [e.name for e in entries if e.is_dir(follow_symlinks=False) and e.name in scope]
+        for k in sorted(set(scope)):
+            sub = os.path.join(top, k)
+            if "/" in k or k in ("", ".", "..") or os.path.islink(sub) or not os.path.isdir(sub):
                 continue
-            yield from self._walk(base, sub, under + m + "/")
+            yield from self._walk(base, sub, under + k + "/")
 
     def _walk(self, base: str, folder: str, prefix: str) -> Iterator[ObjectInfo]:
         """Depth first, each folder's entries by name (a folder's objects where its name

@@ -231,13 +231,13 @@ class InventorySource:
 
     # ------------------------------------------------------------------ the rows
 
-    def list(self, models: Iterable[str] | Shard | None = None, under: str = "") -> Iterator[ObjectInfo]:
-        """The report's current objects under the root (with ``models``: under those
-        top folders only, below ``under``), a data file at a time, in the report's order."""
+    def list(self, scope: Iterable[str] | Shard | None = None, under: str = "") -> Iterator[ObjectInfo]:
+        """The report's current objects under the root (with a ``scope``: in those top
+        folders only, below ``under``), a data file at a time, in the report's order."""
         report = self.report
         dest, _ = _split_s3(report.url)
-        root = self.s3.prefix + (under if models is not None else "")
-        scope = models if models is None or isinstance(models, Shard) else frozenset(models)
+        root = self.s3.prefix + (under if scope is not None else "")
+        keys = scope if scope is None or isinstance(scope, Shard) else frozenset(scope)
         with tempfile.TemporaryDirectory(prefix="reconciler-inventory-") as tmp:
             for f in report.files:
                 path = os.path.join(tmp, "data")
@@ -249,9 +249,9 @@ class InventorySource:
                     key = o.key
                     if not key.startswith(root):
                         continue
-                    if scope is not None:
-                        model, slash, _ = key[len(root) :].partition("/")
-                        if not slash or model not in scope:
+                    if keys is not None:
+                        top, slash, _ = key[len(root) :].partition("/")
+                        if not slash or top not in keys:
                             continue
                     yield o
                 os.unlink(path)

@@ -152,20 +152,20 @@ class S3Source:
         self.progress(f"S3 request failed ({why}); retrying, {left} of {self.max_attempts} attempts left")
         return None
 
-    def list(self, models: Iterable[str] | Shard | None = None, under: str = "") -> Iterator[ObjectInfo]:
-        if models is not None and not isinstance(models, Shard):
-            prefixes = [self.prefix + under + m + "/" for m in sorted(set(models))]
+    def list(self, scope: Iterable[str] | Shard | None = None, under: str = "") -> Iterator[ObjectInfo]:
+        if scope is not None and not isinstance(scope, Shard):
+            prefixes = [self.prefix + under + k + "/" for k in sorted(set(scope)) if k and "/" not in k]
             yield from self._parallel(prefixes)
             return
         # One delimited call finds the top-level folders; each is then listed on its own.
         top_objects: list[ObjectInfo] = []
         prefixes: list[str] = []
-        for page in self._pages(self.prefix + (under if models is not None else ""), delimiter="/"):
+        for page in self._pages(self.prefix + (under if scope is not None else ""), delimiter="/"):
             top_objects.extend(_s3_object(o) for o in page.get("Contents", ()))
             prefixes.extend(p["Prefix"] for p in page.get("CommonPrefixes", ()))
-        if models is not None:  # a shard: only its top rows' folders, no keys beside them
+        if scope is not None:  # a shard: only its top rows' folders, no keys beside them
             n = len(self.prefix + under)
-            prefixes = [p for p in prefixes if p[n:-1] in models]
+            prefixes = [p for p in prefixes if p[n:-1] in scope]
             top_objects = []
         yield from top_objects
         yield from self._parallel(prefixes)
