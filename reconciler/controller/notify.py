@@ -193,7 +193,6 @@ def run_event(name: str, run: dict, verdict: Verdict | None, catalogue: Catalogu
         if said:
             counts.append(f"{kind}: {said}")
     scope = ", ".join(run["scope"]) if run["scope"] else "every " + catalogue.entity(catalogue.kinds[0]).label.lower()
-    who = run.get("triggered_by") or run["trigger"]
     lines = [f"[{catalogue.name}] {TITLES[name]}: run {run['id']} ({scope}; {run['trigger']}"
              + (f" by {run['triggered_by']}" if run.get("triggered_by") else "") + ")"]
     if run["change_count"]:
