@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from reconciler.config import load_settings
-from reconciler.db import open_database
+from reconciler.store.db import open_database
 
 HERE = Path(__file__).resolve().parent
 
