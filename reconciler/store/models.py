@@ -71,6 +71,8 @@ class Run(_Base):
     plan_seconds = pw.DoubleField(null=True)
     apply_seconds = pw.DoubleField(null=True)
     error = pw.TextField(null=True)
+    skipped = JSONField(null=True)  # the listing's skipped objects by reason
+    tops = JSONField(null=True)  # per top key: the listing's objects and skips (Listing.tallies)
 
     class Meta:
         table_name = "reconciler_runs"
