@@ -8,6 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..catalogue import Catalogue
 from ..controller.events import MAX_BODY
 
 
@@ -69,3 +70,16 @@ def path_id(request: Request, name: str = "id") -> int:
     if not raw.isdigit() or len(raw) > 18:
         raise HTTPException(404, f"there is no such {name.replace('_', ' ')}")
     return int(raw)
+
+
+def top_keys_param(catalogue: Catalogue, keys, what: str) -> list[str]:
+    """``keys`` as top-entity keys (models, products), or a 400 that says what one is: a
+    text without NUL, and without "/" when the key is one folder."""
+    top = catalogue.top
+    one_folder = len(top.key_columns) == 1
+    if not isinstance(keys, list) or len(keys) > 10_000 or not all(
+            isinstance(k, str) and k and len(k) <= 1024 and "\0" not in k and not (one_folder and "/" in k)
+            for k in keys):
+        raise HTTPException(400, f"{what} must be a list of {top.name} keys"
+                                 + (" (folder names, without '/')" if one_folder else ""))
+    return keys
