@@ -329,4 +329,4 @@ def test_the_dashboard_speaks_the_catalogues_words(serve, shop_database_url, tmp
     assert "the platform&#39;s, looked up" in settings and "written by the tool" in settings
     assert "<code>product_variants</code>" in settings and "<code>variant</code> by <code>variant_id</code>" in settings
     r = c.post("/runs", data={"csrf": csrf_of(home), "scope": "p42/500g"})
-    assert r.status_code == 400 and "product keys (folder names, without &#39;/&#39;)" in r.text
+    assert r.status_code == 400 and "&#39;p42/500g&#39; is not a product key (a folder name, without &#39;/&#39;)" in r.text

@@ -102,7 +102,9 @@ def test_creators_cards_scope_alias_and_every_kind_in_the_metrics(serve, tmp_pat
     alice = c.get("/api/status/Alice").json()
     assert alice["objects"] == 3 and alice["skipped"] == {"unsupported_extension": 1}
     assert alice["kinds"]["media"]["create"] == 1 and alice["to_create"] == 3  # the model, its post, the post's image
-    assert c.get("/api/status/Alice/Beach").status_code == 400  # a model is one folder
+    nested = c.get("/api/status/Alice/Beach")
+    assert nested.status_code == 400 and nested.json()["error"] == \
+        "'Alice/Beach' is not a model key (a folder name, without '/')"
     every = c.get("/api/status", params={"by": "top"}).json()
     assert every["entity"] == "model" and [t["key"] for t in every["tops"]] == ["Alice", "Bob"]
     assert every["skipped"] == {"not_in_model_folder": 1, "unsupported_extension": 1}

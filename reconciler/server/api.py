@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..controller.runs import STATUSES
-from .http import JSONResponse, int_param, path_id, read_json, top_keys_param
+from .http import JSONResponse, int_param, path_id, read_json, top_key_param, top_keys_param
 
 
 def approver(request: Request) -> str:
@@ -48,7 +48,7 @@ async def top_status(request: Request):
     """One top key's status card: ``GET /api/status/{key}`` (a key of several columns
     holds "/": the path takes it whole)."""
     c = request.app.state.controller
-    key = top_keys_param(c.settings.catalogue, [request.path_params["key"]], "the key")[0]
+    key = top_key_param(c.settings.catalogue, request.path_params["key"])
     st = await run_in_threadpool(c.runs.top_status, key)
     return JSONResponse({"entity": c.settings.catalogue.top.name, **st.to_dict()})
 

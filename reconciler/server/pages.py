@@ -37,7 +37,7 @@ from ..engine.diff import ACTIONS
 from ..errors import DatabaseError, ReconcilerError
 from ..version import __version__
 from . import charts
-from .http import int_param, path_id, read_body, top_keys_param
+from .http import int_param, path_id, read_body, top_key_param
 from .sessions import COOKIE, MAX_AGE
 
 # Paths the dashboard answers; TokenAuth leaves them to the session checks here.
@@ -321,7 +321,7 @@ async def overview(request: Request):
 async def plan_now(request: Request):
     c = request.app.state.controller
     key = request.state.form.get("scope", "").strip()
-    scope = top_keys_param(c.settings.catalogue, [key], "the key") if key else None
+    scope = [top_key_param(c.settings.catalogue, key)] if key else None
     run_id = await run_in_threadpool(c.start_run, scope, "manual")
     return _redirect(f"/runs/{run_id}")
 
