@@ -189,6 +189,7 @@ def serve(tmp_path, database_url):
 
 
 SHOP = ROOT / "examples" / "catalogues" / "product-images"
+OLD = "products/p7/250g/hero-card/old.jpg"  # an image row the example bucket has no file for
 
 
 @pytest.fixture
@@ -208,3 +209,12 @@ def shop_bucket(folder: Path) -> Path:
     """A copy of the product-images example's bucket folder (tests change theirs)."""
     shutil.copytree(SHOP / "bucket", folder)
     return folder
+
+
+def image_row(url: str, key: str) -> None:
+    """A product image row at ``key`` (``products/{product}/{weight}/{type}/{file}``)."""
+    product, weight, kind = key.split("/")[1:4]
+    with sql_on(url) as sql:
+        sql("INSERT INTO product_images (variant_id, product_id, variant_weight, image_type, file_name, image_url) "
+            "SELECT id, product_id, weight, %s, %s, 'https://cdn.example.test/' || %s FROM product_variants "
+            "WHERE product_id = %s AND weight = %s", (kind, key, key, product, weight))

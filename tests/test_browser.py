@@ -24,10 +24,9 @@ from dataclasses import dataclass
 import pytest
 
 from .conftest import folder_bucket, sql_on
-from .serving import serve, shop_bucket, shop_database_url  # noqa: F401 — fixtures
+from .serving import OLD, image_row, serve, shop_bucket, shop_database_url  # noqa: F401 — fixtures
 from .test_dashboard import KEYS, csrf_of, seed_gone
 from .test_serve_guard import snapshot
-from .test_serve_status import OLD, image_row
 
 pytestmark = pytest.mark.slow
 

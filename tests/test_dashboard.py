@@ -14,8 +14,7 @@ import pytest
 from reconciler.controller.runs import STATUSES
 
 from .conftest import CREATORS, folder_bucket
-from .serving import ROOT, serve, shop_bucket, shop_database_url  # noqa: F401 — fixtures
-from .test_serve_status import OLD, image_row
+from .serving import OLD, ROOT, image_row, serve, shop_bucket, shop_database_url  # noqa: F401 — fixtures
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -10,20 +10,9 @@ import shutil
 import pytest
 
 from .conftest import folder_bucket, sql_on
-from .serving import SHOP, serve, shop_database_url  # noqa: F401 — fixtures
+from .serving import OLD, SHOP, image_row, serve, shop_database_url  # noqa: F401 — fixtures
 
 pytestmark = pytest.mark.slow
-
-OLD = "products/p7/250g/hero-card/old.jpg"  # a row whose file is gone from the bucket
-
-
-def image_row(url: str, key: str) -> None:
-    product, weight, kind = key.split("/")[1:4]
-    with sql_on(url) as sql:
-        sql("INSERT INTO product_images (variant_id, product_id, variant_weight, image_type, file_name, image_url) "
-            "SELECT id, product_id, weight, %s, %s, 'https://cdn.example.test/' || %s FROM product_variants "
-            "WHERE product_id = %s AND weight = %s", (kind, key, key, product, weight))
-
 
 def test_check_one_product_and_check_all_over_the_newest_check(serve, shop_database_url, tmp_path):
     image_row(shop_database_url, OLD)
