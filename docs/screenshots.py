@@ -1,11 +1,13 @@
-"""Take the README's dashboard screenshots (docs/*.png) with the system Chromium.
+"""Take the dashboard's screenshots (docs/images/*.png) with the system Chromium.
 
     python docs/screenshots.py            # needs playwright (pip) and chromium (apt)
 
-Copies the example bucket to a temporary folder with a few more creators, starts
-``reconciler serve`` on a private embedded database, applies the first plan, then
-removes a creator and renames a post so that the pending plan deletes and moves,
-and photographs the overview, that run's page and the history at 1280 px.
+For each example catalogue (examples/catalogues/creators and product-images): copies its
+bucket folder to a temporary folder with a few more top rows, sets up a private embedded
+database as the quick start does (for product-images, the shop's tables and rows first),
+starts ``reconciler serve``, applies the first plan, then changes the bucket so that the
+pending plan creates, updates, moves and deletes, and photographs the overview and that
+run's page at 1280 px, and the overview at 390 px (a phone).
 """
 
 from __future__ import annotations
@@ -21,38 +23,102 @@ import time
 from pathlib import Path
 
 import httpx
+import yaml
 from playwright.sync_api import sync_playwright
 
+from reconciler.store.db import open_database
+
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "catalogues"
+IMAGES = ROOT / "docs" / "images"
 CHROMIUM = os.environ.get("RECONCILER_TEST_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking"]
 
 
-def main() -> None:
-    work = Path(tempfile.mkdtemp(prefix="reconciler-shots-"))
-    bucket = work / "bucket"
-    shutil.copytree(ROOT / "examples" / "bucket", bucket)
+def write(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+
+
+def more_creators(bucket: Path) -> None:
     for name in ("Carmen", "Dmitri", "Emeka", "Farah", "Gus"):
         for post in ("Morning", "Studio Session"):
             for i in range(3):
-                p = bucket / name / post / f"{i:02}.jpg"
-                p.parent.mkdir(parents=True, exist_ok=True)
-                p.write_bytes(b"x" * (1000 + i))
+                write(bucket / name / post / f"{i:02}.jpg", 1000 + i)
+
+
+def creators_drift(bucket: Path) -> None:
+    """A creator gone, a post renamed, an image rewritten."""
+    shutil.rmtree(bucket / "Gus")
+    (bucket / "Farah" / "Morning").rename(bucket / "Farah" / "Sunrise")
+    write(bucket / "Emeka" / "Morning" / "02.jpg", 2000)
+
+
+MORE_PRODUCTS = """
+INSERT INTO products (id, name) VALUES ('p11', 'Rye crackers'), ('p12', 'Olive oil'), ('p13', 'Sea salt');
+INSERT INTO product_variants (product_id, weight)
+  VALUES ('p11', '200g'), ('p12', '500ml'), ('p12', '1l'), ('p13', '250g');
+"""
+
+
+def more_products(bucket: Path) -> None:
+    for product, weight in (("p11", "200g"), ("p12", "500ml"), ("p12", "1l"), ("p13", "250g")):
+        for kind in ("hero-card", "info-card"):
+            write(bucket / "products" / product / weight / kind / "front.jpg", 1200)
+
+
+def products_drift(bucket: Path) -> None:
+    """An image gone, one new, one replaced, and a variant folder of images renamed."""
+    (bucket / "products" / "p42" / "500g" / "info-card" / "back.png").unlink()
+    write(bucket / "products" / "p7" / "250g" / "other-images" / "label.webp", 900)
+    write(bucket / "products" / "p11" / "200g" / "hero-card" / "front.jpg", 2400)
+    (bucket / "products" / "p13" / "250g" / "info-card").rename(bucket / "products" / "p13" / "250g" / "other-images")
+
+
+CATALOGUES = {
+    "creators": (more_creators, creators_drift, None),
+    "product-images": (more_products, products_drift, MORE_PRODUCTS),
+}
+
+
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    base = [sys.executable, "-m", "reconciler", "--state-dir", str(work / "state"), "--source", str(bucket),
-            "--cdn-base-url", "https://cdn.example.com"]
+        return s.getsockname()[1]
+
+
+def wait(c: httpx.Client, run_id: int) -> dict:
+    while (run := c.get(f"/api/runs/{run_id}").json())["status"] in ("planning", "applying"):
+        time.sleep(0.1)
+    return run
+
+
+def shoot(name: str, work: Path) -> None:
+    grow, drift, platform_rows = CATALOGUES[name]
+    bucket = work / "bucket"
+    shutil.copytree(EXAMPLES / name / "bucket", bucket)
+    grow(bucket)
+    config = work / "reconciler.yaml"
+    config.write_text(yaml.safe_dump({"catalogue": name, "source": {"url": str(bucket)},
+                                      "database": {"state_dir": str(work / "state")},
+                                      "cdn_base_url": "https://cdn.example.com",
+                                      "serve": {"interval": 3600}}), "utf-8")
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for name in ("DATABASE_URL", "RECONCILER_CONFIG", "RECONCILER_API_TOKENS"):
-        env.pop(name, None)
+    for var in ("DATABASE_URL", "RECONCILER_CONFIG", "RECONCILER_API_TOKENS"):
+        env.pop(var, None)
+    base = [sys.executable, "-m", "reconciler", "--config", str(config)]
+    if (EXAMPLES / name / "platform.sql").exists():
+        with open_database(None, str(work / "state"), create=True) as db, db.conn.cursor() as cur:
+            cur.execute((EXAMPLES / name / "platform.sql").read_text("utf-8") + (platform_rows or ""))
+            db.conn.commit()
     subprocess.run([*base, "init"], check=True, env=env, cwd=work, stdout=subprocess.DEVNULL)
-    proc = subprocess.Popen([*base, "serve", "--listen", f"127.0.0.1:{port}", "--interval", "3600"], env=env, cwd=work)
+    port = free_port()
+    proc = subprocess.Popen([*base, "serve", "--listen", f"127.0.0.1:{port}"], env=env, cwd=work)
     url = f"http://127.0.0.1:{port}"
     token_file = work / "state" / f"serve-{port}.token"  # the token serve makes without RECONCILER_API_TOKENS
     try:
         c = httpx.Client(base_url=url, timeout=60)
-        for _ in range(300):
+        for _ in range(600):
             try:
                 if token_file.exists() and c.get("/healthz").status_code == 200:
                     c.headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
@@ -61,36 +127,35 @@ def main() -> None:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-
-        def wait(run_id: int) -> dict:
-            while (run := c.get(f"/api/runs/{run_id}").json())["status"] == "planning":
-                time.sleep(0.1)
-            return run
-
-        first = wait(c.get("/api/runs").json()["runs"][-1]["id"])
+        first = wait(c, c.get("/api/runs").json()["runs"][-1]["id"])
         c.post(f"/api/runs/{first['id']}/apply").raise_for_status()
-        wait(c.post("/api/runs", json={"models": ["Carmen"]}).json()["id"])  # a check with nothing to do
-        shutil.rmtree(bucket / "Gus")
-        (bucket / "Farah" / "Morning").rename(bucket / "Farah" / "Sunrise")
-        (bucket / "Emeka" / "Morning" / "03.jpg").write_bytes(b"y" * 2000)
-        pending = wait(c.post("/api/runs").json()["id"])
+        drift(bucket)
+        pending = wait(c, c.post("/api/runs").json()["id"])
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{url}/login?token={token_file.read_text().strip()}")
-            for path, name in (("/", "overview"), (f"/runs/{pending['id']}", "run")):
-                page.goto(url + path)
-                page.screenshot(path=str(ROOT / "docs" / f"dashboard-{name}.png"), full_page=True)
-            # the history: that plan applied, and a rollback of it waiting for review
-            applied = c.post(f"/api/runs/{pending['id']}/apply").json()
-            c.post(f"/api/applies/{applied['apply_id']}/rollback").raise_for_status()
-            page.goto(url + "/history")
-            page.screenshot(path=str(ROOT / "docs" / "dashboard-history.png"), full_page=True)
+            for width, shots in ((1280, (("/", "overview"), (f"/runs/{pending['id']}", "run"))),
+                                 (390, (("/", "overview-390"),))):
+                page = browser.new_page(viewport={"width": width, "height": 900})
+                page.goto(f"{url}/login?token={token_file.read_text().strip()}")
+                for path, shot in shots:
+                    page.goto(url + path)
+                    page.screenshot(path=str(IMAGES / f"dashboard-{name}-{shot}.png"), full_page=True)
+                page.close()
             browser.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
-        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    for name in CATALOGUES:
+        work = Path(tempfile.mkdtemp(prefix=f"reconciler-shots-{name}-"))
+        try:
+            shoot(name, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"screenshots in {IMAGES.relative_to(ROOT)}/")
 
 
 if __name__ == "__main__":

@@ -262,7 +262,7 @@ def _plan_file(settings: Settings, listing: _Listing, planned: _Planned, scope, 
     if shard is not None:
         target["shard"] = str(shard)
     return Plan(changes=result.changes, source=source, target=target, tool_version=__version__, extra=extra,
-                kinds=catalogue.kinds, descriptor=catalogue)
+                kinds=catalogue.kinds, descriptor=catalogue, tops=classified.tallies())
 
 
 def _top_keys_in(conn, catalogue, scope) -> set[str]:

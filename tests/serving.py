@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,10 @@ import httpx
 import pytest
 import yaml
 
-from .conftest import CDN
+from reconciler.store.db import open_database
+from reconciler.store.migrations import migrate
+
+from .conftest import CDN, PRODUCTS, new_database, sql_on
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,13 +118,15 @@ _numbers = itertools.count(1)
 
 
 def write_config(path: Path, source: str, serve: dict | None = None, safety: dict | None = None,
-                 notify: list | None = None) -> Path:
+                 notify: list | None = None, catalogue: str | None = None) -> Path:
     data = {"source": {"url": source}, "cdn_base_url": CDN,
             "serve": {"interval": 3600, "debounce": 0.5, "leader_retry": 0.5, **(serve or {})}}
     if safety:
         data["safety"] = safety
     if notify:
         data["notify"] = notify
+    if catalogue:
+        data["catalogue"] = catalogue
     path.write_text(yaml.safe_dump(data), "utf-8")
     return path
 
@@ -136,9 +142,10 @@ def start_server(
     env: dict | None = None,
     token: str | None = None,
     listen: str = "127.0.0.1:0",
+    catalogue: str | None = None,
 ) -> Server:
     n = next(_numbers)
-    config = write_config(tmp_path / f"serve-{n}.yaml", source, serve, safety, notify)
+    config = write_config(tmp_path / f"serve-{n}.yaml", source, serve, safety, notify, catalogue)
     log = tmp_path / f"serve-{n}.log"
     full_env = {**os.environ, "DATABASE_URL": database_url, "PYTHONUNBUFFERED": "1", **(env or {})}
     for name in ("RECONCILER_CONFIG", "RECONCILER_SOURCE", "RECONCILER_CDN_BASE_URL"):
@@ -171,12 +178,46 @@ def stop_all() -> None:
 
 @pytest.fixture
 def serve(tmp_path, database_url):
-    """``serve(source, *flags, serve={...}, safety={...}, notify=[...], env={...}, token=...)`` → a running Server."""
+    """``serve(source, *flags, serve={...}, safety={...}, notify=[...], env={...}, token=...)`` → a
+    running Server on the test's creators database; ``database=URL, catalogue=NAME`` for another
+    (:func:`shop_database_url`)."""
 
-    def start(source, *args, **kwargs) -> Server:
-        return start_server(tmp_path, database_url, str(source), *args, **kwargs)
+    def start(source, *args, database: str | None = None, **kwargs) -> Server:
+        return start_server(tmp_path, database or database_url, str(source), *args, **kwargs)
 
     try:
         yield start
     finally:
         stop_all()
+
+
+SHOP = ROOT / "examples" / "catalogues" / "product-images"
+OLD = "products/p7/250g/hero-card/old.jpg"  # an image row the example bucket has no file for
+
+
+@pytest.fixture
+def shop_database_url(pg_admin_url):
+    """A database as the shop platform made it — its tables and rows, from the example's
+    ``platform.sql`` (products p42 and p7, variants p42/500g, p42/1kg and p7/250g) —
+    with the product-images catalogue installed (``reconciler init``)."""
+    with new_database(pg_admin_url, schema=False) as url:
+        with sql_on(url) as run:
+            run((SHOP / "platform.sql").read_text("utf-8"))
+        with open_database(url) as db:
+            migrate(db, PRODUCTS)
+        yield url
+
+
+def shop_bucket(folder: Path) -> Path:
+    """A copy of the product-images example's bucket folder (tests change theirs)."""
+    shutil.copytree(SHOP / "bucket", folder)
+    return folder
+
+
+def image_row(url: str, key: str) -> None:
+    """A product image row at ``key`` (``products/{product}/{weight}/{type}/{file}``)."""
+    product, weight, kind = key.split("/")[1:4]
+    with sql_on(url) as sql:
+        sql("INSERT INTO product_images (variant_id, product_id, variant_weight, image_type, file_name, image_url) "
+            "SELECT id, product_id, weight, %s, %s, 'https://cdn.example.test/' || %s FROM product_variants "
+            "WHERE product_id = %s AND weight = %s", (kind, key, key, product, weight))

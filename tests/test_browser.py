@@ -1,6 +1,8 @@
 """The operator's path in a real browser: the system Chromium driven by Playwright
-(the pip package only; never ``playwright install``), once with JavaScript off and once
-on. Any console error or uncaught page error fails the test. And an attacker's page,
+(the pip package only; never ``playwright install``), on two catalogues (creators, and
+product-images on the shop's own tables), each with JavaScript off and on, each at a
+desktop's width and at a phone's (390 px), where no page may scroll sideways. Any
+console error or uncaught page error fails the test. And an attacker's page,
 served from another local origin, that tries to drive the server through the same
 browser: nothing it sends changes anything.
 
@@ -14,13 +16,15 @@ import html
 import http.server
 import json
 import os
+import re
 import shutil
 import threading
+from dataclasses import dataclass
 
 import pytest
 
-from .conftest import folder_bucket
-from .serving import serve  # noqa: F401 — the fixture
+from .conftest import folder_bucket, sql_on
+from .serving import OLD, image_row, serve, shop_bucket, shop_database_url  # noqa: F401 — fixtures
 from .test_dashboard import KEYS, csrf_of, seed_gone
 from .test_serve_guard import snapshot
 
@@ -59,39 +63,91 @@ def browser():
             b.close()
 
 
-@pytest.mark.parametrize("javascript", [False, True], ids=["js-off", "js-on"])
-def test_operator_path(browser, serve, tmp_path, sql, javascript):
+@dataclass(frozen=True)
+class Catalogue:
+    """An example catalogue, as the operator's path meets it: a row whose file is gone
+    (so the first plan deletes), and what its review shows."""
+
+    name: str
+    deletes: str  # the deletions callout
+    group: str  # the top key that holds a deletion
+    deleted: str  # the deletion's head
+    in_sync_key: str  # a top key in sync once the plan is applied
+    restored: str  # SQL counting the deleted row, back after the rollback
+
+
+CREATORS = Catalogue("creators", "This plan deletes 2 row(s): 1 model, 1 post.", "Gone", "model Gone", "Alice",
+                     "SELECT count(*) FROM whitelabel_models WHERE folder_name = 'Gone'")
+PRODUCTS = Catalogue("product-images", "This plan deletes 1 row(s): 1 image.", "p7", f"image {OLD}", "p42",
+                     f"SELECT count(*) FROM product_images WHERE file_name = '{OLD}'")
+
+
+def started(catalogue: Catalogue, request, serve, tmp_path, env: dict):
+    """The server over the catalogue's example, and a SQL runner on its database."""
+    if catalogue is CREATORS:
+        url = request.getfixturevalue("database_url")
+        with sql_on(url) as sql:
+            seed_gone(sql)
+        return serve(folder_bucket(tmp_path / "bucket", *KEYS), env=env, token=TOKEN), url
+    url = request.getfixturevalue("shop_database_url")
+    image_row(url, OLD)
+    return serve(shop_bucket(tmp_path / "bucket"), env=env, token=TOKEN, database=url, catalogue="product-images"), url
+
+
+def fits(page, where: str) -> None:
+    """The page does not scroll sideways, and every button and status shows whole within
+    the window (a phone's 390 px too)."""
+    width = page.evaluate("window.innerWidth")
+    assert page.evaluate("document.documentElement.scrollWidth") <= width, f"{where} scrolls sideways at {width} px"
+    outside = page.evaluate("""() => [...document.querySelectorAll('button, .button, .state, .top-state, .pill')]
+        .filter(e => e.offsetParent !== null && !e.closest('.sr-only'))
+        .filter(e => { const r = e.getBoundingClientRect(); return r.width === 0 || r.left < 0 || r.right > innerWidth; })
+        .map(e => e.outerHTML.slice(0, 120))""")
+    assert outside == [], f"{where} at {width} px: {outside}"
+
+
+@pytest.mark.parametrize("catalogue, javascript, width", [
+    (CREATORS, False, 1280), (CREATORS, True, 390), (PRODUCTS, False, 390), (PRODUCTS, True, 1280),
+], ids=["creators-js-off", "creators-js-on-390px", "product-images-js-off-390px", "product-images-js-on"])
+def test_operator_path(browser, serve, request, tmp_path, catalogue, javascript, width):
+    """Log in, plan, review the deletions, approve, in sync, plan one top row, roll back,
+    the settings: on each page nothing scrolls sideways and the buttons and the status
+    column show, at a desktop's width and at a phone's."""
     from playwright.sync_api import expect
 
     expect.set_options(timeout=20_000)
-    seed_gone(sql)
-    s = serve(folder_bucket(tmp_path / "bucket", *KEYS), env={"RECONCILER_API_TOKENS": f"ops:{TOKEN}"}, token=TOKEN)
-    ctx = browser.new_context(java_script_enabled=javascript, viewport={"width": 1280, "height": 900})
+    s, url = started(catalogue, request, serve, tmp_path, {"RECONCILER_API_TOKENS": f"ops:{TOKEN}"})
+    ctx = browser.new_context(java_script_enabled=javascript, viewport={"width": width, "height": 900})
     ctx.set_default_timeout(20_000)
     page = ctx.new_page()
     problems: list[str] = []
     page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    top = s.client().get("/api/status", params={"by": "top", "limit": 1}).json()["entity"]
     try:
         # log in
         page.goto(s.url + "/")
         expect(page).to_have_url(s.url + "/login?next=%2F")
+        fits(page, "the login page")
         page.get_by_label("API token").fill(TOKEN)
         page.get_by_role("button", name="Log in").click()
         expect(page.locator("#sync-state")).to_be_visible()
         expect(page.get_by_text("Signed in as")).to_contain_text("ops")
+        fits(page, "the overview")
 
         # plan now → the new run's page, which follows the run until it is planned
         page.get_by_role("button", name="Plan now").click()
-        expect(page).to_have_url(__import__("re").compile(r"/runs/\d+$"))
+        expect(page).to_have_url(re.compile(r"/runs/\d+$"))
         approve = page.get_by_role("button", name="Approve and apply")
         expect(approve).to_be_visible()
+        fits(page, "the run's page")
 
-        # review: the deletions first, in red, and the changes grouped by model
+        # review: the deletions first, in red, and the changes grouped by top row, deletions first
         callout = page.locator(".deletions")
-        expect(callout).to_contain_text("This plan deletes 2 row(s): 1 model, 1 post.")
-        expect(page.locator(".group h3", has_text="Gone")).to_be_visible()
-        expect(page.locator(".change-delete").first).to_contain_text("model Gone")
+        expect(callout).to_contain_text(catalogue.deletes)
+        expect(page.locator(".group h3").first).to_contain_text(catalogue.group)
+        expect(page.locator(".change").first).to_have_class(re.compile("change-delete"))
+        expect(page.locator(".change-delete").first).to_contain_text(catalogue.deleted)
         assert "rgb(179, 38, 30)" in callout.locator("h2").evaluate("e => getComputedStyle(e).color")
 
         # approve → the run's page with the result
@@ -99,23 +155,45 @@ def test_operator_path(browser, serve, tmp_path, sql, javascript):
         expect(page.locator("h1 .state")).to_have_text("applied")
         expect(page.get_by_text("by ops")).to_be_visible()
 
-        # the overview says in sync
+        # the overview says in sync, row by row too
         page.get_by_role("link", name="Overview", exact=True).click()
         expect(page.locator("#sync-state")).to_have_text("In sync")
+        row = page.locator("table.tops tbody tr", has_text=catalogue.in_sync_key)
+        expect(row.locator(".top-state")).to_have_text("in sync")
+        fits(page, "the overview in sync")
+
+        # plan one top row: a run scoped to it, with nothing to do
+        row.get_by_role("button", name=f"Plan {top} {catalogue.in_sync_key}").click()
+        expect(page.locator("h1 .state")).to_have_text("no changes")
+        expect(page.locator(".run-head")).to_contain_text(f"{top} {catalogue.in_sync_key}")
 
         # history → roll back → review → approve the rollback
         page.get_by_role("link", name="History", exact=True).click()
         expect(page.locator("table.history tbody tr")).to_have_count(1)
         expect(page.locator("table.history")).to_contain_text("ops")
+        fits(page, "the history")
         page.get_by_role("button", name="Roll back apply 1").click()
         expect(page.locator("h1 .state")).to_have_text("planned")
         expect(page.get_by_text("rollback of")).to_be_visible()
         expect(page.locator(".deletions")).to_contain_text("This plan deletes")
+        fits(page, "the rollback's page")
         page.get_by_role("button", name="Approve and apply").click()
         expect(page.locator("h1 .state")).to_have_text("applied")
         page.get_by_role("link", name="History", exact=True).click()
         expect(page.locator("table.history tbody tr")).to_have_count(2)
         expect(page.locator("table.history")).to_contain_text("rolls back apply 1")
+        page.get_by_role("link", name="apply 1", exact=True).click()
+        expect(page.locator("h1")).to_have_text("Apply 1")
+        fits(page, "an apply's page")
+
+        # the runs, and the settings: the catalogue and its fingerprint
+        page.get_by_role("link", name="Runs", exact=True).click()
+        expect(page.locator("table.stack tbody tr")).to_have_count(4)
+        fits(page, "the runs")
+        page.get_by_role("link", name="Settings", exact=True).click()
+        expect(page.locator("#catalogue-h")).to_contain_text(catalogue.name)
+        expect(page.locator("#fingerprint")).to_have_text(re.compile(r"^[0-9a-f]{64}$"))
+        fits(page, "the settings")
 
         # keyboard: the skip link is the first stop
         page.keyboard.press("Tab")
@@ -125,7 +203,8 @@ def test_operator_path(browser, serve, tmp_path, sql, javascript):
     finally:
         ctx.close()
     assert problems == [], problems
-    assert sql("SELECT count(*) FROM whitelabel_models WHERE folder_name = 'Gone'")[0][0] == 1  # rolled back
+    with sql_on(url) as sql:
+        assert sql(catalogue.restored)[0][0] == 1  # rolled back
 
 
 ATTACK = """<!doctype html>

@@ -13,8 +13,8 @@ import pytest
 
 from reconciler.controller.runs import STATUSES
 
-from .conftest import folder_bucket
-from .serving import ROOT, serve  # noqa: F401 — the fixture
+from .conftest import CREATORS, folder_bucket
+from .serving import OLD, ROOT, image_row, serve, shop_bucket, shop_database_url  # noqa: F401 — fixtures
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -121,7 +121,7 @@ def test_every_page_every_state_loopback(serve, tmp_path, sql):
     assert "Roll back apply 1" not in c.get("/history").text  # one rollback at a time
 
     # Plan now and Plan this model land on the new run's page
-    r = c.post("/runs", data={"csrf": token, "model": "Alice"})
+    r = c.post("/runs", data={"csrf": token, "scope": "Alice"})
     assert r.status_code == 303 and r.headers["location"].startswith("/runs/")
     scoped = s.wait_run(int(r.headers["location"].rsplit("/", 1)[1]))
     assert scoped["scope"] == ["Alice"]
@@ -154,7 +154,11 @@ def test_every_page_every_state_loopback(serve, tmp_path, sql):
         assert listing.status_code == 200 and f'href="/runs/{ids[status]}"' in listing.text
     assert c.get("/runs", params={"status": "bogus"}).status_code == 400
     assert c.get("/runs/999999").status_code == 404 and c.get("/history/999").status_code == 404
-    assert c.get("/settings").status_code == 200
+    settings = c.get("/settings").text
+    assert "Catalogue <code>creators</code>" in settings and CREATORS.fingerprint in settings
+    for e in CREATORS.entities:
+        assert f"<code>{e.table}</code>" in settings and f"{e.label} · {e.plural}" in settings
+    assert "<code>{model}/{post}/**/{file:image|video}</code>" in settings
     assert c.get("/static/style.css").status_code == 200
 
 
@@ -264,9 +268,9 @@ def test_page_errors_speak_the_dashboards_words(serve, tmp_path, sql):
     c = s.client()
     first_planned(s)
     home = c.get("/").text
-    r = c.post("/runs", data={"csrf": csrf_of(home), "model": "Nobody"})
+    r = c.post("/runs", data={"csrf": csrf_of(home), "scope": "Nobody"})
     assert r.status_code == 400 and "That request is not valid" in r.text
-    assert "model &#39;Nobody&#39; is neither in the source nor in the database: check the model names" in r.text
+    assert "model &#39;Nobody&#39; is neither in the source nor in the database: check the model keys" in r.text
     assert "--model" not in r.text
     r = c.get("/runs", params={"page": "abc"})
     assert r.status_code == 400 and "page must be a whole number" in r.text
@@ -295,3 +299,33 @@ def test_charts_are_svg_without_inline_style():
     assert svg.startswith("<svg") and "style=" not in svg and "x&lt;y" in svg and "<rect" in svg
     empty = charts.chart("t", [charts.Series("a")], dots=True)
     assert "nothing in the last 30 days" in empty
+
+
+def test_the_dashboard_speaks_the_catalogues_words(serve, shop_database_url, tmp_path):
+    """product-images on the shop's tables: the top table lists products (the platform's,
+    one it lacks too), its counts are images; a run groups its changes by product, the
+    products with deletions first; the settings show whose rows are whose."""
+    image_row(shop_database_url, OLD)
+    s = serve(shop_bucket(tmp_path / "bucket"), database=shop_database_url, catalogue="product-images")
+    c = s.client()
+    run = first_planned(s)
+    home = c.get("/").text
+    assert '<h2 id="tops-h">Products</h2>' in home and "Search products" in home
+    assert '<th scope="col" class="num" title="image">Images</th>' in home
+    for key in ("p42", "p7", "p99"):
+        assert f'aria-label="Plan product {key}">Plan this product</button>' in home
+    assert "p99 <span class=\"muted\">(not in the database)</span>" in home
+    assert "model" not in home.lower()
+    assert "1 <span class=\"muted\">(unknown_parent)</span>" in home and "catalogue <a href=\"/settings#catalogue\">product-images</a>" in home
+
+    page = c.get(f"/runs/{run['id']}").text
+    assert "This plan deletes 1 row(s): 1 image." in page and "all products" in page
+    groups = re.findall(r'<h3><span class="muted">Product</span> (\S+)</h3>', page)
+    assert groups == ["p7", "p42"]  # the product with a deletion first, then by key
+    assert page.index("delete</span> <code>image " + OLD) < page.index("create</span> <code>image products/p7/")
+
+    settings = c.get("/settings").text
+    assert "the platform&#39;s, looked up" in settings and "written by the tool" in settings
+    assert "<code>product_variants</code>" in settings and "<code>variant</code> by <code>variant_id</code>" in settings
+    r = c.post("/runs", data={"csrf": csrf_of(home), "scope": "p42/500g"})
+    assert r.status_code == 400 and "&#39;p42/500g&#39; is not a product key (a folder name, without &#39;/&#39;)" in r.text

@@ -21,12 +21,12 @@ from reconciler import ObjectInfo, plan_from_rows
 from reconciler.catalogue import read_key
 from reconciler.engine.diff import change_order
 from reconciler.engine.plan import Current, Rows, batch_bounds, current_of_rows, plan_changes
-from reconciler.engine.frames import OUTSIDE_ROOT, SKIPPED_EXAMPLES, classify_listing, plan_key
+from reconciler.engine.frames import OUTSIDE_ROOT, SKIPPED_EXAMPLES, build_desired, classify_listing, plan_key
 from reconciler.planfile import Plan, write_plan
 from reconciler.engine.shards import Shard
 from reconciler.engine.spill import Spill
 
-from .conftest import CREATORS, database_holding, desired_state, images, patch, reordered
+from .conftest import CREATORS, PRODUCTS, database_holding, desired_state, images, patch, reordered
 
 CDN = "https://cdn.example.test/"  # with its trailing "/": URLs have one "/" after the base
 
@@ -180,6 +180,40 @@ def test_the_order_of_the_listing_does_not_matter(objects, root, scope, rng: ran
     shuffled = list(objects)
     rng.shuffle(shuffled)
     assert rows(shuffled) == rows(objects) == rows(objects[::-1])
+
+
+@settings(max_examples=200)
+@given(listings, _roots, _scopes)
+def test_the_tallies_count_each_object_once_under_its_models_folder(objects, root, scope):
+    """A status card's numbers (``Listing.tallies``): every object in scope in a model's
+    folder counts under that model, recognised or skipped (with its reason); a file at
+    the root, or in a folder no database text can name, is no model's."""
+    recognised, skipped = by_the_rules(objects, root, scope)
+    expected: dict = {}
+    for key, reason in [(o.key, None) for o, _ in recognised] + skipped:
+        folder, slash, _ = key[len(root):].partition("/")
+        if reason == OUTSIDE_ROOT or not slash or not folder or not is_text(folder) or "\x00" in folder:
+            continue
+        tally = expected.setdefault(folder, {"objects": 0})
+        tally["objects"] += 1
+        if reason:
+            tally.setdefault("skipped", Counter())[reason] += 1
+    for tally in expected.values():
+        if "skipped" in tally:
+            tally["skipped"] = dict(sorted(tally["skipped"].items()))
+    assert classify_listing(objects, CREATORS, root=root, scope=scope).tallies() == expected
+
+
+def test_a_products_tally_counts_an_image_under_a_missing_variant_once_as_skipped():
+    objects = [ObjectInfo(k, 1, "e") for k in (
+        "products/p42/500g/hero-card/a.jpg", "products/p42/2kg/hero-card/b.jpg", "products/p42/500g/banner/c.jpg",
+        "products/p99/1kg/hero-card/d.jpg", "README.txt")]
+    known = {"product": {"p42"}, "variant": {"p42/500g"}}
+    _, listing = build_desired(objects, PRODUCTS, cdn_base_url=CDN, known=known)
+    assert listing.tallies() == {
+        "p42": {"objects": 3, "skipped": {"unknown_image_type": 1, "unknown_parent": 1}},
+        "p99": {"objects": 1, "skipped": {"unknown_parent": 1}},
+    }
 
 
 @settings(max_examples=50)

@@ -166,11 +166,11 @@ def test_unknown_models_are_refused_at_once(serve, tmp_path, sql):
     before = s.runs()
     r = c.post("/api/runs", json={"models": ["Alice", "Nobody", "Typo"]})
     assert r.status_code == 400
-    assert r.json()["error"] == "models 'Nobody', 'Typo' are neither in the source nor in the database: check the model names"
+    assert r.json()["error"] == "models 'Nobody', 'Typo' are neither in the source nor in the database: check the model keys"
     # Typed in NFD, the name looks the same as the folder's: the message says the forms differ.
     r = c.post("/api/runs", json={"models": [unicodedata.normalize("NFD", "Zoë Ortiz")]})
     assert r.status_code == 400
-    assert r.json()["error"].endswith(": check the model names (in another Unicode normal form: "
+    assert r.json()["error"].endswith(": check the model keys (in another Unicode normal form: "
                                       "'Zoe\\u0308 Ortiz' is NFD, 'Zo\\xeb Ortiz' (NFC) is there)")
     assert s.runs() == before
     for models in (["Gone"], ["Zoë Ortiz"], ["Alice", "Gone"]):  # in the database only, in the source only

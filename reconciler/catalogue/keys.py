@@ -108,6 +108,24 @@ class ScopeSegment:
             return None
         return parts[self.index]
 
+    def folder_of(self, rel: str) -> str | None:
+        """The top's name when the segment is a folder of ``rel`` (a file at the
+        segment's place, like a ``README`` at the root, or an empty folder name, is
+        under no top)."""
+        parts = rel.split("/", self.index + 1)
+        return (self.of(rel) or None) if len(parts) > self.index + 1 else None
+
+    def folder_expr(self, rel: "pl.Expr") -> "pl.Expr":
+        """:meth:`folder_of` as a column expression."""
+        import polars as pl
+
+        parts = rel.str.split("/")
+        part = parts.list.get(self.index, null_on_oob=True)
+        part = pl.when((parts.list.len() > self.index + 1) & (part != "")).then(part)
+        if self.prefix:
+            part = pl.when(rel.str.starts_with("".join(s + "/" for s in self.prefix))).then(part)
+        return part
+
 
 def scope_segment(catalogue: Catalogue) -> ScopeSegment | None:
     """The top entity's segment, when every rule that makes rows puts its key's one

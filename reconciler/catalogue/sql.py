@@ -296,7 +296,7 @@ def kept_digest_sql(catalogue: Catalogue) -> list[tuple[str, Query, list[str]]]:
 
 
 def counts_sql(catalogue: Catalogue) -> tuple[str, Query]:
-    """Rows per top key, from the kept terms ({where}: the scope's condition)."""
+    """Rows per top key and kind, from the kept terms ({where}: the scope's condition)."""
     top = catalogue.top
     anchors = {anchor_of(catalogue, e.name).name for e in catalogue.owned}
     parts = []
@@ -305,7 +305,7 @@ def counts_sql(catalogue: Catalogue) -> tuple[str, Query]:
         a = catalogue.entity(anchor)
         query = Query(catalogue).base(anchor)
         query.up(anchor)
-        parts.append(f"SELECT {plan_key_sql(query, top.name)} AS top, d.n FROM reconciler_digest d "
+        parts.append(f"SELECT {plan_key_sql(query, top.name)} AS top, d.kind, d.n FROM reconciler_digest d "
                      f"JOIN {query.sql} ON {query.a(anchor)}.{q(a.id_column)} = d.model_id {{where}}")
     return " UNION ALL ".join(parts), query
 

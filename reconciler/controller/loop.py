@@ -229,16 +229,16 @@ class Controller:
 
     # ------------------------------------------------------------------ what people ask for
 
-    def start_run(self, models: list[str] | None = None, trigger: str = "manual", by: str | None = None) -> int:
-        """A run now, planned in the background on this replica; returns its id. Model
-        names that are neither in the source nor in the database are refused at once
-        (:class:`reconciler.runs.BadRequest`), as ``plan --model`` refuses them. ``by``:
-        the person who asks."""
+    def start_run(self, scope: list[str] | None = None, trigger: str = "manual", by: str | None = None) -> int:
+        """A run now, planned in the background on this replica; returns its id. Top
+        keys (models, products) that are neither in the source nor in the database are
+        refused at once (:class:`reconciler.controller.runs.BadRequest`), as ``plan
+        --scope`` refuses them. ``by``: the person who asks."""
         if self.stopping.is_set():
             raise ReconcilerError("the server is shutting down; try another replica")
-        if models:
-            self.runs.check_models(models)
-        run_id = self.runs.create_run(trigger, models, by)
+        if scope:
+            self.runs.check_scope(scope)
+        run_id = self.runs.create_run(trigger, scope, by)
         self.workers.submit(self._execute_quietly, run_id)
         return run_id
 

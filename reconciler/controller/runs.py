@@ -22,13 +22,15 @@ The API and the dashboard call :class:`Runs`; nothing here knows about HTTP.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
 import tempfile
+import threading
 import time
 import zlib
-from typing import Any, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 import peewee as pw
 import psycopg2
@@ -36,6 +38,7 @@ import psycopg2.extensions
 from playhouse.pool import PooledPostgresqlDatabase
 
 from .. import commands
+from ..catalogue.sql import known_select, where
 from ..config import Settings
 from ..engine.safety import Limits, check_delete_limits
 from ..planfile.digest import hash_body
@@ -48,10 +51,11 @@ from ..errors import (
     SafetyError,
     StalePlanError,
 )
-from ..store.current import state_digest
+from ..store.current import counts_by_top, state_digest, top_keys
 from ..store.db import describe_pg_error
 from ..store.migrations import migration_files
 from ..store.models import CONTROLLER_MODELS, Apply, ControllerState, Run
+from .tops import SETTLED, Check, Counts, TopStatus, changes_by_top, covering, pending_keys, status_of
 
 log = logging.getLogger("reconciler.controller.runs")
 
@@ -64,6 +68,12 @@ FINAL = {"no_changes", "refused", "errored", "applied", "apply_errored", "discar
 # Runs whose plan describes drift a person has not resolved yet.
 OPEN = ("planned", "applying", "apply_errored", "discarded", "stale")
 POLICIES = ("off", "creates", "within-limits")
+T = TypeVar("T")
+
+
+def _made():
+    """Runs that made a plan of the bucket (rollback runs list nothing)."""
+    return Run.status.not_in(["planning", "errored", "refused"]) & (Run.trigger != "rollback")
 
 
 class RunError(ReconcilerError):
@@ -132,6 +142,26 @@ def one_line(text: str, limit: int = 500) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+class Cache:
+    """A few derived views of runs, by key: a run's plan and tallies never change, so
+    what is made of them once serves every later request."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size, self.items, self.lock = size, collections.OrderedDict(), threading.Lock()
+
+    def get(self, key, make: Callable[[], T]) -> T:
+        with self.lock:
+            if key in self.items:
+                self.items.move_to_end(key)
+                return self.items[key]
+        value = make()
+        with self.lock:
+            self.items[key] = value
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return value
+
+
 class _Progress:
     """The ``progress(str)`` hook of plan and apply, recorded on the run at most once a
     second: the phase (the message) and the counts it names."""
@@ -183,6 +213,7 @@ class Runs:
         )
         self.db.bind(CONTROLLER_MODELS, bind_refs=False, bind_backrefs=False)
         self._password = psycopg2.extensions.parse_dsn(settings.database).get("password")
+        self.derived = Cache(16)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -243,9 +274,10 @@ class Runs:
             "triggered_by": r.triggered_by,
             "fingerprint": r.fingerprint,
             "override_reason": r.override_reason,
+            "skipped": r.skipped,
         }
 
-    _LIST_FIELDS = [f for f in Run._meta.sorted_fields if f.name != "plan_file"]
+    _LIST_FIELDS = [f for f in Run._meta.sorted_fields if f.name not in ("plan_file", "tops")]
 
     def list_runs(self, status: str | None = None, limit: int = 50, offset: int = 0) -> list[dict]:
         """Runs, newest first (without their plan files)."""
@@ -299,9 +331,12 @@ class Runs:
         runs made since that are still open found. ``drift_runs`` are those runs (with
         their state and who decided: the drift of a discarded plan is still drift, and
         the overview says where it comes from). ``in_sync`` is true when the drift is
-        zero and no run since the baseline was refused (``refused_run``).
+        zero and no run since the baseline was refused (``refused_run``). ``skipped`` is
+        what the baseline's listing skipped, by reason; ``rows_by_kind`` the rows now;
+        ``rows_in_sync`` those of them the drift leaves as they are (no update, move or
+        delete pending).
         """
-        made = Run.status.not_in(["planning", "errored", "refused"]) & (Run.trigger != "rollback")
+        made = _made()
         with self.session() as db:
             base = Run.select(*self._LIST_FIELDS).where(made & Run.scope.is_null()).order_by(Run.id.desc()).first()
             since = base.id if base else 0
@@ -317,8 +352,8 @@ class Runs:
             last_check = Run.select(pw.fn.MAX(Run.planned_at)).where(Run.planned_at.is_null(False)).scalar()
             last_apply = Apply.select(pw.fn.MAX(Apply.applied_at)).scalar()
             state = ControllerState.get_or_none(ControllerState.id == 1)
-            # Live, from the per-model terms the triggers keep: no scan of the rows.
-            rows_now = state_digest(db.connection(), self.settings.catalogue).rows
+            # Live, from the terms the triggers keep per anchor row: no scan of the rows.
+            rows_now = state_digest(db.connection(), self.settings.catalogue).counts
         drift: dict = zeroed(base.summary) if base is not None and base.summary is not None else {}
         for r in sources:
             for kind, actions in r.summary.items():
@@ -337,7 +372,11 @@ class Runs:
                             "decided_at": _utc(r.decided_at)} for r in sources],
             "refused_run": refused.id if refused else None,
             "objects_listed": base.object_count if base else None,
-            "rows_in_database": rows_now,
+            "skipped": base.skipped if base else None,
+            "rows_in_database": sum(rows_now.values()),
+            "rows_by_kind": rows_now,
+            "rows_in_sync": max(0, sum(rows_now.values()) - sum(
+                n for actions in drift.values() for action, n in actions.items() if action != "create")),
             "last_full_run": base.id if base else None,
         }
 
@@ -348,32 +387,96 @@ class Runs:
         with self.plan_path(run_id) as path:
             return load_plan(path, self.settings.catalogue)
 
-    def models_page(self, search: str = "", names: list[str] | None = None, only: bool = False,
-                    offset: int = 0, limit: int = 50) -> tuple[list[dict], int]:
-        """A page of models, by name: those in the database and those in ``names``
-        (models a plan would create), with their posts, media and status, filtered by
-        a case-insensitive substring ``search``; ``only`` keeps just ``names``. One SQL
-        statement however many models there are. Returns the rows and the total."""
+    # ------------------------------------------------------------------ per top key
+
+    def checks(self) -> list[Check]:
+        """The checks a key's status is read from, newest first: the newest full check
+        that made a plan, and the scoped runs that made one since."""
+        made = _made()
+        with self.session():
+            base = Run.select(Run.id).where(made & Run.scope.is_null()).order_by(Run.id.desc()).first()
+            rows = (Run.select(Run.id, Run.status, Run.scope, Run.planned_at)
+                    .where(made & (Run.id >= (base.id if base else 0))).order_by(Run.id.desc()))
+            return [Check(r.id, r.status, None if r.scope is None else tuple(r.scope), _utc(r.planned_at))
+                    for r in rows]
+
+    def changes_by_top(self, run_id: int) -> dict[str, Counts]:
+        """The run's changes counted per top key, kind and action (read once per run)."""
+        return self.derived.get(("changes", run_id), lambda: changes_by_top(self.load_plan(run_id)))
+
+    def tallies(self, run_id: int) -> dict[str, dict] | None:
+        """The run's listing tallies per top key (None: the run kept none)."""
+        def make():
+            with self.session():
+                r = Run.select(Run.tops).where(Run.id == run_id).first()
+            return None if r is None else r.tops
+        return self.derived.get(("tallies", run_id), make)
+
+    def _skipped_keys(self, run_id: int) -> set[str]:
+        return self.derived.get(("skipped", run_id),
+                                lambda: {k for k, t in (self.tallies(run_id) or {}).items() if t.get("skipped")})
+
+    def _statuses(self, keys: list[str], checks: list[Check]) -> list[TopStatus]:
+        catalogue = self.settings.catalogue
+        with self.session("cannot read the database") as db:
+            conn = db.connection()
+            present = set(top_keys(conn, catalogue, keys))
+            records = counts_by_top(conn, catalogue, keys)
+        out = []
+        for key in keys:
+            check = covering(checks, key)
+            tally = changes = None
+            if check is not None:
+                kept = self.tallies(check.id)
+                tally = None if kept is None else kept.get(key, {})
+                if check.status not in SETTLED:
+                    changes = self.changes_by_top(check.id).get(key)
+            out.append(status_of(key, catalogue.kinds, in_database=key in present, records=records.get(key, {}),
+                                 check=check, tally=tally, changes=changes))
+        return out
+
+    def top_status(self, key: str) -> TopStatus:
+        """One key's status card (``GET /api/status/{key}``), from the newest check that
+        covered it and the database now. :class:`RunNotFound` for a key that is neither
+        in the database nor under anything that check listed."""
+        checks = self.checks()
+        st = self._statuses([key], checks)[0]
+        if not (st.in_database or st.objects or st.skipped or st.changes):
+            top = self.settings.catalogue.top
+            seen = (f"the bucket held nothing under it at the newest check (run {st.check.id})" if st.check
+                    else "no check has run yet")
+            raise RunNotFound(f"there is no {top.name} {key!r}: it is not in the database, and {seen}")
+        return st
+
+    def tops_page(self, search: str = "", only: bool = False, offset: int = 0,
+                  limit: int = 50) -> tuple[list[TopStatus], int]:
+        """A page of top keys, by key, with their status cards: the top table's rows,
+        and the keys a check found something under that are not rows (a model a plan
+        would create, a product whose images were skipped), filtered by a
+        case-insensitive substring ``search``; ``only`` keeps the keys with changes not
+        applied. Paged in SQL however many rows the top table holds. Returns the page
+        and the total."""
+        checks = self.checks()
+        pending = pending_keys(checks, self.changes_by_top)
+        extra = pending if only else pending.union(*(self._skipped_keys(c.id) for c in checks),
+                                                   *(c.scope for c in checks if c.scope))
+        keys, count = self._key_page(search, sorted(extra), only, offset, limit)
+        return self._statuses(keys, checks), count
+
+    def _key_page(self, search: str, extra: list[str], only: bool, offset: int, limit: int) -> tuple[list[str], int]:
+        catalogue = self.settings.catalogue
         pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        names = sorted(set(names or ()))
+        select, _ = known_select(catalogue, catalogue.top.name)
         universe = "SELECT unnest(%s::text[])" if only else \
-            "SELECT folder_name FROM whitelabel_models UNION SELECT unnest(%s::text[])"
-        sql = f"""
-            WITH names(name) AS ({universe}),
-                 page AS (SELECT name, count(*) OVER () AS total FROM names
-                          WHERE name ILIKE %s ESCAPE '\\' ORDER BY name LIMIT %s OFFSET %s)
-            SELECT page.name, page.total, m.id, m.status, m.post_count,
-                   (SELECT count(*) FROM whitelabel_posts p WHERE p.whitelabel_model_id = m.id),
-                   (SELECT count(*) FROM whitelabel_media x JOIN whitelabel_posts p ON p.id = x.whitelabel_post_id
-                     WHERE p.whitelabel_model_id = m.id)
-            FROM page LEFT JOIN whitelabel_models m ON m.folder_name = page.name ORDER BY page.name"""
-        with self.session("cannot read the models"):
-            rows = self.db.execute_sql(sql, (names, pattern, limit, offset)).fetchall()
+            f"{select.format(where=where([]))} UNION SELECT unnest(%s::text[])"
+        named = (f"WITH names(name) AS ({universe}) "
+                 "SELECT name, count(*) OVER () FROM names WHERE name ILIKE %s ESCAPE '\\'")
+        with self.session("cannot read the database"):
+            rows = self.db.execute_sql(f"{named} ORDER BY name LIMIT %s OFFSET %s",
+                                       (extra, pattern, limit, offset)).fetchall()
             count = rows[0][1] if rows else self.db.execute_sql(
-                f"WITH names(name) AS ({universe}) SELECT count(*) FROM names WHERE name ILIKE %s ESCAPE '\\'",
-                (names, pattern)).fetchone()[0]
-        return [dict(name=r[0], in_database=r[2] is not None, status=r[3], posts=r[5] or 0, media=r[6] or 0)
-                for r in rows], count
+                f"SELECT count(*) FROM ({named}) page", (extra, pattern)).fetchone()[0]
+        return [r[0] for r in rows], count
 
     def timeline(self, days: int = 30, limit: int = 500) -> list[dict]:
         """Runs of the last ``days`` days that made a plan or applied one, oldest first
@@ -487,6 +590,8 @@ class Runs:
                 plan_file=zlib.compress(data, 6),
                 planned_at=pw.SQL("now()"),
                 error=None,
+                skipped=plan.source.get("skipped") or {},
+                tops=plan.tops,
             )
         except SafetyError as e:
             outcome = dict(status="refused", error=one_line(e))
@@ -504,6 +609,10 @@ class Runs:
             Run.update(**outcome).where((Run.id == run_id) & Run.status.in_(["planning", "errored"])).execute()
             if outcome["status"] in ("planned", "no_changes"):
                 self._supersede(run_id, run["scope"])
+                if run["scope"] is None:
+                    # No key's status is read from a run before a full check again: their
+                    # tallies (an entry per top key each) would only take room.
+                    Run.update(tops=None).where((Run.id < run_id) & Run.tops.is_null(False)).execute()
         result = self.get_run(run_id)
         self._notify("run_finished", result)
         return result
@@ -640,11 +749,11 @@ class Runs:
         if undone is not None:
             raise RunConflict(f"apply {apply_id} was rolled back already, by apply {undone.id}")
 
-    def check_models(self, models: list[str]) -> None:
-        """Refuse, before a run is made, model names that are neither in the source nor
-        in the database — the check ``plan --model`` makes (:func:`reconciler.commands.check_scope`)."""
+    def check_scope(self, keys: list[str]) -> None:
+        """Refuse, before a run is made, top keys that are neither in the source nor in
+        the database — the check ``plan --scope`` makes (:func:`reconciler.commands.check_scope`)."""
         try:
-            commands.check_scope(self.settings, models, hint=f"check the {self.settings.catalogue.top.name} names")
+            commands.check_scope(self.settings, keys, hint=f"check the {self.settings.catalogue.top.name} keys")
         except ConfigError as e:
             raise BadRequest(str(e)) from None
 

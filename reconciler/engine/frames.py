@@ -26,13 +26,13 @@ import itertools
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import polars as pl
 
 from ..catalogue import Catalogue, Entity, read_key
 from ..catalogue.descriptor import Source, Template, Value
-from ..catalogue.keys import PLAIN_KEY, quote_key, require_scope_segment, url_base
+from ..catalogue.keys import PLAIN_KEY, quote_key, require_scope_segment, scope_segment, url_base
 from ..objects import ObjectInfo
 from .shards import Shard
 
@@ -88,7 +88,8 @@ class Classifier:
     def __init__(self, catalogue: Catalogue, root: str = "", scope=None) -> None:
         self.catalogue, self.root = catalogue, root
         self.scope = scope if scope is None or isinstance(scope, Shard) else frozenset(scope)
-        self.segment = require_scope_segment(catalogue) if self.scope is not None else None
+        # The top's folder also names the top key that a skipped object is tallied under.
+        self.segment = require_scope_segment(catalogue) if self.scope is not None else scope_segment(catalogue)
         self.rules = catalogue.rules
         # Captures the desired rows read (those of rules that make rows or facets).
         self.kept = sorted({n for r in self.rules if r.action != "skip" for n in r.pattern.names})
@@ -146,7 +147,8 @@ class Classifier:
     def classify(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int]:
         """A chunk (``key``, ``size_bytes``, ``etag``, ``last_modified``, ``i`` its
         place in the listing) → the recognised items, the skipped (``i``, ``key``,
-        ``reason``), and how many objects of the chunk are in scope."""
+        ``reason``, ``top``: the top entity's folder it is in, if any), and how many
+        objects of the chunk are in scope."""
         root = self.root
         inside = pl.col("key").str.starts_with(root) if root else pl.lit(True)
         frame = frame.with_columns(inside.alias("_inside"), pl.col("key").str.slice(len(root)).alias("rel"))
@@ -193,10 +195,18 @@ class Classifier:
         reason = pl.when(reason.is_null() & pl.col("key").str.contains("\x00", literal=True)).then(
             pl.lit(INVALID_KEY)).otherwise(reason)
         frame = frame.with_columns(*captures, reason.alias("reason"))
-        skipped = frame.filter(pl.col("reason").is_not_null()).select("i", "key", "reason")
+        skipped = frame.filter(pl.col("reason").is_not_null())
+        top = self.segment.folder_expr(rel) if self.segment is not None else pl.lit(None, pl.String)
+        skipped = skipped.select("i", "key", "reason", pl.when(pl.col("_inside")).then(top).alias("top"))
         items = frame.filter(pl.col("reason").is_null())
         items = items.with_columns(self.top_key.alias(plan_key(self.catalogue.top.name)))
         return items.select(item_columns(self.catalogue, self.needs_place)), skipped, frame.height
+
+    def top_of(self, key: str) -> str | None:
+        """The top entity's folder a key is in (None: in none, or no such folder)."""
+        if self.segment is None or not key.startswith(self.root):
+            return None
+        return self.segment.folder_of(key[len(self.root):])
 
     def read_undecodable(self, key: str) -> str | None:
         """The skip reason of a key that is not valid UTF-8 (None: out of scope)."""
@@ -310,7 +320,8 @@ def _chunks(objects: Iterable[ObjectInfo]):
 @dataclass
 class Listing:
     """A listing, classified: the recognised items in parts — in memory or spilled —
-    with their count per top-entity key, and the skipped objects counted."""
+    with their count per top-entity key, and the skipped objects counted (per top key
+    too, when the top entity is one folder of every key: see :meth:`tallies`)."""
 
     items: "Parts"
     counts: dict[str, int] = field(default_factory=dict)  # recognised items per top key
@@ -318,15 +329,49 @@ class Listing:
     skipped: Counter = field(default_factory=Counter)
     skipped_examples: dict[str, list[str]] = field(default_factory=dict)
     examples: dict[str, list[tuple[int, str]]] = field(default_factory=dict, repr=False)  # with places
+    skipped_by_top: dict[str, Counter] = field(default_factory=dict, repr=False)
+    top_of: Callable[[str], str | None] = field(default=lambda key: None, repr=False)
 
     def skip(self, reason: str, found: list[tuple[int, str]]) -> None:
         """Objects skipped after classification (an unknown parent), with their places."""
         self.skipped[reason] += len(found)
+        for _, key in found:
+            top = self.top_of(key)
+            if top is not None:
+                self.skipped_by_top.setdefault(top, Counter())[reason] += 1
         have = self.examples.setdefault(reason, [])
         have.extend(found)
         have.sort()
         del have[SKIPPED_EXAMPLES:]
         self.skipped_examples[reason] = [k for _, k in have]
+
+    def tallies(self) -> dict[str, dict]:
+        """Per top key, what the listing holds under it: ``objects`` (every object in
+        its folder) and, when some were skipped, ``skipped`` by reason — the terms of a
+        status card (``GET /api/status/{key}``). An object under a platform row that is
+        missing was recognised first and skipped after (``unknown_parent``): counted once.
+        A folder whose name no database text can hold (NUL, not UTF-8) is no top's: its
+        objects are only in the listing's counts."""
+        out = {}
+        for top in sorted(set(self.counts) | set(self.skipped_by_top)):
+            if not _storable(top):
+                continue
+            skipped = self.skipped_by_top.get(top, {})
+            later = skipped.get(UNKNOWN_PARENT, 0)
+            tally: dict = {"objects": self.counts.get(top, 0) + sum(skipped.values()) - later}
+            if skipped:
+                tally["skipped"] = dict(sorted(skipped.items()))
+            out[top] = tally
+        return out
+
+
+def _storable(text: str) -> bool:
+    """Whether PostgreSQL text (and jsonb) can hold ``text``: UTF-8, without NUL."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return "\x00" not in text
 
 
 def _columns(objects: list[ObjectInfo]) -> tuple[list, list, list, list, list[tuple[int, str]]]:
@@ -370,7 +415,7 @@ def classify_listing(
     from .spill import Parts
 
     classifier = Classifier(catalogue, root, scope)
-    listing = Listing(Parts(items_schema(catalogue, classifier.needs_place), spill))
+    listing = Listing(Parts(items_schema(catalogue, classifier.needs_place), spill), top_of=classifier.top_of)
     examples = listing.examples
     top = plan_key(catalogue.top.name)
 
@@ -390,6 +435,8 @@ def classify_listing(
         listing.object_count += counted + len(bad)
         for reason, count in skipped.group_by("reason").len().iter_rows():
             listing.skipped[reason] += count
+        for name, reason, count in skipped.drop_nulls("top").group_by("top", "reason").len().iter_rows():
+            listing.skipped_by_top.setdefault(name, Counter())[reason] += count
         firsts = skipped.group_by("reason").agg(pl.col("i").head(SKIPPED_EXAMPLES), pl.col("key").head(SKIPPED_EXAMPLES))
         for reason, idx, ks in firsts.iter_rows():
             shown = [k.replace("\x00", "\\0") if reason == INVALID_KEY else k for k in ks]
@@ -402,6 +449,9 @@ def classify_listing(
                 listing.object_count -= 1
                 continue
             listing.skipped[reason] += 1
+            name = classifier.top_of(key)
+            if name is not None:
+                listing.skipped_by_top.setdefault(name, Counter())[reason] += 1
             examples.setdefault(reason, []).append((p, key.encode("utf-8", "replace").decode("utf-8")))
         if items.height:
             for name, n in items.group_by(top).len().iter_rows():

@@ -28,6 +28,9 @@ class Plan:
     notes: list[str] = field(default_factory=list, repr=False)  # for the person running plan; not in the file
     kinds: tuple[str, ...] | None = field(default=None, repr=False)  # the catalogue's, for the summary's lines
     descriptor: Catalogue | None = field(default=None, repr=False)  # the catalogue read or made under
+    # Per top key, the listing's objects and skips (Listing.tallies): for the controller's
+    # status cards; not in the file (a plan for review holds changes, not a census).
+    tops: dict | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.kinds is None and self.catalogue is None:

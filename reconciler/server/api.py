@@ -11,7 +11,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..controller.runs import STATUSES
-from .http import JSONResponse, int_param, path_id, read_json
+from .http import JSONResponse, int_param, path_id, read_json, top_key_param, top_keys_param
 
 
 def approver(request: Request) -> str:
@@ -19,8 +19,38 @@ def approver(request: Request) -> str:
 
 
 async def status(request: Request):
+    """The drift summary; with ``?by=top`` also a page of the top keys' status cards
+    (``q``: a substring, ``drift=1``: only keys with changes not applied, ``offset``,
+    ``limit``)."""
     c = request.app.state.controller
-    return JSONResponse(await run_in_threadpool(c.status))
+    by = request.query_params.get("by")
+    if by not in (None, "", "top"):
+        raise HTTPException(400, "by must be top (a status card per top key) or left out")
+    if by != "top":
+        return JSONResponse(await run_in_threadpool(c.status))
+    q = request.query_params.get("q", "")[:200]
+    only = request.query_params.get("drift") == "1"
+    offset = int_param(request, "offset", 0, high=10**9)
+    limit = int_param(request, "limit", 100, low=1, high=1000)
+
+    def gather():
+        st = c.status()
+        tops, count = c.runs.tops_page(q, only, offset, limit)
+        return st, tops, count
+
+    st, tops, count = await run_in_threadpool(gather)
+    st.update(entity=c.settings.catalogue.top.name, tops=[t.to_dict() for t in tops], total_tops=count,
+              offset=offset, limit=limit)
+    return JSONResponse(st)
+
+
+async def top_status(request: Request):
+    """One top key's status card: ``GET /api/status/{key}`` (a key of several columns
+    holds "/": the path takes it whole)."""
+    c = request.app.state.controller
+    key = top_key_param(c.settings.catalogue, request.path_params["key"])
+    st = await run_in_threadpool(c.runs.top_status, key)
+    return JSONResponse({"entity": c.settings.catalogue.top.name, **st.to_dict()})
 
 
 async def list_runs(request: Request):
@@ -35,20 +65,21 @@ async def list_runs(request: Request):
 
 
 async def start_run(request: Request):
+    """A run now: ``{}`` (every key), ``{"scope": [keys]}``, or ``{"models": [names]}``
+    (the creators' spelling of the same)."""
     c = request.app.state.controller
     body = await read_json(request)
     if not isinstance(body, dict):
-        raise HTTPException(400, 'the body must be a JSON object, like {"models": ["Alice"]}')
-    models = body.get("models")
-    if models is not None:
-        if not isinstance(models, list) or not all(isinstance(m, str) and m and "/" not in m and "\0" not in m
-                                                   for m in models) or len(models) > 10_000:
-            raise HTTPException(400, "models must be a list of model names (folder names, without '/')")
-        models = models or None
-    unknown = set(body) - {"models"}
+        raise HTTPException(400, 'the body must be a JSON object, like {"scope": ["Alice"]}')
+    unknown = set(body) - {"scope", "models"}
     if unknown:
-        raise HTTPException(400, f"unknown field {sorted(unknown)[0]!r}; the body may hold only 'models'")
-    run_id = await run_in_threadpool(c.start_run, models, "manual", approver(request))
+        raise HTTPException(400, f"unknown field {sorted(unknown)[0]!r}; the body may hold only 'scope' (or 'models')")
+    if len(body) > 1:
+        raise HTTPException(400, "give 'scope' or 'models', not both (they are the same)")
+    name, scope = next(iter(body.items()), ("scope", None))
+    if scope is not None:
+        scope = top_keys_param(c.settings.catalogue, scope, name) or None
+    run_id = await run_in_threadpool(c.start_run, scope, "manual", approver(request))
     return JSONResponse({"id": run_id, "status": "planning"}, status_code=202,
                         headers={"Location": f"/api/runs/{run_id}"})
 
@@ -123,6 +154,7 @@ async def list_deliveries(request: Request):
 
 routes = [
     Route("/api/status", status, methods=["GET"]),
+    Route("/api/status/{key:path}", top_status, methods=["GET"]),
     Route("/api/runs", list_runs, methods=["GET"]),
     Route("/api/runs", start_run, methods=["POST"]),
     Route("/api/runs/{id}", get_run, methods=["GET"]),

@@ -135,9 +135,7 @@ def effective_config(controller, tokens: Tokens) -> list[tuple[str, str, str]]:
         ("source", "credentials", "boto3's credential chain (never shown)"),
         ("database", "database", controller.display or "–"),
         ("", "cdn_base_url", url(s.cdn_base_url)),
-        ("catalogue", "name", s.catalogue.name),
-        ("catalogue", "fingerprint", s.catalogue.fingerprint),
-        ("catalogue", "tables", ", ".join(e.table for e in s.catalogue.entities)),
+        ("", "catalogue", s.catalogue.name),
         ("safety", "allow_empty_source", str(s.allow_empty_source).lower()),
         ("safety", "max_delete", "–" if s.max_delete is None else str(s.max_delete)),
         ("safety", "max_delete_percent", "–" if s.max_delete_percent is None else f"{s.max_delete_percent:g}"),
@@ -174,7 +172,7 @@ def create_app(controller, tokens: Tokens, *, manage_controller: bool = True) ->
     :meth:`.auth.Tokens.minted_for_local`)."""
     if not tokens.api:
         raise ValueError("create_app needs an API token; see Tokens.minted_for_local")
-    m = Metrics()
+    m = Metrics(controller.settings.catalogue.kinds)
     controller.observer = m
     controller.runs.observer = m
 
@@ -210,7 +208,6 @@ def create_app(controller, tokens: Tokens, *, manage_controller: bool = True) ->
     app.state.tokens = tokens
     app.state.metrics = m
     app.state.sessions = Sessions(tokens, Store(controller.runs))
-    app.state.plan_cache = pages.Cache()
     app.state.effective_config = lambda: effective_config(controller, tokens)
     o = controller.options
     app.add_middleware(TokenAuth, tokens=tokens, public_metrics=o.public_metrics)

@@ -8,6 +8,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
+from ..catalogue import Catalogue
 from ..controller.events import MAX_BODY
 
 
@@ -69,3 +70,30 @@ def path_id(request: Request, name: str = "id") -> int:
     if not raw.isdigit() or len(raw) > 18:
         raise HTTPException(404, f"there is no such {name.replace('_', ' ')}")
     return int(raw)
+
+
+def _is_key(catalogue: Catalogue, key) -> bool:
+    """A top-entity key (a model, a product) can be: a text without NUL, and without "/"
+    when the key is one folder."""
+    one_folder = len(catalogue.top.key_columns) == 1
+    return isinstance(key, str) and 0 < len(key) <= 1024 and "\0" not in key and not (one_folder and "/" in key)
+
+
+def _folders(catalogue: Catalogue, plural: bool) -> str:
+    if len(catalogue.top.key_columns) != 1:
+        return ""
+    return " (folder names, without '/')" if plural else " (a folder name, without '/')"
+
+
+def top_keys_param(catalogue: Catalogue, keys, what: str) -> list[str]:
+    """``keys`` (a JSON body's list) as top-entity keys, or a 400 that says what one is."""
+    if not isinstance(keys, list) or len(keys) > 10_000 or not all(_is_key(catalogue, k) for k in keys):
+        raise HTTPException(400, f"{what} must be a list of {catalogue.top.name} keys{_folders(catalogue, True)}")
+    return keys
+
+
+def top_key_param(catalogue: Catalogue, key: str) -> str:
+    """One top-entity key (a path's, a form's), or a 400 that says what one is."""
+    if not _is_key(catalogue, key):
+        raise HTTPException(400, f"{key[:100]!r} is not a {catalogue.top.name} key{_folders(catalogue, False)}")
+    return key

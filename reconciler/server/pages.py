@@ -15,9 +15,7 @@ dashboard's words, never a command to type.
 from __future__ import annotations
 
 import calendar
-import collections
 import functools
-import threading
 import time
 from importlib import resources
 from typing import Any
@@ -33,17 +31,18 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .. import render
+from ..catalogue import Catalogue
 from ..controller.runs import STATUSES, BadRequest, RunConflict, RunError, RunNotFound, total
 from ..engine.diff import ACTIONS
 from ..errors import DatabaseError, ReconcilerError
 from ..version import __version__
 from . import charts
-from .http import int_param, path_id, read_body
+from .http import int_param, path_id, read_body, top_key_param
 from .sessions import COOKIE, MAX_AGE
 
 # Paths the dashboard answers; TokenAuth leaves them to the session checks here.
 PAGE_PATHS = ("/", "/login", "/logout", "/runs", "/history", "/settings", "/notifications", "/static/")
-PER_PAGE = 50  # models on the overview, runs in the list
+PER_PAGE = 50  # top rows (models, products) on the overview, runs in the list
 CHANGES_PER_PAGE = 100
 IN_PROGRESS = ("planning", "applying")
 
@@ -107,28 +106,10 @@ _templates.globals.update(ACTIONS=ACTIONS, SYMBOL=render.SYMBOL, version=__versi
 # --------------------------------------------------------------------------- plumbing
 
 
-class Cache:
-    """A few plans' derived views, by run id (a run's plan never changes)."""
-
-    def __init__(self, size: int = 8) -> None:
-        self.size, self.items, self.lock = size, collections.OrderedDict(), threading.Lock()
-
-    def get(self, key, make):
-        with self.lock:
-            if key in self.items:
-                self.items.move_to_end(key)
-                return self.items[key]
-        value = make()
-        with self.lock:
-            self.items[key] = value
-            while len(self.items) > self.size:
-                self.items.popitem(last=False)
-        return value
-
-
 def _render(template: str, status: int = 200, *, user: str | None, csrf: str, path: str, **ctx) -> HTMLResponse:
     ctx.setdefault("title", "")
     ctx.setdefault("KINDS", ())
+    ctx.setdefault("ENTITY", {})
     body = _templates.get_template(template).render(user=user, csrf=csrf, path=path, **ctx)
     response = HTMLResponse(body, status_code=status)
     for k, v in SECURITY_HEADERS.items():
@@ -137,9 +118,15 @@ def _render(template: str, status: int = 200, *, user: str | None, csrf: str, pa
 
 
 def _html(request: Request, template: str, status: int = 200, **ctx) -> HTMLResponse:
+    """A page in the catalogue's words: ``KINDS`` are the entities the tool writes, in
+    plan order; ``ENTITY`` every entity of ``CATALOGUE`` by name (its ``label`` and
+    ``plural`` from the spec name it on the page); ``TOP`` the top entity (a model, a
+    product)."""
     page = request.state.page
-    kinds = request.app.state.controller.settings.catalogue.kinds  # the catalogue's entities, in plan order
-    return _render(template, status, user=page["user"], csrf=page["csrf"], path=request.url.path, KINDS=kinds, **ctx)
+    catalogue = request.app.state.controller.settings.catalogue
+    return _render(template, status, user=page["user"], csrf=page["csrf"], path=request.url.path,
+                   CATALOGUE=catalogue, KINDS=catalogue.kinds, ENTITY={e.name: e for e in catalogue.entities},
+                   TOP=catalogue.top, **ctx)
 
 
 # Error pages say what happened in the dashboard's words (the message says why).
@@ -270,25 +257,6 @@ def _pages(page_no: int, count: int, per: int) -> dict:
 # --------------------------------------------------------------------------- data
 
 
-def _model_drift(app, run_ids: list[int]) -> dict[str, dict[str, int]]:
-    """Per model, the pending changes by action, from the runs that make up the drift."""
-    runs = app.state.controller.runs
-    merged: dict[str, dict[str, int]] = {}
-    for run_id in run_ids:
-        def make(run_id=run_id):
-            counts: dict[str, dict[str, int]] = {}
-            for model, changes in render.changes_by_model(runs.load_plan(run_id)).items():
-                c = counts.setdefault(model, {a: 0 for a in ACTIONS})
-                for ch in changes:
-                    c[ch.action] += 1
-            return counts
-        for model, counts in app.state.plan_cache.get(("drift", run_id), make).items():
-            m = merged.setdefault(model, {a: 0 for a in ACTIONS})
-            for a, n in counts.items():
-                m[a] += n
-    return merged
-
-
 def _charts(timeline: list[dict]) -> dict[str, Markup]:
     checks = [r for r in timeline if r["trigger"] != "rollback" and r["status"] not in ("errored", "refused")]
     drift = charts.Series("changes found", [(r["at"], r["change_count"], f"run {r['id']}, {r['at']}")
@@ -320,35 +288,41 @@ def _last_apply(runs) -> dict | None:
 # --------------------------------------------------------------------------- views
 
 
+def by_action(summary: dict) -> dict[str, int]:
+    """A summary's counts (kind → action → n) summed per action."""
+    return {a: sum(v.get(a, 0) for v in summary.values()) for a in ACTIONS}
+
+
+def counted_kinds(catalogue: Catalogue) -> tuple[str, ...]:
+    """The kinds the top rows' table counts: those the tool writes below the top."""
+    return tuple(k for k in catalogue.kinds if k != catalogue.top.name)
+
+
 @page()
 async def overview(request: Request):
-    app = request.app
-    c = app.state.controller
+    c = request.app.state.controller
     q = request.query_params.get("q", "").strip()[:200]
     only = request.query_params.get("drift") == "1"
     page_no = _page_no(request)
 
     def gather():
         st = c.status()
-        drift = _model_drift(app, [r["id"] for r in st["drift_runs"]])
-        models, count = c.runs.models_page(q, list(drift), only, (page_no - 1) * PER_PAGE, PER_PAGE)
-        for m in models:
-            m["drift"] = drift.get(m["name"])
+        tops, count = c.runs.tops_page(q, only, (page_no - 1) * PER_PAGE, PER_PAGE)
         pending = c.runs.get_run(st["pending_run"]) if st["pending_run"] else None
-        return st, models, count, pending, _last_apply(c.runs), c.runs.timeline(30)
+        return st, tops, count, pending, _last_apply(c.runs), c.runs.timeline(30)
 
-    st, models, count, pending, last, timeline = await run_in_threadpool(gather)
-    return _html(request, "overview.html", title="Overview", st=st, models=models, q=q, only=only,
+    st, tops, count, pending, last, timeline = await run_in_threadpool(gather)
+    return _html(request, "overview.html", title="Overview", st=st, tops=tops, q=q, only=only,
+                 counted=counted_kinds(c.settings.catalogue), to=by_action(st["drift"]),
                  pages=_pages(page_no, count, PER_PAGE), pending=pending, last=last, charts=_charts(timeline))
 
 
 @page()
 async def plan_now(request: Request):
     c = request.app.state.controller
-    model = request.state.form.get("model", "").strip()
-    if model and ("/" in model or "\0" in model or len(model) > 1024):
-        raise HTTPException(400, "a model is a folder name, without '/'")
-    run_id = await run_in_threadpool(c.start_run, [model] if model else None, "manual", request.state.user)
+    key = request.state.form.get("scope", "").strip()
+    scope = [top_key_param(c.settings.catalogue, key)] if key else None
+    run_id = await run_in_threadpool(c.start_run, scope, "manual", request.state.user)
     return _redirect(f"/runs/{run_id}")
 
 
@@ -366,12 +340,15 @@ async def runs_list(request: Request):
 
 
 def _run_changes(app, run_id: int, action: str) -> list[tuple[str, Any]]:
-    """The run's changes as (model, change), grouped by model, deletions first in each."""
+    """The run's changes as (top key, change), grouped by top key — the groups with
+    deletions first, then by key — deletions first in each."""
+    runs = app.state.controller.runs
+
     def make():
-        groups = render.changes_by_model(app.state.controller.runs.load_plan(run_id))
-        return [(m, ch) for m, chs in groups.items()
-                for ch in sorted(chs, key=lambda ch: ch.action != "delete")]
-    flat = app.state.plan_cache.get(("changes", run_id), make)
+        groups = render.changes_by_model(runs.load_plan(run_id))
+        order = sorted(groups, key=lambda top: (not any(ch.action == "delete" for ch in groups[top]), top))
+        return [(top, ch) for top in order for ch in sorted(groups[top], key=lambda ch: ch.action != "delete")]
+    flat = runs.derived.get(("run changes", run_id), make)
     return [x for x in flat if x[1].action == action] if action else flat
 
 
@@ -393,13 +370,13 @@ async def run_page(request: Request):
             flat = _run_changes(app, run_id, action)
             count = len(flat)
             start = (min(page_no, max(1, -(-count // CHANGES_PER_PAGE))) - 1) * CHANGES_PER_PAGE
-            for model, ch in flat[start:start + CHANGES_PER_PAGE]:
-                if not groups or groups[-1]["model"] != model:
-                    groups.append({"model": model, "changes": []})
+            for top, ch in flat[start:start + CHANGES_PER_PAGE]:
+                if not groups or groups[-1]["top"] != top:
+                    groups.append({"top": top, "changes": []})
                 groups[-1]["changes"].append({
                     "action": ch.action, "kind": ch.kind,
                     "head": render.change_head(ch).split(" ", 2)[2],  # "kind key" (the pill says the action)
-                    "lines": [line.strip() for line in render.change_lines(ch, width=None)],
+                    "lines": [line.strip() for line in render.change_lines(ch, width=None, catalogue=catalogue)],
                 })
         estimate = None
         if run["status"] == "planning":
@@ -415,9 +392,8 @@ async def run_page(request: Request):
     return _html(request, "run.html", title=f"Run {run_id}", run=run, groups=groups, action=action,
                  pages=_pages(page_no, count, CHANGES_PER_PAGE), estimate=estimate, notice=notice,
                  deletion_note=render.deletion_note(run["summary"], catalogue.kinds, catalogue) if run["summary"] else None,
-                 deletes={k: (run["summary"] or {}).get(k, {}).get("delete", 0)
-                          for k in catalogue.kinds},
-                 action_counts={a: sum(v.get(a, 0) for v in (run["summary"] or {}).values()) for a in ACTIONS},
+                 deletes={k: (run["summary"] or {}).get(k, {}).get("delete", 0) for k in catalogue.kinds},
+                 action_counts=by_action(run["summary"] or {}),
                  in_progress=run["status"] in IN_PROGRESS, g=gate, deliveries=deliveries)
 
 

@@ -71,6 +71,20 @@ def top_counts(conn, catalogue: Catalogue, scope: Sequence[str] | None = None) -
         return dict(cur.fetchall())
 
 
+def counts_by_top(conn, catalogue: Catalogue, scope: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+    """Rows per top key in scope and kind, from the kept terms (no scan of the rows)."""
+    sql, query = counts_sql(catalogue)
+    condition, params = scope_sql(query, scope)
+    n_parts = sql.count("{where}")
+    out: dict[str, dict[str, int]] = {}
+    with conn.cursor() as cur:
+        cur.execute(f"SELECT top, kind, sum(n)::bigint FROM ({sql.format(where=where([condition]))}) c "
+                    "GROUP BY top, kind", params * n_parts)
+        for top, kind, n in cur.fetchall():
+            out.setdefault(top, {})[kind] = n
+    return out
+
+
 def database_identity(conn) -> str:
     """Which database this is: the cluster's ``system_identifier`` (chosen by initdb,
     kept across restarts) and the database's name, as ``"<id>/<name>"``. A plan

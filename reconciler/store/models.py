@@ -76,6 +76,8 @@ class Run(_Base):
     fingerprint = pw.TextField(null=True)  # SHA-256 of the plan's changes alone (no time in it)
     override_reason = pw.TextField(null=True)  # applied inside a closed change window, and why
     notified_status = pw.TextField(null=True)  # the status whose notifications are queued
+    skipped = JSONField(null=True)  # the listing's skipped objects by reason
+    tops = JSONField(null=True)  # per top key: the listing's objects and skips (Listing.tallies)
 
     class Meta:
         table_name = "reconciler_runs"
