@@ -31,7 +31,7 @@ from .canonical import canonical
 from .catalogue import Catalogue, Entity
 from .config import BATCH_ROWS  # items (or current rows) per batch, unless one top row has more
 from .diff import Change, ChangeList, EncodedChange, Lines, change_order, content_columns, entity_changes, json_columns
-from .frames import UNKNOWN_PARENT, Listing, desired_of, plan_key
+from .frames import UNKNOWN_PARENT, Listing, desired_of, plan_key, top_key_expr
 from .spill import Parts, Spill, by_top
 
 LINES_SCHEMA = {"key": pl.String, "line": pl.String}
@@ -138,7 +138,6 @@ def plan_changes(
 ) -> Result:
     """The changes that make ``current`` what ``listing`` says, in plan order (the
     listing was classified below ``root`` already)."""
-    top = plan_key(catalogue.top.name)
     counts = dict(listing.counts)
     for name, n in current.counts.items():
         counts[name] = max(counts.get(name, 0), n)
@@ -153,7 +152,7 @@ def plan_changes(
         desired_parts = [listing.items]
     else:
         mapping = {name: batch_of(name) for name in counts}
-        which = pl.col(top).replace_strict(mapping, default=0, return_dtype=pl.Int32)
+        which = top_key_expr(catalogue).replace_strict(mapping, default=0, return_dtype=pl.Int32)
         desired_parts = listing.items.split(which, n)
         listing.items.discard()
     current_of = _ByBatch(current, bounds, batch_of, catalogue)
