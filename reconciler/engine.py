@@ -54,6 +54,31 @@ def current_schema(catalogue: Catalogue, e: Entity) -> dict:
     return schema
 
 
+def repeated(catalogue: Catalogue, e: Entity) -> dict[str, str]:
+    """The columns of an entity's current rows that repeat another (column: the one it
+    repeats): a key column that is the whole plan key, the top row's key when it is the
+    parent's. The database sends each value once (:func:`copied_schema`)."""
+    out = {}
+    if e.key_is_plan_key:
+        out[e.key_columns[0]] = plan_key(e.name)
+    if e.parent is not None and e.parent == catalogue.top.name:
+        out[plan_key(e.parent)] = e.parent
+    return out
+
+
+def copied_schema(catalogue: Catalogue, e: Entity) -> dict:
+    """The columns of an entity's current rows as the database copies them:
+    :func:`current_schema` less the :func:`repeated` ones."""
+    again = repeated(catalogue, e)
+    return {c: t for c, t in current_schema(catalogue, e).items() if c not in again}
+
+
+def with_repeated(catalogue: Catalogue, e: Entity, frame: pl.DataFrame) -> pl.DataFrame:
+    """Copied rows (:func:`copied_schema`) with every column of :func:`current_schema`."""
+    again = repeated(catalogue, e)
+    return frame.select([pl.col(again[c]).alias(c) if c in again else pl.col(c) for c in current_schema(catalogue, e)])
+
+
 @dataclass
 class Current:
     """The current state in scope, as the engine reads it.

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Iterable
 import polars as pl
 
 from .catalogue import Catalogue, Entity, read_key
-from .catalogue.descriptor import Source, Template, Value
+from .catalogue.descriptor import Rule, Source, Template, Value
 from .catalogue.keys import PLAIN_KEY, quote_key, url_base
 from .catalogue.patterns import Placeholder
 from .objects import ObjectInfo
@@ -155,28 +155,34 @@ class Classifier:
         # A folder's reading per extension group, across chunks; each folder's number
         # and whether keys in it are read one by one.
         self.meanings: dict[tuple[str, int], tuple] = {}
-        self.folders: dict[str, tuple[int, bool]] = {}
+        self.folders: dict[str, tuple[int, bool, tuple[Rule, ...]]] = {}
         self.folder_names: list[str] = []
         self.needs_place = any(not e.owned for e in catalogue.entities)
         self.schema = {"_ident": pl.UInt64, "rule": pl.Int16, "reason": pl.String,
                        **({"_fcap": pl.String} if self.by_file else {}), **{capture(n): pl.String for n in self.kept}}
 
-    def _by_name(self, d: str) -> bool:
-        """Whether keys in folder ``d`` (with its trailing "/") are read one by one: a
-        rule that may take one of them tests more of the file name than its extension."""
-        for r in self.rules:
-            m = r.pattern.dir_regex.match(d)
-            if m is None:
-                continue
-            fm = r.pattern.file
-            if fm.how == "any":
-                return False  # this rule takes every key its folders' constraints allow
-            if fm.how != "whole" or fm.placeholders[0].words:
-                return True
-        return False
+    def _folder(self, d: str) -> tuple[int, bool, tuple[Rule, ...]]:
+        """Folder ``d`` (with its trailing "/"), numbered: its number, whether keys in
+        it are read one by one (a rule that may take one of them tests more of the file
+        name than its extension), and the rules whose folders match it: only those can
+        take its keys."""
+        found = self.folders.get(d)
+        if found is None:
+            rules = tuple(r for r in self.rules if r.pattern.dir_regex.match(d))
+            by_name = False
+            for r in rules:
+                fm = r.pattern.file
+                if fm.how == "any":
+                    break  # this rule takes every key its folders' constraints allow
+                if fm.how != "whole" or fm.placeholders[0].words:
+                    by_name = True
+                    break
+            found = self.folders[d] = (len(self.folder_names), by_name, rules)
+            self.folder_names.append(d)
+        return found
 
     def _reading(self, rel: str, whole_folder: bool) -> tuple:
-        reading = read_key(self.catalogue, rel)
+        reading = read_key(self.catalogue, rel, self._folder(rel[: rel.rfind("/") + 1])[2])
         rule = reading.rule.index if reading.rule is not None else (_MARKER if reading.reason == FOLDER_MARKER
                                                                      else _UNMATCHED)
         fcap = None
@@ -193,12 +199,9 @@ class Classifier:
     def _numbered(self, dirs: pl.Series) -> pl.DataFrame:
         """The number of each folder of ``dirs`` (distinct), and whether keys in it are
         read one by one."""
-        names = dirs.to_list()
-        for d in names:
-            if d not in self.folders:
-                self.folders[d] = (len(self.folder_names), self._by_name(d))
-                self.folder_names.append(d)
-        numbers, by_name = zip(*(self.folders[d] for d in names)) if names else ((), ())
+        folders = [self._folder(d) for d in dirs.to_list()]
+        numbers = [f[0] for f in folders]
+        by_name = [f[1] for f in folders]
         return pl.DataFrame({"_dir": dirs, "_n": pl.Series(numbers, dtype=pl.UInt64),
                              "_by_name": pl.Series(by_name, dtype=pl.Boolean)})
 
