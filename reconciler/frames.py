@@ -34,7 +34,7 @@ import polars as pl
 from .catalogue import Catalogue, Entity, read_key
 from .catalogue.descriptor import Rule, Source, Template, Value
 from .catalogue.keys import PLAIN_KEY, quote_key, url_base
-from .catalogue.patterns import Placeholder
+from .catalogue.patterns import Placeholder, satisfies
 from .objects import ObjectInfo
 from .shards import Shard
 
@@ -116,18 +116,30 @@ def scope_segment(catalogue: Catalogue) -> ScopeSegment | None:
 # --------------------------------------------------------------------------- classifying
 
 
+@dataclass(frozen=True)
+class _Folder:
+    """A folder of a listing as the classifier reads it (see :class:`Classifier`)."""
+
+    number: int
+    by_name: bool  # keys in it are read one by one
+    rules: tuple[tuple[Rule, dict], ...]  # the rules that can take its keys, with their captures of it
+
+
 class Classifier:
     """The rules of a catalogue over chunks of a listing below ``root``, limited to a
     ``scope`` of top-entity names (a set, or a :class:`~reconciler.shards.Shard`).
 
-    What a key means depends only on its folder and which classes its extension is in
-    — unless a rule that could take it reads the file name itself (a stem among
-    words, a literal name): so each distinct (folder, extension group) is read once,
-    by :func:`read_key` (the reference), and joined back to its keys; keys in folders
-    where a file name matters are read one by one. A million keys in twenty thousand
-    folders cost some forty thousand readings; the file-name captures (``{file}``)
-    come from the key itself. Folders and readings are numbered, so that the joins
-    are on one integer column, not on strings."""
+    A rule can take a key only if its folders match the key's folder (the folder part
+    of its pattern, :attr:`Pattern.dir_regex`, constraints included): each distinct
+    folder is matched once, keeping those rules and their captures. Then what a key
+    means depends only on its folder and which classes its extension is in — unless one
+    of those rules reads the file name itself (a stem among words, a literal name): so
+    each distinct (folder, extension group) is read once from its folder's rules and
+    joined back to its keys; keys in folders where a file name matters are read one by
+    one, by :func:`read_key` (the reference; property tests hold the two together). A
+    million keys in twenty thousand folders cost twenty thousand folder matches; the
+    file-name captures (``{file}``) come from the key itself. Folders and readings are
+    numbered, so that the joins are on one integer column, not on strings."""
 
     def __init__(self, catalogue: Catalogue, root: str = "", scope=None) -> None:
         self.catalogue, self.root = catalogue, root
@@ -152,71 +164,88 @@ class Classifier:
         self.groups = {ext: numbers[c] for ext, c in combos.items()}
         names = list(catalogue.classes)
         self.class_of_group = {n: names[c[0]] for c, n in numbers.items()}
-        # A folder's reading per extension group, across chunks; each folder's number
-        # and whether keys in it are read one by one.
+        # Per rule: its constrained folder placeholders; for a whole-name placeholder
+        # (``{file:image}``), the extension groups it takes.
+        self.dir_constraints = {r.index: [p for p in r.pattern.constrained if p.name in r.pattern.dir_names]
+                                for r in self.rules}
+        self.takes = {r.index: {n for c, n in numbers.items()
+                                if {names[i] for i in c} & set(r.pattern.file.placeholders[0].classes)}
+                      for r in self.rules if r.pattern.file.how == "whole"}
+        # A folder's reading per extension group, across chunks; the folders met.
         self.meanings: dict[tuple[str, int], tuple] = {}
-        self.folders: dict[str, tuple[int, bool, tuple[Rule, ...]]] = {}
+        self.folders: dict[str, _Folder] = {}
         self.folder_names: list[str] = []
         self.needs_place = any(not e.owned for e in catalogue.entities)
         self.schema = {"_ident": pl.UInt64, "rule": pl.Int16, "reason": pl.String,
                        **({"_fcap": pl.String} if self.by_file else {}), **{capture(n): pl.String for n in self.kept}}
 
-    def _folder(self, d: str) -> tuple[int, bool, tuple[Rule, ...]]:
-        """Folder ``d`` (with its trailing "/"), numbered: its number, whether keys in
-        it are read one by one (a rule that may take one of them tests more of the file
-        name than its extension), and the rules whose folders match it: only those can
-        take its keys."""
+    def _folder(self, d: str) -> _Folder:
+        """Folder ``d`` (with its trailing "/"; "" for keys without one), numbered: the
+        rules that can take its keys, and whether those are read one by one (a rule
+        that may take one tests more of the file name than its extension)."""
         found = self.folders.get(d)
         if found is None:
-            rules = tuple(r for r in self.rules if r.pattern.dir_regex.match(d))
+            rules = []
+            for r in self.rules:
+                m = r.pattern.dir_regex.match(d)
+                if m is None:
+                    continue
+                captures = m.groupdict()
+                if all(satisfies(p, captures[p.name], self.catalogue.classes) for p in self.dir_constraints[r.index]):
+                    rules.append((r, captures))
             by_name = False
-            for r in rules:
+            for r, _ in rules:
                 fm = r.pattern.file
                 if fm.how == "any":
-                    break  # this rule takes every key its folders' constraints allow
+                    break  # this rule takes every key of the folder
                 if fm.how != "whole" or fm.placeholders[0].words:
                     by_name = True
                     break
-            found = self.folders[d] = (len(self.folder_names), by_name, rules)
+            found = self.folders[d] = _Folder(len(self.folder_names), by_name, tuple(rules))
             self.folder_names.append(d)
         return found
 
-    def _reading(self, rel: str, whole_folder: bool) -> tuple:
-        reading = read_key(self.catalogue, rel, self._folder(rel[: rel.rfind("/") + 1])[2])
+    def _folder_reading(self, folder: _Folder, group: int) -> tuple:
+        """What the keys of a folder whose file names do not matter mean, by extension
+        group: the first of its rules that takes that group (a whole-name placeholder
+        takes the groups of its classes; any other rule, every key); a capture of the
+        whole file name is each key's own (``_fcap`` names it)."""
+        for r, captures in folder.rules:
+            if r.index in self.takes and group not in self.takes[r.index]:
+                continue
+            reason = EMPTY_SEGMENT if "" in captures.values() else r.reason
+            holders = r.pattern.file.placeholders
+            fcap = holders[0].name if holders else None
+            return (r.index, reason, *([fcap] if self.by_file else []), *[captures.get(n) for n in self.kept])
+        return (_UNMATCHED, UNMATCHED, *([None] if self.by_file else []), *[None] * len(self.kept))
+
+    def _reading(self, rel: str) -> tuple:
+        """What a key read on its own means: :func:`read_key`, over its folder's rules."""
+        reading = read_key(self.catalogue, rel, tuple(r for r, _ in self._folder(rel[: rel.rfind("/") + 1]).rules))
         rule = reading.rule.index if reading.rule is not None else (_MARKER if reading.reason == FOLDER_MARKER
                                                                      else _UNMATCHED)
-        fcap = None
-        captures = dict(reading.captures)
-        if whole_folder and reading.rule is not None:
-            # Keys of this folder and extension group differ only in their file name: a
-            # capture of the whole file name is each key's own.
-            holders = reading.rule.pattern.file.placeholders
-            if reading.rule.pattern.file.how in ("any", "whole") and holders:
-                fcap = holders[0].name
-                captures.pop(fcap, None)
-        return (rule, reading.reason, *([fcap] if self.by_file else []), *[captures.get(n) for n in self.kept])
+        return (rule, reading.reason, *([None] if self.by_file else []),
+                *[reading.captures.get(n) for n in self.kept])
 
     def _numbered(self, dirs: pl.Series) -> pl.DataFrame:
         """The number of each folder of ``dirs`` (distinct), and whether keys in it are
         read one by one."""
         folders = [self._folder(d) for d in dirs.to_list()]
-        numbers = [f[0] for f in folders]
-        by_name = [f[1] for f in folders]
-        return pl.DataFrame({"_dir": dirs, "_n": pl.Series(numbers, dtype=pl.UInt64),
-                             "_by_name": pl.Series(by_name, dtype=pl.Boolean)})
+        return pl.DataFrame({"_dir": dirs, "_n": pl.Series([f.number for f in folders], dtype=pl.UInt64),
+                             "_by_name": pl.Series([f.by_name for f in folders], dtype=pl.Boolean)})
 
-    def readings(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """The reading of each distinct ``_ident`` of ``frame`` (with an example
-        ``rel``): a folder's number and an extension group, or a key read on its own."""
+    def readings(self, firsts: pl.DataFrame) -> pl.DataFrame:
+        """The reading of each ``_ident`` of ``firsts`` (with an example key below the
+        root): a folder's number and an extension group, or a key read on its own."""
         rows = []
-        for ident, rel in frame.group_by("_ident").agg(pl.col("rel").first()).iter_rows():
+        for ident, rel in firsts.iter_rows():
             if ident >= _ALONE:
-                row = self._reading(rel, False)
+                row = self._reading(rel)
             else:
                 at = (self.folder_names[ident // _GROUPS], ident % _GROUPS)
                 row = self.meanings.get(at)
                 if row is None:
-                    row = self.meanings[at] = self._reading(rel, True)
+                    row = self.meanings[at] = self._folder_reading(self.folders[at[0]], at[1])
             rows.append((ident, *row))
         return pl.DataFrame(rows, orient="row", schema=self.schema)
 
@@ -224,11 +253,18 @@ class Classifier:
         """A chunk (``key``, the attributes the catalogue reads — ``size_bytes``,
         ``etag``, ``last_modified`` — and ``i`` its place in the listing) → the
         recognised items (:func:`item_columns`), the skipped (``i``, ``key``,
-        ``reason``), and how many objects of the chunk are in scope."""
+        ``reason``), and how many objects of the chunk are in scope.
+
+        Three passes of Polars over the chunk, each a query: folders and extension
+        groups; the readings' numbers (and an example of each); the readings joined
+        and the items and skipped keys taken apart."""
         root = self.root
-        key, rel = pl.col("key"), pl.col("rel")
+        key = pl.col("key")
         inside = key.str.starts_with(root) if root else None
-        frame = frame.with_columns(key.str.slice(len(root)).alias("rel") if root else key.alias("rel"))
+        if root:
+            frame = frame.with_columns(key.str.slice(len(root)).alias("rel"))
+        rel_name = "rel" if root else "key"  # without a root a key is its own rel
+        rel = pl.col(rel_name)
         if self.scope is not None:
             # Objects of names out of scope are not in the plan at all (not counted either).
             seg = self.segment
@@ -243,13 +279,13 @@ class Classifier:
             rel.str.extract(r"\.([^./]*)$", 1).str.to_lowercase()
             .replace_strict(self.groups, default=0, return_dtype=pl.UInt64).alias("_group"),
         )
-        frame = frame.join(self._numbered(frame.get_column("_dir").unique()), on="_dir", how="left",
-                           maintain_order="left")
         # A key in a folder where file names matter, or a folder marker (no file name), is read alone.
         alone = pl.col("_by_name") | (pl.col("_dir") == rel)
-        ident = pl.when(alone).then(pl.col("i").cast(pl.UInt64) + _ALONE).otherwise(pl.col("_n") * _GROUPS + pl.col("_group"))
-        frame = frame.with_columns(ident.alias("_ident"))
-        frame = frame.join(self.readings(frame.select("_ident", "rel")), on="_ident", how="left", maintain_order="left")
+        ident = pl.when(alone).then(pl.col("i").cast(pl.UInt64) + _ALONE).otherwise(
+            pl.col("_n") * _GROUPS + pl.col("_group"))
+        frame = frame.join(self._numbered(frame.get_column("_dir").unique()), on="_dir", how="left",
+                           maintain_order="left").with_columns(ident.alias("_ident"))
+        firsts = frame.group_by("_ident").agg(rel.first())
         file_name = rel.str.extract(r"([^/]*)$", 1)
         captures = [pl.when(pl.col("_fcap") == n).then(file_name).otherwise(pl.col(capture(n))).alias(capture(n))
                     for n in self.by_file]
@@ -258,6 +294,7 @@ class Classifier:
         # PostgreSQL text cannot hold NUL: a recognised key with one is skipped.
         reason = pl.when(reason.is_null() & key.str.contains("\x00", literal=True)).then(
             pl.lit(INVALID_KEY)).otherwise(reason)
+        frame = frame.join(self.readings(firsts), on="_ident", how="left", maintain_order="left")
         read = frame.lazy().with_columns(*captures, reason.alias("reason"))
         if self.reads.classes:
             read = read.with_columns(pl.col("_group").replace_strict(self.class_of_group, default=None,
@@ -471,10 +508,10 @@ def classify_listing(
             frame = frame.with_columns(pl.Series("i", places, dtype=pl.UInt32))
         items, skipped, counted = classifier.classify(frame)
         listing.object_count += counted + len(bad)
-        for reason, count in skipped.group_by("reason").len().iter_rows():
+        firsts = skipped.group_by("reason").agg(pl.len(), pl.col("i").head(SKIPPED_EXAMPLES),
+                                                pl.col("key").head(SKIPPED_EXAMPLES))
+        for reason, count, idx, ks in firsts.iter_rows():
             listing.skipped[reason] += count
-        firsts = skipped.group_by("reason").agg(pl.col("i").head(SKIPPED_EXAMPLES), pl.col("key").head(SKIPPED_EXAMPLES))
-        for reason, idx, ks in firsts.iter_rows():
             shown = [k.replace("\x00", "\\0") if reason == INVALID_KEY else k for k in ks]
             found = examples.setdefault(reason, [])
             if len(found) < SKIPPED_EXAMPLES:
