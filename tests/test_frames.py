@@ -15,10 +15,11 @@ from typing import NamedTuple
 from urllib.parse import quote
 
 import polars as pl
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from reconciler import ObjectInfo, plan_from_rows
-from reconciler.catalogue import read_key
+from reconciler.catalogue import compile_checked, read_key
+from reconciler.engine import frames
 from reconciler.engine.diff import change_order
 from reconciler.engine.plan import Current, Rows, batch_bounds, current_of_rows, plan_changes
 from reconciler.engine.frames import OUTSIDE_ROOT, SKIPPED_EXAMPLES, build_desired, classify_listing, plan_key
@@ -242,6 +243,58 @@ def test_chunks_of_the_listing_give_the_same_state(objects, root, scope, chunk):
     finally:
         frames.CHUNK = saved
     assert chunked == whole
+
+
+# A catalogue of the shapes a rule takes: a word among alternatives in a folder before
+# any file name (a folder of another word is not that rule's), a stem among words (file
+# names matter there), "**" before a name of some classes, a literal folder, a skip of
+# everything else below a folder.
+SHAPES = compile_checked({
+    "name": "shapes",
+    "classes": {"image": ["jpg", "png"], "doc": ["pdf"]},
+    "entities": {
+        "group": {"table": "groups", "key": {"name": "{g}"},
+                  "columns": {"pic": {"first": {"facet": "pic"}}, "logo": {"first": {"facet": "logo"}}}},
+        "item": {"table": "items", "parent": {"entity": "group", "column": "group_id"}, "unique": "global",
+                 "key": {"path": "{key}"}, "columns": {"where": "{w}", "file": "{file}", "cls": "{class}"}},
+    },
+    "rules": [
+        {"match": "{g:alpha|Beta}/{file}", "facet": "group.pic"},
+        {"match": "{g:alpha|Beta}/{w}/{file}", "row": "item"},
+        {"match": "{g}/{stem:logo|icon}.{ext:image}", "facet": "group.logo"},
+        {"match": "{g}/{w}/**/{file:image|doc}", "row": "item"},
+        {"match": "lit/{g}/{w}/{file:doc}", "row": "item"},
+        {"match": "{g}/**", "skip": "other"},
+    ],
+}, "shapes")
+_shape_segments = st.sampled_from(["alpha", "ALPHA", "Beta", "gamma", "", "lit", "x y", "Zo\u00eb"])
+_shape_files = st.sampled_from(["a.jpg", "B.PNG", "r.pdf", "n.txt", "logo.png", "Icon.JPG", "noext", ".jpg", "x."])
+
+
+@settings(max_examples=150)
+@given(st.lists(st.builds(lambda parts, f, marker: "/".join(parts + [f]) + ("/" if marker else ""),
+                          st.lists(_shape_segments, max_size=4), _shape_files, st.integers(0, 9).map(lambda i: i == 0)),
+                max_size=40, unique=True),
+       st.sampled_from([CREATORS, PRODUCTS, SHAPES]))
+@example(["gamma/logo.png", "gamma/a.jpg"], SHAPES)  # "{g:alpha|Beta}/{file}" is not gamma's: the stem matters
+def test_classified_items_carry_the_rule_and_captures_read_key_gives(keys, catalogue):
+    """Folders are matched once and read per extension class (keys where a file name
+    matters one by one): each item has the rule and the captures read_key gives its key."""
+    listing = classify_listing([ObjectInfo(k) for k in keys], catalogue)
+    items = {row["key"]: row for row in listing.items.frame().to_dicts()}
+    skipped: Counter = Counter()
+    for k in keys:
+        reading = read_key(catalogue, k)
+        if not reading.recognised:
+            skipped[reading.reason] += 1
+            continue
+        item = items.pop(k)
+        assert item["rule"] == reading.rule.index, k
+        assert {n: v for n, v in item.items() if n.startswith("c.")} == {
+            "c." + n: reading.captures[n] for n in frames.reads(catalogue).captures if n in reading.captures
+        } | {n: None for n in item if n.startswith("c.") and n[2:] not in reading.captures}, k
+    assert not items
+    assert listing.skipped == skipped
 
 
 # --------------------------------------------------------------------------- plans in batches

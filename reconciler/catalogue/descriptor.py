@@ -166,6 +166,12 @@ class Entity:
         return tuple(c for c, _ in self.key)
 
     @property
+    def key_is_plan_key(self) -> bool:
+        """Whether its one key column holds its whole plan key (a media item's
+        ``s3_key``, a model's ``folder_name``): a row read or compared needs it once."""
+        return len(self.key) == 1 and self.unique == "global"
+
+    @property
     def managed(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.columns)
 

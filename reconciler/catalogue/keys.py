@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from ..errors import ConfigError
 from .descriptor import Catalogue, Entity, Rule
 from .patterns import Placeholder, class_of
+
+if TYPE_CHECKING:
+    import polars as pl
 
 
 @dataclass(frozen=True)
@@ -32,12 +36,14 @@ class Reading:
         return self.reason is None
 
 
-def read_key(catalogue: Catalogue, rel: str) -> Reading:
+def read_key(catalogue: Catalogue, rel: str, rules: tuple[Rule, ...] | None = None) -> Reading:
     """The first rule that matches ``rel`` (a key below the root); folder markers,
-    empty captures and keys no rule takes are skipped with the tool's own reasons."""
+    empty captures and keys no rule takes are skipped with the tool's own reasons.
+    ``rules`` (default: the catalogue's) are the rules to try, in order: a caller that
+    knows which rules can take keys of a folder (:attr:`Pattern.dir_regex`) passes those."""
     if not rel or rel.endswith("/"):  # "" is the root's own marker ("media/")
         return Reading(None, {}, "folder_marker")
-    for rule in catalogue.rules:
+    for rule in catalogue.rules if rules is None else rules:
         captures = rule.pattern.match(rel)
         if captures is None:
             continue
@@ -115,7 +121,7 @@ class ScopeSegment:
         parts = rel.split("/", self.index + 1)
         return (self.of(rel) or None) if len(parts) > self.index + 1 else None
 
-    def folder_expr(self, rel: "pl.Expr") -> "pl.Expr":
+    def folder_expr(self, rel: pl.Expr) -> pl.Expr:
         """:meth:`folder_of` as a column expression."""
         import polars as pl
 

@@ -165,14 +165,17 @@ def _managed_sql(query: Query, e: Entity, c) -> str:
 def current_select(catalogue: Catalogue, entity: str) -> tuple[str, Query]:
     """``SELECT`` of an owned entity's current rows as the engine compares them
     (:func:`reconciler.engine.current_schema`), and its FROM clause; a ``{where}``
-    placeholder stands for the conditions."""
+    placeholder stands for the conditions. A value is selected once: not the top
+    row's key when it is the parent's, nor a key column that is the whole plan key
+    (the engine names those columns twice: :func:`reconciler.engine.copied_schema`)."""
     e = catalogue.entity(entity)
     query = Query(catalogue).base(entity)
     query.up(entity)
     cols = [plan_key_sql(query, entity)]
-    if e is not catalogue.top:
+    if e is not catalogue.top and e.parent != catalogue.top.name:
         cols.append(plan_key_sql(query, catalogue.top.name))
-    cols += [_text(f"{query.a(entity)}.{q(c)}") for c in e.key_columns]
+    if not e.key_is_plan_key:
+        cols += [_text(f"{query.a(entity)}.{q(c)}") for c in e.key_columns]
     if e.parent:
         cols.append(plan_key_sql(query, e.parent))
     cols += [_managed_sql(query, e, c) for c in e.columns]

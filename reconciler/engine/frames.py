@@ -22,6 +22,7 @@ frame: they are read one by one and always skipped.
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -31,8 +32,9 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import polars as pl
 
 from ..catalogue import Catalogue, Entity, read_key
-from ..catalogue.descriptor import Source, Template, Value
+from ..catalogue.descriptor import Rule, Source, Template, Value
 from ..catalogue.keys import PLAIN_KEY, quote_key, require_scope_segment, scope_segment, url_base
+from ..catalogue.patterns import satisfies
 from ..objects import ObjectInfo
 from .shards import Shard
 
@@ -49,6 +51,9 @@ UNMATCHED = "unmatched"
 UNKNOWN_PARENT = "unknown_parent"
 
 _MARKER, _UNMATCHED = -2, -1  # rule numbers of keys no rule reads
+# A reading's number: a folder's number times _GROUPS plus an extension group; a key read
+# on its own, _ALONE plus its place in the listing.
+_GROUPS, _ALONE = 1 << 32, 1 << 62
 
 
 def capture(name: str) -> str:
@@ -64,26 +69,30 @@ def plan_key(entity: str) -> str:
 # --------------------------------------------------------------------------- classifying
 
 
-def _literal(text: str) -> str:
-    """``text`` as a Polars (Rust) regex that matches it literally."""
-    return "".join(f"\\x{{{ord(c):X}}}" for c in text)
+@dataclass(frozen=True)
+class _Folder:
+    """A folder of a listing as the classifier reads it (see :class:`Classifier`)."""
 
-
-def _ext(value: pl.Expr) -> pl.Expr:
-    """The text after the value's last dot, lowercased (null without a dot)."""
-    return value.str.extract(r"\.([^.]*)$", 1).str.to_lowercase()
+    number: int
+    by_name: bool  # keys in it are read one by one
+    rules: tuple[tuple[Rule, dict], ...]  # the rules that can take its keys, with their captures of it
 
 
 class Classifier:
     """The rules of a catalogue over chunks of a listing below ``root``, limited to a
     ``scope`` of top-entity names (a set, or a :class:`~reconciler.shards.Shard`).
 
-    What a key means depends only on its folders and its extension — unless a rule
-    that could take it reads the file name itself (a stem among words, a literal
-    name): so each distinct (folder, extension) is read once, by :func:`read_key` (the
-    reference), and joined back to its keys; keys in folders where a file name matters
-    are read one by one. A million keys in twenty thousand folders cost some forty
-    thousand readings; the file-name captures (``{file}``) come from the key itself."""
+    A rule can take a key only if its folders match the key's folder (the folder part
+    of its pattern, :attr:`Pattern.dir_regex`, constraints included): each distinct
+    folder is matched once, keeping those rules and their captures. Then what a key
+    means depends only on its folder and which classes its extension is in — unless one
+    of those rules reads the file name itself (a stem among words, a literal name): so
+    each distinct (folder, extension group) is read once from its folder's rules and
+    joined back to its keys; keys in folders where a file name matters are read one by
+    one, by :func:`read_key` (the reference; property tests hold the two together). A
+    million keys in twenty thousand folders cost twenty thousand folder matches; the
+    file-name captures (``{file}``) come from the key itself. Folders and readings are
+    numbered, so that the joins are on one integer column, not on strings."""
 
     def __init__(self, catalogue: Catalogue, root: str = "", scope=None) -> None:
         self.catalogue, self.root = catalogue, root
@@ -91,116 +100,163 @@ class Classifier:
         # The top's folder also names the top key that a skipped object is tallied under.
         self.segment = require_scope_segment(catalogue) if self.scope is not None else scope_segment(catalogue)
         self.rules = catalogue.rules
-        # Captures the desired rows read (those of rules that make rows or facets).
-        self.kept = sorted({n for r in self.rules if r.action != "skip" for n in r.pattern.names})
-        # A folder's reading (per distinct folder and extension), across chunks; a
-        # folder's kind: where file names matter ("k") or not ("d").
-        self.meanings: dict[tuple, tuple] = {}
-        self.dirs: dict[str, bool] = {}
+        self.reads = reads(catalogue)
+        self.kept = list(self.reads.captures)
+        # Kept captures that a rule takes as a whole file name: each key's own.
+        self.by_file = sorted({r.pattern.file.placeholders[0].name for r in self.rules
+                               if r.action != "skip" and r.pattern.file.how in ("any", "whole")
+                               and r.pattern.file.placeholders} & set(self.kept))
+        # An extension's group: which classes hold it (0: none), numbered in order.
+        combos = {ext: tuple(i for i, exts in enumerate(catalogue.classes.values()) if ext in exts)
+                  for ext in sorted(set().union(*catalogue.classes.values()))}
+        numbers = {c: n for n, c in enumerate(sorted(set(combos.values())), 1)}
+        self.groups = {ext: numbers[c] for ext, c in combos.items()}
+        names = list(catalogue.classes)
+        self.class_of_group = {n: names[c[0]] for c, n in numbers.items()}
+        # Per rule: its constrained folder placeholders; for a whole-name placeholder
+        # (``{file:image}``), the extension groups it takes.
+        self.dir_constraints = {r.index: [p for p in r.pattern.constrained if p.name in r.pattern.dir_names]
+                                for r in self.rules}
+        self.takes = {r.index: {n for c, n in numbers.items()
+                                if {names[i] for i in c} & set(r.pattern.file.placeholders[0].classes)}
+                      for r in self.rules if r.pattern.file.how == "whole"}
+        # A folder's reading per extension group, across chunks; the folders met.
+        self.meanings: dict[tuple[str, int], tuple] = {}
+        self.folders: dict[str, _Folder] = {}
+        self.folder_names: list[str] = []
         self.needs_place = any(not e.owned for e in catalogue.entities)
-        self.top_key = top_key_expr(catalogue)
-        self.schema = {"_d": pl.String, "_s": pl.UInt8, "rule": pl.Int16, "reason": pl.String, "_fcap": pl.String,
-                       **{capture(n): pl.String for n in self.kept}}
+        self.schema = {"_ident": pl.UInt64, "rule": pl.Int16, "reason": pl.String,
+                       **({"_fcap": pl.String} if self.by_file else {}), **{capture(n): pl.String for n in self.kept}}
 
-    def _by_name(self, d: str) -> bool:
-        """Whether keys in folder ``d`` (with its trailing "/") are read one by one: a
-        rule that may take one of them tests more of the file name than its extension."""
-        for r in self.rules:
-            m = r.pattern.dir_regex.match(d)
-            if m is None:
+    def _folder(self, d: str) -> _Folder:
+        """Folder ``d`` (with its trailing "/"; "" for keys without one), numbered: the
+        rules that can take its keys, and whether those are read one by one (a rule
+        that may take one tests more of the file name than its extension)."""
+        found = self.folders.get(d)
+        if found is None:
+            rules = []
+            for r in self.rules:
+                m = r.pattern.dir_regex.match(d)
+                if m is None:
+                    continue
+                captures = m.groupdict()
+                if all(satisfies(p, captures[p.name], self.catalogue.classes) for p in self.dir_constraints[r.index]):
+                    rules.append((r, captures))
+            by_name = False
+            for r, _ in rules:
+                fm = r.pattern.file
+                if fm.how == "any":
+                    break  # this rule takes every key of the folder
+                if fm.how != "whole" or fm.placeholders[0].words:
+                    by_name = True
+                    break
+            found = self.folders[d] = _Folder(len(self.folder_names), by_name, tuple(rules))
+            self.folder_names.append(d)
+        return found
+
+    def _folder_reading(self, folder: _Folder, group: int) -> tuple:
+        """What the keys of a folder whose file names do not matter mean, by extension
+        group: the first of its rules that takes that group (a whole-name placeholder
+        takes the groups of its classes; any other rule, every key); a capture of the
+        whole file name is each key's own (``_fcap`` names it)."""
+        for r, captures in folder.rules:
+            if r.index in self.takes and group not in self.takes[r.index]:
                 continue
-            fm = r.pattern.file
-            if fm.how == "any":
-                return False  # this rule takes every key its folders' constraints allow
-            if fm.how != "whole" or fm.placeholders[0].words:
-                return True
-        return False
+            reason = EMPTY_SEGMENT if "" in captures.values() else r.reason
+            holders = r.pattern.file.placeholders
+            fcap = holders[0].name if holders else None
+            return (r.index, reason, *([fcap] if self.by_file else []), *[captures.get(n) for n in self.kept])
+        return (_UNMATCHED, UNMATCHED, *([None] if self.by_file else []), *[None] * len(self.kept))
 
-    def _reading(self, d: str, bits: int, rel: str) -> tuple:
-        reading = read_key(self.catalogue, rel)
+    def _reading(self, rel: str) -> tuple:
+        """What a key read on its own means: :func:`read_key`, over its folder's rules."""
+        reading = read_key(self.catalogue, rel, tuple(r for r, _ in self._folder(rel[: rel.rfind("/") + 1]).rules))
         rule = reading.rule.index if reading.rule is not None else (_MARKER if reading.reason == FOLDER_MARKER
                                                                      else _UNMATCHED)
-        fcap = None
-        captures = dict(reading.captures)
-        if bits != 255 and reading.rule is not None:
-            # Keys of this folder and extension differ only in their file name: a
-            # capture of the whole file name is each key's own.
-            holders = reading.rule.pattern.file.placeholders
-            if reading.rule.pattern.file.how in ("any", "whole") and holders:
-                fcap = holders[0].name
-                captures.pop(fcap, None)
-        return (d, bits, rule, reading.reason, fcap, *[captures.get(n) for n in self.kept])
+        return (rule, reading.reason, *([None] if self.by_file else []),
+                *[reading.captures.get(n) for n in self.kept])
 
-    def readings(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """The reading of each distinct (``_d``, ``_s``) of ``frame``: a folder and the
-        extension's class bits, or a key read on its own (``_s`` 255)."""
+    def _numbered(self, dirs: pl.Series) -> pl.DataFrame:
+        """The number of each folder of ``dirs`` (distinct), and whether keys in it are
+        read one by one."""
+        folders = [self._folder(d) for d in dirs.to_list()]
+        return pl.DataFrame({"_dir": dirs, "_n": pl.Series([f.number for f in folders], dtype=pl.UInt64),
+                             "_by_name": pl.Series([f.by_name for f in folders], dtype=pl.Boolean)})
+
+    def readings(self, firsts: pl.DataFrame) -> pl.DataFrame:
+        """The reading of each ``_ident`` of ``firsts`` (with an example key below the
+        root): a folder's number and an extension group, or a key read on its own."""
         rows = []
-        for d, bits, rel in frame.group_by("_d", "_s").agg(pl.col("rel").first()).iter_rows():
-            row = self.meanings.get((d, bits))
-            if row is None:
-                row = self._reading(d, bits, rel)
-                if bits != 255:  # a folder and extension: the same for every chunk
-                    self.meanings[(d, bits)] = row
-            rows.append(row)
+        for ident, rel in firsts.iter_rows():
+            if ident >= _ALONE:
+                row = self._reading(rel)
+            else:
+                at = (self.folder_names[ident // _GROUPS], ident % _GROUPS)
+                row = self.meanings.get(at)
+                if row is None:
+                    row = self.meanings[at] = self._folder_reading(self.folders[at[0]], at[1])
+            rows.append((ident, *row))
         return pl.DataFrame(rows, orient="row", schema=self.schema)
 
     def classify(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, int]:
-        """A chunk (``key``, ``size_bytes``, ``etag``, ``last_modified``, ``i`` its
-        place in the listing) → the recognised items, the skipped (``i``, ``key``,
+        """A chunk (``key``, the attributes the catalogue reads — ``size_bytes``,
+        ``etag``, ``last_modified`` — and ``i`` its place in the listing) → the
+        recognised items (:func:`item_columns`), the skipped (``i``, ``key``,
         ``reason``, ``top``: the top entity's folder it is in, if any), and how many
-        objects of the chunk are in scope."""
+        objects of the chunk are in scope.
+
+        Three passes of Polars over the chunk, each a query: folders and extension
+        groups; the readings' numbers (and an example of each); the readings joined
+        and the items and skipped keys taken apart."""
         root = self.root
-        inside = pl.col("key").str.starts_with(root) if root else pl.lit(True)
-        frame = frame.with_columns(inside.alias("_inside"), pl.col("key").str.slice(len(root)).alias("rel"))
+        key = pl.col("key")
+        inside = key.str.starts_with(root) if root else None
+        if root:
+            frame = frame.with_columns(key.str.slice(len(root)).alias("rel"))
+        rel_name = "rel" if root else "key"  # without a root a key is its own rel
+        rel = pl.col(rel_name)
         if self.scope is not None:
             # Objects of names out of scope are not in the plan at all (not counted either).
             seg = self.segment
-            part = pl.col("rel").str.split("/").list.get(seg.index, null_on_oob=True)
+            part = rel.str.split("/").list.get(seg.index, null_on_oob=True)
             if seg.prefix:
-                part = pl.when(pl.col("rel").str.starts_with("".join(s + "/" for s in seg.prefix))).then(part)
-            names = frame.filter(pl.col("_inside")).select(part.unique()).to_series().drop_nulls().to_list()
-            frame = frame.filter(~pl.col("_inside") | part.is_in([n for n in names if n in self.scope]))
-        rel = pl.col("rel")
-        # Folders and the file name once each (an expression used twice is computed twice).
+                part = pl.when(rel.str.starts_with("".join(s + "/" for s in seg.prefix))).then(part)
+            names = (frame if inside is None else frame.filter(inside)).select(part.unique()).to_series()
+            taken = part.is_in([n for n in names.drop_nulls().to_list() if n in self.scope])
+            frame = frame.filter(taken if inside is None else ~inside | taken)
         frame = frame.with_columns(
-            pl.when(rel.str.contains("/", literal=True)).then(rel.str.replace(r"[^/]*$", "")).otherwise(pl.lit(""))
-            .alias("_dir"),
-            rel.str.extract(r"([^/]*)$", 1).alias("_file"),
+            rel.str.replace(r"[^/]*$", "").alias("_dir"),
+            rel.str.extract(r"\.([^./]*)$", 1).str.to_lowercase()
+            .replace_strict(self.groups, default=0, return_dtype=pl.UInt64).alias("_group"),
         )
-        dirs = frame.select(pl.col("_dir").unique()).to_series().to_list()
-        by_name = []
-        for d in dirs:
-            hit = self.dirs.get(d)
-            if hit is None:
-                hit = self.dirs[d] = self._by_name(d)
-            if hit:
-                by_name.append(d)
-        # Only which classes the extension is in matters (image, video, neither): a bit each.
-        ext = pl.col("_file").str.extract(r"\.([^.]*)$", 1).str.to_lowercase()
-        bits = pl.lit(0, pl.UInt8)
-        for i, exts in enumerate(self.catalogue.classes.values()):
-            bits = bits + ext.is_in(sorted(exts)).fill_null(False).cast(pl.UInt8) * (1 << i)
-        one_by_one = ((rel == "") | rel.str.ends_with("/")) | pl.col("_dir").is_in(by_name)
-        frame = frame.with_columns(
-            pl.when(one_by_one).then(pl.lit("k\x00") + rel).otherwise(pl.col("_dir")).alias("_d"),
-            pl.when(one_by_one).then(pl.lit(255, pl.UInt8)).otherwise(bits).alias("_s"),
-        )
-        frame = frame.join(self.readings(frame.select("_d", "_s", "rel")), on=["_d", "_s"], how="left",
-                           maintain_order="left")
-        file_capture = pl.col("_fcap")
-        captures = [pl.when(file_capture == n).then(pl.col("_file")).otherwise(pl.col(capture(n))).alias(capture(n))
-                    for n in self.kept]
-        reason = pl.when(~pl.col("_inside")).then(pl.lit(OUTSIDE_ROOT)).otherwise(pl.col("reason"))
+        # A key in a folder where file names matter, or a folder marker (no file name), is read alone.
+        alone = pl.col("_by_name") | (pl.col("_dir") == rel)
+        ident = pl.when(alone).then(pl.col("i").cast(pl.UInt64) + _ALONE).otherwise(
+            pl.col("_n") * _GROUPS + pl.col("_group"))
+        frame = frame.join(self._numbered(frame.get_column("_dir").unique()), on="_dir", how="left",
+                           maintain_order="left").with_columns(ident.alias("_ident"))
+        firsts = frame.group_by("_ident").agg(rel.first())
+        file_name = rel.str.extract(r"([^/]*)$", 1)
+        captures = [pl.when(pl.col("_fcap") == n).then(file_name).otherwise(pl.col(capture(n))).alias(capture(n))
+                    for n in self.by_file]
+        reason = pl.col("reason") if inside is None else pl.when(inside).then(pl.col("reason")).otherwise(
+            pl.lit(OUTSIDE_ROOT))
         # PostgreSQL text cannot hold NUL: a recognised key with one is skipped.
-        reason = pl.when(reason.is_null() & pl.col("key").str.contains("\x00", literal=True)).then(
+        reason = pl.when(reason.is_null() & key.str.contains("\x00", literal=True)).then(
             pl.lit(INVALID_KEY)).otherwise(reason)
-        frame = frame.with_columns(*captures, reason.alias("reason"))
-        skipped = frame.filter(pl.col("reason").is_not_null())
+        frame = frame.join(self.readings(firsts), on="_ident", how="left", maintain_order="left")
+        read = frame.lazy().with_columns(*captures, reason.alias("reason"))
+        if self.reads.classes:
+            read = read.with_columns(pl.col("_group").replace_strict(self.class_of_group, default=None,
+                                                                     return_dtype=pl.String).alias("_class"))
         top = self.segment.folder_expr(rel) if self.segment is not None else pl.lit(None, pl.String)
-        skipped = skipped.select("i", "key", "reason", pl.when(pl.col("_inside")).then(top).alias("top"))
-        items = frame.filter(pl.col("reason").is_null())
-        items = items.with_columns(self.top_key.alias(plan_key(self.catalogue.top.name)))
-        return items.select(item_columns(self.catalogue, self.needs_place)), skipped, frame.height
+        if inside is not None:
+            top = pl.when(inside).then(top)
+        skipped, items = pl.collect_all([
+            read.filter(pl.col("reason").is_not_null()).select("i", "key", "reason", top.alias("top")),
+            read.filter(pl.col("reason").is_null()).select(item_columns(self.catalogue, self.needs_place)),
+        ])
+        return items, skipped, frame.height
 
     def top_of(self, key: str) -> str | None:
         """The top entity's folder a key is in (None: in none, or no such folder)."""
@@ -221,10 +277,46 @@ class Classifier:
         return reading.reason or INVALID_UTF8
 
 
+@dataclass(frozen=True)
+class Reads:
+    """What a catalogue's rows read of an object: the captures and the object's
+    attributes that its keys, templates and aggregates name. Classified items carry
+    those and no more (a file name, a modification time no column holds are never
+    built)."""
+
+    captures: tuple[str, ...]
+    attributes: frozenset[str]
+
+    @property
+    def classes(self) -> bool:
+        return "class" in self.attributes
+
+
+@functools.lru_cache(maxsize=64)
+def reads(catalogue: Catalogue) -> Reads:
+    from ..catalogue.patterns import ATTRIBUTES
+
+    names: set[str] = set()
+    for e in catalogue.entities:
+        for _, t in e.key:
+            names.update(t.names)
+        for c in e.columns:
+            if c.value.template is not None:
+                names.update(c.value.template.names)
+            for s in c.value.sources():
+                names.update(s.value.names)
+    captured = {n for r in catalogue.rules if r.action != "skip" for n in r.pattern.names}
+    return Reads(tuple(sorted(names & captured)), frozenset(names & set(ATTRIBUTES)))
+
+
+# The item columns of the object attributes a catalogue may read ({key}, {url} and {rel} come from the key).
+_ATTRIBUTE_COLUMNS = {"size": "size_bytes", "etag": "etag", "last_modified": "last_modified", "class": "_class"}
+
+
 def item_columns(catalogue: Catalogue, place: bool = False) -> list[str]:
-    cols = ["key", "size_bytes", "etag", "last_modified", "rule"]
-    cols += [capture(n) for n in sorted({n for r in catalogue.rules if r.action != "skip" for n in r.pattern.names})]
-    cols.append(plan_key(catalogue.top.name))
+    used = reads(catalogue)
+    cols = ["key", *[c for a, c in _ATTRIBUTE_COLUMNS.items() if a in used.attributes], "rule"]
+    cols += [capture(n) for n in used.captures]
     if place:
         cols.append("i")
     return cols
@@ -271,19 +363,6 @@ def render(t: Template) -> pl.Expr:
     return pl.concat_str([pl.lit(p) if isinstance(p, str) else one(p[0]).cast(pl.String) for p in t.parts])
 
 
-def _uses(catalogue: Catalogue, attr: str) -> bool:
-    names = set()
-    for e in catalogue.entities:
-        for _, t in e.key:
-            names.update(t.names)
-        for c in e.columns:
-            if c.value.template is not None:
-                names.update(c.value.template.names)
-            for s in c.value.sources():
-                names.update(s.value.names)
-    return attr in names
-
-
 def urls(keys: pl.Series, base: str) -> pl.Series:
     """``base + quote_key(key)`` for a column of keys, exactly: every character that
     :func:`~reconciler.catalogue.keys.quote_key` escapes (found among the keys) is
@@ -293,16 +372,6 @@ def urls(keys: pl.Series, base: str) -> pl.Series:
         return (base + keys).alias("_url")
     escapes = {c: e for c in sorted(set("".join(odd.to_list()))) if (e := quote_key(c)) != c}
     return (base + keys.str.replace_many(list(escapes), list(escapes.values()))).alias("_url")
-
-
-def class_expr(catalogue: Catalogue) -> pl.Expr:
-    """The first declared class holding the key's extension (after its last dot, in
-    its file name), or null."""
-    ext = pl.col("key").str.extract(r"\.([^./]*)$", 1).str.to_lowercase()
-    out = pl.lit(None, pl.String)
-    for name, exts in reversed(list(catalogue.classes.items())):
-        out = pl.when(ext.is_in(sorted(exts))).then(pl.lit(name)).otherwise(out)
-    return out
 
 
 # --------------------------------------------------------------------------- the listing
@@ -417,15 +486,15 @@ def classify_listing(
     classifier = Classifier(catalogue, root, scope)
     listing = Listing(Parts(items_schema(catalogue, classifier.needs_place), spill), top_of=classifier.top_of)
     examples = listing.examples
-    top = plan_key(catalogue.top.name)
+    top = top_key_expr(catalogue)
+    schema = {c: t for c, t in items_schema(catalogue).items() if c in ("key", "size_bytes", "etag", "last_modified")}
 
     def take(chunk: list[ObjectInfo], place: int) -> None:
         keys, sizes, etags, times, bad = _columns(chunk)
-        frame = pl.DataFrame(
-            {"key": keys, "size_bytes": sizes, "etag": etags, "last_modified": times},
-            schema={"key": pl.String, "size_bytes": pl.Int64, "etag": pl.String, "last_modified": pl.String},
-        ).with_row_index("i", offset=place)
-        del keys, sizes, etags, times
+        # Only the attributes the catalogue reads become columns.
+        values = {"key": keys, "size_bytes": sizes, "etag": etags, "last_modified": times}
+        frame = pl.DataFrame({c: values[c] for c in schema}, schema=schema).with_row_index("i", offset=place)
+        del keys, sizes, etags, times, values
         bad = [(place + p, k) for p, k in bad]
         if bad:  # "i" is the place in the listing, for the order of skipped examples
             taken = {p for p, _ in bad}
@@ -433,12 +502,12 @@ def classify_listing(
             frame = frame.with_columns(pl.Series("i", places, dtype=pl.UInt32))
         items, skipped, counted = classifier.classify(frame)
         listing.object_count += counted + len(bad)
-        for reason, count in skipped.group_by("reason").len().iter_rows():
-            listing.skipped[reason] += count
         for name, reason, count in skipped.drop_nulls("top").group_by("top", "reason").len().iter_rows():
             listing.skipped_by_top.setdefault(name, Counter())[reason] += count
-        firsts = skipped.group_by("reason").agg(pl.col("i").head(SKIPPED_EXAMPLES), pl.col("key").head(SKIPPED_EXAMPLES))
-        for reason, idx, ks in firsts.iter_rows():
+        firsts = skipped.group_by("reason").agg(pl.len(), pl.col("i").head(SKIPPED_EXAMPLES),
+                                                pl.col("key").head(SKIPPED_EXAMPLES))
+        for reason, count, idx, ks in firsts.iter_rows():
+            listing.skipped[reason] += count
             shown = [k.replace("\x00", "\\0") if reason == INVALID_KEY else k for k in ks]
             found = examples.setdefault(reason, [])
             if len(found) < SKIPPED_EXAMPLES:
@@ -454,7 +523,7 @@ def classify_listing(
                 listing.skipped_by_top.setdefault(name, Counter())[reason] += 1
             examples.setdefault(reason, []).append((p, key.encode("utf-8", "replace").decode("utf-8")))
         if items.height:
-            for name, n in items.group_by(top).len().iter_rows():
+            for name, n in items.group_by(top.alias("top")).len().iter_rows():
                 listing.counts[name] = listing.counts.get(name, 0) + n
             listing.items.add(items)
 
@@ -505,8 +574,12 @@ def desired_of(
     rows, as a batch holds them. ``known`` holds the plan keys of the platform-owned
     rows in scope (an object under a missing one is skipped as ``unknown_parent``)."""
     entities = catalogue.entities
-    items = items.with_columns(*[key_expr(catalogue, e.name).alias(plan_key(e.name))
-                                 for e in entities if e is not catalogue.top])
+    used = reads(catalogue).attributes
+    if not items.get_column("key").is_sorted():
+        # In key order, every "first by key" below is a group's first row and every
+        # list is in order as it comes (a listing is mostly in key order already).
+        items = items.sort("key", maintain_order=True)
+    items = items.with_columns(*[key_expr(catalogue, e.name).alias(plan_key(e.name)) for e in entities])
     unknown = None
     held: dict[str, set[str]] = {}
     lookups = [e for e in entities if not e.owned]
@@ -526,11 +599,9 @@ def desired_of(
                 keys = gone.filter(pl.col("rule").is_in(rules)).select(plan_key(e.name)).to_series().to_list()
                 if keys:
                     held[e.name] = set(keys)
-    if _uses(catalogue, "url"):
+    if "url" in used:
         items = items.with_columns(urls(items["key"], url_base(cdn_base_url)))
-    if _uses(catalogue, "class"):
-        items = items.with_columns(class_expr(catalogue).alias("_class"))
-    if _uses(catalogue, "rel"):
+    if "rel" in used:
         items = items.with_columns(pl.col("key").str.slice(len(root)).alias("rel"))
     rows: dict[str, pl.DataFrame] = {}
     built: dict[str, pl.DataFrame] = {}  # every entity's rows, with what its ancestors' aggregates read
@@ -567,8 +638,10 @@ def _source_values(catalogue: Catalogue, e: Entity) -> list[tuple[str, Source]]:
 
 
 def _rows(items: pl.DataFrame, catalogue: Catalogue, e: Entity, built: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """The rows of ``e`` from items in key order: its key, its ancestors' keys and its
+    templates from its first object, then its aggregates. Rows that an ancestor's
+    aggregates read (``sources``) stay in the order of their first objects."""
     rule_ids = [r.index for r in catalogue.rules_implying(e.name)]
-    objs = items.filter(pl.col("rule").is_in(rule_ids))
     k = plan_key(e.name)
     ancestors = [plan_key(a) for a in e.ancestors]
     per_object: list[pl.Expr] = [render(t).alias(col) for col, t in e.key]
@@ -577,62 +650,49 @@ def _rows(items: pl.DataFrame, catalogue: Catalogue, e: Entity, built: dict[str,
     per_object += [render(s.value).alias(name) for name, s in sources]
     if any(s.classes for _, s in sources):
         per_object.append(pl.col("_class").alias("_row_class"))
-    objs = objs.with_columns(per_object)
-    carried = [col for col, _ in e.key] + [c.name for c in e.columns if c.value.template is not None]
-    carried += [name for name, _ in sources] + (["_row_class"] if any(s.classes for _, s in sources) else [])
-    if _object_keyed(catalogue, e):
-        frame = objs.select(k, pl.col("key").alias("_first"), *ancestors, *carried)
-    else:
-        at_first = pl.col("key").arg_min()
-        frame = objs.group_by(k).agg(
-            pl.col("key").min().alias("_first"),
-            *[pl.col(a).first() for a in ancestors],
-            *[pl.col(c).get(at_first) for c in carried],
-        )
+    # Lazily: only the columns these rows need are filtered.
+    objs = items.lazy().filter(pl.col("rule").is_in(rule_ids)).select(k, *ancestors, *per_object)
+    if not _object_keyed(catalogue, e):
+        objs = objs.group_by(k, maintain_order=bool(sources)).agg(pl.all().first())
+    frame = objs.collect()
     if e.parent:
         frame = frame.with_columns(pl.col(plan_key(e.parent)).alias(e.parent))
-    for c in e.columns:
-        if c.value.template is None:
-            frame = frame.with_columns(_aggregate(c.value, items, catalogue, e, built, frame, f"{c.name}").alias(c.name))
-    return frame
+    keys = frame.select(k)
+    aggregates = [_aggregate(c.value, items, catalogue, e, built, keys, c.name).alias(c.name)
+                  for c in e.columns if c.value.template is None]
+    return frame.with_columns(aggregates) if aggregates else frame
 
 
 def _aggregate(value: Value, items: pl.DataFrame, catalogue: Catalogue, e: Entity, built: dict,
-               frame: pl.DataFrame, path: str) -> pl.Expr:
-    """An aggregate column's values, in the order of ``frame``'s rows."""
+               keys: pl.DataFrame, column: str) -> pl.Expr:
+    """An aggregate of column ``column``'s value, in the order of ``keys`` (the rows'
+    plan keys)."""
     k = plan_key(e.name)
-    keys = frame.select(k)
     if value.count is not None:
-        counted = built[value.count].group_by(plan_key(e.name)).len().rename({"len": "_n"})
-        got = keys.join(counted, left_on=k, right_on=plan_key(e.name), how="left", maintain_order="left")
-        return pl.lit(got["_n"].fill_null(0).cast(pl.Int64 if value.type == "bigint" else pl.Int64))
+        counted = built[value.count].group_by(k).len().rename({"len": "_n"})
+        got = keys.join(counted, on=k, how="left", maintain_order="left")
+        return pl.lit(got["_n"].fill_null(0).cast(pl.Int64))
     if value.object:
-        members = [
-            _aggregate(v, items, catalogue, e, built, frame, f"{path}.{name}").alias(name)
-            for name, v in sorted(value.object, key=lambda m: m[0])
-        ]
-        return pl.struct(members)
-    source_list = value.first if value.first else (value.list,)
-    found = []
-    column = path.split(".")[0]
+        return pl.struct([_aggregate(v, items, catalogue, e, built, keys, column).alias(name)
+                          for name, v in sorted(value.object, key=lambda m: m[0])])
     all_sources = e.column(column).value.sources()
-    for s in source_list:
-        j = next(i for i, x in enumerate(all_sources) if x is s)
-        name = f"v.{e.name}.{column}.{j}"
+    found = []
+    for s in value.first if value.first else (value.list,):
         if s.facet is not None:
             rules = [r.index for r in catalogue.rules if r.action == "facet" and r.entity == e.name and r.facet == s.facet]
-            src = items.filter(pl.col("rule").is_in(rules)).select(
-                pl.col(k), pl.col("key").alias("_order"), render(s.value).alias("_v"))
+            src = items.lazy().filter(pl.col("rule").is_in(rules)).select(k, render(s.value).alias("_v"))
         else:
-            rows = built[s.rows]
+            j = next(i for i, x in enumerate(all_sources) if x is s)
+            src = built[s.rows].lazy()
             if s.classes:
-                rows = rows.filter(pl.col("_row_class").is_in(list(s.classes)))
-            src = rows.select(pl.col(k), pl.col("_first").alias("_order"), pl.col(name).alias("_v"))
+                src = src.filter(pl.col("_row_class").is_in(list(s.classes)))
+            src = src.select(k, pl.col(f"v.{e.name}.{column}.{j}").alias("_v"))
         found.append(src)
+    # Sources come in key order: a group's first value is its first object's.
     if value.first:  # the first source that has a value, in the order the spec gives them
         result = has = None
         for src in found:
-            best = src.group_by(k).agg(pl.col("_v").get(pl.col("_order").arg_min()), pl.lit(True).alias("_has"))
+            best = src.group_by(k).agg(pl.col("_v").first(), pl.lit(True).alias("_has")).collect()
             got = keys.join(best, on=k, how="left", maintain_order="left")
             v, h = got["_v"], got["_has"].fill_null(False)
             if result is None:
@@ -641,8 +701,7 @@ def _aggregate(value: Value, items: pl.DataFrame, catalogue: Catalogue, e: Entit
                 result = pl.select(pl.when(pl.lit(has)).then(pl.lit(result)).otherwise(pl.lit(v))).to_series()
                 has = has | h
         return pl.lit(result)
-    src = found[0]
-    lists = src.group_by(k).agg(pl.col("_v").sort_by("_order"))
+    lists = found[0].group_by(k).agg(pl.col("_v")).collect()
     got = keys.join(lists, on=k, how="left", maintain_order="left")
     dtype = got.schema["_v"]
     return pl.lit(got["_v"].fill_null(pl.lit([], dtype=dtype)) if got.height else pl.Series("_v", [], dtype=dtype))

@@ -32,7 +32,7 @@ from ..catalogue import Catalogue, Entity
 from ..catalogue.keys import scope_segment
 from . import BATCH_ROWS  # items (or current rows) per batch, unless one top row has more
 from .diff import Change, ChangeList, EncodedChange, Lines, change_order, content_columns, entity_changes, json_columns
-from .frames import UNKNOWN_PARENT, Listing, desired_of, plan_key
+from .frames import UNKNOWN_PARENT, Listing, desired_of, plan_key, top_key_expr
 from .spill import Parts, Spill, by_top
 
 LINES_SCHEMA = {"key": pl.String, "line": pl.String}
@@ -53,6 +53,31 @@ def current_schema(catalogue: Catalogue, e: Entity) -> dict:
     for c in e.columns:
         schema[c.name] = _POLARS[c.type]
     return schema
+
+
+def repeated(catalogue: Catalogue, e: Entity) -> dict[str, str]:
+    """The columns of an entity's current rows that repeat another (column: the one it
+    repeats): a key column that is the whole plan key, the top row's key when it is the
+    parent's. The database sends each value once (:func:`copied_schema`)."""
+    out = {}
+    if e.key_is_plan_key:
+        out[e.key_columns[0]] = plan_key(e.name)
+    if e.parent is not None and e.parent == catalogue.top.name:
+        out[plan_key(e.parent)] = e.parent
+    return out
+
+
+def copied_schema(catalogue: Catalogue, e: Entity) -> dict:
+    """The columns of an entity's current rows as the database copies them:
+    :func:`current_schema` less the :func:`repeated` ones."""
+    again = repeated(catalogue, e)
+    return {c: t for c, t in current_schema(catalogue, e).items() if c not in again}
+
+
+def with_repeated(catalogue: Catalogue, e: Entity, frame: pl.DataFrame) -> pl.DataFrame:
+    """Copied rows (:func:`copied_schema`) with every column of :func:`current_schema`."""
+    again = repeated(catalogue, e)
+    return frame.select([pl.col(again[c]).alias(c) if c in again else pl.col(c) for c in current_schema(catalogue, e)])
 
 
 @dataclass
@@ -137,7 +162,6 @@ def plan_changes(
 ) -> Result:
     """The changes that make ``current`` what ``listing`` says, in plan order (the
     listing was classified below ``root`` already)."""
-    top = plan_key(catalogue.top.name)
     counts = dict(listing.counts)
     for name, n in current.counts.items():
         counts[name] = max(counts.get(name, 0), n)
@@ -152,7 +176,7 @@ def plan_changes(
         desired_parts = [listing.items]
     else:
         mapping = {name: batch_of(name) for name in counts}
-        which = pl.col(top).replace_strict(mapping, default=0, return_dtype=pl.Int32)
+        which = top_key_expr(catalogue).replace_strict(mapping, default=0, return_dtype=pl.Int32)
         desired_parts = listing.items.split(which, n)
         listing.items.discard()
     current_of = _ByBatch(current, bounds, batch_of, catalogue)

@@ -157,12 +157,13 @@ def read_rows(conn, catalogue: Catalogue, entity: str, scope: Sequence[str] | No
     temporary file), as the engine compares them."""
     import tempfile
 
-    from ..engine.plan import current_schema
+    from ..engine.plan import copied_schema, with_repeated
 
+    e = catalogue.entity(entity)
     with tempfile.TemporaryDirectory(prefix="reconciler-rows-") as folder:
         path = os.path.join(folder, "rows.tsv")
         _copy(conn, *_select(catalogue, entity, scope), path)
-        return decode_copied(read_copied(path, current_schema(catalogue, catalogue.entity(entity))))
+        return with_repeated(catalogue, e, decode_copied(read_copied(path, copied_schema(catalogue, e))))
 
 
 class RangeCopies:
@@ -245,12 +246,14 @@ def _divide(catalogue: Catalogue, kind: str, tsv: str, los: list[str], path) -> 
     """A copied table's rows divided among the ranges starting at ``los`` by the top row
     each is filed under, decoded, as Arrow IPC files; the copy is removed."""
     from ..engine.frames import plan_key
-    from ..engine.plan import current_schema
+    from ..engine.plan import copied_schema, repeated
     from ..engine.spill import by_top
 
     out: list[list[str]] = [[] for _ in los]
-    schema = current_schema(catalogue, catalogue.entity(kind))
+    e = catalogue.entity(kind)
+    schema = copied_schema(catalogue, e)
     top = plan_key(catalogue.top.name)
+    top = repeated(catalogue, e).get(top, top)  # the column that holds it
 
     def range_of(name: str) -> int:
         return bisect.bisect_right(los, name + "/") - 1
@@ -304,14 +307,15 @@ class CopiedRange:
     def frame(self, entity: str):
         import polars as pl
 
-        from ..engine.plan import current_schema
+        from ..engine.plan import copied_schema, current_schema, with_repeated
 
-        schema = current_schema(self.catalogue, self.catalogue.entity(entity))
+        e = self.catalogue.entity(entity)
+        schema = copied_schema(self.catalogue, e)
         frames = [decode_copied(read_copied(f, schema)) if f.endswith(".tsv") else pl.read_ipc(f)
                   for f in self.files.get(entity, ())]
         if not frames:
-            return pl.DataFrame(schema=schema)
-        return pl.concat(frames) if len(frames) > 1 else frames[0]
+            return pl.DataFrame(schema=current_schema(self.catalogue, e))
+        return with_repeated(self.catalogue, e, pl.concat(frames) if len(frames) > 1 else frames[0])
 
     def discard(self) -> None:
         for paths in self.files.values():
