@@ -228,7 +228,9 @@ def read_config_file(path: str) -> dict:
 
 def _catalogue(ref, layout: dict, config_path: str | None) -> Catalogue:
     """The catalogue ``catalogue:`` names (default: creators), a spec file's path taken
-    relative to the config file; ``layout:`` adjusts the creators catalogue."""
+    relative to the config file (``config_path``; None for a path given by a flag or the
+    environment: relative to the working directory, as any path typed in a shell);
+    ``layout:`` adjusts the creators catalogue."""
     from .catalogue import load_catalogue
 
     if ref is None and not layout:
@@ -274,7 +276,8 @@ def load_settings(
         database=pick("database", dbc.get("url")),
         state_dir=pick("state_dir", dbc.get("state_dir"), "state"),
         cdn_base_url=pick("cdn_base_url", data.get("cdn_base_url")),
-        catalogue=_catalogue(pick("catalogue", data.get("catalogue")), lay, path),
+        catalogue=_catalogue(pick("catalogue", data.get("catalogue")), lay,
+                             None if "catalogue" in given_by else path),
         allow_empty_source=bool(pick("allow_empty_source", safe.get("allow_empty_source"), False)),
         max_delete=pick("max_delete", safe.get("max_delete")),
         max_delete_percent=pick("max_delete_percent", safe.get("max_delete_percent")),

@@ -218,6 +218,10 @@ def plan_header(plan: Plan, name: Name = _plain) -> list[str]:
     skipped = plan.source.get("skipped") or {}
     if skipped:
         lines.append("skipped: " + ", ".join(f"{name(k)} {v}" for k, v in sorted(skipped.items())))
+    held = plan.extra.get("held") or {}
+    if held:
+        lines.append("kept: " + ", ".join(f"{name(k)} {v.get('count', 0)}" for k, v in sorted(held.items()))
+                     + " (rows whose objects are under a platform row that is missing: left as they are)")
     return lines
 
 

@@ -134,6 +134,9 @@ def test_the_catalogue_flag_then_environment_then_file_then_creators(config, tmp
     (tmp_path / "specs" / "shop.yaml").write_text(spec, "utf-8")
     monkeypatch.chdir(tmp_path / "specs")
     assert load_settings({}, {}, config("catalogue: specs/shop.yaml\n")).catalogue == PRODUCTS
+    # One typed in the shell (a flag, a variable) is found from where the tool runs.
+    assert load_settings({"catalogue": "shop.yaml"}, {}, path).catalogue == PRODUCTS
+    assert load_settings({}, {"RECONCILER_CATALOGUE": "shop.yaml"}, path).catalogue == PRODUCTS
 
 
 def test_a_flag_given_as_none_is_not_given(config):

@@ -15,6 +15,7 @@ from reconciler import Settings
 from reconciler.commands import apply, init, make_plan, write_rollback
 from reconciler.errors import CatalogueError, WrongCatalogueError
 from reconciler.planfile import write_plan
+from reconciler.render import plan_header
 
 from .conftest import CDN, PRODUCTS, sql_on
 
@@ -133,6 +134,8 @@ def test_an_image_under_a_missing_product_or_variant_is_skipped_counted_and_held
     assert between.summary == {"image": {"create": 0, "update": 0, "move": 0, "delete": 0}}
     assert between.extra["held"] == {"image": {"count": 1, "examples": [HERO]}}
     assert between.source["skipped"]["unknown_parent"] == 3
+    assert ("kept: image 1 (rows whose objects are under a platform row that is missing: left as they are)"
+            in plan_header(between))
 
 
 def test_a_renamed_variant_folder_moves_the_image_rows_and_keeps_their_ids(shop_settings, shop, bucket, tmp_path):

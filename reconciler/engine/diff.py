@@ -364,11 +364,28 @@ def entity_changes(e: Entity, want, have, *, update_lines: bool = False):
         .select(pl.col(k).alias("key"), line.alias("line"), *[pl.col(c).alias(a) for a, c in extra.items()])
     )
 
-    def loads(text):
-        return None if text is None else json.loads(text)
+    updates = _updates(e, joined.filter(both & differs).sort(k), compared, desired)
+    deletes = _deletes(e, joined.filter(pl.col("_want").is_null()).sort(k), same)
+    if update_lines:
+        lines = pl.DataFrame([(c.key, canonical(c.to_dict())) for c in updates], orient="row",
+                             schema={"key": pl.String, "line": pl.String})
+        return creates, lines, deletes
+    return creates, updates, deletes
 
+
+def _loads(text):
+    return None if text is None else json.loads(text)
+
+
+def _updates(e: Entity, changed, compared: list[str], desired) -> list[Change]:
+    """The updates of the joined rows that differ: per row, the compared fields that
+    changed, before (JSON columns parsed from their text) and after."""
+    import polars as pl
+
+    k = "k." + e.name
+    jsons = json_columns(e)
     n = len(compared)
-    changed = joined.filter(both & differs).sort(k).select(
+    changed = changed.select(
         k,
         *[pl.col(desired(f)).alias(f"_w{i}") for i, f in enumerate(compared)],
         *[pl.col(f).alias(f"_v{i}") for i, f in enumerate(compared)],
@@ -380,23 +397,28 @@ def entity_changes(e: Entity, want, have, *, update_lines: bool = False):
         before, after_ = {}, {}
         for name, t, v, h in zip(compared, texts, values, olds):
             if t != h:
-                before[name], after_[name] = (loads(h), v) if name in jsons else (h, v)
+                before[name], after_[name] = (_loads(h), v) if name in jsons else (h, v)
         updates.append(Change("update", e.name, key, before, after_))
-    gone = joined.filter(pl.col("_want").is_null()).sort(k).select(
-        k, *[pl.col(k).alias(f) if f == same else f + "_db" for f in fields])
+    return updates
+
+
+def _deletes(e: Entity, gone, same: str | None) -> list[Change]:
+    """The deletes of the joined rows no longer wanted, with every field as it is."""
+    import polars as pl
+
+    k = "k." + e.name
+    fields = list(e.fields)
+    jsons = json_columns(e)
+    gone = gone.select(k, *[pl.col(k).alias(f) if f == same else f + "_db" for f in fields])
     json_at = [i for i, f in enumerate(fields) if f in jsons]
     names = tuple(fields)
     deletes = []
     for row in gone.iter_rows():
         values = list(row[1:])
         for i in json_at:
-            values[i] = loads(values[i])
+            values[i] = _loads(values[i])
         deletes.append(Change("delete", e.name, row[0], tuple(values), None, fields=names))
-    if update_lines:
-        lines = pl.DataFrame([(c.key, canonical(c.to_dict())) for c in updates], orient="row",
-                             schema={"key": pl.String, "line": pl.String})
-        return creates, lines, deletes
-    return creates, updates, deletes
+    return deletes
 
 
 def content_columns(e: Entity) -> dict[str, str]:

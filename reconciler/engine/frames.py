@@ -414,6 +414,27 @@ class Listing:
         del have[SKIPPED_EXAMPLES:]
         self.skipped_examples[reason] = [k for _, k in have]
 
+    def add_skipped(self, skipped: pl.DataFrame) -> None:
+        """A chunk's skipped objects (``i``, ``key``, ``reason``, ``top``): counted, by
+        reason and per top key, and the first of each reason kept as examples."""
+        for name, reason, count in skipped.drop_nulls("top").group_by("top", "reason").len().iter_rows():
+            self.skipped_by_top.setdefault(name, Counter())[reason] += count
+        firsts = skipped.group_by("reason").agg(pl.len(), pl.col("i").head(SKIPPED_EXAMPLES),
+                                                pl.col("key").head(SKIPPED_EXAMPLES))
+        for reason, count, idx, ks in firsts.iter_rows():
+            self.skipped[reason] += count
+            shown = [k.replace("\x00", "\\0") if reason == INVALID_KEY else k for k in ks]
+            found = self.examples.setdefault(reason, [])
+            if len(found) < SKIPPED_EXAMPLES:
+                found.extend(zip(idx, shown))
+
+    def add_undecodable(self, place: int, key: str, reason: str, top: str | None) -> None:
+        """A key that is not valid UTF-8, skipped for ``reason`` (shown with U+FFFD)."""
+        self.skipped[reason] += 1
+        if top is not None:
+            self.skipped_by_top.setdefault(top, Counter())[reason] += 1
+        self.examples.setdefault(reason, []).append((place, key.encode("utf-8", "replace").decode("utf-8")))
+
     def tallies(self) -> dict[str, dict]:
         """Per top key, what the listing holds under it: ``objects`` (every object in
         its folder) and, when some were skipped, ``skipped`` by reason — the terms of a
@@ -485,43 +506,20 @@ def classify_listing(
 
     classifier = Classifier(catalogue, root, scope)
     listing = Listing(Parts(items_schema(catalogue, classifier.needs_place), spill), top_of=classifier.top_of)
-    examples = listing.examples
     top = top_key_expr(catalogue)
     schema = {c: t for c, t in items_schema(catalogue).items() if c in ("key", "size_bytes", "etag", "last_modified")}
 
     def take(chunk: list[ObjectInfo], place: int) -> None:
-        keys, sizes, etags, times, bad = _columns(chunk)
-        # Only the attributes the catalogue reads become columns.
-        values = {"key": keys, "size_bytes": sizes, "etag": etags, "last_modified": times}
-        frame = pl.DataFrame({c: values[c] for c in schema}, schema=schema).with_row_index("i", offset=place)
-        del keys, sizes, etags, times, values
-        bad = [(place + p, k) for p, k in bad]
-        if bad:  # "i" is the place in the listing, for the order of skipped examples
-            taken = {p for p, _ in bad}
-            places = [i for i in range(place, place + frame.height + len(bad)) if i not in taken]
-            frame = frame.with_columns(pl.Series("i", places, dtype=pl.UInt32))
+        frame, bad = _frame(chunk, place, schema)
         items, skipped, counted = classifier.classify(frame)
         listing.object_count += counted + len(bad)
-        for name, reason, count in skipped.drop_nulls("top").group_by("top", "reason").len().iter_rows():
-            listing.skipped_by_top.setdefault(name, Counter())[reason] += count
-        firsts = skipped.group_by("reason").agg(pl.len(), pl.col("i").head(SKIPPED_EXAMPLES),
-                                                pl.col("key").head(SKIPPED_EXAMPLES))
-        for reason, count, idx, ks in firsts.iter_rows():
-            listing.skipped[reason] += count
-            shown = [k.replace("\x00", "\\0") if reason == INVALID_KEY else k for k in ks]
-            found = examples.setdefault(reason, [])
-            if len(found) < SKIPPED_EXAMPLES:
-                found.extend(zip(idx, shown))
+        listing.add_skipped(skipped)
         for p, key in bad:
             reason = classifier.read_undecodable(key)
             if reason is None:
                 listing.object_count -= 1
                 continue
-            listing.skipped[reason] += 1
-            name = classifier.top_of(key)
-            if name is not None:
-                listing.skipped_by_top.setdefault(name, Counter())[reason] += 1
-            examples.setdefault(reason, []).append((p, key.encode("utf-8", "replace").decode("utf-8")))
+            listing.add_undecodable(p, key, reason, classifier.top_of(key))
         if items.height:
             for name, n in items.group_by(top.alias("top")).len().iter_rows():
                 listing.counts[name] = listing.counts.get(name, 0) + n
@@ -540,11 +538,27 @@ def classify_listing(
             place += len(chunk)
         if pending is not None:
             pending.result()
-    for reason, found in examples.items():
+    for reason, found in listing.examples.items():
         found.sort()
         del found[SKIPPED_EXAMPLES:]
-    listing.skipped_examples = {r: [k for _, k in found] for r, found in examples.items()}
+    listing.skipped_examples = {r: [k for _, k in found] for r, found in listing.examples.items()}
     return listing
+
+
+def _frame(chunk: list[ObjectInfo], place: int, schema: dict) -> tuple[pl.DataFrame, list[tuple[int, str]]]:
+    """A chunk as a frame of the attributes the catalogue reads (``schema``) and ``i``,
+    each object's place in the listing; the keys that are not valid UTF-8 apart, with
+    their places."""
+    keys, sizes, etags, times, bad = _columns(chunk)
+    values = {"key": keys, "size_bytes": sizes, "etag": etags, "last_modified": times}
+    frame = pl.DataFrame({c: values[c] for c in schema}, schema=schema).with_row_index("i", offset=place)
+    del keys, sizes, etags, times, values
+    bad = [(place + p, k) for p, k in bad]
+    if bad:  # "i" is the place in the listing, for the order of skipped examples
+        taken = {p for p, _ in bad}
+        places = [i for i in range(place, place + frame.height + len(bad)) if i not in taken]
+        frame = frame.with_columns(pl.Series("i", places, dtype=pl.UInt32))
+    return frame, bad
 
 
 # --------------------------------------------------------------------------- desired rows

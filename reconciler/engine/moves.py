@@ -61,6 +61,10 @@ def moving_chain(catalogue: Catalogue) -> list[Entity]:
     return chain
 
 
+Moved = dict[str, dict[str, str]]  # entity → old key → new key
+ByKey = dict[str, dict[str, Change]]  # entity → key → its delete (or its create)
+
+
 def find_moves(changes: list[Change], catalogue: Catalogue) -> list[Change]:
     """``changes`` with the deletes and creates that are renames replaced by moves
     (unordered: the caller sorts). Returns ``changes`` itself when nothing moved."""
@@ -68,41 +72,56 @@ def find_moves(changes: list[Change], catalogue: Catalogue) -> list[Change]:
     if not chain:
         return changes
     kinds = {e.name for e in chain}
-    deletes: dict[str, dict[str, Change]] = {k: {} for k in kinds}
-    creates: dict[str, dict[str, Change]] = {k: {} for k in kinds}
+    deletes: ByKey = {k: {} for k in kinds}
+    creates: ByKey = {k: {} for k in kinds}
     for c in changes:
         if c.kind in kinds and c.action in ("delete", "create"):
             (deletes if c.action == "delete" else creates)[c.kind][c.key] = c
     leaf = chain[0]
     if not deletes[leaf.name] or not creates[leaf.name]:
         return changes  # every move starts with a move by content
+    moved: Moved = {leaf.name: _moved_by_content(leaf, deletes[leaf.name], creates[leaf.name])}
+    if not moved[leaf.name]:
+        return changes
+    _moved_up_the_chain(chain, changes, deletes, creates, moved)
+    replaced: set[tuple[str, str]] = set()  # (kind, key) of the deletes and creates that became moves
+    moves: list[Change] = []
+    for e in reversed(chain):
+        for old, new in moved[e.name].items():
+            create = creates[e.name][new]
+            moves.append(make_move(e, old, deletes[e.name][old].before, new, create.after))
+            replaced.add((e.name, old))
+            replaced.add((e.name, new))
+    return [c for c in changes if c.action not in ("create", "delete") or (c.kind, c.key) not in replaced] + moves
+
+
+def _moved_by_content(leaf: Entity, deletes: dict[str, Change], creates: dict[str, Change]) -> dict[str, str]:
+    """The leaf rows moved: the same (etag, size) deleted once and created once."""
     ids = content_columns(leaf)
     etag, size = ids["etag"], ids["size_bytes"]
-
-    # By content: the same (etag, size) deleted once and created once.
     gone: dict[tuple, list[str]] = defaultdict(list)
-    for key, c in deletes[leaf.name].items():
+    for key, c in deletes.items():
         b = c.before
         if b[etag]:
             gone[(b[etag], b[size])].append(key)
     if not gone:
-        return changes
+        return {}
     came: dict[tuple, list[Change]] = defaultdict(list)
-    for c in creates[leaf.name].values():
+    for c in creates.values():
         a = c.after
         ident = (a[etag], a[size])
         if a[etag] and ident in gone:
             came[ident].append(c)
-    moved: dict[str, dict[str, str]] = {leaf.name: {}}  # entity → old key → new key
-    for ident, news in came.items():
-        olds = gone[ident]
-        if len(olds) == 1 and len(news) == 1:
-            moved[leaf.name][olds[0]] = news[0].key
-    if not moved[leaf.name]:
-        return changes
+    return {gone[ident][0]: news[0].key for ident, news in came.items()
+            if len(gone[ident]) == 1 and len(news) == 1}
 
-    # Up the chain: every child of a deleted row moved, all into one created row. A
-    # child updated away from its row (not deleted) means the row did not move whole.
+
+def _moved_up_the_chain(chain: list[Entity], changes: list[Change], deletes: ByKey, creates: ByKey,
+                        moved: Moved) -> None:
+    """Fill ``moved`` for the parents of the chain: a row moved when every child of it
+    that was deleted moved, all into one created row. A child updated away from its row
+    (not deleted) means the row did not move whole. Then a row keyed within its parent
+    keeps only the moves whose parent moved there too."""
     for child, parent in zip(chain, chain[1:]):
         field = child.parent  # the child's field naming its parent
         children_of: dict[str, list[str]] = defaultdict(list)
@@ -122,7 +141,6 @@ def find_moves(changes: list[Change], catalogue: Catalogue) -> list[Change]:
                     to[pkey] = target
         moved[parent.name] = _unique(to)
 
-    # A row keyed within its parent changes parent only when the parent moved there too.
     for child, parent in zip(chain, chain[1:]):
         if child.unique != "parent":
             continue
@@ -132,13 +150,3 @@ def find_moves(changes: list[Change], catalogue: Catalogue) -> list[Change]:
             if (deletes[child.name][old].before[field] == creates[child.name][new].after[field]
                 or moved[parent.name].get(deletes[child.name][old].before[field]) == creates[child.name][new].after[field])
         }
-
-    replaced: set[tuple[str, str]] = set()  # (kind, key) of the deletes and creates that became moves
-    moves: list[Change] = []
-    for e in reversed(chain):
-        for old, new in moved[e.name].items():
-            create = creates[e.name][new]
-            moves.append(make_move(e, old, deletes[e.name][old].before, new, create.after))
-            replaced.add((e.name, old))
-            replaced.add((e.name, new))
-    return [c for c in changes if c.action not in ("create", "delete") or (c.kind, c.key) not in replaced] + moves

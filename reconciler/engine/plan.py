@@ -162,6 +162,30 @@ def plan_changes(
 ) -> Result:
     """The changes that make ``current`` what ``listing`` says, in plan order (the
     listing was classified below ``root`` already)."""
+    desired_parts, current_of = _batches(listing, current, catalogue, batch_rows)
+    diffs = _Diffs(catalogue.owned, spill)
+    for b, part in enumerate(desired_parts):
+        desired = desired_of(part.frame(), catalogue, cdn_base_url, root=root, known=current.known)
+        part.discard()
+        diffs.add(desired, current_of(b))
+        del desired
+    if diffs.unknown:
+        listing.skip(UNKNOWN_PARENT, diffs.unknown)
+    others, kept = _keep_held(diffs.others, diffs.held)
+    skip: dict[str, set[str]] = {e.name: set() for e in catalogue.owned}
+    for e in catalogue.owned:
+        if e.unique == "global" and e.parent is not None:
+            others = _same_key(e, others, diffs.creates[e.name], skip[e.name], diffs.update_lines.get(e.name))
+    if moves:
+        others = _find_moves(catalogue, others, diffs.creates, skip)
+    changes = _change_list(catalogue, diffs, others, skip, spill)
+    return Result(changes, diffs.rows_read, len(desired_parts), kept)
+
+
+def _batches(listing: Listing, current: Current, catalogue: Catalogue,
+             batch_rows: int) -> tuple[list[Parts], "_ByBatch"]:
+    """The listing's items cut into batches of top keys (about ``batch_rows`` rows
+    each, desired or current), and the current rows of each batch."""
     counts = dict(listing.counts)
     for name, n in current.counts.items():
         counts[name] = max(counts.get(name, 0), n)
@@ -179,66 +203,77 @@ def plan_changes(
         which = top_key_expr(catalogue).replace_strict(mapping, default=0, return_dtype=pl.Int32)
         desired_parts = listing.items.split(which, n)
         listing.items.discard()
-    current_of = _ByBatch(current, bounds, batch_of, catalogue)
+    return desired_parts, _ByBatch(current, bounds, batch_of, catalogue)
 
-    owned = catalogue.owned
-    creates = {e.name: Parts(CONTENT_LINES_SCHEMA if content_columns(e) else LINES_SCHEMA, spill) for e in owned}
-    update_lines = {e.name: Parts(LINES_SCHEMA, spill) for e in owned if json_columns(e)}
-    others: list[Change] = []  # updates (of entities without JSON columns), and deletes
-    rows_read = {e.name: 0 for e in owned}
-    held: dict[str, set[str]] = {}
-    unknown: list[tuple[int, str]] = []
-    for b in range(n):
-        desired = desired_of(desired_parts[b].frame(), catalogue, cdn_base_url, root=root, known=current.known)
-        desired_parts[b].discard()
+
+class _Diffs:
+    """The changes of every batch, gathered per owned entity: creates (and updates of
+    entities with JSON columns) as lines, the other updates and the deletes as changes;
+    the rows read, the keys held by objects under missing platform rows, and those
+    objects."""
+
+    def __init__(self, owned, spill: Spill | None) -> None:
+        self.owned = owned
+        self.creates = {e.name: Parts(CONTENT_LINES_SCHEMA if content_columns(e) else LINES_SCHEMA, spill)
+                        for e in owned}
+        self.update_lines = {e.name: Parts(LINES_SCHEMA, spill) for e in owned if json_columns(e)}
+        self.others: list[Change] = []  # updates (of entities without JSON columns), and deletes
+        self.rows_read = {e.name: 0 for e in owned}
+        self.held: dict[str, set[str]] = {}
+        self.unknown: list[tuple[int, str]] = []
+
+    def add(self, desired, have: dict[str, pl.DataFrame]) -> None:
+        """One batch: its desired rows against the rows the database ``have``."""
         if desired.unknown is not None:
-            unknown += desired.unknown.iter_rows()
+            self.unknown += desired.unknown.iter_rows()
         for name, keys in desired.held.items():
-            held.setdefault(name, set()).update(keys)
-        have = current_of(b)
-        for e in owned:
+            self.held.setdefault(name, set()).update(keys)
+        for e in self.owned:
             h = have[e.name]
-            rows_read[e.name] += h.height
-            made, updates, deletes = entity_changes(e, desired.rows[e.name], h, update_lines=e.name in update_lines)
-            creates[e.name].add(made)
-            if e.name in update_lines:
-                update_lines[e.name].add(updates)
+            self.rows_read[e.name] += h.height
+            as_lines = e.name in self.update_lines
+            made, updates, deletes = entity_changes(e, desired.rows[e.name], h, update_lines=as_lines)
+            self.creates[e.name].add(made)
+            if as_lines:
+                self.update_lines[e.name].add(updates)
             else:
-                others += updates
-            others += deletes
-            del made, updates, deletes, h
-        del desired, have
-    if unknown:
-        listing.skip(UNKNOWN_PARENT, unknown)
-    kept: dict[str, list[str]] = {}
-    if held:
-        # An object under a missing platform row is still in the bucket: its row stays.
-        for c in others:
-            if c.action == "delete" and c.key in held.get(c.kind, ()):
-                kept.setdefault(c.kind, []).append(c.key)
-        others = [c for c in others if not (c.action == "delete" and c.key in held.get(c.kind, ()))]
+                self.others += updates
+            self.others += deletes
 
-    skip: dict[str, set[str]] = {e.name: set() for e in owned}
-    for e in owned:
-        if e.unique == "global" and e.parent is not None:
-            others = _same_key(e, others, creates[e.name], skip[e.name], update_lines.get(e.name))
-    if moves:
-        others = _find_moves(catalogue, others, creates, skip)
-    order = change_order(catalogue.kinds)
-    others.sort(key=order)
-    by_kind: dict[str, list[Change]] = {e.name: [] for e in owned}
+
+def _keep_held(others: list[Change], held: dict[str, set[str]]) -> tuple[list[Change], dict[str, list[str]]]:
+    """The changes without the deletes of held rows — an object under a missing
+    platform row is still in the bucket, so its row stays — and those rows' keys."""
+    if not held:
+        return others, {}
+    kept: dict[str, list[str]] = {}
+    rest = []
+    for c in others:
+        if c.action == "delete" and c.key in held.get(c.kind, ()):
+            kept.setdefault(c.kind, []).append(c.key)
+        else:
+            rest.append(c)
+    return rest, {k: sorted(v) for k, v in kept.items()}
+
+
+def _change_list(catalogue: Catalogue, diffs: _Diffs, others: list[Change], skip: dict[str, set[str]],
+                 spill: Spill | None) -> ChangeList:
+    """The plan's changes in plan order: per owned entity its creates, its updates
+    (lines or changes), its moves and deletes."""
+    others.sort(key=change_order(catalogue.kinds))
+    by_kind: dict[str, list[Change]] = {e.name: [] for e in catalogue.owned}
     for c in others:
         by_kind[c.kind].append(c)
     segments: list = []
-    for e in owned:
-        made = creates[e.name]
+    for e in catalogue.owned:
+        made = diffs.creates[e.name]
         if not _top_ordered(catalogue, e):
             made = _sorted(made, spill)
         segments.append(Lines(e.name, made, skip[e.name]))
-        if e.name in update_lines:
-            segments.append(Lines(e.name, _sorted(update_lines[e.name], spill), action="update"))
+        if e.name in diffs.update_lines:
+            segments.append(Lines(e.name, _sorted(diffs.update_lines[e.name], spill), action="update"))
         segments.append(by_kind[e.name])
-    return Result(ChangeList(segments, catalogue.kinds, spill=spill), rows_read, n, {k: sorted(v) for k, v in kept.items()})
+    return ChangeList(segments, catalogue.kinds, spill=spill)
 
 
 def _sorted(parts: Parts, spill: Spill | None) -> Parts:
