@@ -206,7 +206,7 @@ def test_the_guide_runs_as_written(cli, monkeypatch, tmp_path, empty_database_ur
     assert [command.split()[:2] for command, _ in steps][:4] == [
         ["export", "RECONCILER_CONFIG=examples/catalogues/product-images/reconciler.yaml"],
         ["python", "examples/catalogues/product-images/setup_platform.py"],
-        ["export", "RECONCILER_CATALOGUE=shop.yaml"],
+        ["export", "RECONCILER_CATALOGUE=examples/catalogues/product-images/shop.yaml"],
         ["reconciler", "explain"]]
     for command, shown in steps:
         r = run_line(command, cli, monkeypatch, tmp_path)
