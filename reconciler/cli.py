@@ -240,7 +240,9 @@ def cmd_explain(args, settings: Settings) -> int:
         else:
             print(f"  row of {kind} {key!r}")
         for entity, parent in reversed(chain[:-1]):
-            print(f"    under {entity} {parent!r}")
+            # A platform's row is only looked up: plan says unknown_parent if it is missing.
+            whose = "" if settings.catalogue.entity(entity).owned else " (the platform's: looked up, never written)"
+            print(f"    under {entity} {parent!r}{whose}")
         for name, value in x.values.items():
             print(f"  {name}: {render.value_text(value)}")
     return Exit.OK

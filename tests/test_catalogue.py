@@ -273,7 +273,8 @@ def test_explain_reads_keys_below_the_sources_prefix_and_other_catalogues(cli):
             "product-images", "--source", "s3://shop/media", "--cdn-base-url", "https://img.test")
     assert r.code == 0, r.err
     assert "  row of image 'media/products/p1/500g/hero-card/a.JPG'" in r.out
-    assert "    under variant 'p1/500g'" in r.out and "    under product 'p1'" in r.out
+    assert "    under variant 'p1/500g' (the platform's: looked up, never written)" in r.out
+    assert "    under product 'p1' (the platform's: looked up, never written)" in r.out
     assert "  image_url: https://img.test/media/products/p1/500g/hero-card/a.JPG" in r.out
     assert "  skipped: unknown_image_type" in r.out
 
