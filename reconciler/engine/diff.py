@@ -308,16 +308,15 @@ def _has_escapes(frame, col: str) -> bool:
             strings.append(("str", e, dt))
 
     walk(expr, dtype)
-    for how, e, inner in strings:
-        if how == "list":
-            if inner != pl.String:
-                return True
-            found = frame.select(e.explode().drop_nulls().str.contains(r'["\\\x00-\x1f]').any()).item()
-        else:
-            found = frame.select(e.drop_nulls().str.contains(r'["\\\x00-\x1f]').any()).item()
-        if found:
-            return True
-    return False
+    if any(how == "list" and inner != pl.String for how, _, inner in strings):
+        return True
+    if not strings:
+        return False
+    # One query for every string of the column: Polars runs the parts side by side.
+    escaped = r'["\\\x00-\x1f]'
+    found = [(e.explode() if how == "list" else e).drop_nulls().str.contains(escaped).any()
+             for how, e, _ in strings]
+    return bool(frame.select(pl.any_horizontal(*found)).item())
 
 
 def entity_changes(e: Entity, want, have, *, update_lines: bool = False):
