@@ -382,13 +382,21 @@ def trigger_sql(catalogue: Catalogue) -> list[str]:
         ins = [_hash_select(catalogue, e.name, 1, source="rc_new", alias="n")]
         upd = [_hash_select(catalogue, e.name, -1, source="rc_old", alias="o"),
                _hash_select(catalogue, e.name, 1, source="rc_new", alias="n")]
+        renamed = []
         for d in below:
             # The old terms: the descendants under the old name, joined from the old row.
-            upd.append(_hash_select(catalogue, d.name, -1, base=e.name, source="rc_old", alias="o",
-                                    extra=f" JOIN rc_new n ON n.{q(e.id_column)} = o.{q(e.id_column)} AND {_changed(e, 'o', 'n')}"))
-            upd.append(_hash_select(catalogue, d.name, 1, base=e.name, source="rc_new", alias="n",
-                                    extra=f" JOIN rc_old o ON o.{q(e.id_column)} = n.{q(e.id_column)} AND {_changed(e, 'o', 'n')}"))
-        body = (f"  IF TG_OP = 'INSERT' THEN\n{_execute(ins)}\n  ELSE  -- UPDATE\n{_execute(upd)}\n  END IF;\n"
+            renamed.append(_hash_select(catalogue, d.name, -1, base=e.name, source="rc_old", alias="o",
+                                        extra=f" JOIN rc_new n ON n.{q(e.id_column)} = o.{q(e.id_column)} AND {_changed(e, 'o', 'n')}"))
+            renamed.append(_hash_select(catalogue, d.name, 1, base=e.name, source="rc_new", alias="n",
+                                        extra=f" JOIN rc_old o ON o.{q(e.id_column)} = n.{q(e.id_column)} AND {_changed(e, 'o', 'n')}"))
+        updated = _execute(upd)
+        if renamed:
+            # Only when a row was renamed or re-parented: the planner cannot know that the
+            # transition tables hold none, and joined them to every descendant row (two
+            # scans of ten million media for an update of 100k posts' URL lists).
+            updated += (f"\n  IF EXISTS (SELECT 1 FROM rc_old o JOIN rc_new n ON n.{q(e.id_column)} = o.{q(e.id_column)} "
+                        f"AND {_changed(e, 'o', 'n')}) THEN\n{_execute(renamed)}\n  END IF;")
+        body = (f"  IF TG_OP = 'INSERT' THEN\n{_execute(ins)}\n  ELSE  -- UPDATE\n{updated}\n  END IF;\n"
                 "  RETURN NULL;")
         out.append(_fn(fn, body))
         table = q(e.table)
