@@ -57,6 +57,16 @@ def _share_limit(limit: float | None, rows: int, defaults: bool) -> _Share | Non
     return None
 
 
+def _over_share(limit: float | None, count: int, rows: int, defaults: bool) -> tuple[_Share, float] | None:
+    """The limit in force and the share ``count`` is of ``rows``, in percent, when it
+    is more than the limit allows; None when it is within it (or no limit applies)."""
+    share = _share_limit(limit, rows, defaults)
+    if share is None or rows == 0:
+        return None
+    percent = 100.0 * count / rows
+    return None if percent <= share.percent else (share, percent)
+
+
 def _knob(when: str, flag: str, key: str) -> str:
     """Where a limit is changed: the flag or the config at plan time; only the config
     file at apply time (``apply`` takes no limit flags)."""
@@ -95,12 +105,10 @@ def check_delete_limits(
             f"({_knob(when, '--max-delete', 'max_delete')}); "
             "check the source, or raise the limit if the deletion is intended"
         )
-    share = _share_limit(limits.max_delete_percent, current_rows, defaults)
-    if share is None or current_rows == 0:
+    over = _over_share(limits.max_delete_percent, deletes, current_rows, defaults)
+    if over is None:
         return
-    percent = 100.0 * deletes / current_rows
-    if percent <= share.percent:
-        return
+    share, percent = over
     knob = _knob(when, "--max-delete-percent", "max_delete_percent")
     said = f"the {when} deletes {deletes} of {current_rows} row(s) in scope ({percent:.1f}%), more than "
     if share.default:
@@ -122,12 +130,10 @@ def check_url_rewrites(
     hold URLs (``rows``; ``what`` names them: media, for creators) a new URL under the same key
     (:func:`url_rewrites`): what a changed ``cdn_base_url`` does. ``base`` (at plan
     time) is the base the new URLs start with."""
-    share = _share_limit(limits.max_url_rewrite_percent, rows, defaults)
-    if share is None or rows == 0:
+    over = _over_share(limits.max_url_rewrite_percent, rewrites, rows, defaults)
+    if over is None:
         return
-    percent = 100.0 * rewrites / rows
-    if percent <= share.percent:
-        return
+    share, percent = over
     limit = f"the default max-url-rewrite-percent {share.percent:g}" if share.default else (
         f"max-url-rewrite-percent {share.percent:g}"
     )
