@@ -550,8 +550,9 @@ def receiver():
         r.close()
 
 
-def wait_until(check, timeout: float = 30, what: str = "condition"):
-    """``check()``'s first true value, polled until a deadline (never a bare sleep)."""
+def wait_until(check, timeout: float = 30, what: str = "condition", *, detail=lambda: "", every: float = 0.05):
+    """``check()``'s first true value, polled every ``every`` seconds until a deadline
+    (never a bare sleep); ``detail()`` is added to the failure (a server's output)."""
     import time
 
     deadline = time.monotonic() + timeout
@@ -559,8 +560,8 @@ def wait_until(check, timeout: float = 30, what: str = "condition"):
         value = check()
         if value:
             return value
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
+        assert time.monotonic() < deadline, f"timed out waiting for {what}{detail()}"
+        time.sleep(every)
 
 
 class Clock:

@@ -29,7 +29,7 @@ import yaml
 from reconciler.store.db import open_database
 from reconciler.store.migrations import migrate
 
-from .conftest import CDN, PRODUCTS, new_database, sql_on
+from .conftest import CDN, PRODUCTS, new_database, sql_on, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,13 +73,7 @@ class Server:
             time.sleep(0.1)
 
     def wait_for(self, check, timeout: float = 30, what: str = "condition"):
-        deadline = time.monotonic() + timeout
-        while True:
-            value = check()
-            if value:
-                return value
-            assert time.monotonic() < deadline, f"timed out waiting for {what}\n{self.output()}"
-            time.sleep(0.1)
+        return wait_until(check, timeout, what, detail=lambda: "\n" + self.output(), every=0.1)
 
     def runs(self, **params) -> list[dict]:
         r = self.client().get("/api/runs", params={"limit": 1000, **params})
