@@ -121,16 +121,21 @@ class ScopeSegment:
         parts = rel.split("/", self.index + 1)
         return (self.of(rel) or None) if len(parts) > self.index + 1 else None
 
+    def of_expr(self, rel: pl.Expr) -> pl.Expr:
+        """:meth:`of` as a column expression."""
+        import polars as pl
+
+        part = rel.str.split("/").list.get(self.index, null_on_oob=True)
+        if self.prefix:
+            part = pl.when(rel.str.starts_with("".join(s + "/" for s in self.prefix))).then(part)
+        return part
+
     def folder_expr(self, rel: pl.Expr) -> pl.Expr:
         """:meth:`folder_of` as a column expression."""
         import polars as pl
 
-        parts = rel.str.split("/")
-        part = parts.list.get(self.index, null_on_oob=True)
-        part = pl.when((parts.list.len() > self.index + 1) & (part != "")).then(part)
-        if self.prefix:
-            part = pl.when(rel.str.starts_with("".join(s + "/" for s in self.prefix))).then(part)
-        return part
+        part = self.of_expr(rel)
+        return pl.when((rel.str.split("/").list.len() > self.index + 1) & (part != "")).then(part)
 
 
 def scope_segment(catalogue: Catalogue) -> ScopeSegment | None:

@@ -217,10 +217,7 @@ class Classifier:
         rel = pl.col(rel_name)
         if self.scope is not None:
             # Objects of names out of scope are not in the plan at all (not counted either).
-            seg = self.segment
-            part = rel.str.split("/").list.get(seg.index, null_on_oob=True)
-            if seg.prefix:
-                part = pl.when(rel.str.starts_with("".join(s + "/" for s in seg.prefix))).then(part)
+            part = self.segment.of_expr(rel)
             names = (frame if inside is None else frame.filter(inside)).select(part.unique()).to_series()
             taken = part.is_in([n for n in names.drop_nulls().to_list() if n in self.scope])
             frame = frame.filter(taken if inside is None else ~inside | taken)
